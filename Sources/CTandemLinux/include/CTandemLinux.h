@@ -1,0 +1,16 @@
+#ifndef CTANDEM_LINUX_H
+#define CTANDEM_LINUX_H
+
+/* Linux calls that Swift's Glibc module does not expose (they need _GNU_SOURCE). */
+
+#include <sys/types.h>
+
+/* Mode bits of fallocate(2). */
+#define CTANDEM_FALLOC_KEEP_SIZE 0x01
+#define CTANDEM_FALLOC_PUNCH_HOLE 0x02
+#define CTANDEM_FALLOC_ZERO_RANGE 0x10
+
+/* fallocate(2); returns 0 or -1 with errno set. */
+int ctandem_fallocate(int fd, int mode, off_t offset, off_t length);
+
+#endif

@@ -1,0 +1,224 @@
+/// The validated cluster configuration: one file, the same on every node.
+///
+/// Build it with `Configuration.parse(text:file:)`, which reports every problem it finds at once
+/// as a `ConfigError` naming the file, the line and the key.
+public struct Configuration: Sendable, Equatable {
+    /// `[cluster]`.
+    public var cluster: Cluster
+    /// `[[node]]`, in file order.
+    public var nodes: [Node]
+    /// `[witness]`, if any.
+    public var witness: Witness?
+    /// `[timing]`.
+    public var timing: Timing
+    /// `[limits]`.
+    public var limits: Limits
+    /// `[[volume]]`, in file order.
+    public var volumes: [Volume]
+    /// `[[group]]`, in file order.
+    public var groups: [Group]
+
+    /// The node called `name`.
+    public func node(named name: String) -> Node? {
+        nodes.first { $0.name == name }
+    }
+
+    /// The volume called `name`.
+    public func volume(named name: String) -> Volume? {
+        volumes.first { $0.name == name }
+    }
+
+    /// `[cluster]`: identity and shared settings.
+    public struct Cluster: Sendable, Equatable {
+        /// The cluster's name; peers with another name are refused.
+        public var name: String
+        /// The file holding the shared secret that authenticates peers.
+        public var secretFile: String?
+        /// Where the agent keeps its state (modes, journal, metadata of block-device volumes).
+        public var stateDirectory: String
+    }
+
+    /// `[[node]]`: one server.
+    public struct Node: Sendable, Equatable {
+        /// Unique name.
+        public var name: String
+        /// Host of the peer link.
+        public var address: String
+        /// TCP port of the peer link.
+        public var port: Int
+        /// Addresses that carry heartbeats; every link must be silent before the node is dead.
+        public var heartbeat: [String]
+        /// Lower is preferred as primary.
+        public var precedence: Int
+        /// Where this node's NBD server listens.
+        public var nbdListen: [ListenAddress]
+    }
+
+    /// `[witness]`: the third voter.
+    public struct Witness: Sendable, Equatable {
+        /// Host of the witness.
+        public var address: String
+        /// Port of the witness.
+        public var port: Int
+    }
+
+    /// `[timing]`: failure detection.
+    public struct Timing: Sendable, Equatable {
+        /// How often heartbeats are sent on every link.
+        public var heartbeatInterval: Duration
+        /// How long every link must be silent before the peer is declared dead.
+        public var deadTime: Duration
+    }
+
+    /// `[limits]`: the bounds every queue and request obeys.
+    public struct Limits: Sendable, Equatable {
+        /// Largest NBD request payload accepted (and advertised as the maximum block size).
+        public var nbdMaxRequestBytes: Int
+        /// Requests one NBD connection may have in flight before the server stops reading from it.
+        public var nbdMaxInFlight: Int
+        /// NBD connections served at once; more are refused.
+        public var nbdMaxConnections: Int
+
+        /// The defaults.
+        public static let defaults = Limits(
+            nbdMaxRequestBytes: 32 << 20,
+            nbdMaxInFlight: 64,
+            nbdMaxConnections: 128
+        )
+    }
+
+    /// `[[volume]]`: a replicated block device.
+    public struct Volume: Sendable, Equatable {
+        /// Unique name.
+        public var name: String
+        /// Replication guarantee.
+        public var `protocol`: ReplicationProtocol
+        /// Size in bytes; `nil` means "the size of the existing backing device".
+        public var sizeBytes: UInt64?
+        /// A file (created on first use) or a block device.
+        public var backing: String
+        /// The metadata file; `nil` means the default place next to the backing file.
+        public var metadata: String?
+        /// The NBD export name.
+        public var nbdExport: String
+        /// Whether the export refuses writes.
+        public var readOnly: Bool
+    }
+
+    /// `[[group]]`: resources that run together on one node.
+    public struct Group: Sendable, Equatable {
+        /// Unique name.
+        public var name: String
+        /// Whether the primary role goes back to the preferred node on its own.
+        public var failback: Failback
+        /// The nodes that may run the group (all when empty).
+        public var nodes: [String]
+        /// Resources in start order.
+        public var resources: [Resource]
+    }
+
+    /// One resource of a group.
+    public struct Resource: Sendable, Equatable {
+        /// The agent kind.
+        public var type: ResourceType
+        /// The remaining settings, as strings.
+        public var parameters: [String: String]
+    }
+
+    /// The agent kinds Tandem knows.
+    public enum ResourceType: String, Sendable, Equatable, CaseIterable {
+        case volume
+        case nbdExport = "nbd-export"
+        case ip
+        case filesystem
+        case systemd
+        case exec
+        case ocf
+
+        /// Keys that must be given for this kind.
+        var requiredKeys: [String] {
+            switch self {
+            case .volume, .nbdExport: return ["volume"]
+            case .ip: return ["address"]
+            case .filesystem: return ["device", "directory"]
+            case .systemd: return ["unit"]
+            case .exec: return ["start", "stop", "status"]
+            case .ocf: return ["agent"]
+            }
+        }
+
+        /// Keys that may be given for this kind.
+        var optionalKeys: [String] {
+            let common = ["name", "monitor-interval", "start-timeout", "stop-timeout", "monitor-timeout", "run-on"]
+            switch self {
+            case .volume, .nbdExport: return common
+            case .ip: return common + ["interface"]
+            case .filesystem: return common + ["fstype", "options", "check"]
+            case .systemd, .exec: return common
+            case .ocf: return common + ["params"]
+            }
+        }
+    }
+
+    /// Replication protocol of a volume.
+    public enum ReplicationProtocol: String, Sendable, Equatable {
+        /// Acknowledged after the local write; replication is asynchronous.
+        case a = "A"
+        /// Acknowledged when the peer received the write.
+        case b = "B"
+        /// Acknowledged when both nodes wrote it (synchronous).
+        case c = "C"
+    }
+
+    /// Failback policy of a group.
+    public enum Failback: String, Sendable, Equatable {
+        case manual
+        case auto
+    }
+}
+
+/// An address a server listens on: TCP host and port, or a Unix socket path.
+public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    /// Parses `"host:port"`, `"[v6]:port"` or `"unix:/path"`; `defaultPort` applies when none is given.
+    public static func parse(_ text: String, defaultPort: Int) -> ListenAddress? {
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            return path.hasPrefix("/") ? .unix(path: path) : nil
+        }
+        guard let (host, port) = splitHostPort(text, defaultPort: defaultPort) else { return nil }
+        return .tcp(host: host, port: port)
+    }
+
+    /// Splits `"host:port"` or `"[v6]:port"`; a bare host takes `defaultPort`.
+    public static func splitHostPort(_ text: String, defaultPort: Int) -> (String, Int)? {
+        var host = Substring(text)
+        var portText: Substring?
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return nil }
+            let after = host[host.index(after: close)...]
+            host = host[host.index(after: host.startIndex)..<close]
+            if !after.isEmpty {
+                guard after.hasPrefix(":") else { return nil }
+                portText = after.dropFirst()
+            }
+        } else if host.filter({ $0 == ":" }).count == 1, let colon = host.firstIndex(of: ":") {
+            portText = host[host.index(after: colon)...]
+            host = host[..<colon]
+        }
+        guard !host.isEmpty, !host.contains(" ") else { return nil }
+        guard let portText else { return (String(host), defaultPort) }
+        guard let port = Int(portText), (0...65535).contains(port) else { return nil }
+        return (String(host), port)
+    }
+
+    /// `host:port` or `unix:/path`.
+    public var description: String {
+        switch self {
+        case .tcp(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case .unix(let path): return "unix:\(path)"
+        }
+    }
+}

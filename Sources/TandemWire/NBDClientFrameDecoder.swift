@@ -1,0 +1,188 @@
+import NIOCore
+
+/// A frame a client sends to an NBD server.
+public enum NBDClientMessage: Equatable, Sendable {
+    /// The 32-bit client flags that follow the server's greeting.
+    case clientFlags(rawValue: UInt32)
+    /// An option during negotiation.
+    case option(NBDOption)
+    /// A command during transmission.
+    case request(NBDRequest)
+}
+
+/// An option request: `IHAVEOPT`, the option type, and its data.
+public struct NBDOption: Equatable, Sendable {
+    /// The option type as sent, which may be one this server does not know.
+    public var rawType: UInt32
+    /// The option's data.
+    public var data: ByteBuffer
+
+    /// The known option type, if any.
+    public var type: NBD.OptionType? { NBD.OptionType(rawValue: rawType) }
+
+    /// Creates an option.
+    public init(rawType: UInt32, data: ByteBuffer) {
+        self.rawType = rawType
+        self.data = data
+    }
+}
+
+/// A transmission request; writes carry their payload.
+public struct NBDRequest: Equatable, Sendable {
+    /// Command flags as sent.
+    public var flags: NBD.CommandFlags
+    /// The command type as sent, which may be one this server does not know.
+    public var rawType: UInt16
+    /// The client's opaque handle, echoed in the reply.
+    public var cookie: UInt64
+    /// Byte offset into the export.
+    public var offset: UInt64
+    /// Byte length of the command.
+    public var length: UInt32
+    /// The data of a write.
+    public var payload: ByteBuffer?
+
+    /// The known command type, if any.
+    public var type: NBD.CommandType? { NBD.CommandType(rawValue: rawType) }
+
+    /// Creates a request.
+    public init(
+        flags: NBD.CommandFlags, rawType: UInt16, cookie: UInt64, offset: UInt64, length: UInt32,
+        payload: ByteBuffer? = nil
+    ) {
+        self.flags = flags
+        self.rawType = rawType
+        self.cookie = cookie
+        self.offset = offset
+        self.length = length
+        self.payload = payload
+    }
+}
+
+/// Why a client's byte stream cannot be decoded; the connection is then closed.
+public enum NBDWireError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// A frame did not start with `IHAVEOPT` or the request magic.
+    case badMagic(UInt32)
+    /// An option announced more data than any option may carry.
+    case optionTooLong(type: UInt32, length: UInt32)
+    /// A write announced a payload over the server's request-size limit.
+    case writeTooLarge(length: UInt32, limit: Int)
+    /// The connection ended in the middle of a frame.
+    case truncatedFrame(bytesLeft: Int)
+
+    /// A reason fit for the log.
+    public var description: String {
+        switch self {
+        case .badMagic(let magic):
+            return "frame starts with 0x\(String(magic, radix: 16)), which is neither an option nor a request"
+        case .optionTooLong(let type, let length):
+            return "option \(type) announces \(length) bytes of data (limit \(NBD.maximumOptionBytes))"
+        case .writeTooLarge(let length, let limit):
+            return "write of \(length) bytes exceeds the request limit of \(limit) bytes"
+        case .truncatedFrame(let bytesLeft):
+            return "connection closed in the middle of a frame (\(bytesLeft) bytes unread)"
+        }
+    }
+}
+
+/// Splits the client's byte stream into `NBDClientMessage`s.
+///
+/// The first 4 bytes are the client flags; after that every frame announces its kind by its magic,
+/// so the decoder needs no knowledge of the negotiation phase: the server checks that an option or
+/// a request arrived when it may. When more bytes are needed it returns `nil` without moving the
+/// reader index.
+public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = NBDClientMessage
+
+    private var awaitingClientFlags: Bool
+    private let maximumWriteBytes: Int
+
+    /// Creates a decoder; `expectClientFlags` is false for a stream that starts after the greeting
+    /// exchange (tests of one phase).
+    public init(maximumWriteBytes: Int, expectClientFlags: Bool = true) {
+        self.maximumWriteBytes = maximumWriteBytes
+        self.awaitingClientFlags = expectClientFlags
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> NBDClientMessage? {
+        if awaitingClientFlags {
+            guard let flags = buffer.readInteger(as: UInt32.self) else { return nil }
+            awaitingClientFlags = false
+            return .clientFlags(rawValue: flags)
+        }
+        guard let magic = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        switch magic {
+        case UInt32(truncatingIfNeeded: NBD.optionMagic >> 32):
+            return try decodeOption(&buffer)
+        case NBD.requestMagic:
+            return try decodeRequest(&buffer)
+        default:
+            throw NBDWireError.badMagic(magic)
+        }
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> NBDClientMessage? {
+        if let message = try decode(buffer: &buffer) { return message }
+        if buffer.readableBytes > 0 { throw NBDWireError.truncatedFrame(bytesLeft: buffer.readableBytes) }
+        return nil
+    }
+
+    private func decodeOption(_ buffer: inout ByteBuffer) throws -> NBDClientMessage? {
+        let start = buffer.readerIndex
+        guard let (magic, type, length) = buffer.getMultipleIntegers(at: start, as: (UInt64, UInt32, UInt32).self)
+        else { return nil }
+        guard magic == NBD.optionMagic else { throw NBDWireError.badMagic(UInt32(truncatingIfNeeded: magic >> 32)) }
+        guard length <= NBD.maximumOptionBytes else { throw NBDWireError.optionTooLong(type: type, length: length) }
+        guard buffer.readableBytes >= 16 + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 16)
+        let data = buffer.readSlice(length: Int(length))!
+        return .option(NBDOption(rawType: type, data: data))
+    }
+
+    private func decodeRequest(_ buffer: inout ByteBuffer) throws -> NBDClientMessage? {
+        let start = buffer.readerIndex
+        guard
+            let (_, flags, type, cookie, offset, length) = buffer.getMultipleIntegers(
+                at: start, as: (UInt32, UInt16, UInt16, UInt64, UInt64, UInt32).self)
+        else { return nil }
+        var request = NBDRequest(
+            flags: NBD.CommandFlags(rawValue: flags), rawType: type, cookie: cookie, offset: offset, length: length)
+        guard type == NBD.CommandType.write.rawValue else {
+            buffer.moveReaderIndex(forwardBy: 28)
+            return .request(request)
+        }
+        guard Int(length) <= maximumWriteBytes else {
+            throw NBDWireError.writeTooLarge(length: length, limit: maximumWriteBytes)
+        }
+        guard buffer.readableBytes >= 28 + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 28)
+        request.payload = buffer.readSlice(length: Int(length))!
+        return .request(request)
+    }
+}
+
+/// The data of `NBD_OPT_INFO` and `NBD_OPT_GO`: an export name and the information wanted.
+public struct NBDExportInfoRequest: Equatable, Sendable {
+    /// The export's name; empty means the default export.
+    public var exportName: String
+    /// The information types the client asked for.
+    public var requestedInfo: [UInt16]
+
+    /// Parses the option's data; `nil` when its lengths are inconsistent.
+    public init?(parsing data: ByteBuffer) {
+        var data = data
+        guard let nameLength = data.readInteger(as: UInt32.self), nameLength <= NBD.maximumStringBytes,
+            let name = data.readString(length: Int(nameLength)),
+            let count = data.readInteger(as: UInt16.self),
+            data.readableBytes == Int(count) * 2
+        else { return nil }
+        exportName = name
+        requestedInfo = (0..<count).map { _ in data.readInteger(as: UInt16.self)! }
+    }
+
+    /// Creates a request (used by clients and tests).
+    public init(exportName: String, requestedInfo: [UInt16]) {
+        self.exportName = exportName
+        self.requestedInfo = requestedInfo
+    }
+}
