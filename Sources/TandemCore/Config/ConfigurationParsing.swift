@@ -7,6 +7,13 @@ public struct ConfigIssue: Sendable, Equatable, CustomStringConvertible {
     /// What was wrong and what was expected.
     public var message: String
 
+    /// Creates an issue.
+    public init(line: Int?, key: String, message: String) {
+        self.line = line
+        self.key = key
+        self.message = message
+    }
+
     /// `line 12: node[1].precedence: expected an integer, found a string`.
     public var description: String {
         let place = line.map { "line \($0): " } ?? ""
@@ -20,6 +27,12 @@ public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
     public var file: String
     /// The problems, in file order.
     public var issues: [ConfigIssue]
+
+    /// Creates an error.
+    public init(file: String, issues: [ConfigIssue]) {
+        self.file = file
+        self.issues = issues
+    }
 
     /// One problem per line, each prefixed by `file:line:`.
     public var description: String {

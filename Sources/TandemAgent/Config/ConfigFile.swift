@@ -1,0 +1,36 @@
+import TandemCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads the config file from disk.
+public enum ConfigFile {
+    /// The path used when none is given.
+    public static let defaultPath = "/etc/tandem/tandem.toml"
+
+    /// Reads and validates `path`; every problem is reported with the file, line and key.
+    public static func load(path: String) throws(ConfigError) -> Configuration {
+        guard let text = readText(path: path) else {
+            let reason = String(cString: strerror(errno))
+            throw ConfigError(file: path, issues: [ConfigIssue(line: nil, key: "", message: "cannot read: \(reason)")])
+        }
+        return try Configuration.parse(text: text, file: path)
+    }
+
+    /// The whole file as UTF-8 text, or `nil` when it cannot be read.
+    static func readText(path: String) -> String? {
+        guard let file = fopen(path, "rb") else { return nil }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            if count > 0 { bytes += chunk[0..<count] }
+            if count < chunk.count { break }
+            if bytes.count > 16 << 20 { return nil }
+        }
+        guard ferror(file) == 0 else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -1,0 +1,49 @@
+import TandemStorage
+import TandemWire
+
+/// A volume as NBD clients see it: a name, a size, flags, and the store behind it.
+public struct NBDExport: Sendable {
+    /// The name clients ask for.
+    public var name: String
+    /// The bytes behind the export.
+    public var store: BackingStore
+    /// Whether the export refuses writes (a read-only volume, or a secondary).
+    public var readOnly: Bool
+
+    /// Creates an export.
+    public init(name: String, store: BackingStore, readOnly: Bool) {
+        self.name = name
+        self.store = store
+        self.readOnly = readOnly || store.isReadOnly
+    }
+
+    /// The transmission flags advertised for this export.
+    public var transmissionFlags: NBD.TransmissionFlags {
+        // Multi-conn is safe: every connection shares one descriptor and a flush is fdatasync,
+        // which covers writes completed on any connection.
+        var flags: NBD.TransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .canMultiConn]
+        if readOnly {
+            flags.insert(.readOnly)
+        } else {
+            flags.formUnion([.sendTrim, .sendWriteZeroes])
+        }
+        return flags
+    }
+}
+
+/// The exports one server offers, looked up by name; the first is the default export.
+public struct NBDExportTable: Sendable {
+    /// Exports in config order.
+    public private(set) var exports: [NBDExport]
+
+    /// Creates a table; export names must be unique (the config guarantees it).
+    public init(_ exports: [NBDExport]) {
+        precondition(Set(exports.map(\.name)).count == exports.count, "duplicate NBD export names")
+        self.exports = exports
+    }
+
+    /// The export called `name`; an empty name means the default (first) export.
+    public func export(named name: String) -> NBDExport? {
+        name.isEmpty ? exports.first : exports.first { $0.name == name }
+    }
+}

@@ -1,0 +1,313 @@
+import Logging
+import NIOCore
+import NIOPosix
+import TandemStorage
+import TandemWire
+
+/// Settings shared by every connection of one NBD server.
+public struct NBDServerSettings: Sendable {
+    /// Largest request payload, advertised as the maximum block size.
+    public var maximumRequestBytes: Int
+    /// Requests one connection may have in flight before the server stops reading from it.
+    public var maximumInFlight: Int
+    /// Options one connection may send before it is closed (bounds a chatty or hostile client).
+    public var maximumOptions: Int = 1024
+
+    /// Creates settings.
+    public init(maximumRequestBytes: Int, maximumInFlight: Int) {
+        self.maximumRequestBytes = maximumRequestBytes
+        self.maximumInFlight = maximumInFlight
+    }
+}
+
+/// One NBD connection: negotiation, then transmission.
+///
+/// Reads and writes run inline on the connection's event loop (they hit the page cache and take
+/// microseconds); `fdatasync` for FLUSH and FUA runs on the thread pool and its reply is sent when
+/// it completes, so replies may leave out of order. A malformed frame or a protocol violation
+/// closes this connection only, with the reason in the log.
+final class NBDServerHandler: ChannelDuplexHandler {
+    typealias InboundIn = NBDClientMessage
+    typealias OutboundIn = Never
+    typealias OutboundOut = ByteBuffer
+
+    private enum Phase {
+        case greeting
+        case negotiating
+        case transmitting(NBDExport)
+        case closed
+    }
+
+    private let exports: NBDExportTable
+    private let settings: NBDServerSettings
+    private let threadPool: NIOThreadPool
+    private var logger: Logger
+    private var phase = Phase.greeting
+    private var padExportNameReply = true
+    private var optionCount = 0
+    /// Requests received whose replies are not yet written.
+    private var inFlight = 0
+    /// Whether a `read()` from downstream is being held back (too much in flight or not writable).
+    private var readPending = false
+    private var disconnectRequested = false
+
+    init(exports: NBDExportTable, settings: NBDServerSettings, threadPool: NIOThreadPool, logger: Logger) {
+        self.exports = exports
+        self.settings = settings
+        self.threadPool = threadPool
+        self.logger = logger
+    }
+
+    // MARK: Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        logger[metadataKey: "client"] = "\(context.remoteAddress.map { "\($0)" } ?? "unix")"
+        logger.debug("NBD client connected")
+        var greeting = context.channel.allocator.buffer(capacity: 18)
+        greeting.writeNBDGreeting(flags: [.fixedNewstyle, .noZeroes])
+        context.writeAndFlush(wrapOutboundOut(greeting), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .clientFlags(let rawValue):
+            onClientFlags(rawValue, context: context)
+        case .option(let option):
+            onOption(option, context: context)
+        case .request(let request):
+            onRequest(request, context: context)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        close(context: context, reason: "\(error)")
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        releaseHeldRead(context: context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if inFlight >= settings.maximumInFlight || !context.channel.isWritable {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func releaseHeldRead(context: ChannelHandlerContext) {
+        guard readPending, inFlight < settings.maximumInFlight, context.channel.isWritable else { return }
+        readPending = false
+        context.read()
+    }
+
+    private func close(context: ChannelHandlerContext, reason: String) {
+        if case .closed = phase { return }
+        phase = .closed
+        logger.warning("closing NBD connection: \(reason)")
+        context.close(promise: nil)
+    }
+
+    // MARK: Negotiation
+
+    private func onClientFlags(_ rawValue: UInt32, context: ChannelHandlerContext) {
+        let flags = NBD.ClientFlags(rawValue: rawValue)
+        guard flags.subtracting([.fixedNewstyle, .noZeroes]).isEmpty else {
+            close(context: context, reason: "client sent unknown flags 0x\(String(rawValue, radix: 16))")
+            return
+        }
+        padExportNameReply = !flags.contains(.noZeroes)
+        phase = .negotiating
+    }
+
+    private func onOption(_ option: NBDOption, context: ChannelHandlerContext) {
+        guard case .negotiating = phase else {
+            close(context: context, reason: "option \(option.rawType) sent outside negotiation")
+            return
+        }
+        optionCount += 1
+        guard optionCount <= settings.maximumOptions else {
+            close(context: context, reason: "more than \(settings.maximumOptions) options")
+            return
+        }
+        var reply = context.channel.allocator.buffer(capacity: 64)
+        defer { if reply.readableBytes > 0 { context.writeAndFlush(wrapOutboundOut(reply), promise: nil) } }
+        switch option.type {
+        case .exportName?:
+            onExportName(option, reply: &reply, context: context)
+        case .abort?:
+            reply.writeNBDOptionReply(option: option.rawType, type: .ack, payload: ByteBuffer())
+            context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
+            reply.clear()
+            phase = .closed
+        case .list?:
+            guard option.data.readableBytes == 0 else {
+                reply.writeNBDOptionError(option: option.rawType, type: .errorInvalid, message: "LIST takes no data")
+                return
+            }
+            for export in exports.exports {
+                reply.writeNBDServerListEntry(option: option.rawType, exportName: export.name)
+            }
+            reply.writeNBDOptionReply(option: option.rawType, type: .ack, payload: ByteBuffer())
+        case .info?, .go?:
+            onInfoOrGo(option, reply: &reply)
+        case .peekExport?, .startTLS?, .structuredReply?, .listMetaContext?, .setMetaContext?, .extendedHeaders?, nil:
+            reply.writeNBDOptionError(
+                option: option.rawType, type: .errorUnsupported, message: "option \(option.rawType) is not supported")
+        }
+    }
+
+    private func onExportName(_ option: NBDOption, reply: inout ByteBuffer, context: ChannelHandlerContext) {
+        var data = option.data
+        let name = data.readString(length: data.readableBytes) ?? ""
+        guard let export = exports.export(named: name) else {
+            // The protocol gives EXPORT_NAME no way to report an error other than closing.
+            close(context: context, reason: "client asked for unknown export \"\(name)\"")
+            return
+        }
+        reply.writeNBDExportNameReply(
+            sizeBytes: export.store.sizeBytes, flags: export.transmissionFlags, padWithZeroes: padExportNameReply)
+        enterTransmission(export)
+    }
+
+    private func onInfoOrGo(_ option: NBDOption, reply: inout ByteBuffer) {
+        guard let request = NBDExportInfoRequest(parsing: option.data) else {
+            reply.writeNBDOptionError(option: option.rawType, type: .errorInvalid, message: "malformed INFO/GO data")
+            return
+        }
+        guard let export = exports.export(named: request.exportName) else {
+            reply.writeNBDOptionError(
+                option: option.rawType, type: .errorUnknown, message: "no export named \"\(request.exportName)\"")
+            return
+        }
+        reply.writeNBDInfoExport(option: option.rawType, sizeBytes: export.store.sizeBytes, flags: export.transmissionFlags)
+        reply.writeNBDInfoBlockSize(
+            option: option.rawType, minimum: 1, preferred: 4096, maximum: UInt32(settings.maximumRequestBytes))
+        if request.requestedInfo.contains(NBD.InfoType.name.rawValue) {
+            reply.writeNBDInfoName(option: option.rawType, exportName: export.name)
+        }
+        reply.writeNBDOptionReply(option: option.rawType, type: .ack, payload: ByteBuffer())
+        if option.type == .go { enterTransmission(export) }
+    }
+
+    private func enterTransmission(_ export: NBDExport) {
+        logger[metadataKey: "export"] = "\(export.name)"
+        logger.debug("NBD client entered transmission")
+        phase = .transmitting(export)
+    }
+
+    // MARK: Transmission
+
+    private func onRequest(_ request: NBDRequest, context: ChannelHandlerContext) {
+        guard case .transmitting(let export) = phase else {
+            if case .closed = phase { return }
+            close(context: context, reason: "request sent before negotiation finished")
+            return
+        }
+        guard !disconnectRequested else { return }
+        switch NBDRequestCheck.verdict(for: request, export: export, maximumRequestBytes: settings.maximumRequestBytes) {
+        case .reject(let error):
+            reply(error: error, cookie: request.cookie, context: context)
+        case .disconnect:
+            disconnectRequested = true
+            if inFlight == 0 { context.close(promise: nil) }
+        case .read:
+            performRead(request, export: export, context: context)
+        case .write(let durable):
+            performWrite(request, export: export, durable: durable, context: context)
+        case .writeZeroes(let durable, let mayDeallocate):
+            performUpdate(request, export: export, durable: durable, context: context) { store in
+                try store.writeZeroes(offset: request.offset, length: UInt64(request.length), mayDeallocate: mayDeallocate)
+            }
+        case .trim(let durable):
+            performUpdate(request, export: export, durable: durable, context: context) { store in
+                try store.trim(offset: request.offset, length: UInt64(request.length))
+            }
+        case .flush:
+            inFlight += 1
+            flushThenReply(cookie: request.cookie, store: export.store, context: context)
+        }
+    }
+
+    private func performRead(_ request: NBDRequest, export: NBDExport, context: ChannelHandlerContext) {
+        let length = Int(request.length)
+        var buffer = context.channel.allocator.buffer(capacity: 16 + length)
+        buffer.writeNBDSimpleReply(error: .none, cookie: request.cookie)
+        do {
+            try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { pointer in
+                try export.store.read(into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<length]), at: request.offset)
+                return length
+            }
+            context.write(wrapOutboundOut(buffer), promise: nil)
+        } catch {
+            logger.error("read failed: \(error)")
+            reply(error: .io, cookie: request.cookie, context: context)
+        }
+    }
+
+    private func performWrite(_ request: NBDRequest, export: NBDExport, durable: Bool, context: ChannelHandlerContext) {
+        let payload = request.payload!
+        performUpdate(request, export: export, durable: durable, context: context) { store in
+            try payload.withUnsafeReadableBytes { bytes in try store.write(bytes, at: request.offset) }
+        }
+    }
+
+    /// Applies a change inline; when `durable`, replies only after `fdatasync` on the thread pool.
+    private func performUpdate(
+        _ request: NBDRequest, export: NBDExport, durable: Bool, context: ChannelHandlerContext,
+        _ change: (BackingStore) throws -> Void
+    ) {
+        do {
+            try change(export.store)
+        } catch {
+            logger.error("write failed: \(error)")
+            reply(error: .io, cookie: request.cookie, context: context)
+            return
+        }
+        guard durable else {
+            reply(error: .none, cookie: request.cookie, context: context)
+            return
+        }
+        inFlight += 1
+        flushThenReply(cookie: request.cookie, store: export.store, context: context)
+    }
+
+    /// Runs `fdatasync` off the event loop, then replies; the caller counted the request in flight.
+    private func flushThenReply(cookie: UInt64, store: BackingStore, context: ChannelHandlerContext) {
+        threadPool.runIfActive(eventLoop: context.eventLoop) { try store.flush() }
+            .assumeIsolated()
+            .whenComplete { result in
+                self.inFlight -= 1
+                switch result {
+                case .success:
+                    self.reply(error: .none, cookie: cookie, context: context)
+                case .failure(let error):
+                    self.logger.error("flush failed: \(error)")
+                    self.reply(error: .io, cookie: cookie, context: context)
+                }
+                context.flush()
+                self.afterAsynchronousReply(context: context)
+            }
+    }
+
+    private func afterAsynchronousReply(context: ChannelHandlerContext) {
+        if disconnectRequested, inFlight == 0 {
+            context.close(promise: nil)
+            return
+        }
+        releaseHeldRead(context: context)
+    }
+
+    private func reply(error: NBD.ErrorCode, cookie: UInt64, context: ChannelHandlerContext) {
+        guard case .transmitting = phase else { return }
+        var buffer = context.channel.allocator.buffer(capacity: 16)
+        buffer.writeNBDSimpleReply(error: error, cookie: cookie)
+        context.write(wrapOutboundOut(buffer), promise: nil)
+    }
+}

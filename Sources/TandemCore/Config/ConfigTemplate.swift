@@ -1,0 +1,80 @@
+/// The commented config files that `tandem init` and `tandem lab` write.
+public enum ConfigTemplate {
+    /// A two-node example with a witness, to be edited by the administrator.
+    public static func example(secretFile: String, stateDirectory: String = "/var/lib/tandem") -> String {
+        """
+        # Tandem cluster configuration. The same file goes on every node.
+        # Check it with: tandem config check /etc/tandem/tandem.toml
+
+        [cluster]
+        name = "media"                        # peers with another cluster name are refused
+        secret-file = "\(secretFile)"         # shared secret; copy it to every node (mode 0600)
+        state-dir = "\(stateDirectory)"       # modes, journal, metadata of block-device volumes
+
+        [[node]]
+        name = "box-a"                        # `tandem agent --node box-a` (default: the host name)
+        address = "10.0.0.1"                  # peer link
+        heartbeat = ["10.0.0.1", "192.168.50.1"]   # every link carries heartbeats
+        precedence = 10                       # the lowest number is the preferred primary
+        nbd-listen = ["0.0.0.0:10809"]        # "host:port" or "unix:/path"
+
+        [[node]]
+        name = "box-b"
+        address = "10.0.0.2"
+        heartbeat = ["10.0.0.2", "192.168.50.2"]
+        precedence = 20
+        nbd-listen = ["0.0.0.0:10809"]
+
+        [witness]
+        address = "10.0.0.3"                  # `tandem witness` on a third machine breaks ties
+
+        [timing]
+        heartbeat-interval = "200ms"
+        dead-time = "2s"                      # every link silent this long: the peer is dead
+
+        [limits]
+        nbd-max-request = "32MiB"             # largest NBD request (advertised block size maximum)
+        nbd-max-in-flight = 64                # requests per connection before the server stops reading
+        nbd-max-connections = 128
+
+        [[volume]]
+        name = "vol0"
+        protocol = "C"                        # A: async, B: peer received, C: both wrote it
+        size = "100GiB"
+        backing = "/srv/tandem/vol0.img"      # a file (created on first use) or a block device
+        nbd-export = "vol0"
+
+        [[group]]
+        name = "storage"
+        failback = "manual"                   # or "auto"
+        resources = [
+          { type = "volume", volume = "vol0" },
+          { type = "ip", address = "10.0.0.50/24", interface = "eth0" },
+          { type = "nbd-export", volume = "vol0" },
+        ]
+
+        """
+    }
+
+    /// The one-node lab: a file-backed volume served over NBD on loopback.
+    public static func lab(directory: String, sizeText: String, port: Int) -> String {
+        """
+        # Written by `tandem lab`: one node on loopback serving a file-backed volume over NBD.
+
+        [cluster]
+        name = "lab"
+        state-dir = "\(directory)/state"
+
+        [[node]]
+        name = "lab-a"
+        address = "127.0.0.1"
+        nbd-listen = ["127.0.0.1:\(port)", "unix:\(directory)/nbd.sock"]
+
+        [[volume]]
+        name = "vol0"
+        size = "\(sizeText)"
+        backing = "\(directory)/vol0.img"
+
+        """
+    }
+}
