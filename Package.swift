@@ -68,6 +68,7 @@ let package = Package(
             name: "TandemAgentTests",
             dependencies: [
                 "TandemAgent",
+                "TandemWire",
                 "TandemCore",
                 "TandemStorage",
                 .product(name: "NIOCore", package: "swift-nio"),

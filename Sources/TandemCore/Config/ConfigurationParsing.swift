@@ -93,7 +93,7 @@ struct ConfigReader {
         if nodeTables.isEmpty {
             report(root.line, "node", "at least one [[node]] is required")
         }
-        checkReferences(groups: groups, groupTables: groupTables, nodes: nodes, volumes: volumes)
+        checkReferences(groupTables: groupTables, nodeTables: nodeTables, volumeTables: volumeTables)
         guard let cluster, let timing else { return nil }
         return Configuration(
             cluster: cluster, nodes: nodes, witness: witness, timing: timing, limits: limits,
@@ -298,23 +298,27 @@ struct ConfigReader {
         }
     }
 
-    private mutating func checkReferences(
-        groups: [Configuration.Group], groupTables: [TOMLTable], nodes: [Configuration.Node],
-        volumes: [Configuration.Volume]
-    ) {
-        let nodeNames = Set(nodes.map(\.name))
-        let volumeNames = Set(volumes.map(\.name))
-        for (groupIndex, group) in groups.enumerated() where groupIndex < groupTables.count {
-            let table = groupTables[groupIndex]
-            for name in group.nodes where !nodeNames.contains(name) {
-                report(table["nodes"]?.line, "group[\(groupIndex)].nodes",
-                    "node \"\(name)\" is referenced but not defined by any [[node]]")
+    /// Reports groups naming nodes or volumes that no section defines. Names are taken from the
+    /// tables themselves, so a volume with an unrelated error is not also reported as undefined.
+    private mutating func checkReferences(groupTables: [TOMLTable], nodeTables: [TOMLTable], volumeTables: [TOMLTable]) {
+        let names = { (tables: [TOMLTable]) -> Set<String> in
+            Set(tables.compactMap { if case .string(let name)? = $0["name"]?.value { name } else { nil } })
+        }
+        let nodeNames = names(nodeTables)
+        let volumeNames = names(volumeTables)
+        for (groupIndex, table) in groupTables.enumerated() {
+            if case .array(let nodes)? = table["nodes"]?.value {
+                for case .string(let name) in nodes.map(\.value) where !nodeNames.contains(name) {
+                    report(table["nodes"]?.line, "group[\(groupIndex)].nodes",
+                        "node \"\(name)\" is referenced but not defined by any [[node]]")
+                }
             }
-            guard case .array(let elements)? = table["resources"]?.value else { continue }
-            for (index, resource) in group.resources.enumerated() {
-                guard let volume = resource.parameters["volume"], !volumeNames.contains(volume) else { continue }
-                let line = index < elements.count ? elements[index].line : table.line
-                report(line, "group[\(groupIndex)].resources[\(index)].volume",
+            guard case .array(let resources)? = table["resources"]?.value else { continue }
+            for (index, resource) in resources.enumerated() {
+                guard case .table(let settings) = resource.value, case .string(let volume)? = settings["volume"]?.value,
+                    !volumeNames.contains(volume)
+                else { continue }
+                report(resource.line, "group[\(groupIndex)].resources[\(index)].volume",
                     "volume \"\(volume)\" is referenced but not defined by any [[volume]]")
             }
         }

@@ -432,6 +432,7 @@ struct TOMLParser {
         }
         let isFloatShaped = text.contains(".") || text.lowercased().contains("e")
         guard isFloatShaped, let value = Double(text) else {
+            index = start
             throw error("invalid value '\(raw)' (a string needs quotes)")
         }
         return .float(value)

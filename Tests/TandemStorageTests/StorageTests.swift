@@ -1,0 +1,194 @@
+import Testing
+
+@testable import TandemCore
+@testable import TandemStorage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fresh directory under /tmp, removed when the test ends.
+final class TemporaryDirectory {
+    let path: String
+
+    init() {
+        var template = Array("/tmp/tandem-test.XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+
+    deinit {
+        _ = system("rm -rf '\(path)'")
+    }
+}
+
+private func fileSize(_ path: String) -> Int? {
+    var info = stat()
+    return stat(path, &info) == 0 ? Int(info.st_size) : nil
+}
+
+private func allocatedBytes(_ path: String) -> Int {
+    var info = stat()
+    stat(path, &info)
+    return Int(info.st_blocks) * 512
+}
+
+private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size: UInt64? = 1 << 20) -> Configuration.Volume {
+    Configuration.Volume(
+        name: name, protocol: .c, sizeBytes: size, backing: "\(directory.path)/\(name).img", metadata: nil,
+        nbdExport: name, readOnly: false)
+}
+
+@Suite struct BackingStoreTests {
+    @Test func open_missingFile_createsItAtTheConfiguredSize() throws {
+        let directory = TemporaryDirectory()
+        let store = try BackingStore.open(path: "\(directory.path)/a.img", sizeBytes: 1 << 20, create: true, readOnly: false)
+        #expect(store.sizeBytes == 1 << 20)
+        #expect(!store.isBlockDevice)
+        #expect(fileSize("\(directory.path)/a.img") == 1 << 20)
+    }
+
+    @Test func open_missingFileWithoutCreate_isRefused() {
+        let directory = TemporaryDirectory()
+        #expect(throws: StorageError.self) {
+            try BackingStore.open(path: "\(directory.path)/none.img", sizeBytes: 4096, create: false, readOnly: false)
+        }
+    }
+
+    @Test func open_existingFileOfAnotherSize_isRefusedAndLeftAlone() throws {
+        let directory = TemporaryDirectory()
+        let path = "\(directory.path)/a.img"
+        _ = try BackingStore.open(path: path, sizeBytes: 8192, create: true, readOnly: false)
+        do {
+            _ = try BackingStore.open(path: path, sizeBytes: 4096, create: true, readOnly: false)
+            Issue.record("a size mismatch must be refused")
+        } catch {
+            #expect(error.description.contains("is 8192 bytes but the volume is 4096 bytes"))
+        }
+        #expect(fileSize(path) == 8192)
+    }
+
+    @Test func writeThenRead_returnsTheSameBytes() throws {
+        let directory = TemporaryDirectory()
+        let store = try BackingStore.open(path: "\(directory.path)/a.img", sizeBytes: 1 << 20, create: true, readOnly: false)
+        let pattern = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        try pattern.withUnsafeBytes { try store.write($0, at: 12_345) }
+        try store.flush()
+        var readBack = [UInt8](repeating: 0, count: pattern.count)
+        try readBack.withUnsafeMutableBytes { try store.read(into: $0, at: 12_345) }
+        #expect(readBack == pattern)
+    }
+
+    @Test func trimAndWriteZeroes_readBackAsZeroes() throws {
+        let directory = TemporaryDirectory()
+        let path = "\(directory.path)/a.img"
+        let store = try BackingStore.open(path: path, sizeBytes: 4 << 20, create: true, readOnly: false)
+        let ones = [UInt8](repeating: 0xFF, count: 4 << 20)
+        try ones.withUnsafeBytes { try store.write($0, at: 0) }
+        try store.flush()
+        let before = allocatedBytes(path)
+        try store.writeZeroes(offset: 1 << 20, length: 1 << 20, mayDeallocate: true)
+        try store.writeZeroes(offset: 2 << 20, length: 1 << 20, mayDeallocate: false)
+        try store.trim(offset: 3 << 20, length: 1 << 20)
+        var readBack = [UInt8](repeating: 1, count: 2 << 20)
+        try readBack.withUnsafeMutableBytes { try store.read(into: $0, at: 1 << 20) }
+        #expect(readBack.allSatisfy { $0 == 0 })
+        var first = [UInt8](repeating: 0, count: 1 << 20)
+        try first.withUnsafeMutableBytes { try store.read(into: $0, at: 0) }
+        #expect(first.allSatisfy { $0 == 0xFF }, "bytes outside the zeroed ranges must be untouched")
+        #expect(allocatedBytes(path) < before, "punching holes must give space back")
+    }
+}
+
+@Suite struct MetadataFileTests {
+    private let sample = VolumeMetadata(
+        volumeName: "vol0", volumeID: 0x0123_4567_89AB_CDEF_FEDC_BA98_7654_3210, sizeBytes: 1 << 30,
+        generations: .init(current: 7, bitmap: 5, history: (3, 1)))
+
+    @Test func storeThenLoad_roundTrips() throws {
+        let directory = TemporaryDirectory()
+        let path = "\(directory.path)/vol0.meta"
+        try MetadataFile.store(sample, path: path)
+        #expect(try MetadataFile.load(path: path) == sample)
+        #expect(access(path + ".tmp", F_OK) != 0, "the temporary file must be renamed away")
+    }
+
+    @Test func load_missingFile_isNil() throws {
+        #expect(try MetadataFile.load(path: "/tmp/does-not-exist.tandem-meta") == nil)
+    }
+
+    @Test func decode_everyTruncation_isRefused() {
+        let bytes = MetadataFile.encode(sample)
+        for length in 0..<bytes.count {
+            #expect(throws: MetadataError.self) { try MetadataFile.decode(Array(bytes[0..<length]), path: "m") }
+        }
+    }
+
+    @Test func decode_everySingleBitFlip_isRefused() {
+        let bytes = MetadataFile.encode(sample)
+        for index in bytes.indices {
+            var damaged = bytes
+            damaged[index] ^= 0x10
+            #expect(throws: MetadataError.self) { try MetadataFile.decode(damaged, path: "m") }
+        }
+    }
+
+    @Test func load_tornFile_isRefusedWithAClearMessage() throws {
+        let directory = TemporaryDirectory()
+        let path = "\(directory.path)/vol0.meta"
+        try MetadataFile.store(sample, path: path)
+        truncate(path, 30)
+        do {
+            _ = try MetadataFile.load(path: path)
+            Issue.record("a torn file must be refused")
+        } catch {
+            #expect(error.description.contains("is torn or corrupt"))
+            #expect(error.description.contains("refusing to use it"))
+        }
+    }
+}
+
+@Suite struct LocalVolumeTests {
+    @Test func open_firstUse_createsBackingAndMetadata_thenReopensTheSameIdentity() throws {
+        let directory = TemporaryDirectory()
+        let config = volume(directory)
+        let first = try LocalVolume.open(config, stateDirectory: directory.path, newGeneration: { 42 }, newVolumeID: { 99 })
+        #expect(first.metadataPath == "\(directory.path)/vol0.img.tandem-meta")
+        #expect(first.metadata.generations.current == 42)
+        let second = try LocalVolume.open(config, stateDirectory: directory.path, newGeneration: { 1 }, newVolumeID: { 2 })
+        #expect(second.metadata == first.metadata)
+    }
+
+    @Test func open_metadataOfAnotherVolume_isRefused() throws {
+        let directory = TemporaryDirectory()
+        var config = volume(directory)
+        _ = try LocalVolume.open(config, stateDirectory: directory.path, newGeneration: { 1 }, newVolumeID: { 1 })
+        config.name = "other"
+        config.metadata = "\(directory.path)/vol0.img.tandem-meta"
+        #expect(throws: LocalVolumeError.self) {
+            try LocalVolume.open(config, stateDirectory: directory.path, newGeneration: { 1 }, newVolumeID: { 1 })
+        }
+    }
+
+    @Test func open_backingMissingWhileMetadataExists_isRefused() throws {
+        let directory = TemporaryDirectory()
+        let config = volume(directory)
+        _ = try LocalVolume.open(config, stateDirectory: directory.path, newGeneration: { 1 }, newVolumeID: { 1 })
+        unlink(config.backing)
+        #expect(throws: LocalVolumeError.self) {
+            try LocalVolume.open(config, stateDirectory: directory.path, newGeneration: { 1 }, newVolumeID: { 1 })
+        }
+        #expect(access(config.backing, F_OK) != 0, "a lost backing file must not be silently re-created")
+    }
+}
+
+@Suite struct CRC32CTests {
+    @Test func knownVectors() {
+        // RFC 3720, appendix B.4.
+        #expect(CRC32C.checksum([UInt8](repeating: 0, count: 32)) == 0x8A91_36AA)
+        #expect(CRC32C.checksum([UInt8](repeating: 0xFF, count: 32)) == 0x62A8_AB43)
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        let whole = CRC32C.checksum(Array("123456789".utf8))
+        let split = CRC32C.checksum(Array("6789".utf8), seed: CRC32C.checksum(Array("12345".utf8)))
+        #expect(whole == split)
+    }
+}

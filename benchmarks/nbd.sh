@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Throughput and IOPS of Tandem's NBD server against nbdkit's file plugin, measured in the same run
+# with fio's nbd engine on the same kind of backing file (preallocated, on the same file system).
+#
+#   benchmarks/nbd.sh [--runtime SECONDS] [--size SIZE] [--dir DIR]
+#
+# Prints one row per workload with both figures and the ratio Tandem/nbdkit.
+set -euo pipefail
+
+runtime=15
+size=2G
+dir=$(mktemp -d /var/tmp/tandem-bench.XXXXXX)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runtime) runtime=$2; shift 2 ;;
+    --size) size=$2; shift 2 ;;
+    --dir) dir=$2; mkdir -p "$dir"; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+for tool in fio nbdkit nbdinfo python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install fio nbdkit libnbd-bin)" >&2; exit 1; }
+done
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+swift build -c release --package-path "$top" --product tandem >&2
+tandem="$top/.build/release/tandem"
+
+tandem_port=10901
+nbdkit_port=10902
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+fallocate -l "$size" "$dir/tandem.img"
+fallocate -l "$size" "$dir/nbdkit.img"
+cat > "$dir/tandem.toml" <<TOML
+[cluster]
+name = "bench"
+state-dir = "$dir"
+
+[[node]]
+name = "bench"
+address = "127.0.0.1"
+nbd-listen = ["127.0.0.1:$tandem_port"]
+
+[[volume]]
+name = "vol0"
+backing = "$dir/tandem.img"
+TOML
+
+"$tandem" agent --config "$dir/tandem.toml" --node bench --log-level warning &
+pids+=($!)
+nbdkit --foreground --port "$nbdkit_port" --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/nbdkit.img" &
+pids+=($!)
+for uri in "nbd://127.0.0.1:$tandem_port/vol0" "nbd://127.0.0.1:$nbdkit_port/"; do
+  for _ in $(seq 1 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.1; done
+  nbdinfo --size "$uri" >/dev/null
+done
+
+# name rw bs iodepth metric
+workloads=(
+  "seq-write-1M-qd8 write 1M 8 bw"
+  "rand-write-4K-qd16 randwrite 4k 16 iops"
+  "rand-write-4K-qd1 randwrite 4k 1 iops"
+  "rand-read-4K-qd16 randread 4k 16 iops"
+)
+
+measure() { # uri rw bs depth metric
+  fio --name=bench --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="$size" \
+    --time_based --runtime="$runtime" --ramp_time=2 --output-format=json --output="$dir/fio.json" >/dev/null 2>&1
+  python3 - "$5" "$dir/fio.json" <<'PY'
+import json, sys
+job = json.load(open(sys.argv[2]))["jobs"][0]
+side = job["read"] if job["read"]["io_bytes"] > 0 else job["write"]
+print(side["bw_bytes"] / 1048576 if sys.argv[1] == "bw" else side["iops"])
+PY
+}
+
+printf '%-22s %14s %14s %8s\n' workload tandem nbdkit ratio
+for workload in "${workloads[@]}"; do
+  read -r name rw bs depth metric <<<"$workload"
+  t=$(measure "nbd://127.0.0.1:$tandem_port/vol0" "$rw" "$bs" "$depth" "$metric")
+  n=$(measure "nbd://127.0.0.1:$nbdkit_port/" "$rw" "$bs" "$depth" "$metric")
+  unit=$([ "$metric" = bw ] && echo MiB/s || echo IOPS)
+  printf '%-22s %8.0f %-5s %8.0f %-5s %8.2f\n' "$name" "$t" "$unit" "$n" "$unit" "$(python3 -c "print($t/$n)")"
+done
