@@ -1,0 +1,140 @@
+import Foundation
+import Testing
+
+/// The `tandem` binary as an administrator runs it.
+@Suite struct AgentProcessTests {
+    private func writeConfig(_ directory: TemporaryDirectory, port: Int, size: String, extra: String = "") throws -> String {
+        let path = "\(directory.path)/tandem.toml"
+        try """
+        [cluster]
+        name = "test"
+        state-dir = "\(directory.path)"
+
+        [[node]]
+        name = "node-a"
+        address = "127.0.0.1"
+        nbd-listen = ["127.0.0.1:\(port)"]
+
+        [[volume]]
+        name = "vol0"
+        size = "\(size)"
+        backing = "\(directory.path)/vol0.img"
+        \(extra)
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// A free TCP port on loopback, chosen by the kernel.
+    private func freePort() throws -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw Tools.Failure(description: "no free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    private func startAgent(config: String) throws -> (Process, DataCollector) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Tools.tandemBinary())
+        process.arguments = ["agent", "--config", config, "--node", "node-a"]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        return (process, DataCollector(errors.fileHandleForReading))
+    }
+
+    /// Polls `nbdinfo` until the agent answers, for at most 20 seconds.
+    private func waitUntilServing(_ uri: String, process: Process) throws {
+        for _ in 0..<200 {
+            guard process.isRunning else { throw Tools.Failure(description: "the agent exited early") }
+            if try Tools.run("nbdinfo", ["--size", uri]).status == 0 { return }
+            usleep(100_000)
+        }
+        throw Tools.Failure(description: "the agent did not serve \(uri) within 20 seconds")
+    }
+
+    private func residentBytes(of pid: Int32) throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1])
+        else { throw Tools.Failure(description: "no VmRSS in /proc/\(pid)/status") }
+        return kib * 1024
+    }
+
+    @Test func agent_servesA10GiBVolume_inUnder64MiB_andStopsCleanlyOnSIGTERM() throws {
+        let directory = TemporaryDirectory()
+        let port = try freePort()
+        let config = try writeConfig(directory, port: port, size: "10GiB")
+        let (process, errors) = try startAgent(config: config)
+        defer { if process.isRunning { process.terminate() } }
+        let uri = "nbd://127.0.0.1:\(port)/vol0"
+        try waitUntilServing(uri, process: process)
+        try Tools.check("fio", [
+            "--name=spread", "--ioengine=nbd", "--uri=\(uri)", "--rw=randwrite", "--bs=64k", "--iodepth=16",
+            "--size=10G", "--io_size=128M", "--numjobs=4", "--group_reporting",
+        ])
+        try Tools.check("fio", [
+            "--name=read", "--ioengine=nbd", "--uri=\(uri)", "--rw=randread", "--bs=1M", "--iodepth=8",
+            "--size=10G", "--io_size=256M",
+        ])
+        let rss = try residentBytes(of: process.processIdentifier)
+        print("agent resident memory serving a 10 GiB volume after 768 MiB of I/O: \(rss / 1024) KiB")
+        #expect(rss < 64 << 20, "resident memory \(rss) bytes")
+        process.terminate()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "exit status after SIGTERM; stderr:\n\(errors.text())")
+        #expect(errors.text().contains("NBD server shutting down"))
+    }
+
+    @Test func agent_refusesToStart_whenMetadataIsCorrupt() throws {
+        let directory = TemporaryDirectory()
+        let port = try freePort()
+        let config = try writeConfig(directory, port: port, size: "16MiB")
+        try Tools.check(try Tools.tandemBinary(), ["config", "check", config])
+        let (first, _) = try startAgent(config: config)
+        try waitUntilServing("nbd://127.0.0.1:\(port)/vol0", process: first)
+        first.terminate()
+        first.waitUntilExit()
+        let metadata = "\(directory.path)/vol0.img.tandem-meta"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: metadata))
+        bytes[bytes.count / 2] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: metadata))
+        let output = try Tools.run(try Tools.tandemBinary(), ["agent", "--config", config, "--node", "node-a"], timeout: .seconds(30))
+        #expect(output.status == 1)
+        #expect(output.standardError.contains("metadata file \(metadata) is torn or corrupt"), "\(output.standardError)")
+    }
+
+    @Test func configCheck_badFile_namesFileLineAndKey_andExitsNonZero() throws {
+        let directory = TemporaryDirectory()
+        let config = try writeConfig(directory, port: 10809, size: "1 gig", extra: "colour = \"blue\"")
+        let output = try Tools.run(try Tools.tandemBinary(), ["config", "check", config])
+        #expect(output.status == 1)
+        #expect(output.standardError.contains("\(config):12: volume[0].size: expected a size such as"), "\(output.standardError)")
+        #expect(output.standardError.contains("\(config):14: volume[0].colour: unknown key"), "\(output.standardError)")
+        let missing = try Tools.run(try Tools.tandemBinary(), ["config", "check", "\(directory.path)/absent.toml"])
+        #expect(missing.status == 1)
+        #expect(missing.standardError.contains("absent.toml: cannot read: No such file or directory"))
+    }
+
+    @Test func init_writesAConfigThatChecksAndAPrivateSecret() throws {
+        let directory = TemporaryDirectory()
+        let config = "\(directory.path)/etc/tandem.toml"
+        let secret = "\(directory.path)/etc/secret"
+        try Tools.check(try Tools.tandemBinary(), ["init", "--output", config, "--secret", secret])
+        try Tools.check(try Tools.tandemBinary(), ["config", "check", config])
+        let attributes = try FileManager.default.attributesOfItem(atPath: secret)
+        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+        #expect(try String(contentsOfFile: secret, encoding: .utf8).count == 65)
+        let again = try Tools.run(try Tools.tandemBinary(), ["init", "--output", config, "--secret", secret])
+        #expect(again.status == 1, "init must not overwrite without --force")
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+
+/// Runs programs nobody here wrote (qemu-io, nbdinfo, fio, …) and the `tandem` binary itself.
+enum Tools {
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    struct Output {
+        var status: Int32
+        var standardOutput: String
+        var standardError: String
+        var combined: String { standardOutput + standardError }
+    }
+
+    /// The Debian package that provides each tool, for the error when one is missing.
+    private static let packages = [
+        "qemu-io": "qemu-utils", "qemu-img": "qemu-utils", "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin",
+        "fio": "fio", "nbdkit": "nbdkit",
+    ]
+
+    /// The absolute path of `name` on PATH; a missing tool is a failure naming its package, never a skip.
+    static func path(of name: String) throws -> String {
+        let directories = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+        for directory in directories + ["/usr/sbin", "/sbin"] {
+            let candidate = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        let package = packages[name].map { " (Debian package \($0); scripts/test installs it)" } ?? ""
+        throw Failure(description: "required tool \(name) is not installed\(package)")
+    }
+
+    /// The `tandem` executable built with the tests.
+    static func tandemBinary() throws -> String {
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        let candidates = [
+            executable.appendingPathComponent("tandem").path,
+            FileManager.default.currentDirectoryPath + "/.build/debug/tandem",
+        ]
+        guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw Failure(description: "the tandem binary was not built (looked in \(candidates)); run `swift build` first")
+        }
+        return found
+    }
+
+    /// Runs `name` with `arguments`, waits at most `timeout`, and returns what it printed.
+    @discardableResult
+    static func run(_ name: String, _ arguments: [String], timeout: Duration = .seconds(120)) throws -> Output {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: name.hasPrefix("/") ? name : try path(of: name))
+        process.arguments = arguments
+        let output = Pipe()
+        let error = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        try process.run()
+        let outputData = DataCollector(output.fileHandleForReading)
+        let errorData = DataCollector(error.fileHandleForReading)
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning {
+            if ContinuousClock.now > deadline {
+                process.terminate()
+                process.waitUntilExit()
+                throw Failure(description: "\(name) \(arguments.joined(separator: " ")) did not finish within \(timeout)")
+            }
+            usleep(10_000)
+        }
+        process.waitUntilExit()
+        return Output(
+            status: process.terminationStatus, standardOutput: outputData.text(), standardError: errorData.text())
+    }
+
+    /// Runs a tool and fails unless it exits with 0.
+    @discardableResult
+    static func check(_ name: String, _ arguments: [String], timeout: Duration = .seconds(120)) throws -> Output {
+        let output = try run(name, arguments, timeout: timeout)
+        guard output.status == 0 else {
+            throw Failure(description: "\(name) \(arguments.joined(separator: " ")) exited with \(output.status):\n\(output.combined)")
+        }
+        return output
+    }
+}
+
+/// Drains a pipe on a background thread so a chatty child never blocks on a full pipe.
+final class DataCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var data = Data()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ handle: FileHandle) {
+        Thread.detachNewThread { [self] in
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                lock.lock()
+                data.append(chunk)
+                lock.unlock()
+            }
+            done.signal()
+        }
+    }
+
+    func text() -> String {
+        done.wait()
+        lock.lock()
+        defer { lock.unlock() }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// Random bytes written to a file, for copy round trips.
+func writeRandomFile(path: String, bytes: Int) throws -> Data {
+    var generator = SystemRandomNumberGenerator()
+    var data = Data(count: bytes)
+    data.withUnsafeMutableBytes { raw in
+        let words = raw.bindMemory(to: UInt64.self)
+        for index in words.indices { words[index] = generator.next() }
+    }
+    try data.write(to: URL(fileURLWithPath: path))
+    return data
+}
