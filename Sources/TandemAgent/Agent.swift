@@ -5,7 +5,7 @@ import TandemCore
 import TandemStorage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The daemon of one node.
@@ -36,7 +36,9 @@ public struct Agent: Sendable {
                 let opened = try LocalVolume.open(
                     volume, stateDirectory: configuration.cluster.stateDirectory,
                     newGeneration: { UInt64.random(in: 1...UInt64.max) },
-                    newVolumeID: { UInt128(UInt64.random(in: 0...UInt64.max)) << 64 | UInt128(UInt64.random(in: 0...UInt64.max)) })
+                    newVolumeID: {
+                        UInt128(UInt64.random(in: 0...UInt64.max)) << 64 | UInt128(UInt64.random(in: 0...UInt64.max))
+                    })
                 volumes.append(opened)
                 logger.info(
                     "volume \(volume.name) open: \(Units.formatByteCount(opened.store.sizeBytes)) on \(volume.backing)")
@@ -45,7 +47,9 @@ public struct Agent: Sendable {
             }
         }
         let exports = NBDExportTable(
-            volumes.map { NBDExport(name: $0.configuration.nbdExport, store: $0.store, readOnly: $0.configuration.readOnly) })
+            volumes.map {
+                NBDExport(name: $0.configuration.nbdExport, store: $0.store, readOnly: $0.configuration.readOnly)
+            })
         let server = NBDServer(listen: node.nbdListen, exports: exports, limits: configuration.limits, logger: logger)
         return Agent(node: node, volumes: volumes, nbdServer: server, logger: logger)
     }

@@ -1,12 +1,13 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import CTandemLinux
 import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// A failed storage operation, with the path and the operating system's reason.
 public struct StorageError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -81,7 +82,8 @@ public final class BackingStore: Sendable {
         if !exists {
             guard create else { throw StorageError(path: path, operation: "open", reason: "does not exist") }
             guard let sizeBytes else {
-                throw StorageError(path: path, operation: "create", reason: "does not exist and the config sets no size")
+                throw StorageError(
+                    path: path, operation: "create", reason: "does not exist and the config sets no size")
             }
             try createFile(path: path, sizeBytes: sizeBytes)
         }
@@ -215,8 +217,12 @@ public final class BackingStore: Sendable {
         precondition(!isReadOnly, "write to read-only backing store \(path)")
         precondition(offset + length <= sizeBytes, "write past the end of \(path)")
         guard length > 0 else { return }
-        let modes = mayDeallocate
-            ? [CTANDEM_FALLOC_PUNCH_HOLE | CTANDEM_FALLOC_KEEP_SIZE, CTANDEM_FALLOC_ZERO_RANGE | CTANDEM_FALLOC_KEEP_SIZE]
+        let modes =
+            mayDeallocate
+            ? [
+                CTANDEM_FALLOC_PUNCH_HOLE | CTANDEM_FALLOC_KEEP_SIZE,
+                CTANDEM_FALLOC_ZERO_RANGE | CTANDEM_FALLOC_KEEP_SIZE,
+            ]
             : [CTANDEM_FALLOC_ZERO_RANGE | CTANDEM_FALLOC_KEEP_SIZE]
         for mode in modes where ctandem_fallocate(descriptor.rawValue, mode, off_t(offset), off_t(length)) == 0 {
             return

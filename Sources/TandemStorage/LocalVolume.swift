@@ -46,11 +46,14 @@ public struct LocalVolume: Sendable {
         }
         if let existing {
             guard existing.volumeName == volume.name else {
-                throw .mismatch("metadata file \(metadataPath) belongs to volume \"\(existing.volumeName)\", not \"\(volume.name)\"")
+                throw .mismatch(
+                    "metadata file \(metadataPath) belongs to volume \"\(existing.volumeName)\", not \"\(volume.name)\""
+                )
             }
             guard existing.sizeBytes == store.sizeBytes else {
                 throw .mismatch(
-                    "metadata file \(metadataPath) records \(existing.sizeBytes) bytes, the volume is \(store.sizeBytes) bytes")
+                    "metadata file \(metadataPath) records \(existing.sizeBytes) bytes, the volume is \(store.sizeBytes) bytes"
+                )
             }
             return LocalVolume(configuration: volume, store: store, metadata: existing, metadataPath: metadataPath)
         }

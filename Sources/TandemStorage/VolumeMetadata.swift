@@ -1,8 +1,9 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import SystemPackage
 import TandemCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// The identity of a volume's data, kept in a metadata file beside the backing store.
 public struct VolumeMetadata: Sendable, Equatable {
@@ -64,7 +65,8 @@ public enum MetadataError: Error, Sendable, Equatable, CustomStringConvertible {
             return "metadata file \(path) is torn or corrupt (\(reason)); refusing to use it. "
                 + "Move it aside to re-create the volume's identity, which makes the next connection a full resync"
         case .unsupportedFormat(let path, let format):
-            return "metadata file \(path) has format \(format); this Tandem reads format \(VolumeMetadata.currentFormat)"
+            return
+                "metadata file \(path) has format \(format); this Tandem reads format \(VolumeMetadata.currentFormat)"
         case .storage(let error):
             return error.description
         }
@@ -144,7 +146,8 @@ public enum MetadataFile {
         let format = reader.uint32()!
         let payloadLength = Int(reader.uint32()!)
         guard bytes.count == 16 + payloadLength + 4 else {
-            throw .corrupt(path: path, reason: "\(bytes.count) bytes long, the header announces \(16 + payloadLength + 4)")
+            throw .corrupt(
+                path: path, reason: "\(bytes.count) bytes long, the header announces \(16 + payloadLength + 4)")
         }
         let stored = ByteReader(bytes: bytes, index: bytes.count - 4).peekUInt32()!
         let computed = CRC32C.checksum(bytes[0..<(bytes.count - 4)])

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A file could not be written.
@@ -12,7 +12,8 @@ struct FileWriteError: Error, CustomStringConvertible {
 enum TextFile {
     /// Writes `text` to `path` with `mode`, fsync'd, creating the parent directory if needed.
     static func write(_ text: String, to path: String, mode: mode_t) throws {
-        let parent = String(path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/"))
+        let parent = String(
+            path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/"))
         if !parent.isEmpty, access(parent, F_OK) != 0, mkdir(parent, 0o755) != 0 {
             throw FileWriteError(path: parent, reason: String(cString: strerror(errno)))
         }

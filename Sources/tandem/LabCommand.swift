@@ -4,7 +4,7 @@ import TandemAgent
 import TandemCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct LabCommand: AsyncParsableCommand {
@@ -26,13 +26,18 @@ struct LabCommand: AsyncParsableCommand {
     var logLevel: Logger.Level = .info
 
     func run() async throws {
-        guard Units.parseByteCount(size) != nil else { throw fail("--size: expected a size such as 1GiB, found \(size)") }
+        guard Units.parseByteCount(size) != nil else {
+            throw fail("--size: expected a size such as 1GiB, found \(size)")
+        }
         let directory = absolute(self.directory)
         for folder in [directory, "\(directory)/state"] where access(folder, F_OK) != 0 {
-            guard mkdir(folder, 0o755) == 0 else { throw fail("cannot create \(folder): \(String(cString: strerror(errno)))") }
+            guard mkdir(folder, 0o755) == 0 else {
+                throw fail("cannot create \(folder): \(String(cString: strerror(errno)))")
+            }
         }
         let configPath = "\(directory)/tandem.toml"
-        try TextFile.write(ConfigTemplate.lab(directory: directory, sizeText: size, port: port), to: configPath, mode: 0o644)
+        try TextFile.write(
+            ConfigTemplate.lab(directory: directory, sizeText: size, port: port), to: configPath, mode: 0o644)
         let level = logLevel
         LoggingSystem.bootstrap { name in
             var handler = StreamLogHandler.standardError(label: name)

@@ -4,7 +4,7 @@ import TandemAgent
 import TandemCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @main

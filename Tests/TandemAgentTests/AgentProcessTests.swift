@@ -3,7 +3,9 @@ import Testing
 
 /// The `tandem` binary as an administrator runs it.
 @Suite struct AgentProcessTests {
-    private func writeConfig(_ directory: TemporaryDirectory, port: Int, size: String, extra: String = "") throws -> String {
+    private func writeConfig(_ directory: TemporaryDirectory, port: Int, size: String, extra: String = "") throws
+        -> String
+    {
         let path = "\(directory.path)/tandem.toml"
         try """
         [cluster]
@@ -78,14 +80,18 @@ import Testing
         defer { if process.isRunning { process.terminate() } }
         let uri = "nbd://127.0.0.1:\(port)/vol0"
         try waitUntilServing(uri, process: process)
-        try Tools.check("fio", [
-            "--name=spread", "--ioengine=nbd", "--uri=\(uri)", "--rw=randwrite", "--bs=64k", "--iodepth=16",
-            "--size=10G", "--io_size=128M", "--numjobs=4", "--group_reporting",
-        ])
-        try Tools.check("fio", [
-            "--name=read", "--ioengine=nbd", "--uri=\(uri)", "--rw=randread", "--bs=1M", "--iodepth=8",
-            "--size=10G", "--io_size=256M",
-        ])
+        try Tools.check(
+            "fio",
+            [
+                "--name=spread", "--ioengine=nbd", "--uri=\(uri)", "--rw=randwrite", "--bs=64k", "--iodepth=16",
+                "--size=10G", "--io_size=128M", "--numjobs=4", "--group_reporting",
+            ])
+        try Tools.check(
+            "fio",
+            [
+                "--name=read", "--ioengine=nbd", "--uri=\(uri)", "--rw=randread", "--bs=1M", "--iodepth=8",
+                "--size=10G", "--io_size=256M",
+            ])
         let rss = try residentBytes(of: process.processIdentifier)
         print("agent resident memory serving a 10 GiB volume after 768 MiB of I/O: \(rss / 1024) KiB")
         #expect(rss < 64 << 20, "resident memory \(rss) bytes")
@@ -108,9 +114,11 @@ import Testing
         var bytes = try Data(contentsOf: URL(fileURLWithPath: metadata))
         bytes[bytes.count / 2] ^= 0xFF
         try bytes.write(to: URL(fileURLWithPath: metadata))
-        let output = try Tools.run(try Tools.tandemBinary(), ["agent", "--config", config, "--node", "node-a"], timeout: .seconds(30))
+        let output = try Tools.run(
+            try Tools.tandemBinary(), ["agent", "--config", config, "--node", "node-a"], timeout: .seconds(30))
         #expect(output.status == 1)
-        #expect(output.standardError.contains("metadata file \(metadata) is torn or corrupt"), "\(output.standardError)")
+        #expect(
+            output.standardError.contains("metadata file \(metadata) is torn or corrupt"), "\(output.standardError)")
     }
 
     @Test func configCheck_badFile_namesFileLineAndKey_andExitsNonZero() throws {
@@ -118,7 +126,9 @@ import Testing
         let config = try writeConfig(directory, port: 10809, size: "1 gig", extra: "colour = \"blue\"")
         let output = try Tools.run(try Tools.tandemBinary(), ["config", "check", config])
         #expect(output.status == 1)
-        #expect(output.standardError.contains("\(config):12: volume[0].size: expected a size such as"), "\(output.standardError)")
+        #expect(
+            output.standardError.contains("\(config):12: volume[0].size: expected a size such as"),
+            "\(output.standardError)")
         #expect(output.standardError.contains("\(config):14: volume[0].colour: unknown key"), "\(output.standardError)")
         let missing = try Tools.run(try Tools.tandemBinary(), ["config", "check", "\(directory.path)/absent.toml"])
         #expect(missing.status == 1)

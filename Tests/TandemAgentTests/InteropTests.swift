@@ -15,13 +15,16 @@ import Testing
             let output = try Tools.check("qemu-io", arguments)
             #expect(!output.combined.contains("Pattern verification failed"), "\(output.combined)")
             #expect(output.standardOutput.components(separatedBy: "read ").count - 1 == 6, "\(output.combined)")
-            #expect(try Data(contentsOf: URL(fileURLWithPath: server.backing())).prefix(1 << 20) == Data(repeating: 0xAB, count: 1 << 20))
+            #expect(
+                try Data(contentsOf: URL(fileURLWithPath: server.backing())).prefix(1 << 20)
+                    == Data(repeating: 0xAB, count: 1 << 20))
         }
     }
 
     @Test func qemuIO_mismatchIsDetected() async throws {
         try await withTestServer { server in
-            let output = try Tools.run("qemu-io", ["-f", "raw", "-c", "write -P 0x01 0 4k", "-c", "read -P 0x02 0 4k", server.uri()])
+            let output = try Tools.run(
+                "qemu-io", ["-f", "raw", "-c", "write -P 0x01 0 4k", "-c", "read -P 0x02 0 4k", server.uri()])
             #expect(output.combined.contains("Pattern verification failed"), "the check itself must be able to fail")
         }
     }
@@ -83,11 +86,13 @@ import Testing
     @Test(arguments: [("randwrite", "4k", "16"), ("write", "1M", "8"), ("randrw", "64k", "4")])
     func fio_verifyCRC32C_findsNoMismatch(pattern: String, blockSize: String, depth: String) async throws {
         try await withTestServer(sizeBytes: 64 << 20) { server in
-            let output = try Tools.check("fio", [
-                "--name=verify", "--ioengine=nbd", "--uri=\(server.uri())", "--rw=\(pattern)", "--bs=\(blockSize)",
-                "--iodepth=\(depth)", "--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-                "--verify_dump=0", "--randrepeat=0",
-            ])
+            let output = try Tools.check(
+                "fio",
+                [
+                    "--name=verify", "--ioengine=nbd", "--uri=\(server.uri())", "--rw=\(pattern)", "--bs=\(blockSize)",
+                    "--iodepth=\(depth)", "--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+                    "--verify_dump=0", "--randrepeat=0",
+                ])
             #expect(!output.combined.contains("verify: bad"), "\(output.combined)")
             #expect(output.combined.contains("err= 0"), "\(output.combined)")
         }

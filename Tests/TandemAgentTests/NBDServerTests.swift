@@ -6,9 +6,9 @@ import Testing
 @testable import TandemStorage
 @testable import TandemWire
 
-private let EPERM_: UInt32 = 1
-private let EINVAL_: UInt32 = 22
-private let ENOSPC_: UInt32 = 28
+private let errorNotPermitted: UInt32 = 1
+private let errorInvalid: UInt32 = 22
+private let errorNoSpace: UInt32 = 28
 
 @Suite struct NBDNegotiationTests {
     @Test func list_namesEveryExport() async throws {
@@ -35,7 +35,8 @@ private let ENOSPC_: UInt32 = 28
             }
             let (size, flags) = try client.go(export: "vol0")
             #expect(size == 64 << 20)
-            #expect(flags.isSuperset(of: [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .canMultiConn]))
+            #expect(
+                flags.isSuperset(of: [.hasFlags, .sendFlush, .sendFUA, .sendTrim, .sendWriteZeroes, .canMultiConn]))
         }
     }
 
@@ -45,10 +46,16 @@ private let ENOSPC_: UInt32 = 28
             try client.greet()
             var data = ByteBuffer()
             data.writeNBDExportInfoRequest(NBDExportInfoRequest(exportName: "nope", requestedInfo: []))
-            #expect(try client.option(NBD.OptionType.go.rawValue, data: data).map(\.type) == [NBD.OptionReplyType.errorUnknown.rawValue])
+            #expect(
+                try client.option(NBD.OptionType.go.rawValue, data: data).map(\.type) == [
+                    NBD.OptionReplyType.errorUnknown.rawValue
+                ])
             var malformed = ByteBuffer()
             malformed.writeInteger(UInt32(50))
-            #expect(try client.option(NBD.OptionType.info.rawValue, data: malformed).map(\.type) == [NBD.OptionReplyType.errorInvalid.rawValue])
+            #expect(
+                try client.option(NBD.OptionType.info.rawValue, data: malformed).map(\.type) == [
+                    NBD.OptionReplyType.errorInvalid.rawValue
+                ])
             #expect(try client.go(export: "").size == 64 << 20, "the empty name is the default export")
         }
     }
@@ -58,14 +65,16 @@ private let ENOSPC_: UInt32 = 28
             let client = try NBDTestClient(port: server.port)
             try client.greet()
             var data = ByteBuffer()
-            data.writeNBDExportInfoRequest(NBDExportInfoRequest(exportName: "ro", requestedInfo: [NBD.InfoType.name.rawValue]))
+            data.writeNBDExportInfoRequest(
+                NBDExportInfoRequest(exportName: "ro", requestedInfo: [NBD.InfoType.name.rawValue]))
             let replies = try client.option(NBD.OptionType.info.rawValue, data: data)
             #expect(replies.count == 4)
             var export = replies[0].data
             #expect(export.readMultipleIntegers(as: (UInt16, UInt64).self)! == (0, 1 << 20))
             #expect(NBD.TransmissionFlags(rawValue: export.readInteger()!).contains(.readOnly))
             var blockSize = replies[1].data
-            #expect(blockSize.readMultipleIntegers(as: (UInt16, UInt32, UInt32, UInt32).self)! == (3, 1, 4096, 32 << 20))
+            #expect(
+                blockSize.readMultipleIntegers(as: (UInt16, UInt32, UInt32, UInt32).self)! == (3, 1, 4096, 32 << 20))
             #expect(replies.last?.type == NBD.OptionReplyType.ack.rawValue)
             #expect(try client.go(export: "vol0").size == 64 << 20, "INFO must leave the client negotiating")
         }
@@ -139,23 +148,24 @@ private let ENOSPC_: UInt32 = 28
             try client.greet()
             try client.go(export: "vol0")
             let size: UInt64 = 64 << 20
-            #expect(try client.read(at: size - 100, length: 200).error == EINVAL_)
-            #expect(try client.write([0, 0], at: size - 1) == ENOSPC_)
-            #expect(try client.read(at: UInt64.max - 10, length: 100).error == EINVAL_, "offset + length overflows")
-            #expect(try client.command(.trim, offset: size, length: 4096) == EINVAL_)
-            #expect(try client.command(.writeZeroes, offset: size - 4096, length: 8192) == ENOSPC_)
-            #expect(try client.read(at: 0, length: 64 << 20).error == EINVAL_, "a read over the request limit")
-            #expect(try client.command(.blockStatus, length: 4096) == EINVAL_)
-            #expect(try client.command(.cache, length: 4096) == EINVAL_)
+            #expect(try client.read(at: size - 100, length: 200).error == errorInvalid)
+            #expect(try client.write([0, 0], at: size - 1) == errorNoSpace)
+            #expect(
+                try client.read(at: UInt64.max - 10, length: 100).error == errorInvalid, "offset + length overflows")
+            #expect(try client.command(.trim, offset: size, length: 4096) == errorInvalid)
+            #expect(try client.command(.writeZeroes, offset: size - 4096, length: 8192) == errorNoSpace)
+            #expect(try client.read(at: 0, length: 64 << 20).error == errorInvalid, "a read over the request limit")
+            #expect(try client.command(.blockStatus, length: 4096) == errorInvalid)
+            #expect(try client.command(.cache, length: 4096) == errorInvalid)
             #expect(try client.read(at: size - 4096, length: 4096).error == 0, "the last block is in range")
             #expect(try client.read(at: 0, length: 0).error == 0)
 
             let readOnly = try NBDTestClient(port: server.port)
             try readOnly.greet()
             #expect(try readOnly.go(export: "ro").flags.contains(.readOnly))
-            #expect(try readOnly.write([1], at: 0) == EPERM_)
-            #expect(try readOnly.command(.trim, length: 4096) == EPERM_)
-            #expect(try readOnly.command(.writeZeroes, length: 4096) == EPERM_)
+            #expect(try readOnly.write([1], at: 0) == errorNotPermitted)
+            #expect(try readOnly.command(.trim, length: 4096) == errorNotPermitted)
+            #expect(try readOnly.command(.writeZeroes, length: 4096) == errorNotPermitted)
             #expect(try readOnly.read(at: 0, length: 4096).error == 0)
         }
     }
@@ -185,7 +195,8 @@ private let ENOSPC_: UInt32 = 28
             for cookie in UInt64(1)...64 {
                 let payload = ByteBuffer(bytes: patternBytes(count: 4096, seed: UInt8(cookie)))
                 let flags: NBD.CommandFlags = cookie % 3 == 0 ? .fua : []
-                try client.sendRequest(.write, cookie: cookie, offset: cookie * 4096, length: 4096, flags: flags, payload: payload)
+                try client.sendRequest(
+                    .write, cookie: cookie, offset: cookie * 4096, length: 4096, flags: flags, payload: payload)
                 expected.insert(cookie)
             }
             try client.sendRequest(.flush, cookie: 1000, offset: 0, length: 0)
@@ -210,13 +221,16 @@ private let ENOSPC_: UInt32 = 28
             }
             for (index, client) in clients.enumerated() {
                 let payload = ByteBuffer(bytes: patternBytes(count: 65536, seed: UInt8(index)))
-                try client.sendRequest(.write, cookie: UInt64(index), offset: UInt64(index) << 16, length: 65536, payload: payload)
+                try client.sendRequest(
+                    .write, cookie: UInt64(index), offset: UInt64(index) << 16, length: 65536, payload: payload)
             }
             for (index, client) in clients.enumerated() {
                 #expect(try client.receiveReply().cookie == UInt64(index))
             }
             for (index, client) in clients.enumerated().reversed() {
-                #expect(try client.read(at: UInt64(index) << 16, length: 65536).data == patternBytes(count: 65536, seed: UInt8(index)))
+                #expect(
+                    try client.read(at: UInt64(index) << 16, length: 65536).data
+                        == patternBytes(count: 65536, seed: UInt8(index)))
             }
         }
     }
@@ -236,7 +250,8 @@ private let ENOSPC_: UInt32 = 28
             let client = try NBDTestClient(port: server.port)
             try client.greet()
             try client.go(export: "vol0")
-            try client.sendRequest(.write, cookie: 5, offset: 0, length: 4, flags: .fua, payload: ByteBuffer(bytes: [1, 2, 3, 4]))
+            try client.sendRequest(
+                .write, cookie: 5, offset: 0, length: 4, flags: .fua, payload: ByteBuffer(bytes: [1, 2, 3, 4]))
             try client.sendRequest(.disconnect, cookie: 6, offset: 0, length: 0)
             #expect(try client.receiveReply().cookie == 5)
             #expect(client.serverClosed())
@@ -341,16 +356,19 @@ private let ENOSPC_: UInt32 = 28
     private let directory = TemporaryDirectory()
 
     init() throws {
-        let store = try BackingStore.open(path: "\(directory.path)/a.img", sizeBytes: 1 << 20, create: true, readOnly: false)
+        let store = try BackingStore.open(
+            path: "\(directory.path)/a.img", sizeBytes: 1 << 20, create: true, readOnly: false)
         export = NBDExport(name: "a", store: store, readOnly: false)
         readOnly = NBDExport(name: "b", store: store, readOnly: true)
     }
 
     private func verdict(
-        _ type: NBD.CommandType, _ offset: UInt64, _ length: UInt32, _ flags: NBD.CommandFlags = [], readOnly: Bool = false
+        _ type: NBD.CommandType, _ offset: UInt64, _ length: UInt32, _ flags: NBD.CommandFlags = [],
+        readOnly: Bool = false
     ) -> NBDRequestCheck.Verdict {
         let request = NBDRequest(flags: flags, rawType: type.rawValue, cookie: 0, offset: offset, length: length)
-        return NBDRequestCheck.verdict(for: request, export: readOnly ? self.readOnly : export, maximumRequestBytes: 65536)
+        return NBDRequestCheck.verdict(
+            for: request, export: readOnly ? self.readOnly : export, maximumRequestBytes: 65536)
     }
 
     @Test func table() {

@@ -69,7 +69,8 @@ private func mutated(_ old: String, _ new: String) -> String {
         #expect(configuration.nodes[0].heartbeat == ["10.0.0.1", "192.168.50.1"])
         #expect(configuration.nodes[1].heartbeat == ["10.0.0.2"])
         #expect(configuration.nodes[0].nbdListen == [.tcp(host: "10.0.0.1", port: 10809)])
-        #expect(configuration.nodes[1].nbdListen == [.tcp(host: "::1", port: 10810), .unix(path: "/run/tandem/nbd.sock")])
+        #expect(
+            configuration.nodes[1].nbdListen == [.tcp(host: "::1", port: 10810), .unix(path: "/run/tandem/nbd.sock")])
         #expect(configuration.witness == .init(address: "10.0.0.3", port: 7790))
         #expect(configuration.timing.heartbeatInterval == .milliseconds(200))
         #expect(configuration.timing.deadTime == .seconds(2))
@@ -83,7 +84,8 @@ private func mutated(_ old: String, _ new: String) -> String {
     @Test func parse_templates_areValid() throws {
         let example = try Configuration.parse(text: ConfigTemplate.example(secretFile: "/etc/tandem/secret"), file: "e")
         #expect(example.nodes.count == 2)
-        let lab = try Configuration.parse(text: ConfigTemplate.lab(directory: "/tmp/lab", sizeText: "1GiB", port: 10809), file: "l")
+        let lab = try Configuration.parse(
+            text: ConfigTemplate.lab(directory: "/tmp/lab", sizeText: "1GiB", port: 10809), file: "l")
         #expect(lab.volumes[0].sizeBytes == 1 << 30)
     }
 
@@ -117,7 +119,8 @@ private func mutated(_ old: String, _ new: String) -> String {
     }
 
     @Test func duplicateVolumeName_isReported() {
-        let second = "\n[[volume]]\nname = \"vol0\"\nsize = \"1GiB\"\nbacking = \"/srv/b.img\"\nnbd-export = \"other\"\n"
+        let second =
+            "\n[[volume]]\nname = \"vol0\"\nsize = \"1GiB\"\nbacking = \"/srv/b.img\"\nnbd-export = \"other\"\n"
         let found = issues(validConfig + second)
         #expect(found.map(\.key) == ["volume[1].name"])
         #expect(found.first?.line == 40)
@@ -152,7 +155,8 @@ private func mutated(_ old: String, _ new: String) -> String {
     }
 
     @Test func volumeReferencedButNotDefined_isReported() {
-        let found = issues(mutated("{ type = \"volume\", volume = \"vol0\" }", "{ type = \"volume\", volume = \"vol9\" }"))
+        let found = issues(
+            mutated("{ type = \"volume\", volume = \"vol0\" }", "{ type = \"volume\", volume = \"vol9\" }"))
         #expect(found.map(\.key) == ["group[0].resources[0].volume"])
         #expect(found.first?.line == 35)
     }
@@ -190,7 +194,8 @@ private func mutated(_ old: String, _ new: String) -> String {
 
     @Test func errorDescription_startsWithFileAndLine() {
         do {
-            _ = try Configuration.parse(text: mutated("precedence = 10", "precedence = -1"), file: "/etc/tandem/tandem.toml")
+            _ = try Configuration.parse(
+                text: mutated("precedence = 10", "precedence = -1"), file: "/etc/tandem/tandem.toml")
             Issue.record("expected an error")
         } catch {
             #expect(

@@ -4,7 +4,7 @@ import Testing
 @testable import TandemStorage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A fresh directory under /tmp, removed when the test ends.
@@ -32,7 +32,9 @@ private func allocatedBytes(_ path: String) -> Int {
     return Int(info.st_blocks) * 512
 }
 
-private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size: UInt64? = 1 << 20) -> Configuration.Volume {
+private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size: UInt64? = 1 << 20)
+    -> Configuration.Volume
+{
     Configuration.Volume(
         name: name, protocol: .c, sizeBytes: size, backing: "\(directory.path)/\(name).img", metadata: nil,
         nbdExport: name, readOnly: false)
@@ -41,7 +43,8 @@ private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size
 @Suite struct BackingStoreTests {
     @Test func open_missingFile_createsItAtTheConfiguredSize() throws {
         let directory = TemporaryDirectory()
-        let store = try BackingStore.open(path: "\(directory.path)/a.img", sizeBytes: 1 << 20, create: true, readOnly: false)
+        let store = try BackingStore.open(
+            path: "\(directory.path)/a.img", sizeBytes: 1 << 20, create: true, readOnly: false)
         #expect(store.sizeBytes == 1 << 20)
         #expect(!store.isBlockDevice)
         #expect(fileSize("\(directory.path)/a.img") == 1 << 20)
@@ -69,7 +72,8 @@ private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size
 
     @Test func writeThenRead_returnsTheSameBytes() throws {
         let directory = TemporaryDirectory()
-        let store = try BackingStore.open(path: "\(directory.path)/a.img", sizeBytes: 1 << 20, create: true, readOnly: false)
+        let store = try BackingStore.open(
+            path: "\(directory.path)/a.img", sizeBytes: 1 << 20, create: true, readOnly: false)
         let pattern = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
         try pattern.withUnsafeBytes { try store.write($0, at: 12_345) }
         try store.flush()
@@ -151,10 +155,12 @@ private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size
     @Test func open_firstUse_createsBackingAndMetadata_thenReopensTheSameIdentity() throws {
         let directory = TemporaryDirectory()
         let config = volume(directory)
-        let first = try LocalVolume.open(config, stateDirectory: directory.path, newGeneration: { 42 }, newVolumeID: { 99 })
+        let first = try LocalVolume.open(
+            config, stateDirectory: directory.path, newGeneration: { 42 }, newVolumeID: { 99 })
         #expect(first.metadataPath == "\(directory.path)/vol0.img.tandem-meta")
         #expect(first.metadata.generations.current == 42)
-        let second = try LocalVolume.open(config, stateDirectory: directory.path, newGeneration: { 1 }, newVolumeID: { 2 })
+        let second = try LocalVolume.open(
+            config, stateDirectory: directory.path, newGeneration: { 1 }, newVolumeID: { 2 })
         #expect(second.metadata == first.metadata)
     }
 

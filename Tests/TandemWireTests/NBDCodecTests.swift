@@ -35,7 +35,8 @@ private func encode(_ messages: [NBDClientMessage]) -> ByteBuffer {
             option(.list),
             option(.structuredReply),
             option(.go, goData),
-            .request(request(.write, cookie: 1, offset: 4096, length: 5, flags: .fua, payload: ByteBuffer(string: "hello"))),
+            .request(
+                request(.write, cookie: 1, offset: 4096, length: 5, flags: .fua, payload: ByteBuffer(string: "hello"))),
             .request(request(.read, cookie: 2, offset: 4096, length: 5)),
             .request(request(.flush, cookie: 3, offset: 0, length: 0)),
             .request(request(.write, cookie: 4, offset: 0, length: 0, payload: ByteBuffer())),
@@ -97,11 +98,15 @@ private func encode(_ messages: [NBDClientMessage]) -> ByteBuffer {
 
     @Test func decodeLast_truncatedFrame_throws() throws {
         var decoder = NBDClientFrameDecoder(maximumWriteBytes: 1 << 20, expectClientFlags: false)
-        var buffer = encode([.request(request(.write, cookie: 1, offset: 0, length: 8, payload: ByteBuffer(string: "12345678")))])
+        var buffer = encode([
+            .request(request(.write, cookie: 1, offset: 0, length: 8, payload: ByteBuffer(string: "12345678")))
+        ])
         buffer.moveWriterIndex(to: buffer.writerIndex - 3)
         #expect(try decoder.decode(buffer: &buffer) == nil)
         #expect(buffer.readerIndex == 0, "a partial frame must not move the reader index")
-        #expect(throws: NBDWireError.truncatedFrame(bytesLeft: 33)) { try decoder.decodeLast(buffer: &buffer, seenEOF: true) }
+        #expect(throws: NBDWireError.truncatedFrame(bytesLeft: 33)) {
+            try decoder.decodeLast(buffer: &buffer, seenEOF: true)
+        }
     }
 
     @Test func decode_randomGarbage_eitherThrowsOrYieldsWellFormedFrames() {
@@ -111,7 +116,9 @@ private func encode(_ messages: [NBDClientMessage]) -> ByteBuffer {
             let length = Int.random(in: 0..<200, using: &generator)
             var bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
             // Half the time start with a valid magic so the length checks are exercised too.
-            if Bool.random(using: &generator), bytes.count >= 4 { bytes.replaceSubrange(0..<4, with: [0x25, 0x60, 0x95, 0x13]) }
+            if Bool.random(using: &generator), bytes.count >= 4 {
+                bytes.replaceSubrange(0..<4, with: [0x25, 0x60, 0x95, 0x13])
+            }
             var buffer = ByteBuffer(bytes: bytes)
             while true {
                 let before = buffer.readableBytes

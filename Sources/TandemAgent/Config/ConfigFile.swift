@@ -1,7 +1,7 @@
 import TandemCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Reads the config file from disk.

@@ -7,7 +7,7 @@ import TandemCore
 import TandemWire
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The NBD server of one node: listens on TCP and Unix sockets and serves the node's exports.
@@ -95,9 +95,12 @@ public final class NBDServer: Service, Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
+            .childChannelOption(
+                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20)
+            )
             .childChannelOption(.autoRead, value: true)
-            .childChannelInitializer { [exports, settings, threadPool, logger, connections, maximumConnections] channel in
+            .childChannelInitializer {
+                [exports, settings, threadPool, logger, connections, maximumConnections] channel in
                 guard connections.admit(channel, limit: maximumConnections) else {
                     logger.warning("refusing NBD connection: \(maximumConnections) connections already open")
                     return channel.close()

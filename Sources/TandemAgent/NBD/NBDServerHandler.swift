@@ -186,7 +186,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
                 option: option.rawType, type: .errorUnknown, message: "no export named \"\(request.exportName)\"")
             return
         }
-        reply.writeNBDInfoExport(option: option.rawType, sizeBytes: export.store.sizeBytes, flags: export.transmissionFlags)
+        reply.writeNBDInfoExport(
+            option: option.rawType, sizeBytes: export.store.sizeBytes, flags: export.transmissionFlags)
         reply.writeNBDInfoBlockSize(
             option: option.rawType, minimum: 1, preferred: 4096, maximum: UInt32(settings.maximumRequestBytes))
         if request.requestedInfo.contains(NBD.InfoType.name.rawValue) {
@@ -211,7 +212,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
             return
         }
         guard !disconnectRequested else { return }
-        switch NBDRequestCheck.verdict(for: request, export: export, maximumRequestBytes: settings.maximumRequestBytes) {
+        switch NBDRequestCheck.verdict(for: request, export: export, maximumRequestBytes: settings.maximumRequestBytes)
+        {
         case .reject(let error):
             reply(error: error, cookie: request.cookie, context: context)
         case .disconnect:
@@ -223,7 +225,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
             performWrite(request, export: export, durable: durable, context: context)
         case .writeZeroes(let durable, let mayDeallocate):
             performUpdate(request, export: export, durable: durable, context: context) { store in
-                try store.writeZeroes(offset: request.offset, length: UInt64(request.length), mayDeallocate: mayDeallocate)
+                try store.writeZeroes(
+                    offset: request.offset, length: UInt64(request.length), mayDeallocate: mayDeallocate)
             }
         case .trim(let durable):
             performUpdate(request, export: export, durable: durable, context: context) { store in
@@ -241,7 +244,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
         buffer.writeNBDSimpleReply(error: .none, cookie: request.cookie)
         do {
             try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { pointer in
-                try export.store.read(into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<length]), at: request.offset)
+                try export.store.read(
+                    into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<length]), at: request.offset)
                 return length
             }
             context.write(wrapOutboundOut(buffer), promise: nil)

@@ -128,7 +128,8 @@ struct ConfigReader {
         var listen: [ListenAddress] = []
         for text in listenTexts ?? ["\(address ?? "127.0.0.1"):10809"] {
             guard let parsed = ListenAddress.parse(text, defaultPort: 10809) else {
-                report(table["nbd-listen"]?.line, "\(path).nbd-listen",
+                report(
+                    table["nbd-listen"]?.line, "\(path).nbd-listen",
                     "expected \"host:port\" or \"unix:/absolute/path\", found \"\(text)\"")
                 continue
             }
@@ -157,7 +158,8 @@ struct ConfigReader {
             report(table["heartbeat-interval"]?.line, "timing.heartbeat-interval", "must be greater than zero")
         }
         if deadTime < interval * 3 {
-            report(table["dead-time"]?.line, "timing.dead-time",
+            report(
+                table["dead-time"]?.line, "timing.dead-time",
                 "must be at least three heartbeat intervals (\(interval * 3)), found \(deadTime)")
         }
         return Configuration.Timing(heartbeatInterval: interval, deadTime: deadTime)
@@ -170,7 +172,8 @@ struct ConfigReader {
         var maxRequest = defaults.nbdMaxRequestBytes
         if let bytes = byteCount(table, "nbd-max-request", path: "limits") {
             if bytes < 4096 || bytes > 128 << 20 || bytes & (bytes - 1) != 0 {
-                report(table["nbd-max-request"]?.line, "limits.nbd-max-request",
+                report(
+                    table["nbd-max-request"]?.line, "limits.nbd-max-request",
                     "expected a power of two between 4KiB and 128MiB, found \(bytes) bytes")
             } else {
                 maxRequest = Int(bytes)
@@ -186,17 +189,21 @@ struct ConfigReader {
     }
 
     private mutating func readVolume(_ table: TOMLTable, path: String) -> Configuration.Volume? {
-        checkKeys(table, path: path,
+        checkKeys(
+            table, path: path,
             allowed: ["name", "protocol", "size", "backing", "metadata", "nbd-export", "read-only"])
         let name = string(table, "name", path: path, required: true)
         let protocolText = string(table, "protocol", path: path, required: false) ?? "C"
         let replication = Configuration.ReplicationProtocol(rawValue: protocolText.uppercased())
         if replication == nil {
-            report(table["protocol"]?.line, "\(path).protocol", "expected \"A\", \"B\" or \"C\", found \"\(protocolText)\"")
+            report(
+                table["protocol"]?.line, "\(path).protocol", "expected \"A\", \"B\" or \"C\", found \"\(protocolText)\""
+            )
         }
         let size = byteCount(table, "size", path: path)
         if let size, size == 0 || size % 512 != 0 {
-            report(table["size"]?.line, "\(path).size", "expected a positive multiple of 512 bytes, found \(size) bytes")
+            report(
+                table["size"]?.line, "\(path).size", "expected a positive multiple of 512 bytes, found \(size) bytes")
         }
         let backing = string(table, "backing", path: path, required: true)
         if let backing, !backing.hasPrefix("/") {
@@ -221,7 +228,9 @@ struct ConfigReader {
         let failbackText = string(table, "failback", path: path, required: false) ?? "manual"
         let failback = Configuration.Failback(rawValue: failbackText)
         if failback == nil {
-            report(table["failback"]?.line, "\(path).failback", "expected \"manual\" or \"auto\", found \"\(failbackText)\"")
+            report(
+                table["failback"]?.line, "\(path).failback",
+                "expected \"manual\" or \"auto\", found \"\(failbackText)\"")
         }
         let nodes = stringArray(table, "nodes", path: path) ?? []
         var resources: [Configuration.Resource] = []
@@ -235,7 +244,8 @@ struct ConfigReader {
                 }
             }
         case .some(let other):
-            report(table["resources"]?.line, "\(path).resources", "expected an array of tables, found \(other.typeName)")
+            report(
+                table["resources"]?.line, "\(path).resources", "expected an array of tables, found \(other.typeName)")
         }
         guard let name, let failback else { return nil }
         return Configuration.Group(name: name, failback: failback, nodes: nodes, resources: resources)
@@ -290,7 +300,8 @@ struct ConfigReader {
             guard let node = table[key] ?? fallbackKey.flatMap({ table[$0] }), case .string(let name) = node.value
             else { continue }
             if let firstLine = firstLines[name] {
-                report(node.line, "\(section)[\(index)].\(key)",
+                report(
+                    node.line, "\(section)[\(index)].\(key)",
                     "duplicate \(what) \"\(name)\" (first defined on line \(firstLine))")
             } else {
                 firstLines[name] = node.line
@@ -300,7 +311,8 @@ struct ConfigReader {
 
     /// Reports groups naming nodes or volumes that no section defines. Names are taken from the
     /// tables themselves, so a volume with an unrelated error is not also reported as undefined.
-    private mutating func checkReferences(groupTables: [TOMLTable], nodeTables: [TOMLTable], volumeTables: [TOMLTable]) {
+    private mutating func checkReferences(groupTables: [TOMLTable], nodeTables: [TOMLTable], volumeTables: [TOMLTable])
+    {
         let names = { (tables: [TOMLTable]) -> Set<String> in
             Set(tables.compactMap { if case .string(let name)? = $0["name"]?.value { name } else { nil } })
         }
@@ -309,7 +321,8 @@ struct ConfigReader {
         for (groupIndex, table) in groupTables.enumerated() {
             if case .array(let nodes)? = table["nodes"]?.value {
                 for case .string(let name) in nodes.map(\.value) where !nodeNames.contains(name) {
-                    report(table["nodes"]?.line, "group[\(groupIndex)].nodes",
+                    report(
+                        table["nodes"]?.line, "group[\(groupIndex)].nodes",
                         "node \"\(name)\" is referenced but not defined by any [[node]]")
                 }
             }
@@ -318,7 +331,8 @@ struct ConfigReader {
                 guard case .table(let settings) = resource.value, case .string(let volume)? = settings["volume"]?.value,
                     !volumeNames.contains(volume)
                 else { continue }
-                report(resource.line, "group[\(groupIndex)].resources[\(index)].volume",
+                report(
+                    resource.line, "group[\(groupIndex)].resources[\(index)].volume",
                     "volume \"\(volume)\" is referenced but not defined by any [[volume]]")
             }
         }
@@ -381,7 +395,8 @@ struct ConfigReader {
         switch table[key]?.value {
         case .integer(let number)?:
             guard let value = Int(exactly: number), range.contains(value) else {
-                report(table[key]?.line, "\(path).\(key)",
+                report(
+                    table[key]?.line, "\(path).\(key)",
                     "expected an integer from \(range.lowerBound) to \(range.upperBound), found \(number)")
                 return nil
             }
@@ -410,7 +425,9 @@ struct ConfigReader {
             var strings: [String] = []
             for element in elements {
                 guard case .string(let text) = element.value else {
-                    report(element.line, "\(path).\(key)", "expected an array of strings, found \(element.value.typeName) in it")
+                    report(
+                        element.line, "\(path).\(key)",
+                        "expected an array of strings, found \(element.value.typeName) in it")
                     continue
                 }
                 strings.append(text)
@@ -428,7 +445,8 @@ struct ConfigReader {
         switch table[key]?.value {
         case .string(let text)?:
             guard let bytes = Units.parseByteCount(text) else {
-                report(table[key]?.line, "\(path).\(key)",
+                report(
+                    table[key]?.line, "\(path).\(key)",
                     "expected a size such as \"100GiB\", \"512MiB\" or \"4096\", found \"\(text)\"")
                 return nil
             }
@@ -447,7 +465,8 @@ struct ConfigReader {
         switch table[key]?.value {
         case .string(let text)?:
             guard let value = Units.parseDuration(text) else {
-                report(table[key]?.line, "\(path).\(key)",
+                report(
+                    table[key]?.line, "\(path).\(key)",
                     "expected a duration such as \"200ms\", \"2s\" or \"1m30s\", found \"\(text)\"")
                 return nil
             }

@@ -481,8 +481,9 @@ struct TOMLParser {
             advance()
             if byte == UInt8(ascii: "\n") { noteNewline() }
             if byte == UInt8(ascii: "\\") {
-                if let next = peek(), next == UInt8(ascii: "\n") || next == UInt8(ascii: " ")
-                    || next == UInt8(ascii: "\r") || next == UInt8(ascii: "\t")
+                if let next = peek(),
+                    next == UInt8(ascii: "\n") || next == UInt8(ascii: " ")
+                        || next == UInt8(ascii: "\r") || next == UInt8(ascii: "\t")
                 {
                     skipWhitespaceCommentsAndNewlines(allowComments: false)
                     continue

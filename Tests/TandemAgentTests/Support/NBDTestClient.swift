@@ -2,7 +2,7 @@ import NIOCore
 import TandemWire
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A blocking NBD client over a plain socket, written for tests: it sends exactly the bytes a test
@@ -69,7 +69,9 @@ final class NBDTestClient {
         let bytes = Array(buffer.readableBytesView)
         var done = 0
         while done < bytes.count {
-            let count = bytes[done...].withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let count = bytes[done...].withUnsafeBytes {
+                Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+            }
             guard count > 0 else { throw Failure(description: "send: \(String(cString: strerror(errno)))") }
             done += count
         }
@@ -82,7 +84,9 @@ final class NBDTestClient {
         while done < count {
             let got = bytes[done...].withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
             guard got > 0 else {
-                throw Failure(description: got == 0 ? "connection closed by the server" : "recv: \(String(cString: strerror(errno)))")
+                throw Failure(
+                    description: got == 0
+                        ? "connection closed by the server" : "recv: \(String(cString: strerror(errno)))")
             }
             done += got
         }
@@ -126,7 +130,8 @@ final class NBDTestClient {
         var replies: [OptionReply] = []
         while true {
             var header = try receive(20)
-            let (magic, option, replyType, length) = header.readMultipleIntegers(as: (UInt64, UInt32, UInt32, UInt32).self)!
+            let (magic, option, replyType, length) = header.readMultipleIntegers(
+                as: (UInt64, UInt32, UInt32, UInt32).self)!
             guard magic == NBD.optionReplyMagic, option == type else { throw Failure(description: "bad option reply") }
             replies.append(OptionReply(type: replyType, data: try receive(Int(length))))
             if replyType != NBD.OptionReplyType.info.rawValue, replyType != NBD.OptionReplyType.server.rawValue {
@@ -168,7 +173,8 @@ final class NBDTestClient {
     ) throws {
         var buffer = ByteBuffer()
         buffer.writeNBDRequest(
-            NBDRequest(flags: flags, rawType: type.rawValue, cookie: cookie, offset: offset, length: length, payload: payload))
+            NBDRequest(
+                flags: flags, rawType: type.rawValue, cookie: cookie, offset: offset, length: length, payload: payload))
         try send(buffer)
     }
 
@@ -176,7 +182,9 @@ final class NBDTestClient {
     func receiveReply(readLength: (UInt64) -> Int = { _ in 0 }) throws -> Reply {
         var header = try receive(16)
         let (magic, error, cookie) = header.readMultipleIntegers(as: (UInt32, UInt32, UInt64).self)!
-        guard magic == NBD.simpleReplyMagic else { throw Failure(description: "bad reply magic 0x\(String(magic, radix: 16))") }
+        guard magic == NBD.simpleReplyMagic else {
+            throw Failure(description: "bad reply magic 0x\(String(magic, radix: 16))")
+        }
         let length = error == 0 ? readLength(cookie) : 0
         return Reply(error: error, cookie: cookie, data: length > 0 ? try receive(length) : ByteBuffer())
     }
@@ -194,7 +202,9 @@ final class NBDTestClient {
         return (reply.error, Array(reply.data.readableBytesView))
     }
 
-    func command(_ type: NBD.CommandType, offset: UInt64 = 0, length: UInt32 = 0, flags: NBD.CommandFlags = []) throws -> UInt32 {
+    func command(_ type: NBD.CommandType, offset: UInt64 = 0, length: UInt32 = 0, flags: NBD.CommandFlags = []) throws
+        -> UInt32
+    {
         try sendRequest(type, cookie: 7, offset: offset, length: length, flags: flags)
         return try receiveReply().error
     }

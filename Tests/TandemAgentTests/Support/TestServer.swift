@@ -5,7 +5,7 @@ import TandemCore
 import TandemStorage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A fresh directory under /tmp, removed when the test ends.
@@ -50,8 +50,10 @@ func withTestServer<Result>(
     let directory = TemporaryDirectory()
     var logger = Logger(label: "test.nbd")
     logger.logLevel = .critical
-    let writable = try BackingStore.open(path: "\(directory.path)/vol0.img", sizeBytes: sizeBytes, create: true, readOnly: false)
-    let readOnly = try BackingStore.open(path: "\(directory.path)/ro.img", sizeBytes: 1 << 20, create: true, readOnly: true)
+    let writable = try BackingStore.open(
+        path: "\(directory.path)/vol0.img", sizeBytes: sizeBytes, create: true, readOnly: false)
+    let readOnly = try BackingStore.open(
+        path: "\(directory.path)/ro.img", sizeBytes: 1 << 20, create: true, readOnly: true)
     let exports = NBDExportTable([
         NBDExport(name: "vol0", store: writable, readOnly: false),
         NBDExport(name: "ro", store: readOnly, readOnly: true),

@@ -38,7 +38,8 @@ enum Tools {
             FileManager.default.currentDirectoryPath + "/.build/debug/tandem",
         ]
         guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            throw Failure(description: "the tandem binary was not built (looked in \(candidates)); run `swift build` first")
+            throw Failure(
+                description: "the tandem binary was not built (looked in \(candidates)); run `swift build` first")
         }
         return found
     }
@@ -61,7 +62,8 @@ enum Tools {
             if ContinuousClock.now > deadline {
                 process.terminate()
                 process.waitUntilExit()
-                throw Failure(description: "\(name) \(arguments.joined(separator: " ")) did not finish within \(timeout)")
+                throw Failure(
+                    description: "\(name) \(arguments.joined(separator: " ")) did not finish within \(timeout)")
             }
             usleep(10_000)
         }
@@ -75,7 +77,9 @@ enum Tools {
     static func check(_ name: String, _ arguments: [String], timeout: Duration = .seconds(120)) throws -> Output {
         let output = try run(name, arguments, timeout: timeout)
         guard output.status == 0 else {
-            throw Failure(description: "\(name) \(arguments.joined(separator: " ")) exited with \(output.status):\n\(output.combined)")
+            throw Failure(
+                description:
+                    "\(name) \(arguments.joined(separator: " ")) exited with \(output.status):\n\(output.combined)")
         }
         return output
     }
