@@ -40,7 +40,7 @@ public struct NBDRequest: Equatable, Sendable {
     /// Byte length of the command.
     public var length: UInt32
     /// The data of a write.
-    public var payload: ByteBuffer?
+    public var payload: NBDPayload?
 
     /// The known command type, if any.
     public var type: NBD.CommandType? { NBD.CommandType(rawValue: rawType) }
@@ -48,7 +48,7 @@ public struct NBDRequest: Equatable, Sendable {
     /// Creates a request.
     public init(
         flags: NBD.CommandFlags, rawType: UInt16, cookie: UInt64, offset: UInt64, length: UInt32,
-        payload: ByteBuffer? = nil
+        payload: NBDPayload? = nil
     ) {
         self.flags = flags
         self.rawType = rawType
@@ -56,6 +56,39 @@ public struct NBDRequest: Equatable, Sendable {
         self.offset = offset
         self.length = length
         self.payload = payload
+    }
+}
+
+/// The data of a write as it arrived: one or more slices of the receive buffers, never copied.
+public struct NBDPayload: Equatable, Sendable {
+    /// The slices in order.
+    public private(set) var pieces: [ByteBuffer]
+    /// Total bytes.
+    public private(set) var count: Int
+
+    /// A payload of one buffer.
+    public init(_ buffer: ByteBuffer) {
+        pieces = [buffer]
+        count = buffer.readableBytes
+    }
+
+    init(pieces: [ByteBuffer]) {
+        self.pieces = pieces
+        count = pieces.reduce(0) { $0 + $1.readableBytes }
+    }
+
+    /// All bytes in one buffer (copies when the payload arrived in pieces).
+    public var contiguous: ByteBuffer {
+        guard pieces.count != 1 else { return pieces[0] }
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(count)
+        for piece in pieces { buffer.writeImmutableBuffer(piece) }
+        return buffer
+    }
+
+    /// Payloads are equal when their bytes are, however they were split.
+    public static func == (left: NBDPayload, right: NBDPayload) -> Bool {
+        left.count == right.count && left.contiguous == right.contiguous
     }
 }
 
@@ -90,12 +123,20 @@ public enum NBDWireError: Error, Equatable, Sendable, CustomStringConvertible {
 /// The first 4 bytes are the client flags; after that every frame announces its kind by its magic,
 /// so the decoder needs no knowledge of the negotiation phase: the server checks that an option or
 /// a request arrived when it may. When more bytes are needed it returns `nil` without moving the
-/// reader index.
+/// reader index, except inside a write's payload, which it takes as it arrives (see `NBDPayload`).
 public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
     public typealias InboundOut = NBDClientMessage
 
     private var awaitingClientFlags: Bool
     private let maximumWriteBytes: Int
+    /// A write whose header arrived and whose payload is still arriving.
+    private var pendingWrite: PendingWrite?
+
+    private struct PendingWrite {
+        var request: NBDRequest
+        var pieces: [ByteBuffer]
+        var bytesLeft: Int
+    }
 
     /// Creates a decoder; `expectClientFlags` is false for a stream that starts after the greeting
     /// exchange (tests of one phase).
@@ -110,6 +151,7 @@ public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
             awaitingClientFlags = false
             return .clientFlags(rawValue: flags)
         }
+        if pendingWrite != nil { return continueWrite(&buffer) }
         guard let magic = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
         switch magic {
         case UInt32(truncatingIfNeeded: NBD.optionMagic >> 32):
@@ -123,6 +165,7 @@ public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> NBDClientMessage? {
         if let message = try decode(buffer: &buffer) { return message }
+        if let pending = pendingWrite { throw NBDWireError.truncatedFrame(bytesLeft: pending.bytesLeft) }
         if buffer.readableBytes > 0 { throw NBDWireError.truncatedFrame(bytesLeft: buffer.readableBytes) }
         return nil
     }
@@ -139,7 +182,7 @@ public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
         return .option(NBDOption(rawType: type, data: data))
     }
 
-    private func decodeRequest(_ buffer: inout ByteBuffer) throws -> NBDClientMessage? {
+    private mutating func decodeRequest(_ buffer: inout ByteBuffer) throws -> NBDClientMessage? {
         let start = buffer.readerIndex
         guard
             let (_, flags, type, cookie, offset, length) = buffer.getMultipleIntegers(
@@ -154,10 +197,27 @@ public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
         guard Int(length) <= maximumWriteBytes else {
             throw NBDWireError.writeTooLarge(length: length, limit: maximumWriteBytes)
         }
-        guard buffer.readableBytes >= 28 + Int(length) else { return nil }
         buffer.moveReaderIndex(forwardBy: 28)
-        request.payload = buffer.readSlice(length: Int(length))!
-        return .request(request)
+        // Take the payload as slices of whatever has arrived, so that a large write is never copied
+        // into a growing buffer; the request is yielded once the last byte is in.
+        pendingWrite = PendingWrite(request: request, pieces: [], bytesLeft: Int(length))
+        return continueWrite(&buffer)
+    }
+
+    private mutating func continueWrite(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
+        guard var pending = pendingWrite else { preconditionFailure("continueWrite without a pending write") }
+        let available = min(pending.bytesLeft, buffer.readableBytes)
+        if available > 0 {
+            pending.pieces.append(buffer.readSlice(length: available)!)
+            pending.bytesLeft -= available
+        }
+        guard pending.bytesLeft == 0 else {
+            pendingWrite = pending
+            return nil
+        }
+        pendingWrite = nil
+        pending.request.payload = pending.pieces.isEmpty ? NBDPayload(ByteBuffer()) : NBDPayload(pieces: pending.pieces)
+        return .request(pending.request)
     }
 }
 

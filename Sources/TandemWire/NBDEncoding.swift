@@ -82,6 +82,6 @@ extension ByteBuffer {
     public mutating func writeNBDRequest(_ request: NBDRequest) {
         writeMultipleIntegers(
             NBD.requestMagic, request.flags.rawValue, request.rawType, request.cookie, request.offset, request.length)
-        if let payload = request.payload { writeImmutableBuffer(payload) }
+        for piece in request.payload?.pieces ?? [] { writeImmutableBuffer(piece) }
     }
 }

@@ -12,7 +12,9 @@ private func request(
     _ type: NBD.CommandType, cookie: UInt64, offset: UInt64, length: UInt32, flags: NBD.CommandFlags = [],
     payload: ByteBuffer? = nil
 ) -> NBDRequest {
-    NBDRequest(flags: flags, rawType: type.rawValue, cookie: cookie, offset: offset, length: length, payload: payload)
+    NBDRequest(
+        flags: flags, rawType: type.rawValue, cookie: cookie, offset: offset, length: length,
+        payload: payload.map(NBDPayload.init))
 }
 
 private func encode(_ messages: [NBDClientMessage]) -> ByteBuffer {
@@ -96,6 +98,27 @@ private func encode(_ messages: [NBDClientMessage]) -> ByteBuffer {
         #expect(try decoder.decode(buffer: &buffer) == .request(request(.read, cookie: 9, offset: 0, length: 1 << 30)))
     }
 
+    @Test func decode_partialHeader_leavesTheReaderIndex_thenPayloadIsTakenAsItArrives() throws {
+        var decoder = NBDClientFrameDecoder(maximumWriteBytes: 1 << 20, expectClientFlags: false)
+        let frame = encode([
+            .request(request(.write, cookie: 1, offset: 0, length: 8, payload: ByteBuffer(string: "12345678")))
+        ])
+        var buffer = frame.getSlice(at: 0, length: 20)!
+        #expect(try decoder.decode(buffer: &buffer) == nil)
+        #expect(buffer.readerIndex == 0, "a partial header must not move the reader index")
+        var rest = frame.getSlice(at: 0, length: 31)!
+        #expect(try decoder.decode(buffer: &rest) == nil)
+        #expect(rest.readableBytes == 0, "payload bytes are taken as they arrive")
+        var last = frame.getSlice(at: 31, length: 5)!
+        let decoded = try decoder.decode(buffer: &last)
+        guard case .request(let write)? = decoded else {
+            Issue.record("expected the write, got \(String(describing: decoded))")
+            return
+        }
+        #expect(write.payload?.pieces.count == 2)
+        #expect(write.payload?.contiguous == ByteBuffer(string: "12345678"))
+    }
+
     @Test func decodeLast_truncatedFrame_throws() throws {
         var decoder = NBDClientFrameDecoder(maximumWriteBytes: 1 << 20, expectClientFlags: false)
         var buffer = encode([
@@ -103,9 +126,13 @@ private func encode(_ messages: [NBDClientMessage]) -> ByteBuffer {
         ])
         buffer.moveWriterIndex(to: buffer.writerIndex - 3)
         #expect(try decoder.decode(buffer: &buffer) == nil)
-        #expect(buffer.readerIndex == 0, "a partial frame must not move the reader index")
-        #expect(throws: NBDWireError.truncatedFrame(bytesLeft: 33)) {
+        #expect(throws: NBDWireError.truncatedFrame(bytesLeft: 3)) {
             try decoder.decodeLast(buffer: &buffer, seenEOF: true)
+        }
+        var header = ByteBuffer(bytes: [0x25, 0x60, 0x95])
+        var fresh = NBDClientFrameDecoder(maximumWriteBytes: 1 << 20, expectClientFlags: false)
+        #expect(throws: NBDWireError.truncatedFrame(bytesLeft: 3)) {
+            try fresh.decodeLast(buffer: &header, seenEOF: true)
         }
     }
 
@@ -125,7 +152,7 @@ private func encode(_ messages: [NBDClientMessage]) -> ByteBuffer {
                 guard let message = try? decoder.decode(buffer: &buffer) else { break }
                 #expect(buffer.readableBytes < before, "a decoded frame must consume bytes")
                 if case .request(let decoded) = message, decoded.type == .write {
-                    #expect(decoded.payload?.readableBytes == Int(decoded.length))
+                    #expect(decoded.payload?.count == Int(decoded.length))
                 }
             }
         }

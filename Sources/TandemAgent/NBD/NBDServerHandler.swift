@@ -258,7 +258,11 @@ final class NBDServerHandler: ChannelDuplexHandler {
     private func performWrite(_ request: NBDRequest, export: NBDExport, durable: Bool, context: ChannelHandlerContext) {
         let payload = request.payload!
         performUpdate(request, export: export, durable: durable, context: context) { store in
-            try payload.withUnsafeReadableBytes { bytes in try store.write(bytes, at: request.offset) }
+            var offset = request.offset
+            for piece in payload.pieces {
+                try piece.withUnsafeReadableBytes { bytes in try store.write(bytes, at: offset) }
+                offset += UInt64(piece.readableBytes)
+            }
         }
     }
 

@@ -174,7 +174,8 @@ final class NBDTestClient {
         var buffer = ByteBuffer()
         buffer.writeNBDRequest(
             NBDRequest(
-                flags: flags, rawType: type.rawValue, cookie: cookie, offset: offset, length: length, payload: payload))
+                flags: flags, rawType: type.rawValue, cookie: cookie, offset: offset, length: length,
+                payload: payload.map(NBDPayload.init)))
         try send(buffer)
     }
 
