@@ -2,19 +2,26 @@
 # Throughput and IOPS of Tandem's NBD server against nbdkit's file plugin, measured in the same run
 # with fio's nbd engine on the same kind of backing file (preallocated, on the same file system).
 #
-#   benchmarks/nbd.sh [--runtime SECONDS] [--size SIZE] [--dir DIR]
+#   benchmarks/nbd.sh [--runtime SECONDS] [--size SIZE] [--dir DIR] [--no-pin]
 #
 # Prints one row per workload with both figures and the ratio Tandem/nbdkit.
+#
+# By default both servers run on the last CPU and fio on the first, so that each server gets the
+# same single core and the client's traffic always crosses cores, as it would from another machine.
+# Unpinned, the scheduler's placement of the server threads next to fio (or not) varies between
+# runs and between servers and dominates queue-depth-1 latency; --no-pin shows that case.
 set -euo pipefail
 
 runtime=15
 size=2G
+pin=yes
 dir=$(mktemp -d /var/tmp/tandem-bench.XXXXXX)
 while [ $# -gt 0 ]; do
   case "$1" in
     --runtime) runtime=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
     --dir) dir=$2; mkdir -p "$dir"; shift 2 ;;
+    --no-pin) pin=no; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -26,6 +33,14 @@ done
 top=$(cd "$(dirname "$0")/.." && pwd)
 swift build -c release --package-path "$top" --product tandem >&2
 tandem="$top/.build/release/tandem"
+
+server_cpus=""
+client_cpus=""
+last_cpu=$(($(nproc) - 1))
+if [ "$pin" = yes ] && [ "$last_cpu" -gt 0 ]; then
+  server_cpus="taskset -c $last_cpu"
+  client_cpus="--cpus_allowed=0"
+fi
 
 tandem_port=10901
 nbdkit_port=10902
@@ -54,9 +69,9 @@ name = "vol0"
 backing = "$dir/tandem.img"
 TOML
 
-"$tandem" agent --config "$dir/tandem.toml" --node bench --log-level warning &
+$server_cpus "$tandem" agent --config "$dir/tandem.toml" --node bench --log-level warning &
 pids+=($!)
-nbdkit --foreground --port "$nbdkit_port" --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/nbdkit.img" &
+$server_cpus nbdkit --foreground --port "$nbdkit_port" --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/nbdkit.img" &
 pids+=($!)
 for uri in "nbd://127.0.0.1:$tandem_port/vol0" "nbd://127.0.0.1:$nbdkit_port/"; do
   for _ in $(seq 1 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -72,7 +87,7 @@ workloads=(
 )
 
 measure() { # uri rw bs depth metric
-  fio --name=bench --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="$size" \
+  fio --name=bench --ioengine=nbd $client_cpus --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="$size" \
     --time_based --runtime="$runtime" --ramp_time=2 --output-format=json --output="$dir/fio.json" >/dev/null 2>&1
   python3 - "$5" "$dir/fio.json" <<'PY'
 import json, sys
@@ -82,6 +97,7 @@ print(side["bw_bytes"] / 1048576 if sys.argv[1] == "bw" else side["iops"])
 PY
 }
 
+echo "pinned: $pin; runtime ${runtime}s per figure after 2s ramp; backing files $size, preallocated"
 printf '%-22s %14s %14s %8s\n' workload tandem nbdkit ratio
 for workload in "${workloads[@]}"; do
   read -r name rw bs depth metric <<<"$workload"

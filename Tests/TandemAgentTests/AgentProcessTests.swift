@@ -147,4 +147,26 @@ import Testing
         let again = try Tools.run(try Tools.tandemBinary(), ["init", "--output", config, "--secret", secret])
         #expect(again.status == 1, "init must not overwrite without --force")
     }
+
+    @Test func lab_servesItsVolume_printsTheGuide_andStopsOnCtrlC() throws {
+        let directory = TemporaryDirectory()
+        let port = try freePort()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Tools.tandemBinary())
+        process.arguments = ["lab", "--directory", "\(directory.path)/lab", "--size", "64MiB", "--port", "\(port)"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        let printed = DataCollector(output.fileHandleForReading)
+        let uri = "nbd://127.0.0.1:\(port)/vol0"
+        try waitUntilServing(uri, process: process)
+        try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0x5a 0 1M", "-c", "read -P 0x5a 0 1M", uri])
+        process.interrupt()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        #expect(printed.text().contains("Tandem lab is running"))
+        #expect(printed.text().contains("qemu-io -f raw"))
+    }
 }

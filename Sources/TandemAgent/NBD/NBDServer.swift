@@ -95,9 +95,9 @@ public final class NBDServer: Service, Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelOption(
-                .recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20)
-            )
+            // 256 KiB reads: large writes arrive in few pieces (taken without copying, see NBDPayload)
+            // while the buffer stays small enough to be reused warm from the allocator.
+            .childChannelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 256 << 10))
             .childChannelOption(.autoRead, value: true)
             .childChannelInitializer {
                 [exports, settings, threadPool, logger, connections, maximumConnections] channel in
