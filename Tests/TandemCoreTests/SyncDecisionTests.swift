@@ -3,7 +3,7 @@ import Testing
 @testable import TandemCore
 
 @Suite struct SyncDecisionTests {
-    private typealias G = DataGenerations
+    typealias G = DataGenerations
     private static let fresh = G.fresh
     private static let a = G(current: 0xA1)
     private static let aTracking = G(current: 0xB2, bitmap: 0xA1)
@@ -71,10 +71,13 @@ import Testing
 }
 
 @Suite struct SplitBrainPolicyTests {
-    private typealias D = SplitBrainPolicy.Divergence
+    typealias D = SplitBrainPolicy.Divergence
 
     @Test(arguments: [
-        (SplitBrainPolicy.disconnect, D(changedBytes: 0, promotedEpoch: 1), D(changedBytes: 9, promotedEpoch: 2), PeerSide?.none),
+        (
+            SplitBrainPolicy.disconnect, D(changedBytes: 0, promotedEpoch: 1), D(changedBytes: 9, promotedEpoch: 2),
+            PeerSide?.none
+        ),
         (.discardZeroChanges, D(changedBytes: 0, promotedEpoch: 1), D(changedBytes: 9, promotedEpoch: 2), .local),
         (.discardZeroChanges, D(changedBytes: 4, promotedEpoch: 1), D(changedBytes: 0, promotedEpoch: 2), .peer),
         (.discardZeroChanges, D(changedBytes: 4, promotedEpoch: 1), D(changedBytes: 9, promotedEpoch: 2), nil),

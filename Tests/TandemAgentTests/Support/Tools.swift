@@ -104,8 +104,19 @@ final class DataCollector: @unchecked Sendable {
         }
     }
 
+    private var finished = false
+
+    /// Everything the pipe delivered, once the writer closed it; may be called again.
     func text() -> String {
-        done.wait()
+        lock.lock()
+        let alreadyFinished = finished
+        lock.unlock()
+        if !alreadyFinished {
+            done.wait()
+            lock.lock()
+            finished = true
+            lock.unlock()
+        }
         lock.lock()
         defer { lock.unlock() }
         return String(decoding: data, as: UTF8.self)
