@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: [
         .target(
@@ -33,14 +34,22 @@ let package = Package(
             ]
         ),
         .target(
+            name: "TandemReplication",
+            dependencies: [
+                "TandemCore", "TandemWire", "TandemStorage", .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .target(
             name: "TandemAgent",
             dependencies: [
                 "TandemCore",
                 "TandemWire",
                 "TandemStorage",
+                "TandemReplication",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
@@ -64,6 +73,10 @@ let package = Package(
             ]
         ),
         .testTarget(name: "TandemStorageTests", dependencies: ["TandemStorage", "TandemCore"]),
+        .testTarget(
+            name: "TandemReplicationTests",
+            dependencies: ["TandemReplication", "TandemCore", "TandemStorage", "TandemWire"]
+        ),
         .testTarget(
             name: "TandemAgentTests",
             dependencies: [

@@ -82,39 +82,14 @@ public enum MetadataFile {
 
     /// Reads `path`; `nil` when it does not exist.
     public static func load(path: String) throws(MetadataError) -> VolumeMetadata? {
-        guard access(path, F_OK) == 0 else { return nil }
-        let bytes = try readAll(path: path)
+        guard let bytes = try AtomicFile.read(path: path) else { return nil }
         return try decode(bytes, path: path)
     }
 
     /// Replaces `path` with `metadata`: write a temporary file, fsync it, rename it over `path`,
     /// fsync the directory. A crash leaves either the old or the new file, never a mix.
     public static func store(_ metadata: VolumeMetadata, path: String) throws(MetadataError) {
-        let bytes = encode(metadata)
-        let temporary = path + ".tmp"
-        do {
-            let descriptor = try FileDescriptor.open(
-                FilePath(temporary), .writeOnly, options: [.create, .truncate, .closeOnExec],
-                permissions: [.ownerReadWrite])
-            do {
-                _ = try descriptor.writeAll(bytes)
-                guard fsync(descriptor.rawValue) == 0 else { throw Errno(rawValue: errno) }
-                try descriptor.close()
-            } catch {
-                try? descriptor.close()
-                throw error
-            }
-        } catch {
-            throw .storage(StorageError(path: temporary, operation: "write", reason: String(describing: error)))
-        }
-        guard rename(temporary, path) == 0 else {
-            throw .storage(StorageError(path: path, operation: "rename", errno: Errno(rawValue: errno)))
-        }
-        do {
-            try fsyncDirectory(of: path)
-        } catch {
-            throw .storage(error)
-        }
+        try AtomicFile.replace(path: path, bytes: encode(metadata))
     }
 
     /// The bytes of the file for `metadata`.
@@ -169,25 +144,6 @@ public enum MetadataFile {
         )
     }
 
-    private static func readAll(path: String) throws(MetadataError) -> [UInt8] {
-        do {
-            let descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
-            defer { try? descriptor.close() }
-            var bytes: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let count = try chunk.withUnsafeMutableBytes { try descriptor.read(into: $0) }
-                if count == 0 { return bytes }
-                bytes += chunk[0..<count]
-                guard bytes.count <= 1 << 20 else { throw MetadataError.corrupt(path: path, reason: "over 1 MiB long") }
-            }
-        } catch let error as MetadataError {
-            throw error
-        } catch {
-            throw .storage(StorageError(path: path, operation: "read", reason: String(describing: error)))
-        }
-    }
-
     private static func append<Integer: FixedWidthInteger>(_ value: Integer, to bytes: inout [UInt8]) {
         withUnsafeBytes(of: value.bigEndian) { bytes += $0 }
     }
@@ -218,5 +174,60 @@ struct ByteReader {
         guard index + count <= bytes.count else { return nil }
         defer { index += count }
         return Array(bytes[index..<index + count])
+    }
+}
+
+/// Small files replaced atomically: write a temporary file, fsync it, rename it over the target,
+/// fsync the directory. A crash leaves the old file or the new one, never a mix.
+public enum AtomicFile {
+    /// Replaces `path` with `bytes`.
+    public static func replace(path: String, bytes: [UInt8]) throws(MetadataError) {
+        let temporary = path + ".tmp"
+        do {
+            let descriptor = try FileDescriptor.open(
+                FilePath(temporary), .writeOnly, options: [.create, .truncate, .closeOnExec],
+                permissions: [.ownerReadWrite])
+            do {
+                _ = try descriptor.writeAll(bytes)
+                guard fsync(descriptor.rawValue) == 0 else { throw Errno(rawValue: errno) }
+                try descriptor.close()
+            } catch {
+                try? descriptor.close()
+                throw error
+            }
+        } catch {
+            throw .storage(StorageError(path: temporary, operation: "write", reason: String(describing: error)))
+        }
+        guard rename(temporary, path) == 0 else {
+            throw .storage(StorageError(path: path, operation: "rename", errno: Errno(rawValue: errno)))
+        }
+        do {
+            try fsyncDirectory(of: path)
+        } catch {
+            throw .storage(error)
+        }
+    }
+
+    /// The whole file (at most 64 MiB), or `nil` when it does not exist.
+    public static func read(path: String) throws(MetadataError) -> [UInt8]? {
+        guard access(path, F_OK) == 0 else { return nil }
+        do {
+            let descriptor = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec])
+            defer { try? descriptor.close() }
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = try chunk.withUnsafeMutableBytes { try descriptor.read(into: $0) }
+                if count == 0 { return bytes }
+                bytes += chunk[0..<count]
+                guard bytes.count <= 64 << 20 else {
+                    throw MetadataError.corrupt(path: path, reason: "over 64 MiB long")
+                }
+            }
+        } catch let error as MetadataError {
+            throw error
+        } catch {
+            throw .storage(StorageError(path: path, operation: "read", reason: String(describing: error)))
+        }
     }
 }

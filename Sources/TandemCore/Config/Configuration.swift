@@ -103,6 +103,8 @@ public struct Configuration: Sendable, Equatable {
         public var nbdExport: String
         /// Whether the export refuses writes.
         public var readOnly: Bool
+        /// What to do when both copies changed on their own.
+        public var splitBrainPolicy: SplitBrainPolicy = .disconnect
     }
 
     /// `[[group]]`: resources that run together on one node.

@@ -191,7 +191,7 @@ struct ConfigReader {
     private mutating func readVolume(_ table: TOMLTable, path: String) -> Configuration.Volume? {
         checkKeys(
             table, path: path,
-            allowed: ["name", "protocol", "size", "backing", "metadata", "nbd-export", "read-only"])
+            allowed: ["name", "protocol", "size", "backing", "metadata", "nbd-export", "read-only", "split-brain"])
         let name = string(table, "name", path: path, required: true)
         let protocolText = string(table, "protocol", path: path, required: false) ?? "C"
         let replication = Configuration.ReplicationProtocol(rawValue: protocolText.uppercased())
@@ -212,13 +212,20 @@ struct ConfigReader {
         let metadata = string(table, "metadata", path: path, required: false)
         let export = string(table, "nbd-export", path: path, required: false)
         let readOnly = boolean(table, "read-only", path: path) ?? false
+        let policyText = string(table, "split-brain", path: path, required: false) ?? "disconnect"
+        let policy = SplitBrainPolicy(rawValue: policyText)
+        if policy == nil {
+            let known = SplitBrainPolicy.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
+            report(
+                table["split-brain"]?.line, "\(path).split-brain", "expected one of \(known), found \"\(policyText)\"")
+        }
         if let name, !isName(name) {
             report(table["name"]?.line, "\(path).name", "expected letters, digits, '-', '_' or '.', found \"\(name)\"")
         }
         guard let name, let backing, let replication else { return nil }
         return Configuration.Volume(
             name: name, protocol: replication, sizeBytes: size, backing: backing, metadata: metadata,
-            nbdExport: export ?? name, readOnly: readOnly
+            nbdExport: export ?? name, readOnly: readOnly, splitBrainPolicy: policy ?? .disconnect
         )
     }
 

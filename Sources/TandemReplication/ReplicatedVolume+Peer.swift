@@ -1,0 +1,447 @@
+import NIOCore
+import TandemCore
+import TandemStorage
+import TandemWire
+
+/// Something the caller should log: the volume's view of the link changed.
+public struct ReplicationEvent: Sendable, Equatable, CustomStringConvertible {
+    /// A one-line description.
+    public var description: String
+}
+
+extension ReplicatedVolume {
+    // MARK: Link events
+
+    /// The link to the peer is up: send this side's bitmap and state; the decision follows when the
+    /// peer's state arrives.
+    public func peerConnected(_ sender: any PeerSender) {
+        let frames = state.withLock { state -> [PeerFrame] in
+            state.peer = sender
+            state.connection = .connecting
+            state.peerState = nil
+            state.peerBitmap = nil
+            return [.bitmap(volume: index, bytes: state.bitmap.encoded()), .volumeState(volumeState(state))]
+        }
+        sender.send(frames)
+    }
+
+    /// The link is gone: everything the peer may not have is marked, waiting requests complete
+    /// (the data is on this node), and a primary starts a new generation.
+    public func peerDisconnected() -> [ReplicationEvent] {
+        let (completions, startedGeneration) = state.withLock { state -> ([Completion], Bool) in
+            state.peer = nil
+            state.connection = .connecting
+            state.peerState = nil
+            var completions: [Completion] = []
+            for (sequence, pending) in state.pending {
+                if pending.length > 0 { state.bitmap.mark(offset: pending.offset, length: pending.length) }
+                if pending.localDone, let completion = pending.completion {
+                    completions.append(completion)
+                    state.pending[sequence] = nil
+                } else {
+                    state.pending[sequence]?.peerDone = true
+                }
+            }
+            state.asyncBytesInFlight = 0
+            if state.resync != nil {
+                state.resync = nil
+                if state.disk == .inconsistent { state.connection = .connecting }
+            }
+            let startsGeneration = state.role == .primary && state.generations.bitmap == 0
+            if startsGeneration {
+                state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
+            }
+            return (completions, startsGeneration)
+        }
+        let bitmapError = persistBitmap()
+        let metadataError = startedGeneration ? persistMetadata() : nil
+        // The bitmap is durable now, so requests the peer may have missed can complete.
+        for completion in completions { completion(bitmapError.map { .failure($0) } ?? .success(())) }
+        for sequence in state.withLock({ Array($0.pending.keys) }) { completeIfReady(sequence: sequence) }
+        var events = [ReplicationEvent(description: "\(configuration.name): peer disconnected")]
+        for error in [bitmapError, metadataError].compactMap({ $0 }) {
+            events.append(ReplicationEvent(description: "\(configuration.name): \(error)"))
+        }
+        return events
+    }
+
+    /// Handles one frame from the peer for this volume; returns what is worth logging.
+    public func receive(_ frame: PeerFrame) -> [ReplicationEvent] {
+        switch frame {
+        case .volumeState(let peerState):
+            return onPeerState(peerState)
+        case .bitmap(_, let bytes):
+            let bitmap = WriteIntentBitmap.decode(bytes, volumeBytes: store.sizeBytes)
+            state.withLock { $0.peerBitmap = bitmap }
+            return bitmap == nil
+                ? [ReplicationEvent(description: "\(configuration.name): peer sent an unreadable bitmap")] : []
+        case .data(let write):
+            applyReplicated(write)
+            return []
+        case .ack(let ack):
+            return onAck(ack)
+        case .flush(_, let sequence):
+            let peer = state.withLock { $0.peer }
+            runBlocking { [self] in
+                let kind: PeerAck.Kind = (try? store.flush()) == nil ? .refused : .flushed
+                peer?.send([.ack(PeerAck(volume: index, sequence: sequence, kind: kind))])
+            }
+            return []
+        case .resyncData(let write):
+            applyResync(write)
+            return []
+        case .resyncDone(_, let generations):
+            return onResyncDone(generations)
+        case .hello, .authenticate, .welcome, .ping, .pong:
+            preconditionFailure("link frame \(frame) routed to volume \(configuration.name)")
+        }
+    }
+
+    // MARK: Deciding on connect
+
+    private func onPeerState(_ peerState: PeerVolumeState) -> [ReplicationEvent] {
+        guard peerState.sizeBytes == store.sizeBytes else {
+            state.withLock { $0.connection = .standAlone }
+            return [event("peer's copy is \(peerState.sizeBytes) bytes, this one \(store.sizeBytes): not replicating")]
+        }
+        let outcome = state.withLock { state -> (SyncDecision, [ReplicationEvent]) in
+            state.peerState = peerState
+            state.knownPeerEpoch = max(state.knownPeerEpoch, peerState.epoch)
+            if state.resync != nil || state.connection == .syncTarget { return (.noSync, []) }
+            let peerGenerations = DataGenerations(
+                current: peerState.generations.first ?? 0, bitmap: peerState.generations.dropFirst().first ?? 0,
+                history: Array(peerState.generations.dropFirst(2).filter { $0 != 0 }.prefix(2)))
+            let decision = SyncDecision.decide(
+                local: state.generations, peer: peerGenerations, localInconsistent: state.disk == .inconsistent,
+                peerInconsistent: peerState.diskState == DiskState.inconsistent.code)
+            return (decision, [])
+        }
+        var events = outcome.1
+        events += act(on: outcome.0, peerState: peerState)
+        return events
+    }
+
+    private func act(on decision: SyncDecision, peerState: PeerVolumeState) -> [ReplicationEvent] {
+        switch decision {
+        case .noSync, .awaitingInitialSource:
+            let changed = state.withLock { state -> Bool in
+                guard state.connection == .connecting else { return false }
+                state.connection = .connected
+                return true
+            }
+            return changed
+                ? [
+                    event(
+                        "connected, \(decision == .noSync ? "in sync" : "waiting for a primary to become the initial source")"
+                    )
+                ] : []
+        case .partialResync(let source), .fullResync(let source):
+            let full: Bool
+            if case .fullResync = decision { full = true } else { full = false }
+            return source == .local ? startResyncSource(full: full, unite: false) : becomeResyncTarget()
+        case .splitBrain(let bitmapsCover):
+            return onSplitBrain(peerState: peerState, bitmapsCover: bitmapsCover)
+        case .unrelated:
+            state.withLock { $0.connection = .standAlone }
+            return [event("the peer's copy shares no history with this one: not replicating")]
+        }
+    }
+
+    private func onSplitBrain(peerState: PeerVolumeState, bitmapsCover: Bool) -> [ReplicationEvent] {
+        let (victim, report) = state.withLock { state -> (PeerSide?, SplitBrainReport) in
+            let report = SplitBrainReport(
+                localChangedBytes: state.bitmap.dirtyBytes, peerChangedBytes: peerState.outOfSyncBytes,
+                resolvable: bitmapsCover)
+            state.splitBrain = report
+            if state.discardLocal { return (.local, report) }
+            if peerState.diskState == DiskState.outdated.code { return (.peer, report) }
+            let local = SplitBrainPolicy.Divergence(changedBytes: report.localChangedBytes, promotedEpoch: state.epoch)
+            let peer = SplitBrainPolicy.Divergence(
+                changedBytes: report.peerChangedBytes, promotedEpoch: peerState.epoch)
+            let victim = configuration.splitBrainPolicy.victim(local: local, peer: peer)
+            // A policy never discards the data of a node that is serving it as primary.
+            let victimIsPrimary = victim == .local ? state.role == .primary : peerState.role == 1
+            return (victimIsPrimary ? nil : victim, report)
+        }
+        let found = event(
+            "split brain: this node changed \(report.localChangedBytes) bytes, the peer \(report.peerChangedBytes) bytes"
+        )
+        switch victim {
+        case nil:
+            state.withLock { $0.connection = .standAlone }
+            return [
+                found,
+                event("split brain left for an administrator (policy \(configuration.splitBrainPolicy.rawValue))"),
+            ]
+        case .local?:
+            return [found, event("discarding this node's \(report.localChangedBytes) changed bytes")]
+                + becomeResyncTarget()
+        case .peer?:
+            return [found, event("discarding the peer's \(report.peerChangedBytes) changed bytes")]
+                + startResyncSource(full: !report.resolvable, unite: true)
+        }
+    }
+
+    /// Drops this node's changes in a split brain: the next decision makes it the resync target.
+    /// Returns the diverged byte counts recorded before anything is dropped.
+    public func resolveSplitBrain() throws(RoleError) -> SplitBrainReport {
+        let (report, peer, frames) = try state.withLock { state throws(RoleError) in
+            guard let report = state.splitBrain else {
+                throw RoleError(description: "\(configuration.name) is not in split brain")
+            }
+            guard state.role == .secondary else {
+                throw RoleError(
+                    description: "\(configuration.name) is primary here; make it secondary before discarding its data")
+            }
+            state.discardLocal = true
+            state.disk = .outdated
+            state.connection = .connecting
+            return (report, state.peer, [PeerFrame.volumeState(volumeState(state))])
+        }
+        peer?.send(frames)
+        if let peerState = state.withLock({ $0.peerState }) {
+            _ = onSplitBrain(peerState: peerState, bitmapsCover: report.resolvable)
+        }
+        return report
+    }
+
+    // MARK: Resync
+
+    private func startResyncSource(full: Bool, unite: Bool) -> [ReplicationEvent] {
+        let total = state.withLock { state -> UInt64 in
+            if full { state.bitmap.markAll() }
+            if unite, let peerBitmap = state.peerBitmap { state.bitmap.formUnion(peerBitmap) }
+            state.connection = .syncSource
+            state.splitBrain = nil
+            let progress = ResyncProgress(
+                source: .local, totalBytes: state.bitmap.dirtyBytes, doneBytes: 0, startedAt: .now)
+            state.resync = ResyncState(progress: progress)
+            return progress.totalBytes
+        }
+        if let error = persistBitmap() { return [event("\(error)")] }
+        let events = [event("resync as source: \(Units.formatByteCount(total)) to send\(full ? " (full)" : "")")]
+        return events + pumpResync()
+    }
+
+    private func becomeResyncTarget() -> [ReplicationEvent] {
+        let (peer, frames) = state.withLock { state -> ((any PeerSender)?, [PeerFrame]) in
+            state.connection = .syncTarget
+            state.disk = .inconsistent
+            state.splitBrain = nil
+            state.resync = ResyncState(
+                progress: ResyncProgress(source: .peer, totalBytes: 0, doneBytes: 0, startedAt: .now))
+            return (state.peer, [.volumeState(volumeState(state))])
+        }
+        // The source decides from this state: an inconsistent peer is always a target.
+        peer?.send(frames)
+        return [event("resync as target: this copy is inconsistent until the resync ends")]
+    }
+
+    /// Sends resync blocks up to the window. The block is read and sent under the lock, so a client
+    /// write to the same region is either in what is read or sent after it: the target never ends
+    /// with older data than the source.
+    func pumpResync() -> [ReplicationEvent] {
+        let outcome = state.withLock { state -> (finished: [UInt64]?, error: String?) in
+            guard var resync = state.resync, resync.progress.source == .local, let peer = state.peer else {
+                return (nil, nil)
+            }
+            defer { state.resync = resync }
+            while resync.inFlight.count < resyncWindow,
+                let region = state.bitmap.nextDirtyRegion(from: resync.nextRegion)
+            {
+                resync.nextRegion = region + 1
+                let range = state.bitmap.range(ofRegion: region)
+                let length = Int(range.upperBound - range.lowerBound)
+                var block = ByteBuffer()
+                do {
+                    try block.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { pointer in
+                        try store.read(
+                            into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<length]), at: range.lowerBound)
+                        return length
+                    }
+                } catch {
+                    state.connection = .standAlone
+                    return (nil, "resync stopped: \(error)")
+                }
+                let sequence = state.nextSequence
+                state.nextSequence += 1
+                resync.inFlight[sequence] = region
+                peer.send([
+                    .resyncData(
+                        PeerWrite(
+                            volume: index, sequence: sequence, epoch: state.epoch, offset: range.lowerBound, flags: 0,
+                            payload: NBDPayload(block)))
+                ])
+            }
+            guard resync.inFlight.isEmpty, state.bitmap.nextDirtyRegion(from: 0) == nil else { return (nil, nil) }
+            state.generations = state.generations.afterResyncAsSource()
+            resync.progress.finishedAt = .now
+            state.lastResync = resync.progress
+            state.connection = .connected
+            let generations = state.generations
+            peer.send([
+                .resyncDone(
+                    volume: index, generations: [generations.current, generations.bitmap] + generations.history)
+            ])
+            return ([generations.current], nil)
+        }
+        if let error = outcome.error { return [event(error)] }
+        guard outcome.finished != nil else { return [] }
+        state.withLock { $0.resync = nil }
+        let errors = [persistBitmap(), persistMetadata()].compactMap { $0 }
+        let last = state.withLock { $0.lastResync }
+        let seconds = last.flatMap { progress in progress.finishedAt.map { $0 - progress.startedAt } }
+        return [event("resync finished: \(last?.doneBytes ?? 0) bytes in \(seconds.map { "\($0)" } ?? "?")")]
+            + errors.map { event("\($0)") }
+    }
+
+    private func applyResync(_ write: PeerWrite) {
+        let peer = state.withLock { $0.peer }
+        var kind = PeerAck.Kind.resynced
+        do {
+            try applyLocally(write)
+            state.withLock { state in
+                state.resync?.progress.doneBytes += UInt64(write.payload.count)
+                state.resyncedBytesTotal += UInt64(write.payload.count)
+            }
+        } catch {
+            kind = .refused
+        }
+        peer?.send([.ack(PeerAck(volume: index, sequence: write.sequence, kind: kind))])
+    }
+
+    private func onResyncDone(_ generations: [UInt64]) -> [ReplicationEvent] {
+        let done = state.withLock { state -> ResyncProgress? in
+            guard state.connection == .syncTarget, let first = generations.first else { return nil }
+            state.generations = DataGenerations(
+                current: first, bitmap: generations.dropFirst().first ?? 0,
+                history: Array(generations.dropFirst(2).filter { $0 != 0 }.prefix(2)))
+            state.disk = .upToDate
+            state.connection = .connected
+            state.discardLocal = false
+            state.bitmap = WriteIntentBitmap(volumeBytes: store.sizeBytes, regionBytes: state.bitmap.regionBytes)
+            var progress = state.resync?.progress
+            progress?.finishedAt = .now
+            state.lastResync = progress
+            state.resync = nil
+            return progress
+        }
+        guard let done else { return [event("resync-done from the peer while not a resync target: ignored")] }
+        runBlocking { [self] in _ = try? store.flush() }
+        let errors = [persistBitmap(), persistMetadata()].compactMap { $0 }
+        return [event("resync finished as target: \(done.doneBytes) bytes received")] + errors.map { event("\($0)") }
+    }
+
+    // MARK: Secondary side
+
+    private func applyReplicated(_ write: PeerWrite) {
+        let (peer, refuse) = state.withLock { state -> ((any PeerSender)?, Bool) in
+            let stale = write.epoch < (state.peerState?.epoch ?? 0)
+            return (state.peer, state.role == .primary || stale)
+        }
+        let index = self.index
+        let ack: @Sendable (PeerAck.Kind) -> Void = { kind in
+            peer?.send([.ack(PeerAck(volume: index, sequence: write.sequence, kind: kind))])
+        }
+        if refuse {
+            ack(.refused)
+            return
+        }
+        let fua = write.flags & PeerWriteFlags.fua != 0
+        if configuration.protocol == .b && !fua { ack(.received) }
+        do {
+            try applyLocally(write)
+        } catch {
+            ack(.refused)
+            return
+        }
+        guard fua else {
+            ack(.written)
+            return
+        }
+        runBlocking { [store] in ack((try? store.flush()) == nil ? .refused : .written) }
+    }
+
+    private func applyLocally(_ write: PeerWrite) throws(StorageError) {
+        if write.flags & PeerWriteFlags.zeroes != 0 {
+            guard
+                let length = write.payload.contiguous.getInteger(
+                    at: write.payload.contiguous.readerIndex, as: UInt64.self),
+                write.offset + length <= store.sizeBytes
+            else { throw StorageError(path: store.path, operation: "replicated zeroes", reason: "malformed length") }
+            try store.writeZeroes(offset: write.offset, length: length, mayDeallocate: true)
+            return
+        }
+        guard write.offset + UInt64(write.payload.count) <= store.sizeBytes else {
+            throw StorageError(path: store.path, operation: "replicated write", reason: "past the end of the volume")
+        }
+        var position = write.offset
+        for piece in write.payload.pieces {
+            try piece.withUnsafeReadableBytes { (bytes) throws(StorageError) in try store.write(bytes, at: position) }
+            position += UInt64(piece.readableBytes)
+        }
+    }
+
+    // MARK: Primary side
+
+    private func onAck(_ ack: PeerAck) -> [ReplicationEvent] {
+        if state.withLock({ $0.resync?.inFlight[ack.sequence] != nil }) { return onResyncAck(ack) }
+        let ready = state.withLock { state -> Bool in
+            guard var pending = state.pending[ack.sequence] else { return false }
+            switch ack.kind {
+            case .received:
+                if pending.completesOn == .received { pending.peerDone = true }
+            case .written, .flushed:
+                if configuration.protocol == .a {
+                    state.asyncBytesInFlight -= min(state.asyncBytesInFlight, pending.length)
+                }
+                pending.peerDone = true
+                if pending.completion == nil {
+                    state.pending[ack.sequence] = nil
+                    return false
+                }
+                pending.completesOn = ack.kind
+            case .refused:
+                if pending.length > 0 { state.bitmap.mark(offset: pending.offset, length: pending.length) }
+                pending.peerDone = true
+                pending.completesOn = .written
+            case .resynced:
+                return false
+            }
+            state.pending[ack.sequence] = pending
+            return true
+        }
+        if ack.kind == .refused, let error = persistBitmap() {
+            fail(sequence: ack.sequence, result: .failure(error))
+            return [event("\(error)")]
+        }
+        if ready { completeIfReady(sequence: ack.sequence) }
+        return ack.kind == .refused
+            ? [event("peer refused write \(ack.sequence); its region is marked for resync")] : []
+    }
+
+    private func onResyncAck(_ ack: PeerAck) -> [ReplicationEvent] {
+        let persist = state.withLock { state -> Bool in
+            guard var resync = state.resync, let region = resync.inFlight.removeValue(forKey: ack.sequence) else {
+                return false
+            }
+            defer { state.resync = resync }
+            guard ack.kind == .resynced else { return false }
+            let range = state.bitmap.range(ofRegion: region)
+            state.bitmap.clear(region: region)
+            resync.progress.doneBytes += range.upperBound - range.lowerBound
+            state.resyncedBytesTotal += range.upperBound - range.lowerBound
+            resync.clearedSincePersist += 1
+            guard resync.clearedSincePersist >= 256 else { return false }
+            resync.clearedSincePersist = 0
+            return true
+        }
+        var events: [ReplicationEvent] = []
+        if persist, let error = persistBitmap() { events.append(event("\(error)")) }
+        return events + pumpResync()
+    }
+
+    private func event(_ text: String) -> ReplicationEvent {
+        ReplicationEvent(description: "\(configuration.name): \(text)")
+    }
+}

@@ -1,0 +1,448 @@
+import NIOCore
+import Synchronization
+import TandemCore
+import TandemStorage
+import TandemWire
+
+/// Sends peer frames in the order given; implemented by the agent's peer link.
+public protocol PeerSender: Sendable {
+    /// Queues `frames` for the peer, after everything queued before.
+    func send(_ frames: [PeerFrame])
+}
+
+/// Runs blocking work (such as `fdatasync`) off the caller's thread.
+public typealias BlockingRunner = @Sendable (_ work: @escaping @Sendable () -> Void) -> Void
+
+/// Completion of a client request: called exactly once, from any thread.
+public typealias Completion = @Sendable (Result<Void, StorageError>) -> Void
+
+/// Role of this node for a volume.
+public enum VolumeRole: String, Sendable, Equatable {
+    case primary
+    case secondary
+}
+
+/// Connection state of a volume, as administrators know it.
+public enum ConnectionState: String, Sendable, Equatable {
+    case standAlone
+    case connecting
+    case connected
+    case syncSource
+    case syncTarget
+}
+
+/// Disk state of this node's copy.
+public enum DiskState: String, Sendable, Equatable {
+    case upToDate
+    case inconsistent
+    case outdated
+
+    var code: UInt8 {
+        switch self {
+        case .upToDate: return 0
+        case .inconsistent: return 1
+        case .outdated: return 2
+        }
+    }
+
+    init(code: UInt8) {
+        switch code {
+        case 0: self = .upToDate
+        case 1: self = .inconsistent
+        default: self = .outdated
+        }
+    }
+}
+
+/// Why a role change was refused.
+public struct RoleError: Error, Sendable, CustomStringConvertible {
+    /// The reason, for the administrator.
+    public var description: String
+}
+
+/// One volume on one node: local I/O plus replication to the peer under protocol A, B or C.
+///
+/// The primary applies a client write locally, sends it to the peer in order with every other write,
+/// and completes the client's request when the protocol allows: A after the local write, B when the
+/// peer received it, C when the peer wrote it (and, for FUA, made it durable). While no peer is
+/// connected, or when protocol A falls too far behind, written regions are marked in the write-intent
+/// bitmap (persisted before the write is acknowledged) and resynced on the next connection.
+///
+/// Feed it peer events with `peerConnected(_:)`, `receive(_:)` and `peerDisconnected()`; it sends
+/// its frames through the `PeerSender`. Which side resyncs is decided by `SyncDecision` (pure).
+public final class ReplicatedVolume: Sendable {
+    /// Index of the volume in the config; peers address volumes by it.
+    public let index: UInt16
+    /// Settings from the config.
+    public let configuration: Configuration.Volume
+    /// The local copy.
+    public let store: BackingStore
+    let metadataPath: String
+    let bitmapPath: String
+    let runBlocking: BlockingRunner
+    let newGeneration: @Sendable () -> UInt64
+    /// Bytes protocol A may have unacknowledged before it stops sending and marks instead.
+    let asyncWindowBytes: UInt64
+    /// Resync blocks in flight at once: the resync's share of the link.
+    let resyncWindow: Int
+    let state: Mutex<State>
+
+    struct Pending {
+        var offset: UInt64
+        var length: UInt64
+        var completion: Completion?
+        /// The acknowledgement that lets the client's request complete.
+        var completesOn: PeerAck.Kind
+        var localDone: Bool
+        var peerDone: Bool
+    }
+
+    struct State {
+        var role: VolumeRole = .secondary
+        var connection: ConnectionState = .standAlone
+        var disk: DiskState = .upToDate
+        var generations: DataGenerations
+        var metadata: VolumeMetadata
+        var bitmap: WriteIntentBitmap
+        var peer: (any PeerSender)?
+        var peerState: PeerVolumeState?
+        var peerBitmap: WriteIntentBitmap?
+        var nextSequence: UInt64 = 1
+        var pending: [UInt64: Pending] = [:]
+        var asyncBytesInFlight: UInt64 = 0
+        var epoch: UInt64 = 0
+        var resync: ResyncState?
+        var splitBrain: SplitBrainReport?
+        var resyncedBytesTotal: UInt64 = 0
+        var lastResync: ResyncProgress?
+        /// The highest epoch the peer ever reported, kept across disconnections.
+        var knownPeerEpoch: UInt64 = 0
+        /// Set by `resolveSplitBrain(discardLocal:)`: this side's changes lose the next split brain.
+        var discardLocal = false
+    }
+
+    struct ResyncState {
+        var progress: ResyncProgress
+        var nextRegion = 0
+        var inFlight: [UInt64: Int] = [:]
+        var clearedSincePersist = 0
+    }
+
+    /// Progress of a resync.
+    public struct ResyncProgress: Sendable, Equatable {
+        /// Which side sends.
+        public var source: PeerSide
+        /// Bytes to move when it started.
+        public var totalBytes: UInt64
+        /// Bytes moved so far.
+        public var doneBytes: UInt64
+        /// When it started.
+        public var startedAt: ContinuousClock.Instant
+        /// When it finished, if it did.
+        public var finishedAt: ContinuousClock.Instant?
+
+        /// Percent done.
+        public var percent: Double { totalBytes == 0 ? 100 : Double(doneBytes) * 100 / Double(totalBytes) }
+    }
+
+    /// What each side had changed when a split brain was found.
+    public struct SplitBrainReport: Sendable, Equatable {
+        public var localChangedBytes: UInt64
+        public var peerChangedBytes: UInt64
+        public var resolvable: Bool
+    }
+
+    /// Opens the replication state of `local`: its bitmap file (created clean on first use).
+    public init(
+        index: UInt16, local: LocalVolume, runBlocking: @escaping BlockingRunner,
+        newGeneration: @escaping @Sendable () -> UInt64 = { UInt64.random(in: 0x1000...UInt64.max) },
+        asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16
+    ) throws(MetadataError) {
+        self.index = index
+        self.configuration = local.configuration
+        self.store = local.store
+        self.metadataPath = local.metadataPath
+        self.bitmapPath = local.metadataPath + ".bitmap"
+        self.runBlocking = runBlocking
+        self.newGeneration = newGeneration
+        self.asyncWindowBytes = asyncWindowBytes
+        self.resyncWindow = resyncWindow
+        let bitmap =
+            try WriteIntentBitmap.load(path: bitmapPath, volumeBytes: local.store.sizeBytes)
+            ?? WriteIntentBitmap(volumeBytes: local.store.sizeBytes)
+        let stored = local.metadata.generations
+        let generations = DataGenerations(
+            current: stored.current, bitmap: stored.bitmap,
+            history: [stored.history.0, stored.history.1].filter { $0 != 0 })
+        state = Mutex(State(generations: generations, metadata: local.metadata, bitmap: bitmap))
+    }
+
+    // MARK: Status
+
+    /// A snapshot for status output.
+    public struct Status: Sendable, Equatable {
+        public var name: String
+        public var role: VolumeRole
+        public var connection: ConnectionState
+        public var disk: DiskState
+        public var protocolName: String
+        public var outOfSyncBytes: UInt64
+        public var generations: DataGenerations
+        public var epoch: UInt64
+        public var resync: ResyncProgress?
+        public var lastResync: ResyncProgress?
+        public var resyncedBytesTotal: UInt64
+        public var splitBrain: SplitBrainReport?
+        public var peerRole: VolumeRole?
+        public var peerDisk: DiskState?
+    }
+
+    /// The current status.
+    public var status: Status {
+        state.withLock { state in
+            Status(
+                name: configuration.name, role: state.role, connection: state.connection, disk: state.disk,
+                protocolName: configuration.protocol.rawValue, outOfSyncBytes: state.bitmap.dirtyBytes,
+                generations: state.generations, epoch: state.epoch, resync: state.resync?.progress,
+                lastResync: state.lastResync, resyncedBytesTotal: state.resyncedBytesTotal,
+                splitBrain: state.splitBrain,
+                peerRole: state.peerState.map { $0.role == 1 ? .primary : .secondary },
+                peerDisk: state.peerState.map { DiskState(code: $0.diskState) })
+        }
+    }
+
+    /// Whether clients may write: only a primary whose copy is up to date.
+    public var acceptsWrites: Bool {
+        state.withLock { $0.role == .primary && $0.disk == .upToDate }
+    }
+
+    // MARK: Roles
+
+    /// Makes this node primary or secondary for the volume.
+    ///
+    /// Refused when it would make two primaries on a connected pair, or when this copy is not up
+    /// to date. A node promoted while apart from its peer starts a new data generation so that the
+    /// next connection knows which copy changed.
+    public func setRole(_ role: VolumeRole) throws(RoleError) {
+        let frames: [PeerFrame]
+        do {
+            frames = try state.withLock { state throws(RoleError) -> [PeerFrame] in
+                guard role != state.role else { return [] }
+                if role == .primary {
+                    try promote(&state)
+                } else {
+                    state.role = .secondary
+                }
+                return state.peer == nil ? [] : [.volumeState(volumeState(state))]
+            }
+        }
+        if !frames.isEmpty { state.withLock { $0.peer }?.send(frames) }
+        persistMetadata()
+    }
+
+    private func promote(_ state: inout State) throws(RoleError) {
+        if state.peer != nil, state.peerState?.role == 1 {
+            throw RoleError(
+                description:
+                    "the peer is primary for \(configuration.name); demote it first (two primaries are never allowed)")
+        }
+        guard state.disk == .upToDate else {
+            throw RoleError(
+                description: "\(configuration.name) is \(state.disk.rawValue) here; it cannot serve as primary")
+        }
+        if state.splitBrain != nil, state.peer != nil {
+            throw RoleError(description: "\(configuration.name) is in split brain; resolve it first")
+        }
+        let fresh = state.generations.current == DataGenerations.created
+        if fresh || state.peer == nil || state.connection == .standAlone || state.connection == .connecting {
+            state.generations =
+                fresh
+                ? DataGenerations(current: newGeneration())
+                : state.generations.startingIndependentChanges(newCurrent: newGeneration())
+        }
+        state.epoch = max(state.epoch, state.knownPeerEpoch) + 1
+        state.role = .primary
+    }
+
+    func volumeState(_ state: State) -> PeerVolumeState {
+        let generations = state.generations
+        return PeerVolumeState(
+            volume: index, name: configuration.name, sizeBytes: store.sizeBytes,
+            generations: [generations.current, generations.bitmap] + generations.history,
+            role: state.role == .primary ? 1 : 0, diskState: state.disk.code,
+            outOfSyncBytes: state.bitmap.dirtyBytes, epoch: state.epoch)
+    }
+
+    // MARK: Client I/O
+
+    /// Reads from the local copy.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(StorageError) {
+        try store.read(into: buffer, at: offset)
+    }
+
+    /// Writes locally and replicates; `completion` runs when the protocol's guarantee holds.
+    public func write(offset: UInt64, payload: NBDPayload, fua: Bool, completion: @escaping Completion) {
+        var position = offset
+        do throws(StorageError) {
+            for piece in payload.pieces {
+                try piece.withUnsafeReadableBytes { (bytes) throws(StorageError) in try store.write(bytes, at: position)
+                }
+                position += UInt64(piece.readableBytes)
+            }
+        } catch {
+            completion(.failure(error))
+            return
+        }
+        replicate(
+            offset: offset, length: UInt64(payload.count), flags: fua ? 1 : 0, payload: payload, completion: completion)
+    }
+
+    /// Zeroes (or, with `trim`, discards) a range locally and replicates it as zeroes.
+    public func writeZeroes(offset: UInt64, length: UInt64, fua: Bool, trim: Bool, completion: @escaping Completion) {
+        do {
+            if trim {
+                try store.trim(offset: offset, length: length)
+            } else {
+                try store.writeZeroes(offset: offset, length: length, mayDeallocate: true)
+            }
+        } catch {
+            completion(.failure(error))
+            return
+        }
+        var lengthField = ByteBuffer()
+        lengthField.writeInteger(length)
+        replicate(
+            offset: offset, length: length, flags: (fua ? 1 : 0) | PeerWriteFlags.zeroes,
+            payload: NBDPayload(lengthField), completion: completion)
+    }
+
+    /// Makes every completed write durable locally and, when connected under B or C, on the peer.
+    public func flush(completion: @escaping Completion) {
+        let sequence: UInt64? = state.withLock { state in
+            guard let peer = state.peer, isReplicating(state), configuration.protocol != .a else { return nil }
+            let sequence = state.nextSequence
+            state.nextSequence += 1
+            state.pending[sequence] = Pending(
+                offset: 0, length: 0, completion: completion, completesOn: .flushed, localDone: false, peerDone: false)
+            peer.send([.flush(volume: index, sequence: sequence)])
+            return sequence
+        }
+        runBlocking { [self] in
+            let result = Result { () throws(StorageError) in try store.flush() }
+            guard let sequence else { return completion(result) }
+            switch result {
+            case .success: markLocalDone(sequence: sequence)
+            case .failure: fail(sequence: sequence, result: result)
+            }
+        }
+    }
+
+    func isReplicating(_ state: State) -> Bool {
+        state.peer != nil && (state.connection == .connected || state.connection == .syncSource)
+    }
+
+    private func replicate(
+        offset: UInt64, length: UInt64, flags: UInt8, payload: NBDPayload, completion: @escaping Completion
+    ) {
+        let fua = flags & PeerWriteFlags.fua != 0
+        let sent: UInt64? = state.withLock { state in
+            let windowFull = configuration.protocol == .a && state.asyncBytesInFlight + length > asyncWindowBytes
+            guard let peer = state.peer, isReplicating(state), !windowFull else {
+                state.bitmap.mark(offset: offset, length: length)
+                return nil
+            }
+            let sequence = state.nextSequence
+            state.nextSequence += 1
+            let completesOn: PeerAck.Kind = configuration.protocol == .b && !fua ? .received : .written
+            state.pending[sequence] = Pending(
+                offset: offset, length: length, completion: completion, completesOn: completesOn,
+                localDone: !fua, peerDone: configuration.protocol == .a)
+            if configuration.protocol == .a { state.asyncBytesInFlight += length }
+            let write = PeerWrite(
+                volume: index, sequence: sequence, epoch: state.epoch, offset: offset, flags: flags, payload: payload)
+            peer.send([.data(write)])
+            return sequence
+        }
+        guard let sequence = sent else {
+            // Not replicated: the bitmap must be durable before the write is acknowledged.
+            if let error = persistBitmap() { return completion(.failure(error)) }
+            guard fua else { return completion(.success(())) }
+            runBlocking { [store] in completion(Result { () throws(StorageError) in try store.flush() }) }
+            return
+        }
+        guard fua else { return completeIfReady(sequence: sequence) }
+        runBlocking { [self] in
+            do throws(StorageError) {
+                try store.flush()
+                markLocalDone(sequence: sequence)
+            } catch {
+                fail(sequence: sequence, result: .failure(error))
+            }
+        }
+    }
+
+    func markLocalDone(sequence: UInt64) {
+        state.withLock { $0.pending[sequence]?.localDone = true }
+        completeIfReady(sequence: sequence)
+    }
+
+    func fail(sequence: UInt64, result: Result<Void, StorageError>) {
+        let completion = state.withLock { state -> Completion? in
+            defer { state.pending[sequence]?.completion = nil }
+            return state.pending[sequence]?.completion
+        }
+        completion?(result)
+    }
+
+    /// Completes the client's request once both halves are done. The entry itself stays until the
+    /// peer's written acknowledgement, so that a lost peer marks what it may not have.
+    func completeIfReady(sequence: UInt64) {
+        let completion = state.withLock { state -> Completion? in
+            guard let pending = state.pending[sequence], pending.localDone, pending.peerDone else { return nil }
+            state.pending[sequence]?.completion = nil
+            if pending.completesOn == .written || pending.completesOn == .flushed {
+                state.pending[sequence] = nil
+            }
+            return pending.completion
+        }
+        completion?(.success(()))
+    }
+
+    // MARK: Persistence
+
+    func persistBitmap() -> StorageError? {
+        let bitmap = state.withLock { $0.bitmap }
+        do {
+            try bitmap.store(path: bitmapPath)
+            return nil
+        } catch {
+            return StorageError(path: bitmapPath, operation: "store bitmap", reason: error.description)
+        }
+    }
+
+    @discardableResult
+    func persistMetadata() -> StorageError? {
+        let metadata = state.withLock { state -> VolumeMetadata in
+            var metadata = state.metadata
+            let history = state.generations.history + [0, 0]
+            metadata.generations = .init(
+                current: state.generations.current, bitmap: state.generations.bitmap, history: (history[0], history[1]))
+            state.metadata = metadata
+            return metadata
+        }
+        do {
+            try MetadataFile.store(metadata, path: metadataPath)
+            return nil
+        } catch {
+            return StorageError(path: metadataPath, operation: "store metadata", reason: error.description)
+        }
+    }
+}
+
+/// Bits of `PeerWrite.flags`.
+public enum PeerWriteFlags {
+    /// Durable before the written acknowledgement.
+    public static let fua: UInt8 = 1
+    /// The payload is an 8-byte length: write that many zeroes.
+    public static let zeroes: UInt8 = 2
+}

@@ -1,0 +1,156 @@
+import TandemCore
+
+/// One bit per region of a volume: set when the region may differ from the peer's copy.
+///
+/// The bitmap is a value; `WriteIntentBitmap.store(path:)` replaces its file atomically, and a
+/// caller persists it before acknowledging a write that set a new bit, so a crash never forgets a
+/// region that changed without the peer.
+public struct WriteIntentBitmap: Sendable, Equatable {
+    /// Bytes per bit.
+    public let regionBytes: UInt64
+    /// Size of the volume tracked.
+    public let volumeBytes: UInt64
+    private var words: [UInt64]
+    /// Number of set bits.
+    public private(set) var dirtyRegionCount: Int = 0
+
+    /// A clean bitmap for a volume of `volumeBytes`.
+    public init(volumeBytes: UInt64, regionBytes: UInt64 = 64 << 10) {
+        precondition(regionBytes > 0 && regionBytes & (regionBytes - 1) == 0, "region size must be a power of two")
+        self.regionBytes = regionBytes
+        self.volumeBytes = volumeBytes
+        let regions = Int((volumeBytes + regionBytes - 1) / regionBytes)
+        words = Array(repeating: 0, count: (regions + 63) / 64)
+    }
+
+    /// Regions in the volume.
+    public var regionCount: Int { Int((volumeBytes + regionBytes - 1) / regionBytes) }
+
+    /// Bytes covered by set bits (the last region counts only up to the volume's end).
+    public var dirtyBytes: UInt64 {
+        dirtyRegions.reduce(0) { total, region in
+            let range = range(ofRegion: region)
+            return total + (range.upperBound - range.lowerBound)
+        }
+    }
+
+    /// Marks every region touching `[offset, offset + length)`; returns whether any bit was newly set.
+    @discardableResult
+    public mutating func mark(offset: UInt64, length: UInt64) -> Bool {
+        guard length > 0 else { return false }
+        precondition(offset + length <= volumeBytes, "mark past the end of the volume")
+        var changed = false
+        for region in Int(offset / regionBytes)...Int((offset + length - 1) / regionBytes) {
+            let (word, bit) = (region / 64, UInt64(1) << UInt64(region % 64))
+            if words[word] & bit == 0 {
+                words[word] |= bit
+                dirtyRegionCount += 1
+                changed = true
+            }
+        }
+        return changed
+    }
+
+    /// Marks every region (a full resync).
+    public mutating func markAll() {
+        mark(offset: 0, length: volumeBytes)
+    }
+
+    /// Clears one region.
+    public mutating func clear(region: Int) {
+        let (word, bit) = (region / 64, UInt64(1) << UInt64(region % 64))
+        if words[word] & bit != 0 {
+            words[word] &= ~bit
+            dirtyRegionCount -= 1
+        }
+    }
+
+    /// Whether `region` is set.
+    public func isDirty(region: Int) -> Bool {
+        words[region / 64] & (UInt64(1) << UInt64(region % 64)) != 0
+    }
+
+    /// Set regions in ascending order.
+    public var dirtyRegions: [Int] {
+        var regions: [Int] = []
+        regions.reserveCapacity(dirtyRegionCount)
+        for (index, word) in words.enumerated() where word != 0 {
+            var remaining = word
+            while remaining != 0 {
+                let bit = remaining.trailingZeroBitCount
+                regions.append(index * 64 + bit)
+                remaining &= remaining - 1
+            }
+        }
+        return regions
+    }
+
+    /// The first set region at or after `start`.
+    public func nextDirtyRegion(from start: Int) -> Int? {
+        var region = start
+        while region < regionCount {
+            let word = words[region / 64] >> UInt64(region % 64)
+            if word != 0 { return region + word.trailingZeroBitCount }
+            region = (region / 64 + 1) * 64
+        }
+        return nil
+    }
+
+    /// The byte range of `region`, clipped to the volume.
+    public func range(ofRegion region: Int) -> Range<UInt64> {
+        let start = UInt64(region) * regionBytes
+        return start..<min(start + regionBytes, volumeBytes)
+    }
+
+    /// Sets every bit the other bitmap has set (both must describe the same volume).
+    public mutating func formUnion(_ other: WriteIntentBitmap) {
+        precondition(
+            other.regionBytes == regionBytes && other.volumeBytes == volumeBytes, "bitmaps of different shapes")
+        for index in words.indices { words[index] |= other.words[index] }
+        dirtyRegionCount = words.reduce(0) { $0 + $1.nonzeroBitCount }
+    }
+
+    // MARK: Persistence
+
+    private static let magic = Array("TNDMBMAP".utf8)
+
+    /// The file's bytes: magic, region size, volume size, words, CRC-32C.
+    public func encoded() -> [UInt8] {
+        var bytes = Self.magic
+        for value in [regionBytes, volumeBytes] + words {
+            withUnsafeBytes(of: value.bigEndian) { bytes += $0 }
+        }
+        withUnsafeBytes(of: CRC32C.checksum(bytes).bigEndian) { bytes += $0 }
+        return bytes
+    }
+
+    /// Parses a bitmap file; `nil` when it is torn, corrupt or of another shape.
+    public static func decode(_ bytes: [UInt8], volumeBytes: UInt64) -> WriteIntentBitmap? {
+        guard bytes.count >= 28, Array(bytes[0..<8]) == magic else { return nil }
+        var reader = ByteReader(bytes: bytes, index: bytes.count - 4)
+        guard reader.peekUInt32() == CRC32C.checksum(bytes[0..<(bytes.count - 4)]) else { return nil }
+        reader.index = 8
+        guard let regionBytes = reader.uint64(), let storedVolumeBytes = reader.uint64(),
+            storedVolumeBytes == volumeBytes, regionBytes > 0, regionBytes & (regionBytes - 1) == 0
+        else { return nil }
+        var bitmap = WriteIntentBitmap(volumeBytes: volumeBytes, regionBytes: regionBytes)
+        guard (bytes.count - 28) == bitmap.words.count * 8 else { return nil }
+        for index in bitmap.words.indices { bitmap.words[index] = reader.uint64()! }
+        bitmap.dirtyRegionCount = bitmap.words.reduce(0) { $0 + $1.nonzeroBitCount }
+        return bitmap
+    }
+
+    /// Replaces the file at `path` atomically.
+    public func store(path: String) throws(MetadataError) {
+        try AtomicFile.replace(path: path, bytes: encoded())
+    }
+
+    /// Reads the file at `path`: `nil` if absent; a torn or corrupt file is an error, never a clean bitmap.
+    public static func load(path: String, volumeBytes: UInt64) throws(MetadataError) -> WriteIntentBitmap? {
+        guard let bytes = try AtomicFile.read(path: path) else { return nil }
+        guard let bitmap = decode(bytes, volumeBytes: volumeBytes) else {
+            throw .corrupt(path: path, reason: "bitmap does not parse or its checksum is wrong")
+        }
+        return bitmap
+    }
+}

@@ -1,0 +1,351 @@
+import NIOCore
+
+/// Frames of the peer link between two agents.
+///
+/// Every frame is a 12-byte header (magic `TNDP`, type, three reserved bytes, body length) and a
+/// body. Integers are big-endian, strings are a 16-bit length and UTF-8 bytes. A frame that does
+/// not parse closes the connection; the agent reconnects.
+public enum PeerFrame: Equatable, Sendable {
+    /// First frame from each side: who it is, and a fresh nonce to authenticate against.
+    case hello(PeerHello)
+    /// HMAC-SHA256 over both nonces and the sender's name, keyed by the cluster secret.
+    case authenticate(proof: [UInt8])
+    /// The acceptor verified the dialer: the link is up.
+    case welcome
+    /// A volume's state as its sender sees it; sent after `welcome` and whenever it changes.
+    case volumeState(PeerVolumeState)
+    /// A replicated write from the primary.
+    case data(PeerWrite)
+    /// The peer's answer to `data`, `flush` or `resyncData`.
+    case ack(PeerAck)
+    /// Make every write received so far durable, then acknowledge.
+    case flush(volume: UInt16, sequence: UInt64)
+    /// A block of a resync, from source to target.
+    case resyncData(PeerWrite)
+    /// The source has sent every block; the target adopts the source's generations.
+    case resyncDone(volume: UInt16, generations: [UInt64])
+    /// Keep-alive; the other side answers `pong` with the same value.
+    case ping(UInt64)
+    /// Answer to `ping`.
+    case pong(UInt64)
+    /// The sender's write-intent bitmap file for a volume, so that the two can be united.
+    case bitmap(volume: UInt16, bytes: [UInt8])
+
+    /// The frame type byte.
+    var typeCode: UInt8 {
+        switch self {
+        case .hello: return 1
+        case .authenticate: return 2
+        case .welcome: return 3
+        case .volumeState: return 4
+        case .data: return 5
+        case .ack: return 6
+        case .flush: return 7
+        case .resyncData: return 8
+        case .resyncDone: return 9
+        case .ping: return 10
+        case .pong: return 11
+        case .bitmap: return 12
+        }
+    }
+}
+
+/// The `hello` frame.
+public struct PeerHello: Equatable, Sendable {
+    /// The peer-protocol version this build speaks.
+    public static let currentVersion: UInt16 = 1
+
+    public var version: UInt16
+    public var clusterName: String
+    public var nodeName: String
+    /// 32 random bytes.
+    public var nonce: [UInt8]
+
+    public init(version: UInt16 = currentVersion, clusterName: String, nodeName: String, nonce: [UInt8]) {
+        self.version = version
+        self.clusterName = clusterName
+        self.nodeName = nodeName
+        self.nonce = nonce
+    }
+}
+
+/// A volume's state in a `volumeState` frame.
+public struct PeerVolumeState: Equatable, Sendable {
+    /// The volume's index in the config (both nodes share the config).
+    public var volume: UInt16
+    public var name: String
+    public var sizeBytes: UInt64
+    /// current, bitmap, history0, history1.
+    public var generations: [UInt64]
+    /// 0 secondary, 1 primary.
+    public var role: UInt8
+    /// 0 upToDate, 1 inconsistent, 2 outdated.
+    public var diskState: UInt8
+    /// Bytes marked in the sender's write-intent bitmap.
+    public var outOfSyncBytes: UInt64
+    /// The sender's promotion epoch.
+    public var epoch: UInt64
+
+    public init(
+        volume: UInt16, name: String, sizeBytes: UInt64, generations: [UInt64], role: UInt8, diskState: UInt8,
+        outOfSyncBytes: UInt64, epoch: UInt64
+    ) {
+        self.volume = volume
+        self.name = name
+        self.sizeBytes = sizeBytes
+        self.generations = generations
+        self.role = role
+        self.diskState = diskState
+        self.outOfSyncBytes = outOfSyncBytes
+        self.epoch = epoch
+    }
+}
+
+/// A replicated or resync write.
+public struct PeerWrite: Equatable, Sendable {
+    public var volume: UInt16
+    public var sequence: UInt64
+    /// The sender's epoch: a receiver refuses writes from an older one.
+    public var epoch: UInt64
+    public var offset: UInt64
+    /// Bit 0: FUA (durable before the written acknowledgement).
+    public var flags: UInt8
+    public var payload: NBDPayload
+
+    public init(volume: UInt16, sequence: UInt64, epoch: UInt64, offset: UInt64, flags: UInt8, payload: NBDPayload) {
+        self.volume = volume
+        self.sequence = sequence
+        self.epoch = epoch
+        self.offset = offset
+        self.flags = flags
+        self.payload = payload
+    }
+}
+
+/// An acknowledgement.
+public struct PeerAck: Equatable, Sendable {
+    /// What is acknowledged.
+    public enum Kind: UInt8, Sendable {
+        /// The data arrived (protocol B).
+        case received = 1
+        /// The data is written (protocol C), and durable if the write had FUA.
+        case written = 2
+        /// A flush completed.
+        case flushed = 3
+        /// A resync block is written.
+        case resynced = 4
+        /// The write was refused (stale epoch or I/O error); the sender marks it out of sync.
+        case refused = 5
+    }
+
+    public var volume: UInt16
+    public var sequence: UInt64
+    public var kind: Kind
+
+    public init(volume: UInt16, sequence: UInt64, kind: Kind) {
+        self.volume = volume
+        self.sequence = sequence
+        self.kind = kind
+    }
+}
+
+/// Why a peer frame could not be decoded.
+public enum PeerWireError: Error, Equatable, Sendable, CustomStringConvertible {
+    case badMagic(UInt32)
+    case unknownType(UInt8)
+    case frameTooLarge(length: UInt32, limit: Int)
+    case malformedBody(type: UInt8)
+    case truncatedFrame(bytesLeft: Int)
+
+    public var description: String {
+        switch self {
+        case .badMagic(let magic): return "peer frame starts with 0x\(String(magic, radix: 16)), not TNDP"
+        case .unknownType(let type): return "unknown peer frame type \(type)"
+        case .frameTooLarge(let length, let limit): return "peer frame of \(length) bytes exceeds \(limit)"
+        case .malformedBody(let type): return "malformed body in peer frame type \(type)"
+        case .truncatedFrame(let left): return "peer connection closed in the middle of a frame (\(left) bytes)"
+        }
+    }
+}
+
+/// Peer-frame encoding.
+public enum PeerCodec {
+    /// `TNDP`.
+    public static let magic: UInt32 = 0x544E_4450
+    /// Header bytes before the body.
+    public static let headerBytes = 12
+
+    /// Encodes `frame` as buffers to write in order; write payloads are passed through, not copied.
+    public static func encode(_ frame: PeerFrame, allocator: ByteBufferAllocator = ByteBufferAllocator())
+        -> [ByteBuffer]
+    {
+        var body = allocator.buffer(capacity: 64)
+        var trailing: [ByteBuffer] = []
+        switch frame {
+        case .hello(let hello):
+            body.writeInteger(hello.version)
+            body.writePeerString(hello.clusterName)
+            body.writePeerString(hello.nodeName)
+            body.writePeerBytes(hello.nonce)
+        case .authenticate(let proof):
+            body.writePeerBytes(proof)
+        case .welcome:
+            break
+        case .volumeState(let state):
+            body.writeInteger(state.volume)
+            body.writePeerString(state.name)
+            body.writeInteger(state.sizeBytes)
+            body.writeInteger(UInt8(state.generations.count))
+            for generation in state.generations { body.writeInteger(generation) }
+            body.writeMultipleIntegers(state.role, state.diskState, state.outOfSyncBytes, state.epoch)
+        case .data(let write), .resyncData(let write):
+            body.writeMultipleIntegers(write.volume, write.sequence, write.epoch, write.offset, write.flags)
+            trailing = write.payload.pieces
+        case .ack(let ack):
+            body.writeMultipleIntegers(ack.volume, ack.sequence, ack.kind.rawValue)
+        case .flush(let volume, let sequence):
+            body.writeMultipleIntegers(volume, sequence)
+        case .resyncDone(let volume, let generations):
+            body.writeInteger(volume)
+            body.writeInteger(UInt8(generations.count))
+            for generation in generations { body.writeInteger(generation) }
+        case .ping(let value), .pong(let value):
+            body.writeInteger(value)
+        case .bitmap(let volume, let bytes):
+            body.writeInteger(volume)
+            body.writeInteger(UInt32(bytes.count))
+            body.writeBytes(bytes)
+        }
+        let length = body.readableBytes + trailing.reduce(0) { $0 + $1.readableBytes }
+        var header = allocator.buffer(capacity: headerBytes + body.readableBytes)
+        header.writeMultipleIntegers(magic, frame.typeCode, UInt8(0), UInt16(0), UInt32(length))
+        header.writeBuffer(&body)
+        return [header] + trailing
+    }
+}
+
+/// Splits the peer byte stream into frames. Returns `nil` without moving the reader index when a
+/// frame is incomplete.
+public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = PeerFrame
+
+    private let maximumBodyBytes: Int
+
+    /// `maximumBodyBytes` bounds every frame (the largest write plus its header fields).
+    public init(maximumBodyBytes: Int) {
+        self.maximumBodyBytes = maximumBodyBytes
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> PeerFrame? {
+        guard
+            let (magic, type, _, _, length) = buffer.getMultipleIntegers(
+                at: buffer.readerIndex, as: (UInt32, UInt8, UInt8, UInt16, UInt32).self)
+        else { return nil }
+        guard magic == PeerCodec.magic else { throw PeerWireError.badMagic(magic) }
+        guard Int(length) <= maximumBodyBytes else {
+            throw PeerWireError.frameTooLarge(length: length, limit: maximumBodyBytes)
+        }
+        guard buffer.readableBytes >= PeerCodec.headerBytes + Int(length) else {
+            buffer.reserveCapacity(minimumWritableBytes: PeerCodec.headerBytes + Int(length) - buffer.readableBytes)
+            return nil
+        }
+        buffer.moveReaderIndex(forwardBy: PeerCodec.headerBytes)
+        var body = buffer.readSlice(length: Int(length))!
+        guard let frame = try Self.parseBody(type: type, body: &body), body.readableBytes == 0 else {
+            throw PeerWireError.malformedBody(type: type)
+        }
+        return frame
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> PeerFrame? {
+        if let frame = try decode(buffer: &buffer) { return frame }
+        if buffer.readableBytes > 0 { throw PeerWireError.truncatedFrame(bytesLeft: buffer.readableBytes) }
+        return nil
+    }
+
+    private static func parseBody(type: UInt8, body: inout ByteBuffer) throws -> PeerFrame? {
+        switch type {
+        case 1:
+            guard let version = body.readInteger(as: UInt16.self), let cluster = body.readPeerString(),
+                let node = body.readPeerString(), let nonce = body.readPeerBytes()
+            else { return nil }
+            return .hello(PeerHello(version: version, clusterName: cluster, nodeName: node, nonce: nonce))
+        case 2:
+            return body.readPeerBytes().map { .authenticate(proof: $0) }
+        case 3:
+            return .welcome
+        case 4:
+            guard let volume = body.readInteger(as: UInt16.self), let name = body.readPeerString(),
+                let size = body.readInteger(as: UInt64.self), let generations = body.readGenerations(),
+                let (role, disk, outOfSync, epoch) = body.readMultipleIntegers(as: (UInt8, UInt8, UInt64, UInt64).self)
+            else { return nil }
+            return .volumeState(
+                PeerVolumeState(
+                    volume: volume, name: name, sizeBytes: size, generations: generations, role: role,
+                    diskState: disk, outOfSyncBytes: outOfSync, epoch: epoch))
+        case 5, 8:
+            guard
+                let (volume, sequence, epoch, offset, flags) = body.readMultipleIntegers(
+                    as: (UInt16, UInt64, UInt64, UInt64, UInt8).self)
+            else { return nil }
+            let payload = NBDPayload(body.readSlice(length: body.readableBytes)!)
+            let write = PeerWrite(
+                volume: volume, sequence: sequence, epoch: epoch, offset: offset, flags: flags, payload: payload)
+            return type == 5 ? .data(write) : .resyncData(write)
+        case 6:
+            guard let (volume, sequence, kindByte) = body.readMultipleIntegers(as: (UInt16, UInt64, UInt8).self),
+                let kind = PeerAck.Kind(rawValue: kindByte)
+            else { return nil }
+            return .ack(PeerAck(volume: volume, sequence: sequence, kind: kind))
+        case 7:
+            return body.readMultipleIntegers(as: (UInt16, UInt64).self).map { .flush(volume: $0.0, sequence: $0.1) }
+        case 9:
+            guard let volume = body.readInteger(as: UInt16.self), let generations = body.readGenerations() else {
+                return nil
+            }
+            return .resyncDone(volume: volume, generations: generations)
+        case 10:
+            return body.readInteger(as: UInt64.self).map { .ping($0) }
+        case 11:
+            return body.readInteger(as: UInt64.self).map { .pong($0) }
+        case 12:
+            guard let volume = body.readInteger(as: UInt16.self), let count = body.readInteger(as: UInt32.self),
+                let bytes = body.readBytes(length: Int(count))
+            else { return nil }
+            return .bitmap(volume: volume, bytes: bytes)
+        default:
+            throw PeerWireError.unknownType(type)
+        }
+    }
+}
+
+extension ByteBuffer {
+    fileprivate mutating func writePeerString(_ text: String) {
+        let bytes = Array(text.utf8.prefix(Int(UInt16.max)))
+        writePeerBytes(bytes)
+    }
+
+    fileprivate mutating func writePeerBytes(_ bytes: [UInt8]) {
+        writeInteger(UInt16(bytes.count))
+        writeBytes(bytes)
+    }
+
+    fileprivate mutating func readPeerBytes() -> [UInt8]? {
+        guard let length = readInteger(as: UInt16.self) else { return nil }
+        return readBytes(length: Int(length))
+    }
+
+    fileprivate mutating func readPeerString() -> String? {
+        readPeerBytes().map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    fileprivate mutating func readGenerations() -> [UInt64]? {
+        guard let count = readInteger(as: UInt8.self), count <= 4 else { return nil }
+        var generations: [UInt64] = []
+        for _ in 0..<count {
+            guard let generation = readInteger(as: UInt64.self) else { return nil }
+            generations.append(generation)
+        }
+        return generations
+    }
+}

@@ -1,0 +1,278 @@
+import NIOCore
+import Synchronization
+import Testing
+
+@testable import TandemCore
+@testable import TandemReplication
+@testable import TandemStorage
+@testable import TandemWire
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A fresh directory under /tmp, removed when the test ends.
+final class TemporaryDirectory: Sendable {
+    let path: String
+
+    init() {
+        var template = Array("/tmp/tandem-test.XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+
+    deinit {
+        _ = system("rm -rf '\(path)'")
+    }
+}
+
+/// One direction of a simulated link: frames wait here until the test delivers them.
+final class LinkQueue: PeerSender {
+    private let frames = Mutex<[PeerFrame]>([])
+    /// Bytes of resync payload that crossed this direction.
+    let resyncBytes = Atomic<UInt64>(0)
+
+    func send(_ newFrames: [PeerFrame]) {
+        for case .resyncData(let write) in newFrames {
+            resyncBytes.add(UInt64(write.payload.count), ordering: .relaxed)
+        }
+        frames.withLock { $0 += newFrames }
+    }
+
+    func take() -> [PeerFrame] {
+        frames.withLock { frames in
+            defer { frames = [] }
+            return frames
+        }
+    }
+
+    func drop() {
+        _ = take()
+    }
+}
+
+/// Two nodes' copies of one volume, joined by a link the test steps by hand.
+struct Pair {
+    let directory = TemporaryDirectory()
+    let a: ReplicatedVolume
+    let b: ReplicatedVolume
+    let aToB = LinkQueue()
+    let bToA = LinkQueue()
+
+    init(
+        protocol replication: Configuration.ReplicationProtocol, sizeBytes: UInt64 = 16 << 20,
+        policy: SplitBrainPolicy = .disconnect
+    ) throws {
+        let directory = self.directory
+        func open(_ name: String) throws -> ReplicatedVolume {
+            let volume = Configuration.Volume(
+                name: "vol0", protocol: replication, sizeBytes: sizeBytes, backing: "\(directory.path)/\(name).img",
+                metadata: nil, nbdExport: "vol0", readOnly: false, splitBrainPolicy: policy)
+            let local = try LocalVolume.open(
+                volume, stateDirectory: directory.path, newGeneration: { DataGenerations.created }, newVolumeID: { 1 })
+            return try ReplicatedVolume(index: 0, local: local, runBlocking: { $0() })
+        }
+        a = try open("a")
+        b = try open("b")
+    }
+
+    func connect() {
+        a.peerConnected(aToB)
+        b.peerConnected(bToA)
+        deliver()
+    }
+
+    /// Delivers frames both ways until the link is quiet.
+    func deliver(limit: Int = 100_000) {
+        for _ in 0..<limit {
+            let toB = aToB.take()
+            let toA = bToA.take()
+            if toB.isEmpty && toA.isEmpty { return }
+            for frame in toB { _ = b.receive(frame) }
+            for frame in toA { _ = a.receive(frame) }
+        }
+        Issue.record("the link never went quiet")
+    }
+
+    func disconnect() {
+        aToB.drop()
+        bToA.drop()
+        _ = a.peerDisconnected()
+        _ = b.peerDisconnected()
+    }
+
+    /// Whether the two backing files hold the same bytes.
+    func identical() throws -> Bool {
+        let size = Int(a.store.sizeBytes)
+        var left = [UInt8](repeating: 0, count: size)
+        var right = [UInt8](repeating: 1, count: size)
+        try left.withUnsafeMutableBytes { try a.store.read(into: $0, at: 0) }
+        try right.withUnsafeMutableBytes { try b.store.read(into: $0, at: 0) }
+        return left == right
+    }
+}
+
+/// Records when a completion ran.
+final class Outcome: Sendable {
+    private let value = Mutex<Result<Void, StorageError>?>(nil)
+    var completion: Completion { { result in self.value.withLock { $0 = result } } }
+    var done: Bool { value.withLock { $0 != nil } }
+    var succeeded: Bool { value.withLock { if case .success? = $0 { true } else { false } } }
+}
+
+private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
+    NBDPayload(ByteBuffer(bytes: [UInt8](repeating: byte, count: count)))
+}
+
+@Suite struct ReplicationPairTests {
+    /// A connected pair whose `a` is primary and in sync.
+    private func connectedPair(_ replication: Configuration.ReplicationProtocol, policy: SplitBrainPolicy = .disconnect)
+        throws -> Pair
+    {
+        let pair = try Pair(protocol: replication, policy: policy)
+        pair.connect()
+        #expect(pair.a.status.connection == .connected)
+        try pair.a.setRole(.primary)
+        pair.deliver()
+        #expect(pair.a.status.connection == .connected, "a fresh pair with a primary is in sync: both are zeroes")
+        return pair
+    }
+
+    @Test(arguments: [Configuration.ReplicationProtocol.a, .b, .c])
+    func write_completesWhenItsProtocolAllows_andBothCopiesMatch(replication: Configuration.ReplicationProtocol) throws
+    {
+        let pair = try connectedPair(replication)
+        let plain = Outcome()
+        pair.a.write(offset: 8192, payload: payload(0x11), fua: false, completion: plain.completion)
+        #expect(plain.done == (replication == .a), "protocol A completes before the peer answers, B and C after")
+        pair.deliver()
+        #expect(plain.succeeded)
+        let durable = Outcome()
+        pair.a.write(offset: 65536, payload: payload(0x22, count: 100_000), fua: true, completion: durable.completion)
+        pair.deliver()
+        #expect(durable.succeeded)
+        let zero = Outcome()
+        pair.a.writeZeroes(offset: 8192, length: 2048, fua: false, trim: false, completion: zero.completion)
+        let flushed = Outcome()
+        pair.a.flush(completion: flushed.completion)
+        pair.deliver()
+        #expect(zero.succeeded && flushed.succeeded)
+        #expect(try pair.identical())
+        #expect(pair.a.status.outOfSyncBytes == 0)
+    }
+
+    @Test func protocolB_completesOnReceipt_beforeTheWrittenAcknowledgement() throws {
+        let pair = try connectedPair(.b)
+        let outcome = Outcome()
+        pair.a.write(offset: 0, payload: payload(0x33), fua: false, completion: outcome.completion)
+        let toB = pair.aToB.take()
+        for frame in toB { _ = pair.b.receive(frame) }
+        let acks = pair.bToA.take()
+        #expect(acks.count == 2)
+        _ = pair.a.receive(acks[0])
+        #expect(outcome.succeeded, "B completes on the received acknowledgement")
+        _ = pair.a.receive(acks[1])
+    }
+
+    @Test func disconnectedWrites_areMarked_andOnlyThoseAreResynced() throws {
+        let pair = try connectedPair(.c)
+        for block in 0..<64 {
+            pair.a.write(
+                offset: UInt64(block) * 65536, payload: payload(0x01, count: 65536), fua: false, completion: { _ in })
+        }
+        pair.deliver()
+        pair.disconnect()
+        // 1% of 16 MiB, in eight scattered 20 KiB writes.
+        var dirtied: UInt64 = 0
+        for index in 0..<8 {
+            let outcome = Outcome()
+            pair.a.write(
+                offset: UInt64(index) * 2_000_000 + 777, payload: payload(0x5A, count: 20_480), fua: true,
+                completion: outcome.completion)
+            #expect(outcome.succeeded, "a lone primary completes writes after marking them")
+            dirtied += 20_480
+        }
+        #expect(pair.a.status.outOfSyncBytes > 0)
+        #expect(try !pair.identical())
+        let before = pair.aToB.resyncBytes.load(ordering: .relaxed)
+        pair.connect()
+        #expect(pair.a.status.connection == .connected)
+        #expect(pair.b.status.disk == .upToDate)
+        let moved = pair.aToB.resyncBytes.load(ordering: .relaxed) - before
+        #expect(moved > 0 && moved <= 16 * 65536, "moved \(moved) bytes for \(dirtied) dirtied: regions of 64 KiB")
+        #expect(try pair.identical())
+        #expect(pair.a.status.outOfSyncBytes == 0)
+        #expect(pair.a.status.generations == pair.b.status.generations)
+    }
+
+    @Test func freshPair_firstPrimaryBecomesTheSource_afterDataWasWrittenAlone() throws {
+        let pair = try Pair(protocol: .c)
+        try pair.a.setRole(.primary)
+        pair.a.write(offset: 0, payload: payload(0x7E, count: 1 << 20), fua: false, completion: { _ in })
+        pair.connect()
+        #expect(pair.b.status.disk == .upToDate)
+        #expect(pair.aToB.resyncBytes.load(ordering: .relaxed) == 16 << 20, "a never-synced peer gets a full resync")
+        #expect(try pair.identical())
+    }
+
+    @Test func twoPrimaries_onAConnectedPair_areRefused() throws {
+        let pair = try connectedPair(.c)
+        #expect(throws: RoleError.self) { try pair.b.setRole(.primary) }
+    }
+
+    /// `a` writes as primary, the link breaks, `b` is promoted and writes too.
+    private func splitBrain(policy: SplitBrainPolicy, aBytes: Int, bBytes: Int) throws -> Pair {
+        let pair = try connectedPair(.c, policy: policy)
+        pair.disconnect()
+        if aBytes > 0 {
+            pair.a.write(offset: 0, payload: payload(0xAA, count: aBytes), fua: false, completion: { _ in })
+        }
+        try pair.b.setRole(.primary)
+        if bBytes > 0 {
+            pair.b.write(offset: 8 << 20, payload: payload(0xBB, count: bBytes), fua: false, completion: { _ in })
+        }
+        return pair
+    }
+
+    @Test func splitBrain_isReportedWithDivergedBytes_andResolvedByDiscardingLocal() throws {
+        let pair = try splitBrain(policy: .disconnect, aBytes: 65536, bBytes: 3 * 65536)
+        let before = pair.bToA.resyncBytes.load(ordering: .relaxed)
+        pair.connect()
+        #expect(
+            pair.a.status.splitBrain == .init(localChangedBytes: 65536, peerChangedBytes: 3 * 65536, resolvable: true))
+        #expect(
+            pair.b.status.splitBrain == .init(localChangedBytes: 3 * 65536, peerChangedBytes: 65536, resolvable: true))
+        #expect(pair.a.status.connection == .standAlone)
+        #expect(try !pair.identical())
+        try pair.a.setRole(.secondary)
+        let report = try pair.a.resolveSplitBrain()
+        #expect(report.localChangedBytes == 65536)
+        pair.deliver()
+        #expect(pair.a.status.connection == .connected)
+        #expect(pair.a.status.disk == .upToDate)
+        #expect(
+            pair.bToA.resyncBytes.load(ordering: .relaxed) - before == 4 * 65536, "only the regions either side changed"
+        )
+        #expect(try pair.identical())
+    }
+
+    @Test(arguments: [
+        (SplitBrainPolicy.discardZeroChanges, 0, 65536, UInt8(0xBB)),
+        (.discardYoungerPrimary, 65536, 65536, 0xAA),
+        (.discardLeastChanges, 3 * 65536, 65536, 0xAA),
+    ])
+    func splitBrain_automaticPolicies_pickTheSurvivor(
+        policy: SplitBrainPolicy, aBytes: Int, bBytes: Int, survivor: UInt8
+    ) throws {
+        let pair = try splitBrain(policy: policy, aBytes: aBytes, bBytes: bBytes)
+        // Policies never discard a serving primary's data: the loser is made secondary first.
+        let loser = survivor == 0xAA ? pair.b : pair.a
+        try loser.setRole(.secondary)
+        pair.connect()
+        #expect(pair.a.status.connection == .connected, "\(policy) resolves on its own")
+        #expect(try pair.identical())
+        let offset: UInt64 = survivor == 0xAA ? 0 : 8 << 20
+        var byte = [UInt8](repeating: 0, count: 1)
+        try byte.withUnsafeMutableBytes { try loser.store.read(into: $0, at: offset) }
+        #expect(byte == [survivor], "the loser now holds the survivor's data")
+    }
+}

@@ -1,0 +1,84 @@
+import NIOCore
+import NIOTestUtils
+import Testing
+
+@testable import TandemWire
+
+@Suite struct PeerCodecTests {
+    private static let frames: [PeerFrame] = [
+        .hello(PeerHello(clusterName: "media", nodeName: "box-a", nonce: Array(0..<32))),
+        .authenticate(proof: Array(repeating: 0xAB, count: 32)),
+        .welcome,
+        .volumeState(
+            PeerVolumeState(
+                volume: 1, name: "vol0", sizeBytes: 1 << 30, generations: [9, 8, 7, 6], role: 1, diskState: 0,
+                outOfSyncBytes: 65536, epoch: 3)),
+        .data(
+            PeerWrite(
+                volume: 0, sequence: 42, epoch: 3, offset: 4096, flags: 1,
+                payload: NBDPayload(ByteBuffer(string: "data")))),
+        .ack(PeerAck(volume: 0, sequence: 42, kind: .written)),
+        .flush(volume: 0, sequence: 43),
+        .resyncData(
+            PeerWrite(
+                volume: 0, sequence: 1, epoch: 3, offset: 0, flags: 0, payload: NBDPayload(ByteBuffer(string: "r")))),
+        .resyncDone(volume: 0, generations: [1, 0, 2, 3]),
+        .ping(7),
+        .pong(7),
+        .bitmap(volume: 2, bytes: [1, 2, 3]),
+    ]
+
+    private static func encoded(_ frames: [PeerFrame]) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        for frame in frames {
+            for var piece in PeerCodec.encode(frame) { buffer.writeBuffer(&piece) }
+        }
+        return buffer
+    }
+
+    @Test func everyFrame_roundTrips_byteByByteAndInBatches() throws {
+        try ByteToMessageDecoderVerifier.verifyDecoder(
+            inputOutputPairs: [(Self.encoded(Self.frames), Self.frames)],
+            decoderFactory: { PeerFrameDecoder(maximumBodyBytes: 1 << 20) })
+    }
+
+    @Test func badMagic_unknownType_andOversizedFrames_throw() {
+        var decoder = PeerFrameDecoder(maximumBodyBytes: 1024)
+        var badMagic = ByteBuffer(bytes: Array("GET / HTTP/1.1\r\n".utf8))
+        #expect(throws: PeerWireError.self) { try decoder.decode(buffer: &badMagic) }
+        var unknown = ByteBuffer()
+        unknown.writeMultipleIntegers(PeerCodec.magic, UInt8(200), UInt8(0), UInt16(0), UInt32(0))
+        #expect(throws: PeerWireError.unknownType(200)) { try decoder.decode(buffer: &unknown) }
+        var huge = ByteBuffer()
+        huge.writeMultipleIntegers(PeerCodec.magic, UInt8(5), UInt8(0), UInt16(0), UInt32(4096))
+        #expect(throws: PeerWireError.frameTooLarge(length: 4096, limit: 1024)) { try decoder.decode(buffer: &huge) }
+    }
+
+    @Test func bodyShorterOrLongerThanItsFields_isMalformed() {
+        var decoder = PeerFrameDecoder(maximumBodyBytes: 1024)
+        var short = ByteBuffer()
+        short.writeMultipleIntegers(PeerCodec.magic, UInt8(6), UInt8(0), UInt16(0), UInt32(3), UInt16(0), UInt8(1))
+        #expect(throws: PeerWireError.malformedBody(type: 6)) { try decoder.decode(buffer: &short) }
+        var long = ByteBuffer()
+        long.writeMultipleIntegers(PeerCodec.magic, UInt8(3), UInt8(0), UInt16(0), UInt32(1), UInt8(9))
+        #expect(throws: PeerWireError.malformedBody(type: 3)) { try decoder.decode(buffer: &long) }
+    }
+
+    @Test func randomGarbage_neverCrashes_andNeverYieldsWithoutConsuming() {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<5000 {
+            var decoder = PeerFrameDecoder(maximumBodyBytes: 4096)
+            var bytes = (0..<Int.random(in: 0..<120, using: &generator)).map { _ in
+                UInt8.random(in: 0...255, using: &generator)
+            }
+            if bytes.count >= 5 {
+                bytes.replaceSubrange(0..<4, with: [0x54, 0x4E, 0x44, 0x50])
+                bytes[4] = UInt8.random(in: 1...12, using: &generator)
+            }
+            var buffer = ByteBuffer(bytes: bytes)
+            while let before = Optional(buffer.readableBytes), (try? decoder.decode(buffer: &buffer)) != nil {
+                #expect(buffer.readableBytes < before)
+            }
+        }
+    }
+}
