@@ -35,11 +35,12 @@ extension ReplicatedVolume {
             var completions: [Completion] = []
             for (sequence, pending) in state.pending {
                 if pending.length > 0 { state.bitmap.mark(offset: pending.offset, length: pending.length) }
-                if pending.localDone, let completion = pending.completion {
-                    completions.append(completion)
-                    state.pending[sequence] = nil
+                if pending.localDone {
+                    if let completion = pending.completion { completions.append(completion) }
+                    removePending(sequence, from: &state)
                 } else {
                     state.pending[sequence]?.peerDone = true
+                    state.pending[sequence]?.completesOn = .written
                 }
             }
             state.asyncBytesInFlight = 0
@@ -111,9 +112,12 @@ extension ReplicatedVolume {
             let peerGenerations = DataGenerations(
                 current: peerState.generations.first ?? 0, bitmap: peerState.generations.dropFirst().first ?? 0,
                 history: Array(peerState.generations.dropFirst(2).filter { $0 != 0 }.prefix(2)))
+            let marks = Marks(
+                localDirty: state.bitmap.dirtyRegionCount > 0, peerDirty: peerState.outOfSyncBytes > 0,
+                localPrimary: state.role == .primary, peerPrimary: peerState.role == 1, localPreferred: preferredInTies)
             let decision = SyncDecision.decide(
                 local: state.generations, peer: peerGenerations, localInconsistent: state.disk == .inconsistent,
-                peerInconsistent: peerState.diskState == DiskState.inconsistent.code)
+                peerInconsistent: peerState.diskState == DiskState.inconsistent.code, marks: marks)
             return (decision, [])
         }
         var events = outcome.1
@@ -138,7 +142,7 @@ extension ReplicatedVolume {
         case .partialResync(let source), .fullResync(let source):
             let full: Bool
             if case .fullResync = decision { full = true } else { full = false }
-            return source == .local ? startResyncSource(full: full, unite: false) : becomeResyncTarget()
+            return source == .local ? startResyncSource(full: full, unite: true) : becomeResyncTarget()
         case .splitBrain(let bitmapsCover):
             return onSplitBrain(peerState: peerState, bitmapsCover: bitmapsCover)
         case .unrelated:
@@ -397,7 +401,7 @@ extension ReplicatedVolume {
                 }
                 pending.peerDone = true
                 if pending.completion == nil {
-                    state.pending[ack.sequence] = nil
+                    removePending(ack.sequence, from: &state)
                     return false
                 }
                 pending.completesOn = ack.kind

@@ -86,6 +86,15 @@ public final class ReplicatedVolume: Sendable {
     /// Resync blocks in flight at once: the resync's share of the link.
     let resyncWindow: Int
     let state: Mutex<State>
+    /// Whether a peer is configured; a lone node keeps no activity log.
+    let peerConfigured: Bool
+    /// Breaks ties between two secondaries with marked regions; the peer must get the opposite.
+    let preferredInTies: Bool
+    let activityLogPath: String
+    /// Serialises activity-log writes, so the file never goes back to an older set of extents.
+    let activityLogWrite = Mutex<Void>(())
+    /// What opening the volume found (for example, extents recovered from a crash).
+    public let openingEvents: [ReplicationEvent]
 
     struct Pending {
         var offset: UInt64
@@ -112,6 +121,7 @@ public final class ReplicatedVolume: Sendable {
         var asyncBytesInFlight: UInt64 = 0
         var epoch: UInt64 = 0
         var resync: ResyncState?
+        var activityLog: ActivityLog
         var splitBrain: SplitBrainReport?
         var resyncedBytesTotal: UInt64 = 0
         var lastResync: ResyncProgress?
@@ -152,29 +162,68 @@ public final class ReplicatedVolume: Sendable {
         public var resolvable: Bool
     }
 
-    /// Opens the replication state of `local`: its bitmap file (created clean on first use).
+    /// Opens the replication state of `local`: its bitmap file (created clean on first use) and its
+    /// activity log, whose extents after a crash are marked for resync.
     public init(
-        index: UInt16, local: LocalVolume, runBlocking: @escaping BlockingRunner,
+        index: UInt16, local: LocalVolume, peerConfigured: Bool = true, preferredInTies: Bool = true,
+        runBlocking: @escaping BlockingRunner,
         newGeneration: @escaping @Sendable () -> UInt64 = { UInt64.random(in: 0x1000...UInt64.max) },
-        asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16
+        asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16, activityLog: ActivityLog = ActivityLog()
     ) throws(MetadataError) {
         self.index = index
         self.configuration = local.configuration
         self.store = local.store
         self.metadataPath = local.metadataPath
         self.bitmapPath = local.metadataPath + ".bitmap"
+        self.activityLogPath = local.metadataPath + ".activity"
+        self.peerConfigured = peerConfigured
+        self.preferredInTies = preferredInTies
         self.runBlocking = runBlocking
         self.newGeneration = newGeneration
         self.asyncWindowBytes = asyncWindowBytes
         self.resyncWindow = resyncWindow
-        let bitmap =
+        var bitmap =
             try WriteIntentBitmap.load(path: bitmapPath, volumeBytes: local.store.sizeBytes)
             ?? WriteIntentBitmap(volumeBytes: local.store.sizeBytes)
+        var events: [ReplicationEvent] = []
+        if let bytes = try AtomicFile.read(path: activityLogPath) {
+            guard let recovered = ActivityLog.decodeExtents(bytes) else {
+                throw .corrupt(path: activityLogPath, reason: "activity log does not parse or its checksum is wrong")
+            }
+            for extent in recovered.extents where extent * recovered.extentBytes < local.store.sizeBytes {
+                let start = extent * recovered.extentBytes
+                bitmap.mark(offset: start, length: min(recovered.extentBytes, local.store.sizeBytes - start))
+            }
+            if !recovered.extents.isEmpty {
+                events.append(
+                    ReplicationEvent(
+                        description: "\(local.configuration.name): \(recovered.extents.count) extents were active when "
+                            + "the node stopped without a clean shutdown; they are marked for resync"))
+                try bitmap.store(path: bitmapPath)
+            }
+        }
+        try AtomicFile.replace(path: activityLogPath, bytes: activityLog.encoded())
+        openingEvents = events
         let stored = local.metadata.generations
         let generations = DataGenerations(
             current: stored.current, bitmap: stored.bitmap,
             history: [stored.history.0, stored.history.1].filter { $0 != 0 })
-        state = Mutex(State(generations: generations, metadata: local.metadata, bitmap: bitmap))
+        state = Mutex(
+            State(generations: generations, metadata: local.metadata, bitmap: bitmap, activityLog: activityLog))
+    }
+
+    /// Makes the bitmap durable and empties the activity log: a clean shutdown.
+    public func close() -> [ReplicationEvent] {
+        var events: [ReplicationEvent] = []
+        if let error = persistBitmap() { events.append(ReplicationEvent(description: "\(error)")) }
+        let cleared = state.withLock { state -> Bool in
+            guard state.pending.isEmpty else { return false }
+            state.activityLog.clear()
+            return true
+        }
+        if cleared, let error = persistActivityLog() { events.append(ReplicationEvent(description: "\(error)")) }
+        if let error = persistMetadata() { events.append(ReplicationEvent(description: "\(error)")) }
+        return events
     }
 
     // MARK: Status
@@ -282,6 +331,9 @@ public final class ReplicatedVolume: Sendable {
 
     /// Writes locally and replicates; `completion` runs when the protocol's guarantee holds.
     public func write(offset: UInt64, payload: NBDPayload, fua: Bool, completion: @escaping Completion) {
+        if let error = beginActivity(offset: offset, length: UInt64(payload.count)) {
+            return completion(.failure(error))
+        }
         var position = offset
         do throws(StorageError) {
             for piece in payload.pieces {
@@ -299,6 +351,7 @@ public final class ReplicatedVolume: Sendable {
 
     /// Zeroes (or, with `trim`, discards) a range locally and replicates it as zeroes.
     public func writeZeroes(offset: UInt64, length: UInt64, fua: Bool, trim: Bool, completion: @escaping Completion) {
+        if let error = beginActivity(offset: offset, length: length) { return completion(.failure(error)) }
         do {
             if trim {
                 try store.trim(offset: offset, length: length)
@@ -306,6 +359,7 @@ public final class ReplicatedVolume: Sendable {
                 try store.writeZeroes(offset: offset, length: length, mayDeallocate: true)
             }
         } catch {
+            endActivity(offset: offset, length: length)
             completion(.failure(error))
             return
         }
@@ -348,7 +402,10 @@ public final class ReplicatedVolume: Sendable {
         let sent: UInt64? = state.withLock { state in
             let windowFull = configuration.protocol == .a && state.asyncBytesInFlight + length > asyncWindowBytes
             guard let peer = state.peer, isReplicating(state), !windowFull else {
-                state.bitmap.mark(offset: offset, length: length)
+                if peerConfigured {
+                    state.bitmap.mark(offset: offset, length: length)
+                    state.activityLog.end(offset: offset, length: length)
+                }
                 return nil
             }
             let sequence = state.nextSequence
@@ -364,8 +421,8 @@ public final class ReplicatedVolume: Sendable {
             return sequence
         }
         guard let sequence = sent else {
-            // Not replicated: the bitmap must be durable before the write is acknowledged.
-            if let error = persistBitmap() { return completion(.failure(error)) }
+            // Not replicated: the region is marked in memory, and its extent is in the durable
+            // activity log, which keeps it marked across a crash.
             guard fua else { return completion(.success(())) }
             runBlocking { [store] in completion(Result { () throws(StorageError) in try store.flush() }) }
             return
@@ -401,11 +458,46 @@ public final class ReplicatedVolume: Sendable {
             guard let pending = state.pending[sequence], pending.localDone, pending.peerDone else { return nil }
             state.pending[sequence]?.completion = nil
             if pending.completesOn == .written || pending.completesOn == .flushed {
-                state.pending[sequence] = nil
+                removePending(sequence, from: &state)
             }
             return pending.completion
         }
         completion?(.success(()))
+    }
+
+    /// Removes a finished request, ending its activity-log entry.
+    func removePending(_ sequence: UInt64, from state: inout State) {
+        guard let pending = state.pending.removeValue(forKey: sequence) else { return }
+        if pending.length > 0, peerConfigured { state.activityLog.end(offset: pending.offset, length: pending.length) }
+    }
+
+    // MARK: Activity log
+
+    /// Puts the extents of a write into the activity log, durably, before the write starts.
+    func beginActivity(offset: UInt64, length: UInt64) -> StorageError? {
+        guard peerConfigured else { return nil }
+        let admission = state.withLock { $0.activityLog.begin(offset: offset, length: length) }
+        guard !admission.added.isEmpty || !admission.dropped.isEmpty else { return nil }
+        // A dropped extent's marks must be durable before the log stops covering it.
+        if !admission.dropped.isEmpty, let error = persistBitmap() { return error }
+        return persistActivityLog()
+    }
+
+    func endActivity(offset: UInt64, length: UInt64) {
+        guard peerConfigured else { return }
+        state.withLock { $0.activityLog.end(offset: offset, length: length) }
+    }
+
+    func persistActivityLog() -> StorageError? {
+        activityLogWrite.withLock { _ -> StorageError? in
+            let log = state.withLock { $0.activityLog }
+            do {
+                try AtomicFile.replace(path: activityLogPath, bytes: log.encoded())
+                return nil
+            } catch {
+                return StorageError(path: activityLogPath, operation: "store activity log", reason: "\(error)")
+            }
+        }
     }
 
     // MARK: Persistence

@@ -43,6 +43,19 @@ import Testing
                 == mirrored(expected))
     }
 
+    @Test(arguments: [
+        (Marks(localDirty: true), SyncDecision.partialResync(source: .peer)),
+        (Marks(peerDirty: true, localPrimary: true), .partialResync(source: .local)),
+        (Marks(localDirty: true, localPrimary: true), .partialResync(source: .local)),
+        (Marks(localDirty: true, peerDirty: true, localPreferred: true), .partialResync(source: .local)),
+        (Marks(localDirty: true, peerDirty: true, localPreferred: false), .partialResync(source: .peer)),
+        (Marks(localPrimary: true, localPreferred: true), .noSync),
+    ])
+    func decide_equalGenerationsWithMarks_copiesTheMarkedRegions(marks: Marks, expected: SyncDecision) {
+        #expect(SyncDecision.decide(local: Self.a, peer: Self.a, marks: marks) == expected)
+        #expect(SyncDecision.decide(local: Self.a, peer: Self.a, marks: marks.mirrored) == mirrored(expected))
+    }
+
     @Test func generations_lifecycle_disconnectWriteReconnectResync() {
         let start = G(current: 0x100)
         let primary = start.startingIndependentChanges(newCurrent: 0x200)

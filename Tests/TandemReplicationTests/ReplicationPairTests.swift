@@ -53,8 +53,9 @@ final class LinkQueue: PeerSender {
 /// Two nodes' copies of one volume, joined by a link the test steps by hand.
 struct Pair {
     let directory = TemporaryDirectory()
-    let a: ReplicatedVolume
+    var a: ReplicatedVolume
     let b: ReplicatedVolume
+    let open: (String) throws -> ReplicatedVolume
     let aToB = LinkQueue()
     let bToA = LinkQueue()
 
@@ -69,10 +70,19 @@ struct Pair {
                 metadata: nil, nbdExport: "vol0", readOnly: false, splitBrainPolicy: policy)
             let local = try LocalVolume.open(
                 volume, stateDirectory: directory.path, newGeneration: { DataGenerations.created }, newVolumeID: { 1 })
-            return try ReplicatedVolume(index: 0, local: local, runBlocking: { $0() })
+            return try ReplicatedVolume(index: 0, local: local, preferredInTies: name == "a", runBlocking: { $0() })
         }
         a = try open("a")
         b = try open("b")
+        self.open = open
+    }
+
+    /// Opens `a` again from its files, as a node does after `kill -9`.
+    mutating func restartAfterCrash() throws {
+        aToB.drop()
+        bToA.drop()
+        _ = b.peerDisconnected()
+        a = try open("a")
     }
 
     func connect() {
@@ -202,6 +212,35 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(try pair.identical())
         #expect(pair.a.status.outOfSyncBytes == 0)
         #expect(pair.a.status.generations == pair.b.status.generations)
+    }
+
+    @Test func primaryCrashWithWritesInFlight_activityLogMarksThem_andResyncMakesCopiesIdentical() throws {
+        var pair = try connectedPair(.c)
+        for block in 0..<8 {
+            // Written locally; the frames never reach the peer, as when the process dies.
+            pair.a.write(
+                offset: UInt64(block) * (1 << 20) + 4096, payload: payload(0xC4, count: 8192), fua: false,
+                completion: { _ in })
+        }
+        #expect(try !pair.identical())
+        try pair.restartAfterCrash()
+        #expect(pair.a.openingEvents.count == 1)
+        #expect(
+            pair.a.status.outOfSyncBytes == 2 * (4 << 20), "the two 4 MiB activity extents of the writes are marked")
+        pair.connect()
+        #expect(pair.a.status.connection == .connected)
+        #expect(try pair.identical())
+        #expect(pair.a.status.outOfSyncBytes == 0)
+    }
+
+    @Test func cleanClose_leavesNothingMarked() throws {
+        let pair = try connectedPair(.c)
+        pair.a.write(offset: 0, payload: payload(1), fua: false, completion: { _ in })
+        pair.deliver()
+        #expect(pair.a.close().isEmpty)
+        let reopened = try pair.open("a")
+        #expect(reopened.openingEvents.isEmpty)
+        #expect(reopened.status.outOfSyncBytes == 0)
     }
 
     @Test func freshPair_firstPrimaryBecomesTheSource_afterDataWasWrittenAlone() throws {

@@ -87,8 +87,15 @@ public enum SyncDecision: Sendable, Equatable {
     ///
     /// `localInconsistent` and `peerInconsistent` say that a copy is known to be partially written
     /// (an interrupted resync target); such a copy can never be a source.
+    ///
+    /// With equal generations, marked regions can only come from a crash (the activity log of a
+    /// primary that died with writes in flight) or from writes the peer refused; those regions are
+    /// copied from the current primary, else from the side with nothing marked, else from the side
+    /// the caller prefers (`localPreferred` must be the opposite on the peer, such as "my name sorts
+    /// first").
     public static func decide(
-        local: DataGenerations, peer: DataGenerations, localInconsistent: Bool = false, peerInconsistent: Bool = false
+        local: DataGenerations, peer: DataGenerations, localInconsistent: Bool = false, peerInconsistent: Bool = false,
+        marks: Marks = Marks()
     ) -> SyncDecision {
         switch (localInconsistent, peerInconsistent) {
         case (true, true): return .unrelated
@@ -97,7 +104,13 @@ public enum SyncDecision: Sendable, Equatable {
         case (false, false): break
         }
         if local.current == peer.current {
-            return local.current == DataGenerations.created ? .awaitingInitialSource : .noSync
+            if local.current == DataGenerations.created { return .awaitingInitialSource }
+            guard marks.localDirty || marks.peerDirty else { return .noSync }
+            if marks.localPrimary != marks.peerPrimary {
+                return .partialResync(source: marks.localPrimary ? .local : .peer)
+            }
+            if marks.localDirty != marks.peerDirty { return .partialResync(source: marks.localDirty ? .peer : .local) }
+            return .partialResync(source: marks.localPreferred ? .local : .peer)
         }
         if peer.current == DataGenerations.created { return .fullResync(source: .local) }
         if local.current == DataGenerations.created { return .fullResync(source: .peer) }
@@ -109,6 +122,34 @@ public enum SyncDecision: Sendable, Equatable {
         let sharedHistory = Set(local.history + [local.bitmap]).subtracting([0])
             .intersection(Set(peer.history + [peer.bitmap]))
         return sharedHistory.isEmpty ? .unrelated : .splitBrain(bitmapsCover: false)
+    }
+}
+
+/// What each side has marked and which is primary, for copies whose generations are equal.
+public struct Marks: Sendable, Equatable {
+    public var localDirty: Bool
+    public var peerDirty: Bool
+    public var localPrimary: Bool
+    public var peerPrimary: Bool
+    public var localPreferred: Bool
+
+    /// Creates marks; the defaults describe two clean secondaries.
+    public init(
+        localDirty: Bool = false, peerDirty: Bool = false, localPrimary: Bool = false, peerPrimary: Bool = false,
+        localPreferred: Bool = false
+    ) {
+        self.localDirty = localDirty
+        self.peerDirty = peerDirty
+        self.localPrimary = localPrimary
+        self.peerPrimary = peerPrimary
+        self.localPreferred = localPreferred
+    }
+
+    /// The same facts seen from the peer.
+    public var mirrored: Marks {
+        Marks(
+            localDirty: peerDirty, peerDirty: localDirty, localPrimary: peerPrimary, peerPrimary: localPrimary,
+            localPreferred: !localPreferred)
     }
 }
 
