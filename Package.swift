@@ -82,6 +82,7 @@ let package = Package(
             dependencies: [
                 "TandemAgent",
                 "TandemWire",
+                "TandemReplication",
                 "TandemCore",
                 "TandemStorage",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,7 +1,9 @@
 import Logging
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 import TandemCore
+import TandemReplication
 import TandemStorage
 
 #if canImport(Glibc)
@@ -16,53 +18,126 @@ import TandemStorage
 public struct Agent: Sendable {
     /// This node's settings.
     public let node: Configuration.Node
+    /// The peer's settings, when the config has two nodes.
+    public let peer: Configuration.Node?
     /// The volumes opened on this node.
-    public let volumes: [LocalVolume]
+    public let volumes: [ReplicatedVolume]
     /// The NBD server.
     public let nbdServer: NBDServer
+    /// The local command socket.
+    public let controlServer: ControlServer
+    /// The link to the peer, when there is one.
+    public let peerLink: PeerLink?
     private let logger: Logger
 
-    /// Opens volumes and builds services for `nodeName`.
+    /// Opens volumes and builds services for `nodeName`. Paths may contain `{node}`, replaced by
+    /// the node's name (so that one config serves several nodes on one machine, as in the lab).
     public static func prepare(
-        configuration: Configuration, nodeName: String, logger: Logger
+        configuration original: Configuration, nodeName: String, logger: Logger
     ) throws(AgentError) -> Agent {
+        let configuration = original.expandingNodeName(nodeName)
         guard let node = configuration.node(named: nodeName) else {
             let known = configuration.nodes.map(\.name).joined(separator: ", ")
             throw .unknownNode("node \"\(nodeName)\" is not defined in the config (known: \(known))")
         }
-        var volumes: [LocalVolume] = []
-        for volume in configuration.volumes {
+        guard configuration.nodes.count <= 2 else {
+            throw .unsupported("this version replicates between two nodes; the config has \(configuration.nodes.count)")
+        }
+        let peer = configuration.nodes.first { $0.name != nodeName }
+        let secret = try peer.map { _ throws(AgentError) in try readSecret(configuration) }
+        try makeDirectory(configuration.cluster.stateDirectory)
+        let volumes = try openVolumes(configuration, node: node, peer: peer, logger: logger)
+        let exports = NBDExportTable(volumes.map { NBDExport(name: $0.configuration.nbdExport, volume: $0) })
+        let server = NBDServer(listen: node.nbdListen, exports: exports, limits: configuration.limits, logger: logger)
+        let control = ControlServer(
+            path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
+            nodeName: node.name, volumes: volumes, logger: logger)
+        let link = peer.map { peer in
+            PeerLink(
+                configuration: configuration, local: node, peer: peer, secret: secret ?? [], volumes: volumes,
+                logger: logger)
+        }
+        return Agent(
+            node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control, peerLink: link,
+            logger: logger)
+    }
+
+    private static func openVolumes(
+        _ configuration: Configuration, node: Configuration.Node, peer: Configuration.Node?, logger: Logger
+    ) throws(AgentError) -> [ReplicatedVolume] {
+        var volumes: [ReplicatedVolume] = []
+        for (index, volume) in configuration.volumes.enumerated() {
             do {
-                let opened = try LocalVolume.open(
+                let local = try LocalVolume.open(
                     volume, stateDirectory: configuration.cluster.stateDirectory,
-                    newGeneration: { UInt64.random(in: 1...UInt64.max) },
+                    newGeneration: { DataGenerations.created },
                     newVolumeID: {
                         UInt128(UInt64.random(in: 0...UInt64.max)) << 64 | UInt128(UInt64.random(in: 0...UInt64.max))
                     })
-                volumes.append(opened)
+                let replicated = try ReplicatedVolume(
+                    index: UInt16(index), local: local, peerConfigured: peer != nil,
+                    preferredInTies: peer.map { node.name < $0.name } ?? true,
+                    runBlocking: { work in NIOThreadPool.singleton.submit { _ in work() } })
+                for event in replicated.openingEvents { logger.warning("\(event)") }
+                if peer == nil {
+                    // A lone node has nobody to contend with: it serves its volumes.
+                    try replicated.setRole(.primary)
+                }
+                volumes.append(replicated)
+                let size = Units.formatByteCount(local.store.sizeBytes)
+                let role = replicated.status.role.rawValue
                 logger.info(
-                    "volume \(volume.name) open: \(Units.formatByteCount(opened.store.sizeBytes)) on \(volume.backing)")
-            } catch {
+                    "volume \(volume.name) open: \(size) on \(volume.backing), protocol \(volume.protocol.rawValue), \(role)"
+                )
+            } catch let error as LocalVolumeError {
                 throw .volume(name: volume.name, reason: error.description)
+            } catch let error as MetadataError {
+                throw .volume(name: volume.name, reason: error.description)
+            } catch {
+                throw .volume(name: volume.name, reason: "\(error)")
             }
         }
-        let exports = NBDExportTable(
-            volumes.map {
-                NBDExport(name: $0.configuration.nbdExport, store: $0.store, readOnly: $0.configuration.readOnly)
-            })
-        let server = NBDServer(listen: node.nbdListen, exports: exports, limits: configuration.limits, logger: logger)
-        return Agent(node: node, volumes: volumes, nbdServer: server, logger: logger)
+        return volumes
+    }
+
+    private static func readSecret(_ configuration: Configuration) throws(AgentError) -> [UInt8] {
+        guard let path = configuration.cluster.secretFile else {
+            throw .unsupported("cluster.secret-file is required when the config has two nodes")
+        }
+        guard let text = ConfigFile.readText(path: path) else {
+            throw .unsupported("cannot read the shared secret \(path): \(String(cString: strerror(errno)))")
+        }
+        let secret = Array(text.filter { !$0.isWhitespace }.utf8)
+        guard secret.count >= 16 else {
+            throw .unsupported("the shared secret in \(path) is shorter than 16 characters")
+        }
+        return secret
+    }
+
+    private static func makeDirectory(_ path: String) throws(AgentError) {
+        var built = ""
+        for part in path.split(separator: "/") {
+            built += "/" + part
+            if access(built, F_OK) != 0, mkdir(built, 0o755) != 0, errno != EEXIST {
+                throw .unsupported("cannot create \(built): \(String(cString: strerror(errno)))")
+            }
+        }
     }
 
     /// Runs every service until SIGTERM or SIGINT; `onListening` is called once the NBD server is bound.
+    /// On the way out every volume's bitmap is made durable and its activity log emptied.
     public func run(onListening: @escaping @Sendable ([SocketAddress]) -> Void = { _ in }) async throws {
         nbdServer.onListening = onListening
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: controlServer), .init(service: nbdServer),
+        ]
+        if let peerLink { services.insert(.init(service: peerLink), at: 0) }
         let group = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: nbdServer)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
+        for volume in volumes {
+            for event in volume.close() { logger.error("\(event)") }
+        }
     }
 
     /// The name this host most likely has in the config: its host name.
@@ -73,16 +148,34 @@ public struct Agent: Sendable {
     }
 }
 
+extension Configuration {
+    /// The config with `{node}` in paths replaced by `name`.
+    func expandingNodeName(_ name: String) -> Configuration {
+        var copy = self
+        let expand = { (path: String) in path.replacing("{node}", with: name) }
+        copy.cluster.stateDirectory = expand(cluster.stateDirectory)
+        copy.volumes = volumes.map { volume in
+            var volume = volume
+            volume.backing = expand(volume.backing)
+            volume.metadata = volume.metadata.map(expand)
+            return volume
+        }
+        return copy
+    }
+}
+
 /// Why the agent could not start.
 public enum AgentError: Error, Sendable, CustomStringConvertible {
     case unknownNode(String)
     case volume(name: String, reason: String)
+    case unsupported(String)
 
     /// A message for the administrator.
     public var description: String {
         switch self {
         case .unknownNode(let message): return message
         case .volume(let name, let reason): return "volume \(name): \(reason)"
+        case .unsupported(let message): return message
         }
     }
 }

@@ -3,6 +3,7 @@ import Testing
 
 @testable import TandemAgent
 @testable import TandemCore
+@testable import TandemReplication
 @testable import TandemStorage
 @testable import TandemWire
 
@@ -356,10 +357,19 @@ private let errorNoSpace: UInt32 = 28
     private let directory = TemporaryDirectory()
 
     init() throws {
-        let store = try BackingStore.open(
-            path: "\(directory.path)/a.img", sizeBytes: 1 << 20, create: true, readOnly: false)
-        export = NBDExport(name: "a", store: store, readOnly: false)
-        readOnly = NBDExport(name: "b", store: store, readOnly: true)
+        let directory = self.directory
+        func open(_ name: String, readOnly: Bool) throws -> NBDExport {
+            let volume = Configuration.Volume(
+                name: name, protocol: .c, sizeBytes: 1 << 20, backing: "\(directory.path)/\(name).img", metadata: nil,
+                nbdExport: name, readOnly: readOnly)
+            let local = try LocalVolume.open(
+                volume, stateDirectory: directory.path, newGeneration: { 4 }, newVolumeID: { 1 })
+            let replicated = try ReplicatedVolume(index: 0, local: local, peerConfigured: false, runBlocking: { $0() })
+            try replicated.setRole(.primary)
+            return NBDExport(name: name, volume: replicated)
+        }
+        export = try open("a", readOnly: false)
+        readOnly = try open("b", readOnly: true)
     }
 
     private func verdict(

@@ -1,21 +1,25 @@
+import TandemReplication
 import TandemStorage
 import TandemWire
 
-/// A volume as NBD clients see it: a name, a size, flags, and the store behind it.
+/// A volume as NBD clients see it: a name, a size, flags, and the replicated volume behind it.
 public struct NBDExport: Sendable {
     /// The name clients ask for.
     public var name: String
-    /// The bytes behind the export.
-    public var store: BackingStore
-    /// Whether the export refuses writes (a read-only volume, or a secondary).
-    public var readOnly: Bool
+    /// The volume behind the export.
+    public var volume: ReplicatedVolume
 
     /// Creates an export.
-    public init(name: String, store: BackingStore, readOnly: Bool) {
+    public init(name: String, volume: ReplicatedVolume) {
         self.name = name
-        self.store = store
-        self.readOnly = readOnly || store.isReadOnly
+        self.volume = volume
     }
+
+    /// Size in bytes.
+    public var sizeBytes: UInt64 { volume.store.sizeBytes }
+
+    /// Whether writes are refused now: a read-only volume, or a node that is not an up-to-date primary.
+    public var readOnly: Bool { volume.configuration.readOnly || volume.store.isReadOnly || !volume.acceptsWrites }
 
     /// The transmission flags advertised for this export.
     public var transmissionFlags: NBD.TransmissionFlags {

@@ -23,7 +23,7 @@ enum NBDRequestCheck {
     static func verdict(for request: NBDRequest, export: NBDExport, maximumRequestBytes: Int) -> Verdict {
         guard let type = request.type else { return .reject(.invalid) }
         let end = request.offset.addingReportingOverflow(UInt64(request.length))
-        let inRange = !end.overflow && end.partialValue <= export.store.sizeBytes
+        let inRange = !end.overflow && end.partialValue <= export.sizeBytes
         let durable = request.flags.contains(.fua)
         switch type {
         case .disconnect:

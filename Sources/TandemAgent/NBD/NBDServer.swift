@@ -20,7 +20,6 @@ public final class NBDServer: Service, Sendable {
     private let settings: NBDServerSettings
     private let maximumConnections: Int
     private let group: any EventLoopGroup
-    private let threadPool: NIOThreadPool
     private let logger: Logger
     private let state = Mutex<ServerState>(ServerState())
     private let connections = ConnectionCount()
@@ -42,7 +41,6 @@ public final class NBDServer: Service, Sendable {
         exports: NBDExportTable,
         limits: Configuration.Limits,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        threadPool: NIOThreadPool = .singleton,
         logger: Logger
     ) {
         self.listen = listen
@@ -51,7 +49,6 @@ public final class NBDServer: Service, Sendable {
             maximumRequestBytes: limits.nbdMaxRequestBytes, maximumInFlight: limits.nbdMaxInFlight)
         self.maximumConnections = limits.nbdMaxConnections
         self.group = group
-        self.threadPool = threadPool
         self.logger = logger
     }
 
@@ -100,7 +97,7 @@ public final class NBDServer: Service, Sendable {
             .childChannelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 256 << 10))
             .childChannelOption(.autoRead, value: true)
             .childChannelInitializer {
-                [exports, settings, threadPool, logger, connections, maximumConnections] channel in
+                [exports, settings, logger, connections, maximumConnections] channel in
                 guard connections.admit(channel, limit: maximumConnections) else {
                     logger.warning("refusing NBD connection: \(maximumConnections) connections already open")
                     return channel.close()
@@ -110,7 +107,7 @@ public final class NBDServer: Service, Sendable {
                     let decoder = NBDClientFrameDecoder(maximumWriteBytes: settings.maximumRequestBytes)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder))
                     try channel.pipeline.syncOperations.addHandler(
-                        NBDServerHandler(exports: exports, settings: settings, threadPool: threadPool, logger: logger))
+                        NBDServerHandler(exports: exports, settings: settings, logger: logger))
                 }
             }
         switch address {

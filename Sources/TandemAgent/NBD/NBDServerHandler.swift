@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import TandemReplication
 import TandemStorage
 import TandemWire
 
@@ -40,7 +41,6 @@ final class NBDServerHandler: ChannelDuplexHandler {
 
     private let exports: NBDExportTable
     private let settings: NBDServerSettings
-    private let threadPool: NIOThreadPool
     private var logger: Logger
     private var phase = Phase.greeting
     private var padExportNameReply = true
@@ -50,11 +50,12 @@ final class NBDServerHandler: ChannelDuplexHandler {
     /// Whether a `read()` from downstream is being held back (too much in flight or not writable).
     private var readPending = false
     private var disconnectRequested = false
+    /// Whether `channelRead` is on the stack (replies made now are flushed at `channelReadComplete`).
+    private var insideRead = false
 
-    init(exports: NBDExportTable, settings: NBDServerSettings, threadPool: NIOThreadPool, logger: Logger) {
+    init(exports: NBDExportTable, settings: NBDServerSettings, logger: Logger) {
         self.exports = exports
         self.settings = settings
-        self.threadPool = threadPool
         self.logger = logger
     }
 
@@ -70,6 +71,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        insideRead = true
+        defer { insideRead = false }
         switch unwrapInboundIn(data) {
         case .clientFlags(let rawValue):
             onClientFlags(rawValue, context: context)
@@ -172,7 +175,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
             return
         }
         reply.writeNBDExportNameReply(
-            sizeBytes: export.store.sizeBytes, flags: export.transmissionFlags, padWithZeroes: padExportNameReply)
+            sizeBytes: export.sizeBytes, flags: export.transmissionFlags, padWithZeroes: padExportNameReply)
         enterTransmission(export)
     }
 
@@ -187,7 +190,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
             return
         }
         reply.writeNBDInfoExport(
-            option: option.rawType, sizeBytes: export.store.sizeBytes, flags: export.transmissionFlags)
+            option: option.rawType, sizeBytes: export.sizeBytes, flags: export.transmissionFlags)
         reply.writeNBDInfoBlockSize(
             option: option.rawType, minimum: 1, preferred: 4096, maximum: UInt32(settings.maximumRequestBytes))
         if request.requestedInfo.contains(NBD.InfoType.name.rawValue) {
@@ -221,20 +224,25 @@ final class NBDServerHandler: ChannelDuplexHandler {
             if inFlight == 0 { context.close(promise: nil) }
         case .read:
             performRead(request, export: export, context: context)
-        case .write(let durable):
-            performWrite(request, export: export, durable: durable, context: context)
-        case .writeZeroes(let durable, let mayDeallocate):
-            performUpdate(request, export: export, durable: durable, context: context) { store in
-                try store.writeZeroes(
-                    offset: request.offset, length: UInt64(request.length), mayDeallocate: mayDeallocate)
+        case .writeZeroes(let durable, _):
+            performUpdate(request, context: context) { completion in
+                export.volume.writeZeroes(
+                    offset: request.offset, length: UInt64(request.length), fua: durable, trim: false,
+                    completion: completion)
             }
         case .trim(let durable):
-            performUpdate(request, export: export, durable: durable, context: context) { store in
-                try store.trim(offset: request.offset, length: UInt64(request.length))
+            performUpdate(request, context: context) { completion in
+                export.volume.writeZeroes(
+                    offset: request.offset, length: UInt64(request.length), fua: durable, trim: true,
+                    completion: completion)
+            }
+        case .write(let durable):
+            let payload = request.payload!
+            performUpdate(request, context: context) { completion in
+                export.volume.write(offset: request.offset, payload: payload, fua: durable, completion: completion)
             }
         case .flush:
-            inFlight += 1
-            flushThenReply(cookie: request.cookie, store: export.store, context: context)
+            performUpdate(request, context: context) { completion in export.volume.flush(completion: completion) }
         }
     }
 
@@ -244,7 +252,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
         buffer.writeNBDSimpleReply(error: .none, cookie: request.cookie)
         do {
             try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { pointer in
-                try export.store.read(
+                try export.volume.read(
                     into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<length]), at: request.offset)
                 return length
             }
@@ -255,53 +263,32 @@ final class NBDServerHandler: ChannelDuplexHandler {
         }
     }
 
-    private func performWrite(_ request: NBDRequest, export: NBDExport, durable: Bool, context: ChannelHandlerContext) {
-        let payload = request.payload!
-        performUpdate(request, export: export, durable: durable, context: context) { store in
-            var offset = request.offset
-            for piece in payload.pieces {
-                try piece.withUnsafeReadableBytes { bytes in try store.write(bytes, at: offset) }
-                offset += UInt64(piece.readableBytes)
-            }
-        }
-    }
-
-    /// Applies a change inline; when `durable`, replies only after `fdatasync` on the thread pool.
+    /// Starts a change on the volume and replies when its completion runs: at once when the
+    /// volume completes inline, later (from another thread) when it waits for the peer or a flush.
     private func performUpdate(
-        _ request: NBDRequest, export: NBDExport, durable: Bool, context: ChannelHandlerContext,
-        _ change: (BackingStore) throws -> Void
+        _ request: NBDRequest, context: ChannelHandlerContext,
+        _ start: (@escaping @Sendable (Result<Void, StorageError>) -> Void) -> Void
     ) {
-        do {
-            try change(export.store)
-        } catch {
-            logger.error("write failed: \(error)")
-            reply(error: .io, cookie: request.cookie, context: context)
-            return
-        }
-        guard durable else {
-            reply(error: .none, cookie: request.cookie, context: context)
-            return
-        }
         inFlight += 1
-        flushThenReply(cookie: request.cookie, store: export.store, context: context)
-    }
-
-    /// Runs `fdatasync` off the event loop, then replies; the caller counted the request in flight.
-    private func flushThenReply(cookie: UInt64, store: BackingStore, context: ChannelHandlerContext) {
-        threadPool.runIfActive(eventLoop: context.eventLoop) { try store.flush() }
-            .assumeIsolated()
-            .whenComplete { result in
-                self.inFlight -= 1
-                switch result {
-                case .success:
-                    self.reply(error: .none, cookie: cookie, context: context)
-                case .failure(let error):
-                    self.logger.error("flush failed: \(error)")
-                    self.reply(error: .io, cookie: cookie, context: context)
-                }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        start { result in promise.completeWith(result.mapError { $0 as any Error }) }
+        let cookie = request.cookie
+        promise.futureResult.assumeIsolated().whenComplete { result in
+            self.inFlight -= 1
+            switch result {
+            case .success:
+                self.reply(error: .none, cookie: cookie, context: context)
+            case .failure(let error):
+                self.logger.error("write failed: \(error)")
+                self.reply(error: .io, cookie: cookie, context: context)
+            }
+            // Inside channelRead the reply leaves with the batch at channelReadComplete; a reply that
+            // completes later is flushed on its own.
+            if !self.insideRead {
                 context.flush()
                 self.afterAsynchronousReply(context: context)
             }
+        }
     }
 
     private func afterAsynchronousReply(context: ChannelHandlerContext) {

@@ -1,8 +1,11 @@
 import Logging
 import NIOCore
+import NIOPosix
 import TandemAgent
-import TandemCore
+import TandemReplication
 import TandemStorage
+
+@testable import TandemCore
 
 #if canImport(Glibc)
     import Glibc
@@ -50,13 +53,23 @@ func withTestServer<Result>(
     let directory = TemporaryDirectory()
     var logger = Logger(label: "test.nbd")
     logger.logLevel = .critical
-    let writable = try BackingStore.open(
-        path: "\(directory.path)/vol0.img", sizeBytes: sizeBytes, create: true, readOnly: false)
-    let readOnly = try BackingStore.open(
-        path: "\(directory.path)/ro.img", sizeBytes: 1 << 20, create: true, readOnly: true)
+    func open(_ name: String, size: UInt64, readOnly: Bool) throws -> ReplicatedVolume {
+        let volume = Configuration.Volume(
+            name: name, protocol: .c, sizeBytes: size, backing: "\(directory.path)/\(name).img", metadata: nil,
+            nbdExport: name, readOnly: readOnly)
+        let local = try LocalVolume.open(
+            volume, stateDirectory: directory.path, newGeneration: { DataGenerations.created }, newVolumeID: { 1 })
+        let replicated = try ReplicatedVolume(
+            index: 0, local: local, peerConfigured: false,
+            runBlocking: { work in NIOThreadPool.singleton.submit { _ in work() } })
+        try replicated.setRole(.primary)
+        return replicated
+    }
+    let writable = try open("vol0", size: sizeBytes, readOnly: false)
+    let readOnly = try open("ro", size: 1 << 20, readOnly: true)
     let exports = NBDExportTable([
-        NBDExport(name: "vol0", store: writable, readOnly: false),
-        NBDExport(name: "ro", store: readOnly, readOnly: true),
+        NBDExport(name: "vol0", volume: writable),
+        NBDExport(name: "ro", volume: readOnly),
     ])
     let unixPath = "\(directory.path)/nbd.sock"
     let server = NBDServer(
@@ -66,7 +79,7 @@ func withTestServer<Result>(
     guard let port = bound.first?.port else { throw NBDTestClient.Failure(description: "server bound no TCP port") }
     let testServer = TestServer(
         directory: directory, server: server, port: port, unixPath: unixPath,
-        stores: ["vol0": writable, "ro": readOnly])
+        stores: ["vol0": writable.store, "ro": readOnly.store])
     do {
         let result = try await body(testServer)
         await server.stop()

@@ -1,0 +1,190 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+import TandemCore
+import TandemReplication
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The agent's local command socket: one request line in, one JSON document out.
+///
+/// Requests: `status`, `primary VOLUME`, `secondary VOLUME`, `resolve VOLUME`. Every answer carries
+/// the status of this node's volumes as both nodes see them, since an administrator expects the
+/// state after a change.
+public final class ControlServer: Service, Sendable {
+    private let path: String
+    private let nodeName: String
+    private let volumes: [ReplicatedVolume]
+    private let group: any EventLoopGroup
+    private let logger: Logger
+
+    /// The socket path for `node` under the config's state directory.
+    public static func socketPath(stateDirectory: String, node: String) -> String {
+        "\(stateDirectory)/\(node).control"
+    }
+
+    /// Creates the server; nothing is bound until `run()`.
+    public init(
+        path: String, nodeName: String, volumes: [ReplicatedVolume],
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
+    ) {
+        self.path = path
+        self.nodeName = nodeName
+        self.volumes = volumes
+        self.group = group
+        self.logger = logger
+    }
+
+    /// Serves until graceful shutdown.
+    public func run() async throws {
+        unlink(path)
+        let server = try await ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(ControlHandler(server: self))
+                }
+            }
+            .bind(unixDomainSocketPath: path).get()
+        chmod(path, 0o600)
+        try? await gracefulShutdown()
+        try? await server.close()
+        unlink(path)
+    }
+
+    /// Answers one request.
+    func answer(_ line: String) -> JSONValue {
+        let words = line.split(separator: " ").map(String.init)
+        var members: [(String, JSONValue)] = [("node", .string(nodeName))]
+        if let error = perform(words) {
+            members.append(("error", .string(error)))
+        } else {
+            members.append(("ok", .bool(true)))
+        }
+        members.append(("volumes", .array(volumes.map { Self.json($0.status) })))
+        return .object(members)
+    }
+
+    private func perform(_ words: [String]) -> String? {
+        guard let command = words.first else { return "empty request" }
+        if command == "status", words.count == 1 { return nil }
+        guard words.count == 2, let volume = volumes.first(where: { $0.configuration.name == words[1] }) else {
+            return words.count == 2
+                ? "no volume named \"\(words[1])\"" : "expected: status | primary|secondary|resolve VOLUME"
+        }
+        do {
+            switch command {
+            case "primary":
+                try volume.setRole(.primary)
+            case "secondary":
+                try volume.setRole(.secondary)
+            case "resolve":
+                let report = try volume.resolveSplitBrain()
+                let name = volume.configuration.name
+                logger.notice(
+                    "split brain on \(name) resolved by discarding this node's changes: \(report.localChangedBytes) bytes changed here, \(report.peerChangedBytes) on the peer"
+                )
+            default:
+                return "unknown command \"\(command)\""
+            }
+            logger.notice("\(volume.configuration.name): \(command) by administrator")
+            return nil
+        } catch {
+            return error.description
+        }
+    }
+
+    static func json(_ status: ReplicatedVolume.Status) -> JSONValue {
+        var members: [(String, JSONValue)] = [
+            ("name", .string(status.name)), ("role", .string(status.role.rawValue)),
+            ("connection", .string(status.connection.rawValue)), ("disk", .string(status.disk.rawValue)),
+            ("protocol", .string(status.protocolName)), ("outOfSyncBytes", .integer(Int64(status.outOfSyncBytes))),
+            ("generations", .string(status.generations.description)), ("epoch", .integer(Int64(status.epoch))),
+            ("resyncedBytesTotal", .integer(Int64(status.resyncedBytesTotal))),
+            ("peerRole", status.peerRole.map { .string($0.rawValue) } ?? .null),
+            ("peerDisk", status.peerDisk.map { .string($0.rawValue) } ?? .null),
+        ]
+        if let resync = status.resync { members.append(("resync", json(resync))) }
+        if let last = status.lastResync { members.append(("lastResync", json(last))) }
+        if let split = status.splitBrain {
+            members.append(
+                (
+                    "splitBrain",
+                    .object([
+                        ("localChangedBytes", .integer(Int64(split.localChangedBytes))),
+                        ("peerChangedBytes", .integer(Int64(split.peerChangedBytes))),
+                    ])
+                ))
+        }
+        return .object(members)
+    }
+
+    private static func json(_ progress: ReplicatedVolume.ResyncProgress) -> JSONValue {
+        let end = progress.finishedAt ?? .now
+        let elapsed = end - progress.startedAt
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let rate = seconds > 0 ? Double(progress.doneBytes) / seconds : 0
+        let left = progress.totalBytes > progress.doneBytes ? progress.totalBytes - progress.doneBytes : 0
+        return .object([
+            ("source", .string(progress.source == .local ? "local" : "peer")),
+            ("percent", .number((progress.percent * 10).rounded() / 10)),
+            ("doneBytes", .integer(Int64(progress.doneBytes))), ("totalBytes", .integer(Int64(progress.totalBytes))),
+            ("bytesLeft", .integer(Int64(left))), ("seconds", .number((seconds * 1000).rounded() / 1000)),
+            ("etaSeconds", rate > 0 && progress.finishedAt == nil ? .number((Double(left) / rate).rounded()) : .null),
+        ])
+    }
+}
+
+/// Splits a byte stream into lines of at most 4 KiB.
+struct LineDecoder: NIOSingleStepByteToMessageDecoder {
+    typealias InboundOut = String
+
+    struct LineTooLong: Error {}
+
+    mutating func decode(buffer: inout ByteBuffer) throws -> String? {
+        guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
+            if buffer.readableBytes > 4096 { throw LineTooLong() }
+            return nil
+        }
+        let length = newline - buffer.readerIndex
+        let line = buffer.readString(length: length)
+        buffer.moveReaderIndex(forwardBy: 1)
+        return line
+    }
+
+    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> String? {
+        try decode(buffer: &buffer)
+    }
+}
+
+/// Answers one line, then closes.
+final class ControlHandler: ChannelInboundHandler {
+    typealias InboundIn = String
+    typealias OutboundOut = ByteBuffer
+
+    private let server: ControlServer
+
+    init(server: ControlServer) {
+        self.server = server
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let answer = server.answer(unwrapInboundIn(data).trimmingWhitespace())
+        let buffer = ByteBuffer(string: answer.serialized() + "\n")
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+extension String {
+    fileprivate func trimmingWhitespace() -> String {
+        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    }
+}

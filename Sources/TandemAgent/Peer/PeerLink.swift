@@ -1,0 +1,171 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+import TandemCore
+import TandemReplication
+import TandemWire
+
+/// Sends frames on a peer channel, in the order `send` was called.
+///
+/// Every send goes through `execute`, even on the channel's own loop: writes from client threads
+/// and from the resync pump then leave in the order the volume's lock gave them.
+struct ChannelPeerSender: PeerSender {
+    let channel: any Channel
+
+    func send(_ frames: [PeerFrame]) {
+        let target = channel
+        let buffers = frames.flatMap { PeerCodec.encode($0, allocator: target.allocator) }
+        target.eventLoop.execute {
+            for buffer in buffers { target.write(buffer, promise: nil) }
+            target.flush()
+        }
+    }
+}
+
+/// The link to the peer node: listens for it, dials it (the node whose name sorts first dials),
+/// authenticates it, and connects every replicated volume to it while the link is up.
+public final class PeerLink: Service, PeerLinkDelegate, Sendable {
+    private let local: Configuration.Node
+    private let peer: Configuration.Node
+    private let settings: PeerLinkSettings
+    private let volumes: [UInt16: ReplicatedVolume]
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let maximumFrameBytes: Int
+    private let current = Mutex<(any Channel)?>(nil)
+    private let listener = Mutex<(any Channel)?>(nil)
+
+    /// Creates the link; `secret` is the cluster's shared secret.
+    public init(
+        configuration: Configuration, local: Configuration.Node, peer: Configuration.Node, secret: [UInt8],
+        volumes: [ReplicatedVolume], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
+    ) {
+        self.local = local
+        self.peer = peer
+        self.settings = PeerLinkSettings(
+            clusterName: configuration.cluster.name, localName: local.name, peerName: peer.name,
+            secret: secret)
+        self.volumes = Dictionary(uniqueKeysWithValues: volumes.map { ($0.index, $0) })
+        self.group = group
+        self.logger = logger
+        self.maximumFrameBytes = max(configuration.limits.nbdMaxRequestBytes, 64 << 20) + (64 << 10)
+    }
+
+    /// Whether this node dials (the other accepts).
+    public var isDialer: Bool { local.name < peer.name }
+
+    /// Listens, dials if this node dials, and keeps the link up until graceful shutdown.
+    public func run() async throws {
+        let server = try await bindListener()
+        listener.withLock { $0 = server }
+        logger.info("peer link listening on \(server.localAddress.map { "\($0)" } ?? "?") for \(peer.name)")
+        await withTaskGroup(of: Void.self) { tasks in
+            if isDialer { tasks.addTask { await self.dialForever() } }
+            try? await gracefulShutdown()
+            tasks.cancelAll()
+        }
+        try? await server.close()
+        if let channel = current.withLock({ $0 }) { try? await channel.close() }
+    }
+
+    private func pipelineSetup(isDialer: Bool) -> @Sendable (any Channel) -> EventLoopFuture<Void> {
+        { [settings, logger, maximumFrameBytes] channel in
+            channel.eventLoop.makeCompletedFuture {
+                let decoder = PeerFrameDecoder(maximumBodyBytes: maximumFrameBytes)
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder))
+                try channel.pipeline.syncOperations.addHandler(
+                    PeerLinkHandler(settings: settings, isDialer: isDialer, delegate: self, logger: logger))
+            }
+        }
+    }
+
+    private func bindListener() async throws -> any Channel {
+        try await ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer(pipelineSetup(isDialer: false))
+            .bind(host: local.address, port: local.port).get()
+    }
+
+    private func dialForever() async {
+        var backoff = Duration.milliseconds(100)
+        while !Task.isCancelled {
+            do {
+                let channel = try await ClientBootstrap(group: group)
+                    .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .connectTimeout(.seconds(2))
+                    .channelInitializer(pipelineSetup(isDialer: true))
+                    .connect(host: peer.address, port: peer.port).get()
+                backoff = .milliseconds(100)
+                try await channel.closeFuture.get()
+            } catch {
+                logger.debug("dialing \(peer.name) at \(peer.address):\(peer.port) failed: \(error)")
+            }
+            do {
+                try await Task.sleep(for: backoff)
+            } catch {
+                return
+            }
+            backoff = min(backoff * 2, .seconds(2))
+        }
+    }
+
+    // MARK: PeerLinkDelegate
+
+    func linkEstablished(_ channel: any Channel) {
+        let previous = current.withLock { current -> (any Channel)? in
+            defer { current = channel }
+            return current
+        }
+        // A new connection from the dialer means it gave up on the old one; close that first so
+        // the volumes see the disconnection before the new link.
+        if let previous, previous !== channel {
+            previous.close(promise: nil)
+            previous.closeFuture.whenComplete { _ in self.connectVolumes(channel) }
+        } else {
+            connectVolumes(channel)
+        }
+    }
+
+    private func connectVolumes(_ channel: any Channel) {
+        for volume in volumes.values.sorted(by: { $0.index < $1.index }) {
+            volume.peerConnected(ChannelPeerSender(channel: channel))
+        }
+    }
+
+    func linkReceived(_ frame: PeerFrame, on channel: any Channel) {
+        guard let index = frame.volumeIndex, let volume = volumes[index] else {
+            logger.warning("peer sent a frame for unknown volume \(frame.volumeIndex.map(String.init) ?? "-")")
+            return
+        }
+        for event in volume.receive(frame) { logger.info("\(event)") }
+    }
+
+    func linkClosed(_ channel: any Channel) {
+        let wasCurrent = current.withLock { current -> Bool in
+            guard let active = current, active === channel else { return false }
+            current = nil
+            return true
+        }
+        guard wasCurrent else { return }
+        logger.warning("peer link to \(peer.name) lost")
+        for volume in volumes.values {
+            for event in volume.peerDisconnected() { logger.info("\(event)") }
+        }
+    }
+}
+
+extension PeerFrame {
+    /// The volume a frame is about, if any.
+    var volumeIndex: UInt16? {
+        switch self {
+        case .volumeState(let state): return state.volume
+        case .data(let write), .resyncData(let write): return write.volume
+        case .ack(let ack): return ack.volume
+        case .flush(let volume, _), .resyncDone(let volume, _), .bitmap(let volume, _): return volume
+        case .hello, .authenticate, .welcome, .ping, .pong: return nil
+        }
+    }
+}
