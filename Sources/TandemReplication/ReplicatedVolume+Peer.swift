@@ -331,8 +331,16 @@ extension ReplicatedVolume {
             return progress
         }
         guard let done else { return [event("resync-done from the peer while not a resync target: ignored")] }
-        runBlocking { [self] in _ = try? store.flush() }
-        let errors = [persistBitmap(), persistMetadata()].compactMap { $0 }
+        let flushError: StorageError?
+        do {
+            try store.flush()
+            flushError = nil
+        } catch {
+            flushError = error
+        }
+        let errors = [flushError, persistBitmap(), persistMetadata()].compactMap { $0 }
+        let (peer, frames) = state.withLock { state in (state.peer, [PeerFrame.volumeState(volumeState(state))]) }
+        peer?.send(frames)
         return [event("resync finished as target: \(done.doneBytes) bytes received")] + errors.map { event("\($0)") }
     }
 

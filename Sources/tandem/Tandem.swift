@@ -12,7 +12,7 @@ struct Tandem: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem",
         abstract: "High-availability manager for replicated block storage.",
-        subcommands: [AgentCommand.self, LabCommand.self, ConfigCommand.self, InitCommand.self]
+        subcommands: [AgentCommand.self, LabCommand.self, ConfigCommand.self, InitCommand.self, VolumeCommand.self]
     )
 }
 

@@ -64,10 +64,11 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
         await withTaskGroup(of: Void.self) { tasks in
             if isDialer { tasks.addTask { await self.dialForever() } }
             try? await gracefulShutdown()
+            // Closing the link ends the dialer's wait on it; cancelling ends its back-off sleep.
             tasks.cancelAll()
+            try? await server.close()
+            if let channel = current.withLock({ $0 }) { try? await channel.close() }
         }
-        try? await server.close()
-        if let channel = current.withLock({ $0 }) { try? await channel.close() }
     }
 
     private func pipelineSetup(isDialer: Bool) -> @Sendable (any Channel) -> EventLoopFuture<Void> {
@@ -99,7 +100,11 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
                     .channelInitializer(pipelineSetup(isDialer: true))
                     .connect(host: peer.address, port: peer.port).get()
                 backoff = .milliseconds(100)
-                try await channel.closeFuture.get()
+                try await withTaskCancellationHandler {
+                    try await channel.closeFuture.get()
+                } onCancel: {
+                    channel.close(promise: nil)
+                }
             } catch {
                 logger.debug("dialing \(peer.name) at \(peer.address):\(peer.port) failed: \(error)")
             }

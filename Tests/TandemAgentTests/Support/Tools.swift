@@ -106,6 +106,13 @@ final class DataCollector: @unchecked Sendable {
 
     private var finished = false
 
+    /// What the pipe delivered so far, without waiting for the writer to close it.
+    func snapshot() -> String {
+        lock.lock()
+        defer { lock.unlock() }
+        return String(decoding: data, as: UTF8.self)
+    }
+
     /// Everything the pipe delivered, once the writer closed it; may be called again.
     func text() -> String {
         lock.lock()

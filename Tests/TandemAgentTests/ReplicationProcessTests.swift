@@ -1,0 +1,259 @@
+import Foundation
+import Testing
+
+/// Two real agents on loopback, driven through the `tandem` binary and real NBD clients.
+final class TwoNodeCluster: @unchecked Sendable {
+    let directory = TemporaryDirectory()
+    let config: String
+    let nbdPorts: [String: Int]
+    private var processes: [String: Process] = [:]
+    private var logs: [String: DataCollector] = [:]
+
+    init(protocol replication: String, size: String) throws {
+        let ports = try (0..<4).map { _ in try freeLoopbackPort() }
+        nbdPorts = ["a": ports[2], "b": ports[3]]
+        config = "\(directory.path)/tandem.toml"
+        try "0123456789abcdef0123456789abcdef\n".write(
+            toFile: "\(directory.path)/secret", atomically: true, encoding: .utf8)
+        try """
+        [cluster]
+        name = "pair"
+        secret-file = "\(directory.path)/secret"
+        state-dir = "\(directory.path)/{node}"
+
+        [[node]]
+        name = "a"
+        address = "127.0.0.1"
+        port = \(ports[0])
+        nbd-listen = ["127.0.0.1:\(ports[2])"]
+
+        [[node]]
+        name = "b"
+        address = "127.0.0.1"
+        port = \(ports[1])
+        nbd-listen = ["127.0.0.1:\(ports[3])"]
+
+        [[volume]]
+        name = "vol0"
+        protocol = "\(replication)"
+        size = "\(size)"
+        backing = "\(directory.path)/{node}/vol0.img"
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+    }
+
+    deinit {
+        for process in processes.values where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
+    func uri(_ node: String) -> String { "nbd://127.0.0.1:\(nbdPorts[node]!)/vol0" }
+    func backing(_ node: String) -> String { "\(directory.path)/\(node)/vol0.img" }
+
+    func start(_ node: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Tools.tandemBinary())
+        process.arguments = ["agent", "--config", config, "--node", node]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        processes[node] = process
+        logs[node] = DataCollector(errors.fileHandleForReading)
+        try waitFor("the control socket of \(node)") { (try? self.status(node)) != nil }
+    }
+
+    /// Stops a node with SIGTERM (a clean shutdown) and waits for it.
+    func stop(_ node: String) {
+        guard let process = processes[node] else { return }
+        process.terminate()
+        process.waitUntilExit()
+    }
+
+    /// Kills a node with SIGKILL, as a crash does.
+    func crash(_ node: String) {
+        guard let process = processes[node] else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// What the node's agent logged so far.
+    func log(_ node: String) -> String { logs[node]?.snapshot() ?? "" }
+
+    /// Runs `tandem volume …` against a node.
+    @discardableResult
+    func volume(_ node: String, _ arguments: [String]) throws -> Tools.Output {
+        try Tools.run(try Tools.tandemBinary(), ["volume"] + arguments + ["--config", config, "--node", node])
+    }
+
+    /// The node's view of vol0.
+    func status(_ node: String) throws -> [String: Any] {
+        let output = try volume(node, ["status", "--json"])
+        guard output.status == 0,
+            let root = try JSONSerialization.jsonObject(with: Data(output.standardOutput.utf8)) as? [String: Any],
+            let volumes = root["volumes"] as? [[String: Any]], let first = volumes.first
+        else { throw Tools.Failure(description: "no status from \(node): \(output.combined)") }
+        return first
+    }
+
+    func field(_ node: String, _ key: String) -> String? {
+        (try? status(node))?[key].map { "\($0)" }
+    }
+
+    /// Polls `condition` every 100 ms for at most `seconds`.
+    func waitFor(_ what: String, seconds: Double = 60, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try condition() { return }
+            usleep(100_000)
+        }
+        throw Tools.Failure(
+            description: "timed out waiting for \(what); a: \(log("a").suffix(2000)) b: \(log("b").suffix(2000))")
+    }
+
+    /// Waits until both nodes are connected, up to date and have nothing marked.
+    func waitInSync(seconds: Double = 120) throws {
+        try waitFor("both nodes connected and in sync", seconds: seconds) {
+            ["a", "b"].allSatisfy { node in
+                field(node, "connection") == "connected" && field(node, "disk") == "upToDate"
+                    && field(node, "outOfSyncBytes") == "0" && field(node, "peerDisk") == "upToDate"
+            }
+        }
+    }
+
+    func identical() throws -> Bool {
+        try Data(contentsOf: URL(fileURLWithPath: backing("a"))) == Data(contentsOf: URL(fileURLWithPath: backing("b")))
+    }
+}
+
+func freeLoopbackPort() throws -> Int {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(descriptor) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
+        }
+    }
+    guard bound else { throw Tools.Failure(description: "no free port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+@Suite(.serialized) struct ReplicationProcessTests {
+    @Test(arguments: ["A", "B", "C"])
+    func writesThroughNBD_leaveBothBackingFilesIdentical(replication: String) throws {
+        let cluster = try TwoNodeCluster(protocol: replication, size: "64MiB")
+        try cluster.start("a")
+        try cluster.start("b")
+        try cluster.volume("a", ["primary", "vol0"])
+        try cluster.waitInSync()
+        try Tools.check(
+            "fio",
+            [
+                "--name=replicate", "--ioengine=nbd", "--uri=\(cluster.uri("a"))", "--rw=randwrite", "--bs=4k",
+                "--iodepth=16", "--size=64M", "--io_size=16M", "--randrepeat=0",
+            ])
+        try Tools.check(
+            "qemu-io",
+            [
+                "-f", "raw", "-c", "write -f -P 0x5c 1M 256k", "-c", "write -z 2M 64k", "-c", "flush", cluster.uri("a"),
+            ])
+        try cluster.waitFor("identical copies under protocol \(replication)", seconds: 30) { try cluster.identical() }
+        let refused = try Tools.run("qemu-io", ["-f", "raw", "-c", "write -P 1 0 4k", cluster.uri("b")])
+        #expect(refused.status != 0, "the secondary must refuse client writes")
+        cluster.stop("a")
+        cluster.stop("b")
+        #expect(try cluster.identical())
+    }
+
+    @Test func secondaryStopped_onePercentWritten_resyncMovesAtMostTwiceTheDirtiedBytes() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "1GiB")
+        try cluster.start("a")
+        try cluster.start("b")
+        try cluster.volume("a", ["primary", "vol0"])
+        try cluster.waitInSync(seconds: 300)
+        let fullSeconds = (try cluster.status("a")["lastResync"] as? [String: Any])?["seconds"] as? Double ?? 0
+        cluster.stop("b")
+        try cluster.waitFor("a to notice b is gone") { cluster.field("a", "connection") == "connecting" }
+        // 1% of the volume, rounded up to whole 64 KiB writes (fio writes whole blocks).
+        let dirtied = ((1 << 30) / 100 + 65535) / 65536 * 65536
+        try Tools.check(
+            "fio",
+            [
+                "--name=onepercent", "--ioengine=nbd", "--uri=\(cluster.uri("a"))", "--rw=randwrite", "--bs=64k",
+                "--iodepth=8", "--size=1G", "--io_size=\(dirtied)", "--randrepeat=0",
+            ])
+        let marked = Int(cluster.field("a", "outOfSyncBytes") ?? "0") ?? 0
+        #expect(marked > 0 && marked <= dirtied, "marked \(marked) bytes for \(dirtied) written")
+        let receivedBefore = Int(cluster.field("b", "resyncedBytesTotal") ?? "0") ?? 0
+        #expect(receivedBefore == 0, "a restarted agent counts from zero")
+        try cluster.start("b")
+        try cluster.waitInSync()
+        let moved = Int(cluster.field("b", "resyncedBytesTotal") ?? "0") ?? 0
+        let partialSeconds = (try cluster.status("a")["lastResync"] as? [String: Any])?["seconds"] as? Double ?? 0
+        print(
+            "resync after 1% written: moved \(moved) bytes for \(dirtied) dirtied; full sync \(fullSeconds) s, partial \(partialSeconds) s"
+        )
+        #expect(moved > 0 && moved <= 2 * dirtied, "moved \(moved) bytes for \(dirtied) dirtied")
+        cluster.stop("a")
+        cluster.stop("b")
+        #expect(try cluster.identical())
+    }
+
+    @Test func primaryKilledMidStream_afterRestartAndResync_copiesAreIdentical() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "256MiB")
+        try cluster.start("a")
+        try cluster.start("b")
+        try cluster.volume("a", ["primary", "vol0"])
+        try cluster.waitInSync()
+        let stream = Process()
+        stream.executableURL = URL(fileURLWithPath: try Tools.path(of: "fio"))
+        stream.arguments = [
+            "--name=stream", "--ioengine=nbd", "--uri=\(cluster.uri("a"))", "--rw=randwrite", "--bs=16k",
+            "--iodepth=32", "--size=256M", "--time_based", "--runtime=30",
+        ]
+        stream.standardOutput = FileHandle.nullDevice
+        stream.standardError = FileHandle.nullDevice
+        try stream.run()
+        try cluster.waitFor("writes to be flowing") { (Int(cluster.field("a", "epoch") ?? "0") ?? 0) > 0 }
+        usleep(1_500_000)
+        cluster.crash("a")
+        stream.waitUntilExit()
+        try cluster.start("a")
+        try cluster.waitInSync()
+        #expect(cluster.log("a").contains("marked for resync"), "the activity log must be replayed after a crash")
+        cluster.stop("a")
+        cluster.stop("b")
+        #expect(try cluster.identical())
+    }
+
+    @Test func splitBrain_isReportedWithDivergedBytes_andResolveDiscardLocalMakesCopiesIdentical() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "64MiB")
+        try cluster.start("a")
+        try cluster.start("b")
+        try cluster.volume("a", ["primary", "vol0"])
+        try cluster.waitInSync()
+        cluster.stop("b")
+        try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0xaa 0 1M", cluster.uri("a")])
+        cluster.stop("a")
+        try cluster.start("b")
+        try cluster.volume("b", ["primary", "vol0"])
+        try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0xbb 8M 2M", cluster.uri("b")])
+        try cluster.start("a")
+        try cluster.waitFor("split brain on both nodes") {
+            try cluster.status("a")["splitBrain"] != nil && cluster.status("b")["splitBrain"] != nil
+        }
+        let report = try cluster.status("a")["splitBrain"] as? [String: Any]
+        #expect(report?["localChangedBytes"] as? Int == 1 << 20)
+        #expect(report?["peerChangedBytes"] as? Int == 2 << 20)
+        let table = try cluster.volume("a", ["status"]).standardOutput
+        #expect(table.contains("SPLIT BRAIN"), "\(table)")
+        #expect(try cluster.volume("a", ["resolve", "vol0"]).status != 0, "resolve needs --discard-local")
+        try cluster.volume("a", ["resolve", "vol0", "--discard-local"])
+        try cluster.waitInSync()
+        cluster.stop("a")
+        cluster.stop("b")
+        #expect(try cluster.identical())
+    }
+}
