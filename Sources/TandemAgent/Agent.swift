@@ -1,3 +1,4 @@
+import Crypto
 import Logging
 import NIOCore
 import NIOPosix
@@ -77,7 +78,8 @@ public struct Agent: Sendable {
                 let replicated = try ReplicatedVolume(
                     index: UInt16(index), local: local, peerConfigured: peer != nil,
                     preferredInTies: peer.map { node.name < $0.name } ?? true,
-                    runBlocking: { work in NIOThreadPool.singleton.submit { _ in work() } })
+                    runBlocking: { work in NIOThreadPool.singleton.submit { _ in work() } },
+                    digest: { bytes in Array(SHA256.hash(data: bytes)) })
                 for event in replicated.openingEvents { logger.warning("\(event)") }
                 if peer == nil {
                     // A lone node has nobody to contend with: it serves its volumes.

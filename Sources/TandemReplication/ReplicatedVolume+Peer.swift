@@ -44,6 +44,12 @@ extension ReplicatedVolume {
                 }
             }
             state.asyncBytesInFlight = 0
+            if var verify = state.verify {
+                verify.progress.stopped = true
+                verify.progress.finishedAt = .now
+                state.lastVerify = verify.progress
+                state.verify = nil
+            }
             if state.resync != nil {
                 state.resync = nil
                 if state.disk == .inconsistent { state.connection = .connecting }
@@ -93,6 +99,11 @@ extension ReplicatedVolume {
             return []
         case .resyncDone(_, let generations):
             return onResyncDone(generations)
+        case .verifyRequest(let request):
+            onVerifyRequest(request)
+            return []
+        case .verifyReply(_, let sequence, let equal):
+            return onVerifyReply(sequence: sequence, equal: equal)
         case .hello, .authenticate, .welcome, .ping, .pong:
             preconditionFailure("link frame \(frame) routed to volume \(configuration.name)")
         }
@@ -211,7 +222,7 @@ extension ReplicatedVolume {
 
     // MARK: Resync
 
-    private func startResyncSource(full: Bool, unite: Bool) -> [ReplicationEvent] {
+    func startResyncSource(full: Bool, unite: Bool) -> [ReplicationEvent] {
         let total = state.withLock { state -> UInt64 in
             if full { state.bitmap.markAll() }
             if unite, let peerBitmap = state.peerBitmap { state.bitmap.formUnion(peerBitmap) }
@@ -453,7 +464,7 @@ extension ReplicatedVolume {
         return events + pumpResync()
     }
 
-    private func event(_ text: String) -> ReplicationEvent {
+    func event(_ text: String) -> ReplicationEvent {
         ReplicationEvent(description: "\(configuration.name): \(text)")
     }
 }

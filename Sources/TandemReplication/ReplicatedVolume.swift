@@ -80,6 +80,7 @@ public final class ReplicatedVolume: Sendable {
     let metadataPath: String
     let bitmapPath: String
     let runBlocking: BlockingRunner
+    let digest: RegionDigest
     let newGeneration: @Sendable () -> UInt64
     /// Bytes protocol A may have unacknowledged before it stops sending and marks instead.
     let asyncWindowBytes: UInt64
@@ -121,6 +122,8 @@ public final class ReplicatedVolume: Sendable {
         var asyncBytesInFlight: UInt64 = 0
         var epoch: UInt64 = 0
         var resync: ResyncState?
+        var verify: VerifyState?
+        var lastVerify: VerifyProgress?
         var activityLog: ActivityLog
         var splitBrain: SplitBrainReport?
         var resyncedBytesTotal: UInt64 = 0
@@ -167,6 +170,8 @@ public final class ReplicatedVolume: Sendable {
     public init(
         index: UInt16, local: LocalVolume, peerConfigured: Bool = true, preferredInTies: Bool = true,
         runBlocking: @escaping BlockingRunner,
+        digest: @escaping RegionDigest = { bytes in withUnsafeBytes(of: CRC32C.checksum(bytes).bigEndian) { Array($0) }
+        },
         newGeneration: @escaping @Sendable () -> UInt64 = { UInt64.random(in: 0x1000...UInt64.max) },
         asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16, activityLog: ActivityLog = ActivityLog()
     ) throws(MetadataError) {
@@ -179,6 +184,7 @@ public final class ReplicatedVolume: Sendable {
         self.peerConfigured = peerConfigured
         self.preferredInTies = preferredInTies
         self.runBlocking = runBlocking
+        self.digest = digest
         self.newGeneration = newGeneration
         self.asyncWindowBytes = asyncWindowBytes
         self.resyncWindow = resyncWindow
@@ -242,6 +248,8 @@ public final class ReplicatedVolume: Sendable {
         public var lastResync: ResyncProgress?
         public var resyncedBytesTotal: UInt64
         public var splitBrain: SplitBrainReport?
+        public var verify: VerifyProgress?
+        public var lastVerify: VerifyProgress?
         public var peerRole: VolumeRole?
         public var peerDisk: DiskState?
     }
@@ -254,7 +262,7 @@ public final class ReplicatedVolume: Sendable {
                 protocolName: configuration.protocol.rawValue, outOfSyncBytes: state.bitmap.dirtyBytes,
                 generations: state.generations, epoch: state.epoch, resync: state.resync?.progress,
                 lastResync: state.lastResync, resyncedBytesTotal: state.resyncedBytesTotal,
-                splitBrain: state.splitBrain,
+                splitBrain: state.splitBrain, verify: state.verify?.progress, lastVerify: state.lastVerify,
                 peerRole: state.peerState.map { $0.role == 1 ? .primary : .secondary },
                 peerDisk: state.peerState.map { DiskState(code: $0.diskState) })
         }

@@ -30,6 +30,10 @@ public enum PeerFrame: Equatable, Sendable {
     case pong(UInt64)
     /// The sender's write-intent bitmap file for a volume, so that the two can be united.
     case bitmap(volume: UInt16, bytes: [UInt8])
+    /// Online verify: the digest of one region on the sender.
+    case verifyRequest(PeerVerify)
+    /// Whether the receiver's region has the same digest.
+    case verifyReply(volume: UInt16, sequence: UInt64, equal: Bool)
 
     /// The frame type byte.
     var typeCode: UInt8 {
@@ -46,6 +50,8 @@ public enum PeerFrame: Equatable, Sendable {
         case .ping: return 10
         case .pong: return 11
         case .bitmap: return 12
+        case .verifyRequest: return 13
+        case .verifyReply: return 14
         }
     }
 }
@@ -119,6 +125,23 @@ public struct PeerWrite: Equatable, Sendable {
         self.offset = offset
         self.flags = flags
         self.payload = payload
+    }
+}
+
+/// One region's digest for online verify: only digests cross the network.
+public struct PeerVerify: Equatable, Sendable {
+    public var volume: UInt16
+    public var sequence: UInt64
+    public var offset: UInt64
+    public var length: UInt32
+    public var digest: [UInt8]
+
+    public init(volume: UInt16, sequence: UInt64, offset: UInt64, length: UInt32, digest: [UInt8]) {
+        self.volume = volume
+        self.sequence = sequence
+        self.offset = offset
+        self.length = length
+        self.digest = digest
     }
 }
 
@@ -215,6 +238,11 @@ public enum PeerCodec {
             body.writeInteger(volume)
             body.writeInteger(UInt32(bytes.count))
             body.writeBytes(bytes)
+        case .verifyRequest(let verify):
+            body.writeMultipleIntegers(verify.volume, verify.sequence, verify.offset, verify.length)
+            body.writePeerBytes(verify.digest)
+        case .verifyReply(let volume, let sequence, let equal):
+            body.writeMultipleIntegers(volume, sequence, UInt8(equal ? 1 : 0))
         }
         let length = body.readableBytes + trailing.reduce(0) { $0 + $1.readableBytes }
         var header = allocator.buffer(capacity: headerBytes + body.readableBytes)
@@ -313,6 +341,19 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
                 let bytes = body.readBytes(length: Int(count))
             else { return nil }
             return .bitmap(volume: volume, bytes: bytes)
+        case 13:
+            guard
+                let (volume, sequence, offset, length) = body.readMultipleIntegers(
+                    as: (UInt16, UInt64, UInt64, UInt32).self),
+                let digest = body.readPeerBytes()
+            else { return nil }
+            return .verifyRequest(
+                PeerVerify(volume: volume, sequence: sequence, offset: offset, length: length, digest: digest))
+        case 14:
+            guard let (volume, sequence, equal) = body.readMultipleIntegers(as: (UInt16, UInt64, UInt8).self),
+                equal <= 1
+            else { return nil }
+            return .verifyReply(volume: volume, sequence: sequence, equal: equal == 1)
         default:
             throw PeerWireError.unknownType(type)
         }

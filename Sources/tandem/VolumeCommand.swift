@@ -113,6 +113,9 @@ struct NodeOptions: ParsableArguments {
                 let left = Units.formatByteCount(UInt64((resync["bytesLeft"] as? Int) ?? 0))
                 let eta = (resync["etaSeconds"] as? Double).map { " eta \(Int($0))s" } ?? ""
                 sync = "\(resync["percent"] as? Double ?? 0)% (\(left) left\(eta))"
+            } else if let verify = volume["verify"] as? [String: Any] {
+                let found = (verify["outOfSyncOffsets"] as? [Any])?.count ?? 0
+                sync = "verify \(verify["percent"] as? Double ?? 0)% (\(found) out of sync)"
             } else if let split = volume["splitBrain"] as? [String: Any] {
                 sync =
                     "SPLIT BRAIN: here \(split["localChangedBytes"] ?? 0) B, peer \(split["peerChangedBytes"] ?? 0) B"
@@ -133,7 +136,7 @@ struct NodeOptions: ParsableArguments {
 struct VolumeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "volume", abstract: "Replicated volumes: status, roles, split-brain resolution.",
-        subcommands: [Status.self, Primary.self, Secondary.self, Resolve.self])
+        subcommands: [Status.self, Primary.self, Secondary.self, Resolve.self, Verify.self])
 
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -159,6 +162,20 @@ struct VolumeCommand: AsyncParsableCommand {
         @Argument(help: "The volume.") var volume: String
 
         func run() async throws { try options.run("secondary \(volume)", only: volume) }
+    }
+
+    struct Verify: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Online verify: compare every region's SHA-256 with the peer while the volume is in use; "
+                + "regions that differ are marked and resynced from this node.")
+        @OptionGroup var options: NodeOptions
+        @Argument(help: "start or stop.") var action: String
+        @Argument(help: "The volume.") var volume: String
+
+        func run() async throws {
+            guard action == "start" || action == "stop" else { throw fail("expected start or stop, found \(action)") }
+            try options.run("verify-\(action) \(volume)", only: volume)
+        }
     }
 
     struct Resolve: AsyncParsableCommand {

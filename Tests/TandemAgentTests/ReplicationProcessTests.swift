@@ -256,4 +256,30 @@ func freeLoopbackPort() throws -> Int {
         cluster.stop("b")
         #expect(try cluster.identical())
     }
+
+    @Test func onlineVerify_findsTheBlockCorruptedBehindTandemsBack_andResyncRepairsIt() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "64MiB")
+        try cluster.start("a")
+        try cluster.start("b")
+        try cluster.volume("a", ["primary", "vol0"])
+        try cluster.waitInSync()
+        try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0x3c 0 16M", cluster.uri("a")])
+        try cluster.waitFor("identical copies") { try cluster.identical() }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: cluster.backing("b")))
+        try handle.seek(toOffset: 5 * 65536 + 4096)
+        try handle.write(contentsOf: Data(repeating: 0xEE, count: 4096))
+        try handle.close()
+        #expect(try !cluster.identical())
+        try cluster.volume("a", ["verify", "start", "vol0"])
+        try cluster.waitFor("the verify to finish") {
+            ((try cluster.status("a"))["lastVerify"] as? [String: Any])?["finished"] as? Bool == true
+        }
+        let result = try cluster.status("a")["lastVerify"] as? [String: Any]
+        #expect(result?["outOfSyncOffsets"] as? [Int] == [5 * 65536], "exactly the corrupted 64 KiB region")
+        try cluster.waitInSync()
+        #expect(cluster.log("a").contains("online verify finished"))
+        cluster.stop("a")
+        cluster.stop("b")
+        #expect(try cluster.identical())
+    }
 }

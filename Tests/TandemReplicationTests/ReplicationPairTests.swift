@@ -233,6 +233,30 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(pair.a.status.outOfSyncBytes == 0)
     }
 
+    @Test func onlineVerify_findsExactlyTheCorruptedRegion_andResyncRepairsIt() throws {
+        let pair = try connectedPair(.c)
+        pair.a.write(offset: 0, payload: payload(0x42, count: 1 << 20), fua: false, completion: { _ in })
+        pair.deliver()
+        // Corrupt one block of the secondary behind the engine's back.
+        try [UInt8](repeating: 0xEE, count: 512).withUnsafeBytes { try pair.b.store.write($0, at: 5 * 65536 + 100) }
+        #expect(try !pair.identical())
+        _ = try pair.a.startVerify()
+        pair.deliver()
+        let result = pair.a.status.lastVerify
+        #expect(result?.outOfSyncRegions == [5])
+        #expect(result?.checkedRegions == result?.totalRegions)
+        #expect(try pair.identical(), "the marked region is resynced when the verify ends")
+        #expect(pair.a.status.outOfSyncBytes == 0)
+    }
+
+    @Test func onlineVerify_ofIdenticalCopies_findsNothing_andIsRefusedOnTheSecondary() throws {
+        let pair = try connectedPair(.c)
+        #expect(throws: RoleError.self) { try pair.b.startVerify() }
+        _ = try pair.a.startVerify()
+        pair.deliver()
+        #expect(pair.a.status.lastVerify?.outOfSyncRegions == [])
+    }
+
     @Test func cleanClose_leavesNothingMarked() throws {
         let pair = try connectedPair(.c)
         pair.a.write(offset: 0, payload: payload(1), fua: false, completion: { _ in })

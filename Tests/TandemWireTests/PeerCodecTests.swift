@@ -26,6 +26,8 @@ import Testing
         .ping(7),
         .pong(7),
         .bitmap(volume: 2, bytes: [1, 2, 3]),
+        .verifyRequest(PeerVerify(volume: 1, sequence: 9, offset: 65536, length: 65536, digest: [7, 7, 7])),
+        .verifyReply(volume: 1, sequence: 9, equal: false),
     ]
 
     private static func encoded(_ frames: [PeerFrame]) -> ByteBuffer {
@@ -73,7 +75,7 @@ import Testing
             }
             if bytes.count >= 5 {
                 bytes.replaceSubrange(0..<4, with: [0x54, 0x4E, 0x44, 0x50])
-                bytes[4] = UInt8.random(in: 1...12, using: &generator)
+                bytes[4] = UInt8.random(in: 1...14, using: &generator)
             }
             var buffer = ByteBuffer(bytes: bytes)
             while let before = Optional(buffer.readableBytes), (try? decoder.decode(buffer: &buffer)) != nil {

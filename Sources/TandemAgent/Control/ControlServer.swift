@@ -82,6 +82,10 @@ public final class ControlServer: Service, Sendable {
                 try volume.setRole(.primary)
             case "secondary":
                 try volume.setRole(.secondary)
+            case "verify-start":
+                for event in try volume.startVerify() { logger.notice("\(event)") }
+            case "verify-stop":
+                for event in try volume.stopVerify() { logger.notice("\(event)") }
             case "resolve":
                 let report = try volume.resolveSplitBrain()
                 let name = volume.configuration.name
@@ -110,6 +114,8 @@ public final class ControlServer: Service, Sendable {
         ]
         if let resync = status.resync { members.append(("resync", json(resync))) }
         if let last = status.lastResync { members.append(("lastResync", json(last))) }
+        if let verify = status.verify { members.append(("verify", json(verify))) }
+        if let last = status.lastVerify { members.append(("lastVerify", json(last))) }
         if let split = status.splitBrain {
             members.append(
                 (
@@ -121,6 +127,23 @@ public final class ControlServer: Service, Sendable {
                 ))
         }
         return .object(members)
+    }
+
+    private static func json(_ verify: ReplicatedVolume.VerifyProgress) -> JSONValue {
+        let elapsed = (verify.finishedAt ?? .now) - verify.startedAt
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        return .object([
+            ("percent", .number((verify.percent * 10).rounded() / 10)),
+            ("checkedRegions", .integer(Int64(verify.checkedRegions))),
+            ("totalRegions", .integer(Int64(verify.totalRegions))),
+            ("regionBytes", .integer(Int64(verify.regionBytes))),
+            (
+                "outOfSyncOffsets",
+                .array(verify.outOfSyncRegions.map { .integer(Int64($0) * Int64(verify.regionBytes)) })
+            ),
+            ("finished", .bool(verify.finishedAt != nil)), ("stopped", .bool(verify.stopped)),
+            ("seconds", .number((seconds * 1000).rounded() / 1000)),
+        ])
     }
 
     private static func json(_ progress: ReplicatedVolume.ResyncProgress) -> JSONValue {

@@ -170,6 +170,8 @@ extension PeerFrame {
         case .data(let write), .resyncData(let write): return write.volume
         case .ack(let ack): return ack.volume
         case .flush(let volume, _), .resyncDone(let volume, _), .bitmap(let volume, _): return volume
+        case .verifyRequest(let verify): return verify.volume
+        case .verifyReply(let volume, _, _): return volume
         case .hello, .authenticate, .welcome, .ping, .pong: return nil
         }
     }
