@@ -79,7 +79,14 @@ public struct Agent: Sendable {
                     index: UInt16(index), local: local, peerConfigured: peer != nil,
                     preferredInTies: peer.map { node.name < $0.name } ?? true,
                     runBlocking: { work in NIOThreadPool.singleton.submit { _ in work() } },
-                    digest: { bytes in Array(SHA256.hash(data: bytes)) })
+                    digest: { bytes in Array(SHA256.hash(data: bytes)) },
+                    scheduleAfter: { delay, work in
+                        let nanoseconds =
+                            delay.components.seconds * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000
+                        MultiThreadedEventLoopGroup.singleton.next().scheduleTask(in: .nanoseconds(nanoseconds)) {
+                            work()
+                        }
+                    })
                 for event in replicated.openingEvents { logger.warning("\(event)") }
                 if peer == nil {
                     // A lone node has nobody to contend with: it serves its volumes.

@@ -264,9 +264,10 @@ extension ReplicatedVolume {
             while resync.inFlight.count < resyncWindow,
                 let region = state.bitmap.nextDirtyRegion(from: resync.nextRegion)
             {
-                resync.nextRegion = region + 1
                 let range = state.bitmap.range(ofRegion: region)
                 let length = Int(range.upperBound - range.lowerBound)
+                guard takeTokens(Double(length), from: &resync) else { break }
+                resync.nextRegion = region + 1
                 var block = ByteBuffer()
                 do {
                     try block.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { pointer in
@@ -308,6 +309,33 @@ extension ReplicatedVolume {
         let seconds = last.flatMap { progress in progress.finishedAt.map { $0 - progress.startedAt } }
         return [event("resync finished: \(last?.doneBytes ?? 0) bytes in \(seconds.map { "\($0)" } ?? "?")")]
             + errors.map { event("\($0)") }
+    }
+
+    /// The resync's rate limit: takes `bytes` of budget, or schedules a wake-up when the budget
+    /// is short and nothing in flight would wake the pump.
+    private func takeTokens(_ bytes: Double, from resync: inout ResyncState) -> Bool {
+        guard let limit = configuration.resyncRateBytesPerSecond else { return true }
+        let rate = Double(limit)
+        let now = ContinuousClock.now
+        let elapsed = now - resync.refilledAt
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        // At most a tenth of a second of budget accumulates, so a pause never turns into a burst.
+        resync.tokens = min(rate / 10, resync.tokens + rate * seconds)
+        resync.refilledAt = now
+        if resync.tokens >= bytes || (resync.tokens >= 0 && resync.inFlight.isEmpty && bytes > rate / 10) {
+            resync.tokens -= bytes
+            return true
+        }
+        if resync.inFlight.isEmpty, !resync.wakeScheduled {
+            resync.wakeScheduled = true
+            let waitSeconds = min(max((bytes - resync.tokens) / rate, 0.001), 1.0)
+            let wait = Duration.nanoseconds(Int64(waitSeconds * 1e9))
+            scheduleAfter(wait) { [self] in
+                state.withLock { $0.resync?.wakeScheduled = false }
+                for event in pumpResync() { _ = event }
+            }
+        }
+        return false
     }
 
     private func applyResync(_ write: PeerWrite) {

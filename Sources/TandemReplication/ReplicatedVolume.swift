@@ -81,6 +81,8 @@ public final class ReplicatedVolume: Sendable {
     let bitmapPath: String
     let runBlocking: BlockingRunner
     let digest: RegionDigest
+    /// Runs work after a delay (the resync's rate limit waits with it).
+    let scheduleAfter: @Sendable (Duration, @escaping @Sendable () -> Void) -> Void
     let newGeneration: @Sendable () -> UInt64
     /// Bytes protocol A may have unacknowledged before it stops sending and marks instead.
     let asyncWindowBytes: UInt64
@@ -139,6 +141,10 @@ public final class ReplicatedVolume: Sendable {
         var nextRegion = 0
         var inFlight: [UInt64: Int] = [:]
         var clearedSincePersist = 0
+        /// Rate limit: bytes that may be sent now, refilled at the configured rate.
+        var tokens: Double = 0
+        var refilledAt: ContinuousClock.Instant = .now
+        var wakeScheduled = false
     }
 
     /// Progress of a resync.
@@ -172,6 +178,7 @@ public final class ReplicatedVolume: Sendable {
         runBlocking: @escaping BlockingRunner,
         digest: @escaping RegionDigest = { bytes in withUnsafeBytes(of: CRC32C.checksum(bytes).bigEndian) { Array($0) }
         },
+        scheduleAfter: @escaping @Sendable (Duration, @escaping @Sendable () -> Void) -> Void = { _, work in work() },
         newGeneration: @escaping @Sendable () -> UInt64 = { UInt64.random(in: 0x1000...UInt64.max) },
         asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16, activityLog: ActivityLog = ActivityLog()
     ) throws(MetadataError) {
@@ -185,6 +192,7 @@ public final class ReplicatedVolume: Sendable {
         self.preferredInTies = preferredInTies
         self.runBlocking = runBlocking
         self.digest = digest
+        self.scheduleAfter = scheduleAfter
         self.newGeneration = newGeneration
         self.asyncWindowBytes = asyncWindowBytes
         self.resyncWindow = resyncWindow

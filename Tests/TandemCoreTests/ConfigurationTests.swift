@@ -209,6 +209,18 @@ private func mutated(_ old: String, _ new: String) -> String {
         #expect(found.map(\.key) == ["limits.nbd-max-request", "limits.nbd-max-in-flight"])
     }
 
+    @Test func resyncRateAndSplitBrainPolicy_areParsedAndChecked() throws {
+        let good = try Configuration.parse(
+            text: mutated(
+                "nbd-export = \"vol0\"",
+                "nbd-export = \"vol0\"\nresync-rate = \"100MiB/s\"\nsplit-brain = \"discard-least-changes\""),
+            file: "t")
+        #expect(good.volumes[0].resyncRateBytesPerSecond == 100 << 20)
+        #expect(good.volumes[0].splitBrainPolicy == .discardLeastChanges)
+        let found = issues(mutated("nbd-export = \"vol0\"", "resync-rate = \"fast\"\nsplit-brain = \"coin-toss\""))
+        #expect(found.map(\.key) == ["volume[0].resync-rate", "volume[0].split-brain"])
+    }
+
     @Test func badListenAddress_isReported() {
         let found = issues(mutated("nbd-listen = [\"[::1]:10810\"", "nbd-listen = [\"host:99999\""))
         #expect(found.map(\.key) == ["node[1].nbd-listen"])

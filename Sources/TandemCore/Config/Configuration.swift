@@ -105,6 +105,8 @@ public struct Configuration: Sendable, Equatable {
         public var readOnly: Bool
         /// What to do when both copies changed on their own.
         public var splitBrainPolicy: SplitBrainPolicy = .disconnect
+        /// Most bytes per second a resync may send (`nil`: bounded only by its window of blocks in flight).
+        public var resyncRateBytesPerSecond: UInt64? = nil
     }
 
     /// `[[group]]`: resources that run together on one node.

@@ -191,7 +191,10 @@ struct ConfigReader {
     private mutating func readVolume(_ table: TOMLTable, path: String) -> Configuration.Volume? {
         checkKeys(
             table, path: path,
-            allowed: ["name", "protocol", "size", "backing", "metadata", "nbd-export", "read-only", "split-brain"])
+            allowed: [
+                "name", "protocol", "size", "backing", "metadata", "nbd-export", "read-only", "split-brain",
+                "resync-rate",
+            ])
         let name = string(table, "name", path: path, required: true)
         let protocolText = string(table, "protocol", path: path, required: false) ?? "C"
         let replication = Configuration.ReplicationProtocol(rawValue: protocolText.uppercased())
@@ -212,6 +215,21 @@ struct ConfigReader {
         let metadata = string(table, "metadata", path: path, required: false)
         let export = string(table, "nbd-export", path: path, required: false)
         let readOnly = boolean(table, "read-only", path: path) ?? false
+        var resyncRate: UInt64?
+        if case .string(let text)? = table["resync-rate"]?.value {
+            let perSecond = text.hasSuffix("/s") ? String(text.dropLast(2)) : text
+            if let bytes = Units.parseByteCount(perSecond), bytes >= 1 << 20 {
+                resyncRate = bytes
+            } else {
+                report(
+                    table["resync-rate"]?.line, "\(path).resync-rate",
+                    "expected a rate of at least 1MiB/s such as \"100MiB/s\", found \"\(text)\"")
+            }
+        } else if let other = table["resync-rate"] {
+            report(
+                other.line, "\(path).resync-rate", "expected a rate such as \"100MiB/s\", found \(other.value.typeName)"
+            )
+        }
         let policyText = string(table, "split-brain", path: path, required: false) ?? "disconnect"
         let policy = SplitBrainPolicy(rawValue: policyText)
         if policy == nil {
@@ -225,7 +243,8 @@ struct ConfigReader {
         guard let name, let backing, let replication else { return nil }
         return Configuration.Volume(
             name: name, protocol: replication, sizeBytes: size, backing: backing, metadata: metadata,
-            nbdExport: export ?? name, readOnly: readOnly, splitBrainPolicy: policy ?? .disconnect
+            nbdExport: export ?? name, readOnly: readOnly, splitBrainPolicy: policy ?? .disconnect,
+            resyncRateBytesPerSecond: resyncRate
         )
     }
 
