@@ -28,21 +28,18 @@ extension ReplicatedVolume {
     /// The link is gone: everything the peer may not have is marked, waiting requests complete
     /// (the data is on this node), and a primary starts a new generation.
     public func peerDisconnected() -> [ReplicationEvent] {
-        let (completions, startedGeneration) = state.withLock { state -> ([Completion], Bool) in
+        let (sequences, startedGeneration) = state.withLock { state -> ([UInt64], Bool) in
             state.peer = nil
             state.connection = .connecting
             state.peerState = nil
-            var completions: [Completion] = []
+            // The peer may not have these: mark them (their extents are in the durable activity log),
+            // and let every waiting request complete on this node's copy.
             for (sequence, pending) in state.pending {
                 if pending.length > 0 { state.bitmap.mark(offset: pending.offset, length: pending.length) }
-                if pending.localDone {
-                    if let completion = pending.completion { completions.append(completion) }
-                    removePending(sequence, from: &state)
-                } else {
-                    state.pending[sequence]?.peerDone = true
-                    state.pending[sequence]?.completesOn = .written
-                }
+                state.pending[sequence]?.peerDone = true
+                state.pending[sequence]?.acknowledged = true
             }
+            let sequences = Array(state.pending.keys)
             state.asyncBytesInFlight = 0
             if var verify = state.verify {
                 verify.progress.stopped = true
@@ -58,13 +55,11 @@ extension ReplicatedVolume {
             if startsGeneration {
                 state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
             }
-            return (completions, startsGeneration)
+            return (sequences, startsGeneration)
         }
+        for sequence in sequences { completeIfReady(sequence: sequence) }
         let bitmapError = persistBitmap()
         let metadataError = startedGeneration ? persistMetadata() : nil
-        // The bitmap is durable now, so requests the peer may have missed can complete.
-        for completion in completions { completion(bitmapError.map { .failure($0) } ?? .success(())) }
-        for sequence in state.withLock({ Array($0.pending.keys) }) { completeIfReady(sequence: sequence) }
         var events = [ReplicationEvent(description: "\(configuration.name): peer disconnected")]
         for error in [bitmapError, metadataError].compactMap({ $0 }) {
             events.append(ReplicationEvent(description: "\(configuration.name): \(error)"))
@@ -442,20 +437,15 @@ extension ReplicatedVolume {
             switch ack.kind {
             case .received:
                 if pending.completesOn == .received { pending.peerDone = true }
-            case .written, .flushed:
+            case .written, .flushed, .refused:
+                if ack.kind == .refused, pending.length > 0 {
+                    state.bitmap.mark(offset: pending.offset, length: pending.length)
+                }
                 if configuration.protocol == .a {
                     state.asyncBytesInFlight -= min(state.asyncBytesInFlight, pending.length)
                 }
                 pending.peerDone = true
-                if pending.completion == nil {
-                    removePending(ack.sequence, from: &state)
-                    return false
-                }
-                pending.completesOn = ack.kind
-            case .refused:
-                if pending.length > 0 { state.bitmap.mark(offset: pending.offset, length: pending.length) }
-                pending.peerDone = true
-                pending.completesOn = .written
+                pending.acknowledged = true
             case .resynced:
                 return false
             }
@@ -467,8 +457,21 @@ extension ReplicatedVolume {
             return [event("\(error)")]
         }
         if ready { completeIfReady(sequence: ack.sequence) }
-        return ack.kind == .refused
-            ? [event("peer refused write \(ack.sequence); its region is marked for resync")] : []
+        var events = ack.kind == .refused ? [event("peer refused write \(ack.sequence); its region is marked for resync")] : []
+        if catchUpDue() {
+            events.append(event("regions marked while connected (protocol A fell behind, or refused writes) are resynced"))
+            events += startResyncSource(full: false, unite: false)
+        }
+        return events
+    }
+
+    /// Whether a primary that marked regions while connected should resync them now: no
+    /// asynchronous write is in flight and no resync or verify runs.
+    private func catchUpDue() -> Bool {
+        state.withLock { state in
+            state.role == .primary && state.connection == .connected && state.resync == nil && state.verify == nil
+                && state.asyncBytesInFlight == 0 && state.bitmap.dirtyRegionCount > 0
+        }
     }
 
     private func onResyncAck(_ ack: PeerAck) -> [ReplicationEvent] {

@@ -107,6 +107,9 @@ public final class ReplicatedVolume: Sendable {
         var completesOn: PeerAck.Kind
         var localDone: Bool
         var peerDone: Bool
+        /// The peer's final answer (written, flushed or refused) arrived, or the peer is gone:
+        /// once the client has its answer too, the entry can go.
+        var acknowledged = false
     }
 
     struct State {
@@ -468,15 +471,22 @@ public final class ReplicatedVolume: Sendable {
     }
 
     /// Completes the client's request once both halves are done. The entry itself stays until the
-    /// peer's written acknowledgement, so that a lost peer marks what it may not have.
+    /// peer's final acknowledgement (for protocols A and B that comes after the client's answer), so
+    /// that a lost peer marks what it may not have and protocol A's window drains.
     func completeIfReady(sequence: UInt64) {
         let completion = state.withLock { state -> Completion? in
-            guard let pending = state.pending[sequence], pending.localDone, pending.peerDone else { return nil }
-            state.pending[sequence]?.completion = nil
-            if pending.completesOn == .written || pending.completesOn == .flushed {
-                removePending(sequence, from: &state)
+            guard var pending = state.pending[sequence] else { return nil }
+            var completion: Completion?
+            if pending.localDone, pending.peerDone {
+                completion = pending.completion
+                pending.completion = nil
             }
-            return pending.completion
+            if pending.acknowledged, pending.localDone, pending.completion == nil {
+                removePending(sequence, from: &state)
+            } else {
+                state.pending[sequence] = pending
+            }
+            return completion
         }
         completion?(.success(()))
     }

@@ -61,7 +61,7 @@ struct Pair {
 
     init(
         protocol replication: Configuration.ReplicationProtocol, sizeBytes: UInt64 = 16 << 20,
-        policy: SplitBrainPolicy = .disconnect
+        policy: SplitBrainPolicy = .disconnect, asyncWindowBytes: UInt64 = 64 << 20
     ) throws {
         let directory = self.directory
         func open(_ name: String) throws -> ReplicatedVolume {
@@ -70,7 +70,9 @@ struct Pair {
                 metadata: nil, nbdExport: "vol0", readOnly: false, splitBrainPolicy: policy)
             let local = try LocalVolume.open(
                 volume, stateDirectory: directory.path, newGeneration: { DataGenerations.created }, newVolumeID: { 1 })
-            return try ReplicatedVolume(index: 0, local: local, preferredInTies: name == "a", runBlocking: { $0() })
+            return try ReplicatedVolume(
+                index: 0, local: local, preferredInTies: name == "a", runBlocking: { $0() },
+                asyncWindowBytes: asyncWindowBytes)
         }
         a = try open("a")
         b = try open("b")
@@ -168,6 +170,22 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(zero.succeeded && flushed.succeeded)
         #expect(try pair.identical())
         #expect(pair.a.status.outOfSyncBytes == 0)
+    }
+
+    @Test func protocolA_fallingBehind_marksInsteadOfQueueing_thenCatchesUp() throws {
+        let pair = try Pair(protocol: .a, asyncWindowBytes: 3 * 4096)
+        pair.connect()
+        try pair.a.setRole(.primary)
+        pair.deliver()
+        for block in 0..<10 {
+            let outcome = Outcome()
+            pair.a.write(offset: UInt64(block) * 65536, payload: payload(0x61), fua: false, completion: outcome.completion)
+            #expect(outcome.succeeded, "protocol A never blocks the client")
+        }
+        #expect(pair.a.status.outOfSyncBytes == 7 * 65536, "writes past the window are marked, not queued")
+        pair.deliver()
+        #expect(pair.a.status.outOfSyncBytes == 0)
+        #expect(try pair.identical())
     }
 
     @Test func protocolB_completesOnReceipt_beforeTheWrittenAcknowledgement() throws {

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Replication cost, measured in one run with fio's nbd engine against:
+#   nbdkit on a local file (the bar), Tandem on a single node, Tandem protocol C with a connected
+#   peer, Tandem protocol A with a connected peer.
+# Then the resync of a 1% dirty region against the full sync of the same volume.
+#
+#   benchmarks/replication.sh [--runtime SECONDS] [--size SIZE]
+#
+# Every server, both agents of a pair and fio share this machine's cores and disk; nothing is pinned.
+set -euo pipefail
+
+runtime=10
+size=1G
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runtime) runtime=$2; shift 2 ;;
+    --size) size=$2; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+for tool in fio nbdkit nbdinfo python3; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install fio nbdkit libnbd-bin)" >&2; exit 1; }
+done
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+swift build -c release --package-path "$top" --product tandem >&2
+tandem="$top/.build/release/tandem"
+dir=$(mktemp -d /var/tmp/tandem-replication.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+echo "0123456789abcdef0123456789abcdef" > "$dir/secret"
+
+# cluster NAME PROTOCOL PEER_PORT_A PEER_PORT_B NBD_PORT_A NBD_PORT_B
+pair_config() {
+  mkdir -p "$dir/$1/a" "$dir/$1/b"
+  fallocate -l "$size" "$dir/$1/a/vol0.img"
+  fallocate -l "$size" "$dir/$1/b/vol0.img"
+  cat > "$dir/$1/tandem.toml" <<TOML
+[cluster]
+name = "$1"
+secret-file = "$dir/secret"
+state-dir = "$dir/$1/{node}"
+
+[[node]]
+name = "a"
+address = "127.0.0.1"
+port = $3
+nbd-listen = ["127.0.0.1:$5"]
+
+[[node]]
+name = "b"
+address = "127.0.0.1"
+port = $4
+nbd-listen = ["127.0.0.1:$6"]
+
+[[volume]]
+name = "vol0"
+protocol = "$2"
+backing = "$dir/$1/{node}/vol0.img"
+TOML
+}
+
+start_agent() { # CLUSTER NODE
+  "$tandem" agent --config "$dir/$1/tandem.toml" --node "$2" --log-level warning >/dev/null 2>>"$dir/$1/$2.log" &
+  echo $!
+}
+
+field() { # CLUSTER NODE KEY [SUBKEY]
+  "$tandem" volume status --json --config "$dir/$1/tandem.toml" --node "$2" 2>/dev/null |
+    python3 -c 'import json,sys
+v=json.load(sys.stdin)["volumes"][0]
+value=v.get(sys.argv[1])
+if len(sys.argv)>2 and isinstance(value, dict): value=value.get(sys.argv[2])
+print(value)' "${@:3}"
+}
+
+wait_in_sync() { # CLUSTER
+  for _ in $(seq 1 3000); do
+    if [ "$(field "$1" a connection)" = connected ] && [ "$(field "$1" b connection)" = connected ] &&
+       [ "$(field "$1" b disk)" = upToDate ] && [ "$(field "$1" a outOfSyncBytes)" = 0 ]; then return 0; fi
+    sleep 0.1
+  done
+  echo "cluster $1 never got in sync" >&2; exit 1
+}
+
+wait_for_socket() { # CLUSTER NODE
+  for _ in $(seq 1 200); do [ -S "$dir/$1/$2/$2.control" ] && return 0; sleep 0.05; done
+  echo "agent $2 of $1 did not start" >&2; exit 1
+}
+
+# nbdkit and a single Tandem node
+fallocate -l "$size" "$dir/nbdkit.img"
+nbdkit --foreground --port 10931 --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/nbdkit.img" &
+pids+=($!)
+mkdir -p "$dir/single"
+fallocate -l "$size" "$dir/single/vol0.img"
+cat > "$dir/single/tandem.toml" <<TOML
+[cluster]
+name = "single"
+state-dir = "$dir/single"
+
+[[node]]
+name = "a"
+address = "127.0.0.1"
+nbd-listen = ["127.0.0.1:10932"]
+
+[[volume]]
+name = "vol0"
+backing = "$dir/single/vol0.img"
+TOML
+"$tandem" agent --config "$dir/single/tandem.toml" --node a --log-level warning &
+pids+=($!)
+
+pair_config pairc C 10941 10942 10943 10944
+pair_config paira A 10951 10952 10953 10954
+for cluster in pairc paira; do
+  for node in a b; do pids+=("$(start_agent "$cluster" "$node")"); done
+  wait_for_socket "$cluster" a
+  wait_for_socket "$cluster" b
+  sleep 0.5
+  "$tandem" volume primary vol0 --config "$dir/$cluster/tandem.toml" --node a >/dev/null
+  wait_in_sync "$cluster"
+done
+full_seconds=$(field pairc a lastResync seconds)
+for uri in nbd://127.0.0.1:10931/ nbd://127.0.0.1:10932/vol0; do
+  for _ in $(seq 1 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+
+measure() { # URI RW BS DEPTH METRIC
+  fio --name=bench --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="$size" \
+    --time_based --runtime="$runtime" --ramp_time=2 --output-format=json --output="$dir/fio.json" >/dev/null 2>&1
+  python3 - "$5" "$dir/fio.json" <<'PY'
+import json, sys
+job = json.load(open(sys.argv[2]))["jobs"][0]
+side = job["read"] if job["read"]["io_bytes"] > 0 else job["write"]
+print(side["bw_bytes"] / 1048576 if sys.argv[1] == "bw" else side["iops"])
+PY
+}
+
+echo "runtime ${runtime}s per figure after 2s ramp; volumes $size, preallocated; nothing pinned"
+printf '%-20s %12s %12s %8s %12s %8s %12s %8s\n' workload nbdkit single ratio "protocol C" ratio "protocol A" ratio
+for workload in "seq-write-1M-qd8 write 1M 8 bw MiB/s" "rand-write-4K-qd16 randwrite 4k 16 iops IOPS"; do
+  read -r name rw bs depth metric unit <<<"$workload"
+  n=$(measure nbd://127.0.0.1:10931/ "$rw" "$bs" "$depth" "$metric")
+  s=$(measure nbd://127.0.0.1:10932/vol0 "$rw" "$bs" "$depth" "$metric")
+  c=$(measure nbd://127.0.0.1:10943/vol0 "$rw" "$bs" "$depth" "$metric")
+  a=$(measure nbd://127.0.0.1:10953/vol0 "$rw" "$bs" "$depth" "$metric")
+  python3 -c "
+n, s, c, a = $n, $s, $c, $a
+print('%-20s %8.0f %-4s %8.0f %-4s %5.2f %8.0f %-4s %5.2f %8.0f %-4s %5.2f' % ('$name', n, '$unit'[:4], s, '$unit'[:4], s/n, c, '$unit'[:4], c/n, a, '$unit'[:4], a/n))"
+done
+
+# Resync of 1% against the full sync of the same volume.
+wait_in_sync pairc
+kill "$(pgrep -f "pairc/tandem.toml --node b")"
+for _ in $(seq 1 100); do [ "$(field pairc a connection)" = connecting ] && break; sleep 0.1; done
+bytes=$(python3 -c "import sys; s='$size'; m={'G':1<<30,'M':1<<20}; print(int(s[:-1])*m[s[-1]])")
+dirty=$(( (bytes / 100 + 65535) / 65536 * 65536 ))
+fio --name=dirty --ioengine=nbd --uri=nbd://127.0.0.1:10943/vol0 --rw=randwrite --bs=64k --iodepth=8 \
+  --size="$size" --io_size="$dirty" --randrepeat=0 >/dev/null 2>&1
+pids+=("$(start_agent pairc b)")
+wait_for_socket pairc b
+wait_in_sync pairc
+partial_seconds=$(field pairc a lastResync seconds)
+moved=$(field pairc b resyncedBytesTotal)
+python3 -c "
+full, partial = $full_seconds, $partial_seconds
+print('resync: full sync %.3f s; after %d bytes dirtied, resync moved %d bytes in %.3f s (%.1f%% of the full sync)' % (full, $dirty, $moved, partial, partial / full * 100))"
