@@ -457,9 +457,11 @@ extension ReplicatedVolume {
             return [event("\(error)")]
         }
         if ready { completeIfReady(sequence: ack.sequence) }
-        var events = ack.kind == .refused ? [event("peer refused write \(ack.sequence); its region is marked for resync")] : []
+        var events =
+            ack.kind == .refused ? [event("peer refused write \(ack.sequence); its region is marked for resync")] : []
         if catchUpDue() {
-            events.append(event("regions marked while connected (protocol A fell behind, or refused writes) are resynced"))
+            events.append(
+                event("regions marked while connected (protocol A fell behind, or refused writes) are resynced"))
             events += startResyncSource(full: false, unite: false)
         }
         return events

@@ -258,6 +258,18 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
     public typealias InboundOut = PeerFrame
 
     private let maximumBodyBytes: Int
+    /// A write whose fields arrived and whose payload is still arriving.
+    private var pending: PendingWrite?
+
+    private struct PendingWrite {
+        var type: UInt8
+        var write: PeerWrite
+        var pieces: [ByteBuffer]
+        var bytesLeft: Int
+    }
+
+    /// Bytes of a write frame's body before its payload: volume, sequence, epoch, offset, flags.
+    private static let writeFieldBytes = 2 + 8 + 8 + 8 + 1
 
     /// `maximumBodyBytes` bounds every frame (the largest write plus its header fields).
     public init(maximumBodyBytes: Int) {
@@ -265,6 +277,7 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> PeerFrame? {
+        if pending != nil { return continueWrite(&buffer) }
         guard
             let (magic, type, _, _, length) = buffer.getMultipleIntegers(
                 at: buffer.readerIndex, as: (UInt32, UInt8, UInt8, UInt16, UInt32).self)
@@ -273,6 +286,7 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
         guard Int(length) <= maximumBodyBytes else {
             throw PeerWireError.frameTooLarge(length: length, limit: maximumBodyBytes)
         }
+        if type == 5 || type == 8 { return try startWrite(type: type, length: Int(length), &buffer) }
         guard buffer.readableBytes >= PeerCodec.headerBytes + Int(length) else {
             buffer.reserveCapacity(minimumWritableBytes: PeerCodec.headerBytes + Int(length) - buffer.readableBytes)
             return nil
@@ -285,8 +299,40 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
         return frame
     }
 
+    /// Writes take their payload as slices of the receive buffers, so a large write is never
+    /// copied into a growing buffer; the frame is yielded when its last byte is in.
+    private mutating func startWrite(type: UInt8, length: Int, _ buffer: inout ByteBuffer) throws -> PeerFrame? {
+        guard length >= Self.writeFieldBytes else { throw PeerWireError.malformedBody(type: type) }
+        guard buffer.readableBytes >= PeerCodec.headerBytes + Self.writeFieldBytes else { return nil }
+        buffer.moveReaderIndex(forwardBy: PeerCodec.headerBytes)
+        let (volume, sequence, epoch, offset, flags) = buffer.readMultipleIntegers(
+            as: (UInt16, UInt64, UInt64, UInt64, UInt8).self)!
+        let write = PeerWrite(
+            volume: volume, sequence: sequence, epoch: epoch, offset: offset, flags: flags,
+            payload: NBDPayload(ByteBuffer()))
+        pending = PendingWrite(type: type, write: write, pieces: [], bytesLeft: length - Self.writeFieldBytes)
+        return continueWrite(&buffer)
+    }
+
+    private mutating func continueWrite(_ buffer: inout ByteBuffer) -> PeerFrame? {
+        guard var write = pending else { preconditionFailure("continueWrite without a pending write") }
+        let available = min(write.bytesLeft, buffer.readableBytes)
+        if available > 0 {
+            write.pieces.append(buffer.readSlice(length: available)!)
+            write.bytesLeft -= available
+        }
+        guard write.bytesLeft == 0 else {
+            pending = write
+            return nil
+        }
+        pending = nil
+        write.write.payload = write.pieces.isEmpty ? NBDPayload(ByteBuffer()) : NBDPayload(pieces: write.pieces)
+        return write.type == 5 ? .data(write.write) : .resyncData(write.write)
+    }
+
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> PeerFrame? {
         if let frame = try decode(buffer: &buffer) { return frame }
+        if let pending { throw PeerWireError.truncatedFrame(bytesLeft: pending.bytesLeft) }
         if buffer.readableBytes > 0 { throw PeerWireError.truncatedFrame(bytesLeft: buffer.readableBytes) }
         return nil
     }

@@ -179,7 +179,8 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         pair.deliver()
         for block in 0..<10 {
             let outcome = Outcome()
-            pair.a.write(offset: UInt64(block) * 65536, payload: payload(0x61), fua: false, completion: outcome.completion)
+            pair.a.write(
+                offset: UInt64(block) * 65536, payload: payload(0x61), fua: false, completion: outcome.completion)
             #expect(outcome.succeeded, "protocol A never blocks the client")
         }
         #expect(pair.a.status.outOfSyncBytes == 7 * 65536, "writes past the window are marked, not queued")

@@ -86,6 +86,7 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
         try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 256 << 10))
             .childChannelInitializer(pipelineSetup(isDialer: false))
             .bind(host: local.address, port: local.port).get()
     }
@@ -96,6 +97,7 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
             do {
                 let channel = try await ClientBootstrap(group: group)
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 256 << 10))
                     .connectTimeout(.seconds(2))
                     .channelInitializer(pipelineSetup(isDialer: true))
                     .connect(host: peer.address, port: peer.port).get()
