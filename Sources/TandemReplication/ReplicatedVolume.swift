@@ -225,8 +225,11 @@ public final class ReplicatedVolume: Sendable {
         let generations = DataGenerations(
             current: stored.current, bitmap: stored.bitmap,
             history: [stored.history.0, stored.history.1].filter { $0 != 0 })
-        state = Mutex(
-            State(generations: generations, metadata: local.metadata, bitmap: bitmap, activityLog: activityLog))
+        var initial = State(
+            generations: generations, metadata: local.metadata, bitmap: bitmap, activityLog: activityLog)
+        // A volume with a configured peer is waiting for it; a lone node's volume stands alone.
+        initial.connection = peerConfigured ? .connecting : .standAlone
+        state = Mutex(initial)
     }
 
     /// Makes the bitmap durable and empties the activity log: a clean shutdown.

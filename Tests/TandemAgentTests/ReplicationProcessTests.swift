@@ -282,4 +282,19 @@ func freeLoopbackPort() throws -> Int {
         cluster.stop("b")
         #expect(try cluster.identical())
     }
+
+    @Test func wrongSharedSecret_isRefusedWithTheReason_andNothingReplicates() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
+        try cluster.start("a")
+        // b reads another secret: each side must refuse the other's proof.
+        try "ffffffffffffffffffffffffffffffff\n".write(
+            toFile: "\(cluster.directory.path)/secret", atomically: true, encoding: .utf8)
+        try cluster.start("b")
+        try cluster.waitFor("the handshake to be refused") {
+            (cluster.log("a") + cluster.log("b")).contains("failed authentication (wrong shared secret?)")
+        }
+        #expect(cluster.field("a", "connection") == "connecting")
+        #expect(cluster.field("b", "connection") == "connecting")
+        #expect(cluster.field("a", "peerRole") == "<null>" || cluster.field("a", "peerRole") == nil)
+    }
 }
