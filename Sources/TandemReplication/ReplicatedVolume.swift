@@ -94,6 +94,8 @@ public final class ReplicatedVolume: Sendable {
     /// Breaks ties between two secondaries with marked regions; the peer must get the opposite.
     let preferredInTies: Bool
     let activityLogPath: String
+    /// Orders local writes with their sends to the peer (see `replicate`).
+    let writeOrder = Mutex<Void>(())
     /// Serialises activity-log writes, so the file never goes back to an older set of extents.
     let activityLogWrite = Mutex<Void>(())
     /// What opening the volume found (for example, extents recovered from a crash).
@@ -353,43 +355,33 @@ public final class ReplicatedVolume: Sendable {
 
     /// Writes locally and replicates; `completion` runs when the protocol's guarantee holds.
     public func write(offset: UInt64, payload: NBDPayload, fua: Bool, completion: @escaping Completion) {
-        if let error = beginActivity(offset: offset, length: UInt64(payload.count)) {
-            return completion(.failure(error))
-        }
-        var position = offset
-        do throws(StorageError) {
+        replicate(
+            offset: offset, length: UInt64(payload.count), flags: fua ? PeerWriteFlags.fua : 0, payload: payload,
+            completion: completion
+        ) { () throws(StorageError) in
+            var position = offset
             for piece in payload.pieces {
                 try piece.withUnsafeReadableBytes { (bytes) throws(StorageError) in try store.write(bytes, at: position)
                 }
                 position += UInt64(piece.readableBytes)
             }
-        } catch {
-            completion(.failure(error))
-            return
         }
-        replicate(
-            offset: offset, length: UInt64(payload.count), flags: fua ? 1 : 0, payload: payload, completion: completion)
     }
 
     /// Zeroes (or, with `trim`, discards) a range locally and replicates it as zeroes.
     public func writeZeroes(offset: UInt64, length: UInt64, fua: Bool, trim: Bool, completion: @escaping Completion) {
-        if let error = beginActivity(offset: offset, length: length) { return completion(.failure(error)) }
-        do {
+        var lengthField = ByteBuffer()
+        lengthField.writeInteger(length)
+        replicate(
+            offset: offset, length: length, flags: (fua ? PeerWriteFlags.fua : 0) | PeerWriteFlags.zeroes,
+            payload: NBDPayload(lengthField), completion: completion
+        ) { () throws(StorageError) in
             if trim {
                 try store.trim(offset: offset, length: length)
             } else {
                 try store.writeZeroes(offset: offset, length: length, mayDeallocate: true)
             }
-        } catch {
-            endActivity(offset: offset, length: length)
-            completion(.failure(error))
-            return
         }
-        var lengthField = ByteBuffer()
-        lengthField.writeInteger(length)
-        replicate(
-            offset: offset, length: length, flags: (fua ? 1 : 0) | PeerWriteFlags.zeroes,
-            payload: NBDPayload(lengthField), completion: completion)
     }
 
     /// Makes every completed write durable locally and, when connected under B or C, on the peer.
@@ -417,30 +409,29 @@ public final class ReplicatedVolume: Sendable {
         state.peer != nil && (state.connection == .connected || state.connection == .syncSource)
     }
 
+    /// Applies `change` locally and queues it for the peer as one step: with a peer, writes from
+    /// all connections pass one at a time, so both copies apply overlapping writes in the same order.
     private func replicate(
-        offset: UInt64, length: UInt64, flags: UInt8, payload: NBDPayload, completion: @escaping Completion
+        offset: UInt64, length: UInt64, flags: UInt8, payload: NBDPayload, completion: @escaping Completion,
+        change: () throws(StorageError) -> Void
     ) {
         let fua = flags & PeerWriteFlags.fua != 0
-        let sent: UInt64? = state.withLock { state in
-            let windowFull = configuration.protocol == .a && state.asyncBytesInFlight + length > asyncWindowBytes
-            guard let peer = state.peer, isReplicating(state), !windowFull else {
-                if peerConfigured {
-                    state.bitmap.mark(offset: offset, length: length)
-                    state.activityLog.end(offset: offset, length: length)
+        if let error = beginActivity(offset: offset, length: length) { return completion(.failure(error)) }
+        let sent: UInt64?
+        do throws(StorageError) {
+            if peerConfigured {
+                sent = try writeOrder.withLock { _ throws(StorageError) -> UInt64? in
+                    try change()
+                    return queueForPeer(
+                        offset: offset, length: length, flags: flags, payload: payload, completion: completion)
                 }
-                return nil
+            } else {
+                try change()
+                sent = nil
             }
-            let sequence = state.nextSequence
-            state.nextSequence += 1
-            let completesOn: PeerAck.Kind = configuration.protocol == .b && !fua ? .received : .written
-            state.pending[sequence] = Pending(
-                offset: offset, length: length, completion: completion, completesOn: completesOn,
-                localDone: !fua, peerDone: configuration.protocol == .a)
-            if configuration.protocol == .a { state.asyncBytesInFlight += length }
-            let write = PeerWrite(
-                volume: index, sequence: sequence, epoch: state.epoch, offset: offset, flags: flags, payload: payload)
-            peer.send([.data(write)])
-            return sequence
+        } catch {
+            endActivity(offset: offset, length: length)
+            return completion(.failure(error))
         }
         guard let sequence = sent else {
             // Not replicated: the region is marked in memory, and its extent is in the durable
@@ -457,6 +448,33 @@ public final class ReplicatedVolume: Sendable {
             } catch {
                 fail(sequence: sequence, result: .failure(error))
             }
+        }
+    }
+
+    /// Sends a locally applied change to the peer, or marks it when it cannot go now; returns the
+    /// sequence number when sent.
+    private func queueForPeer(
+        offset: UInt64, length: UInt64, flags: UInt8, payload: NBDPayload, completion: @escaping Completion
+    ) -> UInt64? {
+        let fua = flags & PeerWriteFlags.fua != 0
+        return state.withLock { state in
+            let windowFull = configuration.protocol == .a && state.asyncBytesInFlight + length > asyncWindowBytes
+            guard let peer = state.peer, isReplicating(state), !windowFull else {
+                state.bitmap.mark(offset: offset, length: length)
+                state.activityLog.end(offset: offset, length: length)
+                return nil
+            }
+            let sequence = state.nextSequence
+            state.nextSequence += 1
+            let completesOn: PeerAck.Kind = configuration.protocol == .b && !fua ? .received : .written
+            state.pending[sequence] = Pending(
+                offset: offset, length: length, completion: completion, completesOn: completesOn,
+                localDone: !fua, peerDone: configuration.protocol == .a)
+            if configuration.protocol == .a { state.asyncBytesInFlight += length }
+            let write = PeerWrite(
+                volume: index, sequence: sequence, epoch: state.epoch, offset: offset, flags: flags, payload: payload)
+            peer.send([.data(write)])
+            return sequence
         }
     }
 
