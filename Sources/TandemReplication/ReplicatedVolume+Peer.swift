@@ -242,8 +242,11 @@ extension ReplicatedVolume {
                 progress: ResyncProgress(source: .peer, totalBytes: 0, doneBytes: 0, startedAt: .now))
             return (state.peer, [.volumeState(volumeState(state))])
         }
+        // Durable first: a target that restarts mid-resync must know it is not a source.
+        let error = persistMetadata()
         // The source decides from this state: an inconsistent peer is always a target.
         peer?.send(frames)
+        if let error { return [event("\(error)")] }
         return [event("resync as target: this copy is inconsistent until the resync ends")]
     }
 

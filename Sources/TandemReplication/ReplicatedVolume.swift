@@ -231,6 +231,8 @@ public final class ReplicatedVolume: Sendable {
             generations: generations, metadata: local.metadata, bitmap: bitmap, activityLog: activityLog)
         // A volume with a configured peer is waiting for it; a lone node's volume stands alone.
         initial.connection = peerConfigured ? .connecting : .standAlone
+        // A resync target that stopped before the end stays inconsistent until a resync finishes.
+        initial.disk = local.metadata.inconsistent ? .inconsistent : .upToDate
         state = Mutex(initial)
     }
 
@@ -566,6 +568,7 @@ public final class ReplicatedVolume: Sendable {
             let history = state.generations.history + [0, 0]
             metadata.generations = .init(
                 current: state.generations.current, bitmap: state.generations.bitmap, history: (history[0], history[1]))
+            metadata.inconsistent = state.disk == .inconsistent
             state.metadata = metadata
             return metadata
         }

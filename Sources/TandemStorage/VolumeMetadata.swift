@@ -7,8 +7,8 @@ import TandemCore
 
 /// The identity of a volume's data, kept in a metadata file beside the backing store.
 public struct VolumeMetadata: Sendable, Equatable {
-    /// The layout version this code writes.
-    public static let currentFormat: UInt32 = 1
+    /// The layout version this code writes; format 1 (no flags) is still read.
+    public static let currentFormat: UInt32 = 2
 
     /// The volume's name in the config.
     public var volumeName: String
@@ -18,13 +18,18 @@ public struct VolumeMetadata: Sendable, Equatable {
     public var sizeBytes: UInt64
     /// Data-generation identifiers: which history this copy of the data belongs to.
     public var generations: Generations
+    /// The copy is the target of an unfinished resync: partly old, partly new, never a source.
+    public var inconsistent: Bool
 
     /// Creates metadata.
-    public init(volumeName: String, volumeID: UInt128, sizeBytes: UInt64, generations: Generations) {
+    public init(
+        volumeName: String, volumeID: UInt128, sizeBytes: UInt64, generations: Generations, inconsistent: Bool = false
+    ) {
         self.volumeName = volumeName
         self.volumeID = volumeID
         self.sizeBytes = sizeBytes
         self.generations = generations
+        self.inconsistent = inconsistent
     }
 
     /// Data-generation identifiers (current, bitmap, history), as DRBD keeps them.
@@ -105,6 +110,7 @@ public enum MetadataFile {
         append(metadata.generations.bitmap, to: &payload)
         append(metadata.generations.history.0, to: &payload)
         append(metadata.generations.history.1, to: &payload)
+        append(UInt64(metadata.inconsistent ? 1 : 0), to: &payload)
         var bytes = magic
         append(VolumeMetadata.currentFormat, to: &bytes)
         append(UInt32(payload.count), to: &bytes)
@@ -130,17 +136,27 @@ public enum MetadataFile {
             let hex = { (value: UInt32) in "0x" + String(value, radix: 16) }
             throw .corrupt(path: path, reason: "checksum \(hex(stored)) stored, \(hex(computed)) computed")
         }
-        guard format == VolumeMetadata.currentFormat else { throw .unsupportedFormat(path: path, format: format) }
+        guard format == 1 || format == VolumeMetadata.currentFormat else {
+            throw .unsupportedFormat(path: path, format: format)
+        }
         guard let nameLength = reader.uint32(), let name = reader.bytes(Int(nameLength)),
             let idHigh = reader.uint64(), let idLow = reader.uint64(), let size = reader.uint64(),
             let current = reader.uint64(), let bitmap = reader.uint64(),
             let history0 = reader.uint64(), let history1 = reader.uint64()
         else { throw .corrupt(path: path, reason: "payload shorter than its fields") }
+        var flags: UInt64 = 0
+        if format >= 2 {
+            guard let stored = reader.uint64() else {
+                throw .corrupt(path: path, reason: "payload shorter than its fields")
+            }
+            flags = stored
+        }
         return VolumeMetadata(
             volumeName: String(decoding: name, as: UTF8.self),
             volumeID: UInt128(idHigh) << 64 | UInt128(idLow),
             sizeBytes: size,
-            generations: .init(current: current, bitmap: bitmap, history: (history0, history1))
+            generations: .init(current: current, bitmap: bitmap, history: (history0, history1)),
+            inconsistent: flags & 1 != 0
         )
     }
 

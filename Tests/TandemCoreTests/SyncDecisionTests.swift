@@ -26,8 +26,10 @@ import Testing
         (forkOld, forkOther, false, false, .splitBrain(bitmapsCover: false)),
         (a, stranger, false, false, .unrelated),
         (a, a, true, false, .fullResync(source: .peer)),
-        (aTracking, a, false, true, .fullResync(source: .local)),
+        (aTracking, a, false, true, .partialResync(source: .local)),
         (a, a, true, true, .unrelated),
+        (a, aTracking, true, false, .partialResync(source: .peer)),
+        (fresh, a, true, false, .fullResync(source: .peer)),
     ])
     func decide_coversEveryOutcome_symmetrically(
         local: DataGenerations, peer: DataGenerations, localInconsistent: Bool, peerInconsistent: Bool,

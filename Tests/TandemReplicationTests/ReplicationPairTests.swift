@@ -54,7 +54,7 @@ final class LinkQueue: PeerSender {
 struct Pair {
     let directory = TemporaryDirectory()
     var a: ReplicatedVolume
-    let b: ReplicatedVolume
+    var b: ReplicatedVolume
     let open: (String) throws -> ReplicatedVolume
     let aToB = LinkQueue()
     let bToA = LinkQueue()
@@ -77,6 +77,13 @@ struct Pair {
         a = try open("a")
         b = try open("b")
         self.open = open
+    }
+
+    /// Opens `b` again from its files, as after a crash of that node.
+    func restartingB() throws -> Pair {
+        var copy = self
+        copy.b = try open("b")
+        return copy
     }
 
     /// Opens `a` again from its files, as a node does after `kill -9`.
@@ -274,6 +281,36 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         _ = try pair.a.startVerify()
         pair.deliver()
         #expect(pair.a.status.lastVerify?.outOfSyncRegions == [])
+    }
+
+    @Test func resyncInterruptedByATargetRestart_resumesFromTheSourcesBitmap() throws {
+        var pair = try connectedPair(.c)
+        pair.disconnect()
+        for block in 0..<32 {
+            pair.a.write(
+                offset: UInt64(block) * 65536, payload: payload(0x77, count: 65536), fua: false, completion: { _ in })
+        }
+        pair.a.peerConnected(pair.aToB)
+        pair.b.peerConnected(pair.bToA)
+        // Deliver only the first exchanges: the resync starts, a few blocks arrive, then the target dies.
+        for _ in 0..<2 {
+            for frame in pair.aToB.take() { _ = pair.b.receive(frame) }
+            for frame in pair.bToA.take() { _ = pair.a.receive(frame) }
+        }
+        #expect(pair.b.status.connection == .syncTarget)
+        pair.aToB.drop()
+        pair.bToA.drop()
+        _ = pair.a.peerDisconnected()
+        pair = try pair.restartingB()
+        #expect(pair.b.status.disk == .inconsistent, "a target that died mid-resync remembers it")
+        #expect(throws: RoleError.self) { try pair.b.setRole(.primary) }
+        let left = pair.a.status.outOfSyncBytes
+        #expect(left > 0 && left < 32 * 65536)
+        let before = pair.aToB.resyncBytes.load(ordering: .relaxed)
+        pair.connect()
+        #expect(pair.aToB.resyncBytes.load(ordering: .relaxed) - before == left, "only what was left is sent")
+        #expect(pair.b.status.disk == .upToDate)
+        #expect(try pair.identical())
     }
 
     @Test func cleanClose_leavesNothingMarked() throws {

@@ -116,6 +116,19 @@ private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size
         #expect(access(path + ".tmp", F_OK) != 0, "the temporary file must be renamed away")
     }
 
+    @Test func inconsistentFlag_roundTrips_andFormat1FilesAreStillRead() throws {
+        var flagged = sample
+        flagged.inconsistent = true
+        #expect(try MetadataFile.decode(MetadataFile.encode(flagged), path: "m") == flagged)
+        // A format-1 file: the same layout without the flags word.
+        var bytes = Array(MetadataFile.encode(sample).dropLast(4 + 8))
+        bytes.replaceSubrange(8..<12, with: [0, 0, 0, 1])
+        let payloadLength = UInt32(bytes.count - 16)
+        bytes.replaceSubrange(12..<16, with: withUnsafeBytes(of: payloadLength.bigEndian) { Array($0) })
+        bytes += withUnsafeBytes(of: CRC32C.checksum(bytes).bigEndian) { Array($0) }
+        #expect(try MetadataFile.decode(bytes, path: "m") == sample)
+    }
+
     @Test func load_missingFile_isNil() throws {
         #expect(try MetadataFile.load(path: "/tmp/does-not-exist.tandem-meta") == nil)
     }

@@ -86,7 +86,8 @@ public enum SyncDecision: Sendable, Equatable {
     /// arguments swapped, reaches the mirrored decision.
     ///
     /// `localInconsistent` and `peerInconsistent` say that a copy is known to be partially written
-    /// (an interrupted resync target); such a copy can never be a source.
+    /// (an interrupted resync target); such a copy can never be a source, and its resync resumes
+    /// from the source's bitmap when the generations allow.
     ///
     /// With equal generations, marked regions can only come from a crash (the activity log of a
     /// primary that died with writes in flight) or from writes the peer refused; those regions are
@@ -98,10 +99,16 @@ public enum SyncDecision: Sendable, Equatable {
         marks: Marks = Marks()
     ) -> SyncDecision {
         switch (localInconsistent, peerInconsistent) {
-        case (true, true): return .unrelated
-        case (true, false): return .fullResync(source: .peer)
-        case (false, true): return .fullResync(source: .local)
-        case (false, false): break
+        case (true, true):
+            return .unrelated
+        case (true, false), (false, true):
+            // An interrupted resync resumes from the source's bitmap when the generations still say
+            // so; anything else starts over with a full resync from the consistent side.
+            let source: PeerSide = localInconsistent ? .peer : .local
+            let plain = decide(local: local, peer: peer, marks: marks)
+            return plain == .partialResync(source: source) ? plain : .fullResync(source: source)
+        case (false, false):
+            break
         }
         if local.current == peer.current {
             if local.current == DataGenerations.created { return .awaitingInitialSource }
