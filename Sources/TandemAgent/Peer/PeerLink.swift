@@ -34,7 +34,8 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let maximumFrameBytes: Int
-    private let current = Mutex<(any Channel)?>(nil)
+    /// The established link and the node that dialed it.
+    private let current = Mutex<(channel: any Channel, dialer: String)?>(nil)
     private let listener = Mutex<(any Channel)?>(nil)
 
     /// Creates the link; `secret` is the cluster's shared secret.
@@ -53,8 +54,8 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
         self.maximumFrameBytes = max(configuration.limits.nbdMaxRequestBytes, 64 << 20) + (64 << 10)
     }
 
-    /// Whether this node dials (the other accepts).
-    public var isDialer: Bool { local.name < peer.name }
+    /// Whether links this node dials win over links the peer dials (the name that sorts first wins).
+    public var dialsPreferredLinks: Bool { local.name < peer.name }
 
     /// Listens, dials if this node dials, and keeps the link up until graceful shutdown.
     public func run() async throws {
@@ -62,12 +63,12 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
         listener.withLock { $0 = server }
         logger.info("peer link listening on \(server.localAddress.map { "\($0)" } ?? "?") for \(peer.name)")
         await withTaskGroup(of: Void.self) { tasks in
-            if isDialer { tasks.addTask { await self.dialForever() } }
+            tasks.addTask { await self.dialForever() }
             try? await gracefulShutdown()
             // Closing the link ends the dialer's wait on it; cancelling ends its back-off sleep.
             tasks.cancelAll()
             try? await server.close()
-            if let channel = current.withLock({ $0 }) { try? await channel.close() }
+            if let link = current.withLock({ $0 }) { try? await link.channel.close() }
         }
     }
 
@@ -94,9 +95,19 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
             .bind(host: local.address, port: local.port).get()
     }
 
+    /// Both nodes dial, so either can open the link. The node whose links lose a tie only dials
+    /// while no link is up, which keeps the two from replacing each other's links in a loop.
     private func dialForever() async {
         var backoff = Duration.milliseconds(100)
         while !Task.isCancelled {
+            if !dialsPreferredLinks, current.withLock({ $0 != nil }) {
+                do {
+                    try await Task.sleep(for: .milliseconds(500))
+                } catch {
+                    return
+                }
+                continue
+            }
             do {
                 let channel = try await ClientBootstrap(group: group)
                     .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -127,18 +138,43 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
 
     // MARK: PeerLinkDelegate
 
-    func linkEstablished(_ channel: any Channel) {
-        let previous = current.withLock { current -> (any Channel)? in
-            defer { current = channel }
-            return current
+    func linkEstablished(_ channel: any Channel, dialedHere: Bool) {
+        let dialer = dialedHere ? local.name : peer.name
+        let preferred = min(local.name, peer.name)
+        enum Outcome {
+            case use
+            case replace(any Channel)
+            case refuse
         }
-        // A new connection from the dialer means it gave up on the old one; close that first so
-        // the volumes see the disconnection before the new link.
-        if let previous, previous !== channel {
-            previous.close(promise: nil)
-            previous.closeFuture.whenComplete { _ in self.connectVolumes(channel) }
-        } else {
+        // Both nodes apply the same rule, so both keep the same link when two cross.
+        let outcome = current.withLock { current -> Outcome in
+            guard let existing = current, existing.channel !== channel else {
+                current = (channel, dialer)
+                return .use
+            }
+            if existing.dialer == preferred, dialer != preferred { return .refuse }
+            current = (channel, dialer)
+            return .replace(existing.channel)
+        }
+        switch outcome {
+        case .use:
             connectVolumes(channel)
+        case .refuse:
+            logger.info("closing a second link to \(peer.name): the one \(preferred) dialed is kept")
+            channel.close(promise: nil)
+        case .replace(let previous):
+            // The volumes see the old link go before the new one comes.
+            previous.close(promise: nil)
+            previous.closeFuture.whenComplete { _ in
+                self.disconnectVolumes()
+                self.connectVolumes(channel)
+            }
+        }
+    }
+
+    private func disconnectVolumes() {
+        for volume in volumes.values {
+            for event in volume.peerDisconnected() { logger.info("\(event)") }
         }
     }
 
@@ -158,15 +194,13 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
 
     func linkClosed(_ channel: any Channel) {
         let wasCurrent = current.withLock { current -> Bool in
-            guard let active = current, active === channel else { return false }
+            guard let active = current, active.channel === channel else { return false }
             current = nil
             return true
         }
         guard wasCurrent else { return }
         logger.warning("peer link to \(peer.name) lost")
-        for volume in volumes.values {
-            for event in volume.peerDisconnected() { logger.info("\(event)") }
-        }
+        disconnectVolumes()
     }
 }
 

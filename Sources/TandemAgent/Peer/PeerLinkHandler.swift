@@ -44,8 +44,8 @@ struct PeerLinkSettings: Sendable {
 
 /// Receives the events of an authenticated link.
 protocol PeerLinkDelegate: Sendable {
-    /// The handshake completed on `channel`.
-    func linkEstablished(_ channel: any Channel)
+    /// The handshake completed on `channel`, which this node dialed or accepted.
+    func linkEstablished(_ channel: any Channel, dialedHere: Bool)
     /// A frame arrived on an established link.
     func linkReceived(_ frame: PeerFrame, on channel: any Channel)
     /// An established link closed.
@@ -190,7 +190,7 @@ final class PeerLinkHandler: ChannelInboundHandler {
         phase = .established
         logger.info("peer link to \(settings.peerName) established (\(isDialer ? "dialed" : "accepted"))")
         scheduleKeepAlive(context: context)
-        delegate.linkEstablished(context.channel)
+        delegate.linkEstablished(context.channel, dialedHere: isDialer)
     }
 
     /// Pings every interval and closes a link whose peer has been silent too long.
