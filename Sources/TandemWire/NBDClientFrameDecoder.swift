@@ -92,6 +92,29 @@ public struct NBDPayload: Equatable, Sendable {
     }
 }
 
+/// Collects a payload of known length from whatever bytes arrive, as slices of the receive
+/// buffers: a large write is never copied into one growing buffer.
+struct PayloadCollector {
+    private var pieces: [ByteBuffer] = []
+    /// Bytes still to come.
+    private(set) var bytesLeft: Int
+
+    init(length: Int) {
+        bytesLeft = length
+    }
+
+    /// Takes what `buffer` holds of the payload; returns the payload once its last byte is in.
+    mutating func take(from buffer: inout ByteBuffer) -> NBDPayload? {
+        let available = min(bytesLeft, buffer.readableBytes)
+        if available > 0 {
+            pieces.append(buffer.readSlice(length: available)!)
+            bytesLeft -= available
+        }
+        guard bytesLeft == 0 else { return nil }
+        return pieces.isEmpty ? NBDPayload(ByteBuffer()) : NBDPayload(pieces: pieces)
+    }
+}
+
 /// Why a client's byte stream cannot be decoded; the connection is then closed.
 public enum NBDWireError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A frame did not start with `IHAVEOPT` or the request magic.
@@ -134,8 +157,7 @@ public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     private struct PendingWrite {
         var request: NBDRequest
-        var pieces: [ByteBuffer]
-        var bytesLeft: Int
+        var payload: PayloadCollector
     }
 
     /// Creates a decoder; `expectClientFlags` is false for a stream that starts after the greeting
@@ -165,7 +187,7 @@ public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> NBDClientMessage? {
         if let message = try decode(buffer: &buffer) { return message }
-        if let pending = pendingWrite { throw NBDWireError.truncatedFrame(bytesLeft: pending.bytesLeft) }
+        if let pending = pendingWrite { throw NBDWireError.truncatedFrame(bytesLeft: pending.payload.bytesLeft) }
         if buffer.readableBytes > 0 { throw NBDWireError.truncatedFrame(bytesLeft: buffer.readableBytes) }
         return nil
     }
@@ -200,23 +222,18 @@ public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
         buffer.moveReaderIndex(forwardBy: 28)
         // Take the payload as slices of whatever has arrived, so that a large write is never copied
         // into a growing buffer; the request is yielded once the last byte is in.
-        pendingWrite = PendingWrite(request: request, pieces: [], bytesLeft: Int(length))
+        pendingWrite = PendingWrite(request: request, payload: PayloadCollector(length: Int(length)))
         return continueWrite(&buffer)
     }
 
     private mutating func continueWrite(_ buffer: inout ByteBuffer) -> NBDClientMessage? {
         guard var pending = pendingWrite else { preconditionFailure("continueWrite without a pending write") }
-        let available = min(pending.bytesLeft, buffer.readableBytes)
-        if available > 0 {
-            pending.pieces.append(buffer.readSlice(length: available)!)
-            pending.bytesLeft -= available
-        }
-        guard pending.bytesLeft == 0 else {
+        guard let payload = pending.payload.take(from: &buffer) else {
             pendingWrite = pending
             return nil
         }
         pendingWrite = nil
-        pending.request.payload = pending.pieces.isEmpty ? NBDPayload(ByteBuffer()) : NBDPayload(pieces: pending.pieces)
+        pending.request.payload = payload
         return .request(pending.request)
     }
 }

@@ -264,8 +264,7 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
     private struct PendingWrite {
         var type: UInt8
         var write: PeerWrite
-        var pieces: [ByteBuffer]
-        var bytesLeft: Int
+        var payload: PayloadCollector
     }
 
     /// Bytes of a write frame's body before its payload: volume, sequence, epoch, offset, flags.
@@ -310,29 +309,25 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
         let write = PeerWrite(
             volume: volume, sequence: sequence, epoch: epoch, offset: offset, flags: flags,
             payload: NBDPayload(ByteBuffer()))
-        pending = PendingWrite(type: type, write: write, pieces: [], bytesLeft: length - Self.writeFieldBytes)
+        pending = PendingWrite(
+            type: type, write: write, payload: PayloadCollector(length: length - Self.writeFieldBytes))
         return continueWrite(&buffer)
     }
 
     private mutating func continueWrite(_ buffer: inout ByteBuffer) -> PeerFrame? {
         guard var write = pending else { preconditionFailure("continueWrite without a pending write") }
-        let available = min(write.bytesLeft, buffer.readableBytes)
-        if available > 0 {
-            write.pieces.append(buffer.readSlice(length: available)!)
-            write.bytesLeft -= available
-        }
-        guard write.bytesLeft == 0 else {
+        guard let payload = write.payload.take(from: &buffer) else {
             pending = write
             return nil
         }
         pending = nil
-        write.write.payload = write.pieces.isEmpty ? NBDPayload(ByteBuffer()) : NBDPayload(pieces: write.pieces)
+        write.write.payload = payload
         return write.type == 5 ? .data(write.write) : .resyncData(write.write)
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> PeerFrame? {
         if let frame = try decode(buffer: &buffer) { return frame }
-        if let pending { throw PeerWireError.truncatedFrame(bytesLeft: pending.bytesLeft) }
+        if let pending { throw PeerWireError.truncatedFrame(bytesLeft: pending.payload.bytesLeft) }
         if buffer.readableBytes > 0 { throw PeerWireError.truncatedFrame(bytesLeft: buffer.readableBytes) }
         return nil
     }

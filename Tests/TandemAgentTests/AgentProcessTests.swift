@@ -26,23 +26,6 @@ import Testing
         return path
     }
 
-    /// A free TCP port on loopback, chosen by the kernel.
-    private func freePort() throws -> Int {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
-            }
-        }
-        guard bound else { throw Tools.Failure(description: "no free port") }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
     private func startAgent(config: String) throws -> (Process, DataCollector) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try Tools.tandemBinary())
@@ -74,7 +57,7 @@ import Testing
 
     @Test func agent_servesA10GiBVolume_inUnder64MiB_andStopsCleanlyOnSIGTERM() throws {
         let directory = TemporaryDirectory()
-        let port = try freePort()
+        let port = try freeLoopbackPort()
         let config = try writeConfig(directory, port: port, size: "10GiB")
         let (process, errors) = try startAgent(config: config)
         defer { if process.isRunning { process.terminate() } }
@@ -103,7 +86,7 @@ import Testing
 
     @Test func agent_refusesToStart_whenMetadataIsCorrupt() throws {
         let directory = TemporaryDirectory()
-        let port = try freePort()
+        let port = try freeLoopbackPort()
         let config = try writeConfig(directory, port: port, size: "16MiB")
         try Tools.check(try Tools.tandemBinary(), ["config", "check", config])
         let (first, _) = try startAgent(config: config)
@@ -150,7 +133,7 @@ import Testing
 
     @Test func lab_servesItsVolume_printsTheGuide_andStopsOnCtrlC() throws {
         let directory = TemporaryDirectory()
-        let port = try freePort()
+        let port = try freeLoopbackPort()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try Tools.tandemBinary())
         process.arguments = ["lab", "--directory", "\(directory.path)/lab", "--size", "64MiB", "--port", "\(port)"]

@@ -124,6 +124,7 @@ final class TwoNodeCluster: @unchecked Sendable {
     }
 }
 
+/// A free TCP port on loopback, chosen by the kernel.
 func freeLoopbackPort() throws -> Int {
     let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(descriptor) }

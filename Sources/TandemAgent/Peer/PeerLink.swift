@@ -163,12 +163,11 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
             logger.info("closing a second link to \(peer.name): the one \(preferred) dialed is kept")
             channel.close(promise: nil)
         case .replace(let previous):
-            // The volumes see the old link go before the new one comes.
+            // Synchronously, before any frame of the new link is read: the volumes see the old
+            // link go, then the new one come; frames still arriving on the old one are dropped.
+            disconnectVolumes()
+            connectVolumes(channel)
             previous.close(promise: nil)
-            previous.closeFuture.whenComplete { _ in
-                self.disconnectVolumes()
-                self.connectVolumes(channel)
-            }
         }
     }
 
@@ -185,6 +184,7 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     }
 
     func linkReceived(_ frame: PeerFrame, on channel: any Channel) {
+        guard current.withLock({ $0?.channel === channel }) else { return }
         guard let index = frame.volumeIndex, let volume = volumes[index] else {
             logger.warning("peer sent a frame for unknown volume \(frame.volumeIndex.map(String.init) ?? "-")")
             return
