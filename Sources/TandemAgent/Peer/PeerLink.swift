@@ -54,6 +54,9 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
         self.maximumFrameBytes = max(configuration.limits.nbdMaxRequestBytes, 64 << 20) + (64 << 10)
     }
 
+    /// How long the link must be down before the node whose links lose ties dials too.
+    static let fallbackDialDelay = Duration.seconds(5)
+
     /// Whether links this node dials win over links the peer dials (the name that sorts first wins).
     public var dialsPreferredLinks: Bool { local.name < peer.name }
 
@@ -95,18 +98,25 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
             .bind(host: local.address, port: local.port).get()
     }
 
-    /// Both nodes dial, so either can open the link. The node whose links lose a tie only dials
-    /// while no link is up, which keeps the two from replacing each other's links in a loop.
+    /// Both nodes dial, so either can open the link. The node whose links lose a tie dials only
+    /// after the link has been down for `fallbackDialDelay`: two links crossing at every restart
+    /// would each time cut a resync short, and a target that misses the end of its resync must
+    /// start over.
     private func dialForever() async {
         var backoff = Duration.milliseconds(100)
+        var downSince = ContinuousClock.now
         while !Task.isCancelled {
-            if !dialsPreferredLinks, current.withLock({ $0 != nil }) {
-                do {
-                    try await Task.sleep(for: .milliseconds(500))
-                } catch {
-                    return
+            if !dialsPreferredLinks {
+                let up = current.withLock { $0 != nil }
+                if up { downSince = .now }
+                if up || ContinuousClock.now - downSince < Self.fallbackDialDelay {
+                    do {
+                        try await Task.sleep(for: .milliseconds(500))
+                    } catch {
+                        return
+                    }
+                    continue
                 }
-                continue
             }
             do {
                 let channel = try await ClientBootstrap(group: group)
