@@ -86,7 +86,8 @@ public struct Agent: Sendable {
                         MultiThreadedEventLoopGroup.singleton.next().scheduleTask(in: .nanoseconds(nanoseconds)) {
                             work()
                         }
-                    })
+                    },
+                    report: { event in logger.info("\(event)") })
                 for event in replicated.openingEvents { logger.warning("\(event)") }
                 if peer == nil {
                     // A lone node has nobody to contend with: it serves its volumes.

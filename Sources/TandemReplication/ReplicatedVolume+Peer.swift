@@ -330,7 +330,7 @@ extension ReplicatedVolume {
             let wait = Duration.nanoseconds(Int64(waitSeconds * 1e9))
             scheduleAfter(wait) { [self] in
                 state.withLock { $0.resync?.wakeScheduled = false }
-                for event in pumpResync() { _ = event }
+                for event in pumpResync() { report(event) }
             }
         }
         return false

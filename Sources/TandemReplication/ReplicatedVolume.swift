@@ -81,6 +81,8 @@ public final class ReplicatedVolume: Sendable {
     let bitmapPath: String
     let runBlocking: BlockingRunner
     let digest: RegionDigest
+    /// Receives events that arise outside a caller's request (a timer finishing a resync).
+    let report: @Sendable (ReplicationEvent) -> Void
     /// Runs work after a delay (the resync's rate limit waits with it).
     let scheduleAfter: @Sendable (Duration, @escaping @Sendable () -> Void) -> Void
     let newGeneration: @Sendable () -> UInt64
@@ -184,6 +186,7 @@ public final class ReplicatedVolume: Sendable {
         digest: @escaping RegionDigest = { bytes in withUnsafeBytes(of: CRC32C.checksum(bytes).bigEndian) { Array($0) }
         },
         scheduleAfter: @escaping @Sendable (Duration, @escaping @Sendable () -> Void) -> Void = { _, work in work() },
+        report: @escaping @Sendable (ReplicationEvent) -> Void = { _ in },
         newGeneration: @escaping @Sendable () -> UInt64 = { UInt64.random(in: 0x1000...UInt64.max) },
         asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16, activityLog: ActivityLog = ActivityLog()
     ) throws(MetadataError) {
@@ -198,6 +201,7 @@ public final class ReplicatedVolume: Sendable {
         self.runBlocking = runBlocking
         self.digest = digest
         self.scheduleAfter = scheduleAfter
+        self.report = report
         self.newGeneration = newGeneration
         self.asyncWindowBytes = asyncWindowBytes
         self.resyncWindow = resyncWindow
