@@ -63,6 +63,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(name: "TandemTestSupport", path: "Tests/TandemTestSupport"),
         .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore"]),
         .testTarget(
             name: "TandemWireTests",
@@ -72,10 +73,10 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "TandemStorageTests", dependencies: ["TandemStorage", "TandemCore"]),
+        .testTarget(name: "TandemStorageTests", dependencies: ["TandemStorage", "TandemCore", "TandemTestSupport"]),
         .testTarget(
             name: "TandemReplicationTests",
-            dependencies: ["TandemReplication", "TandemCore", "TandemStorage", "TandemWire"]
+            dependencies: ["TandemReplication", "TandemCore", "TandemStorage", "TandemWire", "TandemTestSupport"]
         ),
         .testTarget(
             name: "TandemAgentTests",
@@ -83,6 +84,7 @@ let package = Package(
                 "TandemAgent",
                 "TandemWire",
                 "TandemReplication",
+                "TandemTestSupport",
                 "TandemCore",
                 "TandemStorage",
                 .product(name: "NIOCore", package: "swift-nio"),

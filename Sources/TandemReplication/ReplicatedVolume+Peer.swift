@@ -165,13 +165,11 @@ extension ReplicatedVolume {
             state.splitBrain = report
             if state.discardLocal { return (.local, report) }
             if peerState.diskState == DiskState.outdated.code { return (.peer, report) }
-            let local = SplitBrainPolicy.Divergence(changedBytes: report.localChangedBytes, promotedEpoch: state.epoch)
+            let local = SplitBrainPolicy.Divergence(
+                changedBytes: report.localChangedBytes, promotedEpoch: state.epoch, isPrimary: state.role == .primary)
             let peer = SplitBrainPolicy.Divergence(
-                changedBytes: report.peerChangedBytes, promotedEpoch: peerState.epoch)
-            let victim = configuration.splitBrainPolicy.victim(local: local, peer: peer)
-            // A policy never discards the data of a node that is serving it as primary.
-            let victimIsPrimary = victim == .local ? state.role == .primary : peerState.role == 1
-            return (victimIsPrimary ? nil : victim, report)
+                changedBytes: report.peerChangedBytes, promotedEpoch: peerState.epoch, isPrimary: peerState.role == 1)
+            return (configuration.splitBrainPolicy.victim(local: local, peer: peer), report)
         }
         let found = event(
             "split brain: this node changed \(report.localChangedBytes) bytes, the peer \(report.peerChangedBytes) bytes"

@@ -1,4 +1,5 @@
 import NIOCore
+import TandemTestSupport
 import Testing
 
 @testable import TandemAgent

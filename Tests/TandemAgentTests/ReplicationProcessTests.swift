@@ -1,4 +1,5 @@
 import Foundation
+import TandemTestSupport
 import Testing
 
 /// Two real agents on loopback, driven through the `tandem` binary and real NBD clients.
@@ -119,6 +120,21 @@ final class TwoNodeCluster: @unchecked Sendable {
         }
     }
 
+    /// Starts both agents, makes `a` primary and waits for the initial sync.
+    func startInSyncWithPrimaryA(seconds: Double = 120) throws {
+        try start("a")
+        try start("b")
+        try volume("a", ["primary", "vol0"])
+        try waitInSync(seconds: seconds)
+    }
+
+    /// Stops both agents cleanly; whether their backing files are then identical.
+    func stopBothAndCompare() throws -> Bool {
+        stop("a")
+        stop("b")
+        return try identical()
+    }
+
     func identical() throws -> Bool {
         try Data(contentsOf: URL(fileURLWithPath: backing("a"))) == Data(contentsOf: URL(fileURLWithPath: backing("b")))
     }
@@ -145,10 +161,7 @@ func freeLoopbackPort() throws -> Int {
     @Test(arguments: ["A", "B", "C"])
     func writesThroughNBD_leaveBothBackingFilesIdentical(replication: String) throws {
         let cluster = try TwoNodeCluster(protocol: replication, size: "64MiB")
-        try cluster.start("a")
-        try cluster.start("b")
-        try cluster.volume("a", ["primary", "vol0"])
-        try cluster.waitInSync()
+        try cluster.startInSyncWithPrimaryA()
         try Tools.check(
             "fio",
             [
@@ -163,17 +176,12 @@ func freeLoopbackPort() throws -> Int {
         try cluster.waitFor("identical copies under protocol \(replication)", seconds: 30) { try cluster.identical() }
         let refused = try Tools.run("qemu-io", ["-f", "raw", "-c", "write -P 1 0 4k", cluster.uri("b")])
         #expect(refused.status != 0, "the secondary must refuse client writes")
-        cluster.stop("a")
-        cluster.stop("b")
-        #expect(try cluster.identical())
+        #expect(try cluster.stopBothAndCompare())
     }
 
     @Test func secondaryStopped_onePercentWritten_resyncMovesAtMostTwiceTheDirtiedBytes() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "1GiB")
-        try cluster.start("a")
-        try cluster.start("b")
-        try cluster.volume("a", ["primary", "vol0"])
-        try cluster.waitInSync(seconds: 300)
+        try cluster.startInSyncWithPrimaryA(seconds: 300)
         let fullSeconds = (try cluster.status("a")["lastResync"] as? [String: Any])?["seconds"] as? Double ?? 0
         cluster.stop("b")
         try cluster.waitFor("a to notice b is gone") { cluster.field("a", "connection") == "connecting" }
@@ -197,17 +205,12 @@ func freeLoopbackPort() throws -> Int {
             "resync after 1% written: moved \(moved) bytes for \(dirtied) dirtied; full sync \(fullSeconds) s, partial \(partialSeconds) s"
         )
         #expect(moved > 0 && moved <= 2 * dirtied, "moved \(moved) bytes for \(dirtied) dirtied")
-        cluster.stop("a")
-        cluster.stop("b")
-        #expect(try cluster.identical())
+        #expect(try cluster.stopBothAndCompare())
     }
 
     @Test func primaryKilledMidStream_afterRestartAndResync_copiesAreIdentical() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "256MiB")
-        try cluster.start("a")
-        try cluster.start("b")
-        try cluster.volume("a", ["primary", "vol0"])
-        try cluster.waitInSync()
+        try cluster.startInSyncWithPrimaryA()
         let stream = Process()
         stream.executableURL = URL(fileURLWithPath: try Tools.path(of: "fio"))
         stream.arguments = [
@@ -224,17 +227,12 @@ func freeLoopbackPort() throws -> Int {
         try cluster.start("a")
         try cluster.waitInSync()
         #expect(cluster.log("a").contains("marked for resync"), "the activity log must be replayed after a crash")
-        cluster.stop("a")
-        cluster.stop("b")
-        #expect(try cluster.identical())
+        #expect(try cluster.stopBothAndCompare())
     }
 
     @Test func splitBrain_isReportedWithDivergedBytes_andResolveDiscardLocalMakesCopiesIdentical() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "64MiB")
-        try cluster.start("a")
-        try cluster.start("b")
-        try cluster.volume("a", ["primary", "vol0"])
-        try cluster.waitInSync()
+        try cluster.startInSyncWithPrimaryA()
         cluster.stop("b")
         try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0xaa 0 1M", cluster.uri("a")])
         cluster.stop("a")
@@ -253,17 +251,12 @@ func freeLoopbackPort() throws -> Int {
         #expect(try cluster.volume("a", ["resolve", "vol0"]).status != 0, "resolve needs --discard-local")
         try cluster.volume("a", ["resolve", "vol0", "--discard-local"])
         try cluster.waitInSync()
-        cluster.stop("a")
-        cluster.stop("b")
-        #expect(try cluster.identical())
+        #expect(try cluster.stopBothAndCompare())
     }
 
     @Test func onlineVerify_findsTheBlockCorruptedBehindTandemsBack_andResyncRepairsIt() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "64MiB")
-        try cluster.start("a")
-        try cluster.start("b")
-        try cluster.volume("a", ["primary", "vol0"])
-        try cluster.waitInSync()
+        try cluster.startInSyncWithPrimaryA()
         try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0x3c 0 16M", cluster.uri("a")])
         try cluster.waitFor("identical copies") { try cluster.identical() }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: cluster.backing("b")))
@@ -279,9 +272,7 @@ func freeLoopbackPort() throws -> Int {
         #expect(result?["outOfSyncOffsets"] as? [Int] == [5 * 65536], "exactly the corrupted 64 KiB region")
         try cluster.waitInSync()
         #expect(cluster.log("a").contains("online verify finished"))
-        cluster.stop("a")
-        cluster.stop("b")
-        #expect(try cluster.identical())
+        #expect(try cluster.stopBothAndCompare())
     }
 
     @Test func wrongSharedSecret_isRefusedWithTheReason_andNothingReplicates() throws {

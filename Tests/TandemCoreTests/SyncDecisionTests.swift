@@ -108,4 +108,15 @@ import Testing
         #expect(policy.victim(local: local, peer: peer) == expected)
         #expect(policy.victim(local: peer, peer: local) == expected?.other, "both sides must agree")
     }
+
+    @Test(arguments: [SplitBrainPolicy.discardZeroChanges, .discardYoungerPrimary, .discardLeastChanges])
+    func victim_isNeverAServingPrimary(policy: SplitBrainPolicy) {
+        let loser = D(changedBytes: 0, promotedEpoch: 9, isPrimary: true)
+        let winner = D(changedBytes: 9, promotedEpoch: 1)
+        #expect(policy.victim(local: loser, peer: winner) == nil)
+        #expect(policy.victim(local: winner, peer: loser) == nil)
+        var secondary = loser
+        secondary.isPrimary = false
+        #expect(policy.victim(local: secondary, peer: winner) == .local)
+    }
 }

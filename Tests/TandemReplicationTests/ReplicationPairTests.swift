@@ -1,5 +1,6 @@
 import NIOCore
 import Synchronization
+import TandemTestSupport
 import Testing
 
 @testable import TandemCore
@@ -10,20 +11,6 @@ import Testing
 #if canImport(Glibc)
     import Glibc
 #endif
-
-/// A fresh directory under /tmp, removed when the test ends.
-final class TemporaryDirectory: Sendable {
-    let path: String
-
-    init() {
-        var template = Array("/tmp/tandem-test.XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }
-
-    deinit {
-        _ = system("rm -rf '\(path)'")
-    }
-}
 
 /// One direction of a simulated link: frames wait here until the test delivers them.
 final class LinkQueue: PeerSender {

@@ -1,3 +1,4 @@
+import TandemTestSupport
 import Testing
 
 @testable import TandemCore
@@ -6,20 +7,6 @@ import Testing
 #if canImport(Glibc)
     import Glibc
 #endif
-
-/// A fresh directory under /tmp, removed when the test ends.
-final class TemporaryDirectory {
-    let path: String
-
-    init() {
-        var template = Array("/tmp/tandem-test.XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }
-
-    deinit {
-        _ = system("rm -rf '\(path)'")
-    }
-}
 
 private func fileSize(_ path: String) -> Int? {
     var info = stat()

@@ -177,16 +177,25 @@ public enum SplitBrainPolicy: String, Sendable, Equatable, CaseIterable {
         public var changedBytes: UInt64
         /// The epoch in which this side last became primary (0 if it never did while apart).
         public var promotedEpoch: UInt64
+        /// Whether this side is serving the volume as primary now.
+        public var isPrimary: Bool
 
         /// Creates a divergence.
-        public init(changedBytes: UInt64, promotedEpoch: UInt64) {
+        public init(changedBytes: UInt64, promotedEpoch: UInt64, isPrimary: Bool = false) {
             self.changedBytes = changedBytes
             self.promotedEpoch = promotedEpoch
+            self.isPrimary = isPrimary
         }
     }
 
-    /// Which side's changes are discarded, or `nil` to stay disconnected.
+    /// Which side's changes are discarded, or `nil` to stay disconnected. No policy discards the
+    /// data of a side that is serving it as primary.
     public func victim(local: Divergence, peer: Divergence) -> PeerSide? {
+        guard let side = chosenVictim(local: local, peer: peer) else { return nil }
+        return (side == .local ? local : peer).isPrimary ? nil : side
+    }
+
+    private func chosenVictim(local: Divergence, peer: Divergence) -> PeerSide? {
         switch self {
         case .disconnect:
             return nil

@@ -4,26 +4,13 @@ import NIOPosix
 import TandemAgent
 import TandemReplication
 import TandemStorage
+import TandemTestSupport
 
 @testable import TandemCore
 
 #if canImport(Glibc)
     import Glibc
 #endif
-
-/// A fresh directory under /tmp, removed when the test ends.
-final class TemporaryDirectory: Sendable {
-    let path: String
-
-    init() {
-        var template = Array("/tmp/tandem-test.XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }
-
-    deinit {
-        _ = system("rm -rf '\(path)'")
-    }
-}
 
 /// An in-process NBD server on loopback serving file-backed exports from a temporary directory.
 struct TestServer: Sendable {
