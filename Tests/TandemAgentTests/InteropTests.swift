@@ -91,7 +91,7 @@ import Testing
                 [
                     "--name=verify", "--ioengine=nbd", "--uri=\(server.uri())", "--rw=\(pattern)", "--bs=\(blockSize)",
                     "--iodepth=\(depth)", "--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-                    "--verify_dump=0", "--randrepeat=0",
+                    "--verify_dump=0", "--verify_state_save=0", "--randrepeat=0",
                 ])
             #expect(!output.combined.contains("verify: bad"), "\(output.combined)")
             #expect(output.combined.contains("err= 0"), "\(output.combined)")
