@@ -31,6 +31,8 @@ for tool in fio nbdkit nbdinfo python3; do
 done
 
 top=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benchmarks/lib.sh
+. "$top/benchmarks/lib.sh"
 swift build -c release --package-path "$top" --product tandem >&2
 tandem="$top/.build/release/tandem"
 
@@ -86,16 +88,6 @@ workloads=(
   "rand-read-4K-qd16 randread 4k 16 iops"
 )
 
-measure() { # uri rw bs depth metric
-  fio --name=bench --ioengine=nbd $client_cpus --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="$size" \
-    --time_based --runtime="$runtime" --ramp_time=2 --output-format=json --output="$dir/fio.json" >/dev/null 2>&1
-  python3 - "$5" "$dir/fio.json" <<'PY'
-import json, sys
-job = json.load(open(sys.argv[2]))["jobs"][0]
-side = job["read"] if job["read"]["io_bytes"] > 0 else job["write"]
-print(side["bw_bytes"] / 1048576 if sys.argv[1] == "bw" else side["iops"])
-PY
-}
 
 echo "pinned: $pin; runtime ${runtime}s per figure after 2s ramp; backing files $size, preallocated"
 printf '%-22s %14s %14s %8s\n' workload tandem nbdkit ratio

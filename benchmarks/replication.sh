@@ -23,6 +23,8 @@ for tool in fio nbdkit nbdinfo python3; do
 done
 
 top=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benchmarks/lib.sh
+. "$top/benchmarks/lib.sh"
 swift build -c release --package-path "$top" --product tandem >&2
 tandem="$top/.build/release/tandem"
 dir=$(mktemp -d /var/tmp/tandem-replication.XXXXXX)
@@ -131,16 +133,6 @@ for uri in nbd://127.0.0.1:10931/ nbd://127.0.0.1:10932/vol0; do
   for _ in $(seq 1 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.1; done
 done
 
-measure() { # URI RW BS DEPTH METRIC
-  fio --name=bench --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="$size" \
-    --time_based --runtime="$runtime" --ramp_time=2 --output-format=json --output="$dir/fio.json" >/dev/null 2>&1
-  python3 - "$5" "$dir/fio.json" <<'PY'
-import json, sys
-job = json.load(open(sys.argv[2]))["jobs"][0]
-side = job["read"] if job["read"]["io_bytes"] > 0 else job["write"]
-print(side["bw_bytes"] / 1048576 if sys.argv[1] == "bw" else side["iops"])
-PY
-}
 
 echo "runtime ${runtime}s per figure after 2s ramp; volumes $size, preallocated; nothing pinned"
 printf '%-20s %12s %12s %8s %12s %8s %12s %8s\n' workload nbdkit single ratio "protocol C" ratio "protocol A" ratio
