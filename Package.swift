@@ -63,8 +63,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Optimised even in debug builds: CI runs a thousand simulated scenarios.
+        .target(name: "TandemSim", dependencies: ["TandemCore"], swiftSettings: [.unsafeFlags(["-O"])]),
         .target(name: "TandemTestSupport", path: "Tests/TandemTestSupport"),
         .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore"]),
+        .testTarget(name: "TandemSimTests", dependencies: ["TandemSim", "TandemCore"]),
         .testTarget(
             name: "TandemWireTests",
             dependencies: [

@@ -38,6 +38,7 @@ extension ReplicatedVolume {
                 if pending.length > 0 { state.bitmap.mark(offset: pending.offset, length: pending.length) }
                 state.pending[sequence]?.peerDone = true
                 state.pending[sequence]?.acknowledged = true
+                state.pending[sequence]?.alone = true
             }
             let sequences = Array(state.pending.keys)
             state.asyncBytesInFlight = 0
@@ -383,7 +384,7 @@ extension ReplicatedVolume {
 
     private func applyReplicated(_ write: PeerWrite) {
         let (peer, refuse) = state.withLock { state -> ((any PeerSender)?, Bool) in
-            let stale = write.epoch < (state.peerState?.epoch ?? 0)
+            let stale = write.epoch < max(state.peerState?.epoch ?? 0, state.fenceEpoch)
             return (state.peer, state.role == .primary || stale)
         }
         let index = self.index

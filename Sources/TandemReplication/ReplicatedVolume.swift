@@ -114,6 +114,8 @@ public final class ReplicatedVolume: Sendable {
         /// The peer's final answer (written, flushed or refused) arrived, or the peer is gone:
         /// once the client has its answer too, the entry can go.
         var acknowledged = false
+        /// The peer went away before it had the write: it completes on this node's copy alone.
+        var alone = false
     }
 
     struct State {
@@ -141,6 +143,12 @@ public final class ReplicatedVolume: Sendable {
         var knownPeerEpoch: UInt64 = 0
         /// Set by `resolveSplitBrain(discardLocal:)`: this side's changes lose the next split brain.
         var discardLocal = false
+        /// Whether writes the peer does not have may complete (see `setCompletesWithoutPeer`).
+        var completesWithoutPeer = true
+        /// Completions of writes the peer does not have, held until they may complete.
+        var held: [(Completion, Result<Void, StorageError>)] = []
+        /// The newest epoch known in the cluster: replicated writes from older ones are refused.
+        var fenceEpoch: UInt64 = 0
     }
 
     struct ResyncState {
@@ -302,13 +310,17 @@ public final class ReplicatedVolume: Sendable {
     /// Refused when it would make two primaries on a connected pair, or when this copy is not up
     /// to date. A node promoted while apart from its peer starts a new data generation so that the
     /// next connection knows which copy changed.
-    public func setRole(_ role: VolumeRole) throws(RoleError) {
+    public func setRole(_ role: VolumeRole, epoch: UInt64? = nil) throws(RoleError) {
         let frames: [PeerFrame]
         do {
             frames = try state.withLock { state throws(RoleError) -> [PeerFrame] in
                 guard role != state.role else { return [] }
                 if role == .primary {
                     try promote(&state)
+                    if let epoch {
+                        state.epoch = max(state.epoch, epoch)
+                        state.fenceEpoch = max(state.fenceEpoch, epoch)
+                    }
                 } else {
                     state.role = .secondary
                 }
@@ -442,8 +454,8 @@ public final class ReplicatedVolume: Sendable {
         guard let sequence = sent else {
             // Not replicated: the region is marked in memory, and its extent is in the durable
             // activity log, which keeps it marked across a crash.
-            guard fua else { return completion(.success(())) }
-            runBlocking { [store] in completion(Result { () throws(StorageError) in try store.flush() }) }
+            guard fua else { return completeAlone(completion, .success(())) }
+            runBlocking { [self] in completeAlone(completion, Result { () throws(StorageError) in try store.flush() }) }
             return
         }
         guard fua else { return completeIfReady(sequence: sequence) }
@@ -507,6 +519,10 @@ public final class ReplicatedVolume: Sendable {
             if pending.localDone, pending.peerDone {
                 completion = pending.completion
                 pending.completion = nil
+                if pending.alone, !state.completesWithoutPeer, let waiting = completion {
+                    state.held.append((waiting, .success(())))
+                    completion = nil
+                }
             }
             if pending.acknowledged, pending.localDone, pending.completion == nil {
                 removePending(sequence, from: &state)
@@ -516,6 +532,74 @@ public final class ReplicatedVolume: Sendable {
             return completion
         }
         completion?(.success(()))
+    }
+
+    /// Completes a write the peer does not have, or holds it while such writes may not complete.
+    func completeAlone(_ completion: @escaping Completion, _ result: Result<Void, StorageError>) {
+        let now = state.withLock { state -> Bool in
+            if state.completesWithoutPeer || state.role != .primary { return true }
+            state.held.append((completion, result))
+            return false
+        }
+        if now { completion(result) }
+    }
+
+    /// Whether writes the peer does not have may complete. A cluster whose peer may take over on
+    /// its own closes this until a voter has recorded that the peer is outdated: before that, an
+    /// acknowledged write could be missing from the next primary. Opening it completes what waited.
+    public func setCompletesWithoutPeer(_ allowed: Bool) {
+        let released = state.withLock { state -> [(Completion, Result<Void, StorageError>)] in
+            state.completesWithoutPeer = allowed
+            guard allowed else { return [] }
+            defer { state.held.removeAll() }
+            return state.held
+        }
+        for (completion, result) in released { completion(result) }
+    }
+
+    /// Completes held writes once the peer has them after all (a resync brought it back in sync),
+    /// or fails them when this node stops being primary.
+    public func releaseHeldWrites(failing: Bool = false) {
+        let released = state.withLock { state -> [(Completion, Result<Void, StorageError>)] in
+            defer { state.held.removeAll() }
+            return state.held
+        }
+        let failure = StorageError(path: store.path, operation: "write", reason: "no longer primary")
+        for (completion, result) in released { completion(failing ? .failure(failure) : result) }
+    }
+
+    /// Writes held until they may complete without the peer.
+    public var heldWrites: Int { state.withLock { $0.held.count } }
+
+    /// Requests in flight (sent to the peer and not yet answered).
+    public var writesInFlight: Int { state.withLock { $0.pending.values.filter { $0.completion != nil }.count } }
+
+    /// Refuses replicated writes from epochs before `epoch` from now on.
+    public func observeEpoch(_ epoch: UInt64) {
+        state.withLock { $0.fenceEpoch = max($0.fenceEpoch, epoch) }
+    }
+
+    // MARK: Lease gate
+
+    /// The lease's end in nanoseconds after `leaseOrigin`; `Int64.max`: none.
+    let leaseDeadline = Atomic<Int64>(Int64.max)
+    /// The clock origin for `leaseDeadline`.
+    static let leaseOrigin = ContinuousClock.now
+
+    /// Sets the instant after which this node acknowledges no client I/O (`nil`: no end).
+    public func setLeaseEnd(_ end: ContinuousClock.Instant?) {
+        let nanoseconds = end.map { Self.nanoseconds(Self.leaseOrigin.duration(to: $0)) } ?? Int64.max
+        leaseDeadline.store(nanoseconds, ordering: .releasing)
+    }
+
+    /// Whether a reply to a client may leave now: always, unless a lease ended.
+    public var mayAcknowledge: Bool {
+        let deadline = leaseDeadline.load(ordering: .acquiring)
+        return deadline == Int64.max || Self.nanoseconds(Self.leaseOrigin.duration(to: .now)) < deadline
+    }
+
+    static func nanoseconds(_ duration: Duration) -> Int64 {
+        duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
     }
 
     /// Removes a finished request, ending its activity-log entry.

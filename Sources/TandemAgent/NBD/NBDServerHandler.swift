@@ -256,6 +256,9 @@ final class NBDServerHandler: ChannelDuplexHandler {
                     into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<length]), at: request.offset)
                 return length
             }
+            guard export.volume.mayAcknowledge else {
+                return reply(error: .io, cookie: request.cookie, context: context)
+            }
             context.write(wrapOutboundOut(buffer), promise: nil)
         } catch {
             logger.error("read failed: \(error)")
@@ -273,9 +276,13 @@ final class NBDServerHandler: ChannelDuplexHandler {
         let promise = context.eventLoop.makePromise(of: Void.self)
         start { result in promise.completeWith(result.mapError { $0 as any Error }) }
         let cookie = request.cookie
+        guard case .transmitting(let export) = phase else { return }
         promise.futureResult.assumeIsolated().whenComplete { result in
             self.inFlight -= 1
             switch result {
+            case .success where !export.volume.mayAcknowledge:
+                // The lease ended: this node may no longer be the only one serving the volume.
+                self.reply(error: .io, cookie: cookie, context: context)
             case .success:
                 self.reply(error: .none, cookie: cookie, context: context)
             case .failure(let error):

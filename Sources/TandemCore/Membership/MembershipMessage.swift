@@ -1,0 +1,122 @@
+/// What nodes and the witness say to each other about who is primary.
+///
+/// Every message names its sender. Heartbeats go between the two nodes on every link; lease and
+/// vote traffic goes to every voter (the peer on every link, and the witness).
+public enum MembershipMessage: Sendable, Equatable {
+    case heartbeat(Heartbeat)
+    case leaseRequest(LeaseRequest)
+    case leaseReply(LeaseReply)
+    case voteRequest(VoteRequest)
+    case voteReply(VoteReply)
+    /// A primary that stepped down of its own will: voters drop their promise to it at once.
+    case release(sender: String, epoch: UInt64)
+
+    /// Who sent it.
+    public var sender: String {
+        switch self {
+        case .heartbeat(let message): return message.sender
+        case .leaseRequest(let message): return message.sender
+        case .leaseReply(let message): return message.sender
+        case .voteRequest(let message): return message.sender
+        case .voteReply(let message): return message.sender
+        case .release(let sender, _): return sender
+        }
+    }
+}
+
+/// A node's periodic word to its peer: alive, and in which state.
+public struct Heartbeat: Sendable, Equatable {
+    public var sender: String
+    /// The highest epoch the sender knows.
+    public var epoch: UInt64
+    /// Whether the sender is primary (and holds a lease).
+    public var isPrimary: Bool
+    /// Whether the sender is in standby (takes no primary role by choice).
+    public var standby: Bool
+    /// Whether the sender's data could serve as primary (up to date, no resync or split brain pending).
+    public var dataReady: Bool
+    /// Whether the sender is connected to its peer with every volume in sync.
+    public var peerInSync: Bool
+
+    public init(sender: String, epoch: UInt64, isPrimary: Bool, standby: Bool, dataReady: Bool, peerInSync: Bool) {
+        self.sender = sender
+        self.epoch = epoch
+        self.isPrimary = isPrimary
+        self.standby = standby
+        self.dataReady = dataReady
+        self.peerInSync = peerInSync
+    }
+}
+
+/// A primary asks a voter to extend its lease for `epoch`.
+public struct LeaseRequest: Sendable, Equatable {
+    public var sender: String
+    public var epoch: UInt64
+    /// Matches the reply to the request (and so to the time it was sent).
+    public var id: UInt64
+    /// Whether the primary's peer has every write: when false, the voter records the peer as outdated.
+    public var peerInSync: Bool
+
+    public init(sender: String, epoch: UInt64, id: UInt64, peerInSync: Bool) {
+        self.sender = sender
+        self.epoch = epoch
+        self.id = id
+        self.peerInSync = peerInSync
+    }
+}
+
+/// A voter's answer to a `LeaseRequest`.
+public struct LeaseReply: Sendable, Equatable {
+    public var sender: String
+    public var epoch: UInt64
+    public var id: UInt64
+    public var granted: Bool
+    /// The highest epoch the voter knows; above `epoch`, the requester has been replaced.
+    public var knownEpoch: UInt64
+    /// Whether the voter has durably recorded that the requester's peer is outdated.
+    public var peerOutdatedRecorded: Bool
+
+    public init(
+        sender: String, epoch: UInt64, id: UInt64, granted: Bool, knownEpoch: UInt64, peerOutdatedRecorded: Bool
+    ) {
+        self.sender = sender
+        self.epoch = epoch
+        self.id = id
+        self.granted = granted
+        self.knownEpoch = knownEpoch
+        self.peerOutdatedRecorded = peerOutdatedRecorded
+    }
+}
+
+/// A node asks a voter to make it primary for `epoch`.
+public struct VoteRequest: Sendable, Equatable {
+    public var sender: String
+    public var epoch: UInt64
+    public var id: UInt64
+
+    public init(sender: String, epoch: UInt64, id: UInt64) {
+        self.sender = sender
+        self.epoch = epoch
+        self.id = id
+    }
+}
+
+/// A voter's answer to a `VoteRequest`.
+public struct VoteReply: Sendable, Equatable {
+    public var sender: String
+    public var epoch: UInt64
+    public var id: UInt64
+    public var granted: Bool
+    public var knownEpoch: UInt64
+    /// Why a vote was refused, for the log.
+    public var reason: String
+
+    public init(sender: String, epoch: UInt64, id: UInt64, granted: Bool, knownEpoch: UInt64, reason: String) {
+        self.sender = sender
+        self.epoch = epoch
+        self.id = id
+        self.granted = granted
+        self.knownEpoch = knownEpoch
+        self.reason = reason
+    }
+}
