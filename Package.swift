@@ -24,6 +24,7 @@ let package = Package(
             name: "TandemWire",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
+        .target(name: "TandemCoordination", dependencies: ["TandemCore"]),
         .target(name: "CTandemLinux"),
         .target(
             name: "TandemStorage",
@@ -46,6 +47,7 @@ let package = Package(
                 "TandemWire",
                 "TandemStorage",
                 "TandemReplication",
+                "TandemCoordination",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -68,6 +70,7 @@ let package = Package(
         .target(name: "TandemTestSupport", path: "Tests/TandemTestSupport"),
         .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore"]),
         .testTarget(name: "TandemSimTests", dependencies: ["TandemSim", "TandemCore"]),
+        .testTarget(name: "TandemCoordinationTests", dependencies: ["TandemCoordination", "TandemCore"]),
         .testTarget(
             name: "TandemWireTests",
             dependencies: [

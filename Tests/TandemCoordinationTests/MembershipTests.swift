@@ -1,0 +1,316 @@
+import TandemCoordination
+import TandemCore
+import Testing
+
+@Suite("Membership datagrams")
+struct MembershipCodecTests {
+    static let messages: [MembershipMessage] = [
+        .heartbeat(
+            Heartbeat(sender: "box-a", epoch: 7, isPrimary: true, standby: false, dataReady: true, peerInSync: false)),
+        .leaseRequest(LeaseRequest(sender: "box-a", epoch: 7, id: 99, peerInSync: true)),
+        .leaseReply(
+            LeaseReply(sender: "witness", epoch: 7, id: 99, granted: true, knownEpoch: 7, peerOutdatedRecorded: true)),
+        .voteRequest(VoteRequest(sender: "box-b", epoch: 8, id: 1 << 40)),
+        .voteReply(VoteReply(sender: "box-a", epoch: 8, id: 3, granted: false, knownEpoch: 9, reason: "no — älter")),
+        .release(sender: "box-a", epoch: 7),
+    ]
+
+    @Test("every message survives a round trip")
+    func roundTrip() throws {
+        for message in Self.messages {
+            let bytes = MembershipCodec.encode(message, cluster: "media")
+            #expect(try MembershipCodec.decode(bytes, cluster: "media") == message)
+        }
+    }
+
+    @Test("every truncation, trailing byte, foreign cluster and bad flag is refused")
+    func badDatagrams() {
+        for message in Self.messages {
+            let bytes = MembershipCodec.encode(message, cluster: "media")
+            for length in 0..<bytes.count {
+                #expect(throws: MembershipCodec.DecodeError.self) {
+                    try MembershipCodec.decode(Array(bytes.prefix(length)), cluster: "media")
+                }
+            }
+            #expect(throws: MembershipCodec.DecodeError.self) {
+                try MembershipCodec.decode(bytes + [0], cluster: "media")
+            }
+            #expect(throws: MembershipCodec.DecodeError.self) {
+                try MembershipCodec.decode(bytes, cluster: "other")
+            }
+        }
+        var heartbeat = MembershipCodec.encode(Self.messages[0], cluster: "media")
+        heartbeat[heartbeat.count - 1] = 2
+        #expect(throws: MembershipCodec.DecodeError.self) { try MembershipCodec.decode(heartbeat, cluster: "media") }
+        var random = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let garbage = (0..<Int.random(in: 0..<64, using: &random)).map { _ in UInt8.random(in: 0...255) }
+            _ = try? MembershipCodec.decode(garbage, cluster: "media")
+        }
+    }
+}
+
+@Suite("Failure detector and voter")
+struct VoterTests {
+    @Test("the peer is dead only when every link has been silent for the dead time")
+    func oneLinkIsEnough() {
+        var detector = FailureDetector(links: ["l1", "l2", "peer"], deadTime: .seconds(2))
+        #expect(!detector.isAlive(at: .zero))
+        detector.heard(on: "l1", at: .seconds(1))
+        detector.heard(on: "l2", at: .seconds(1))
+        for second in 2...10 { detector.heard(on: "l2", at: .seconds(second)) }
+        #expect(detector.isAlive(at: .milliseconds(10_500)))
+        #expect(!detector.isLinkAlive("l1", at: .milliseconds(10_500)))
+        #expect(detector.isAlive(at: .milliseconds(11_999)))
+        #expect(!detector.isAlive(at: .seconds(12)))
+        detector.heard(on: "unknown", at: .seconds(12))
+        #expect(!detector.isAlive(at: .seconds(12)))
+    }
+
+    @Test("one vote per epoch, none while a lease holds, none right after a start")
+    func votes() {
+        var voter = Voter(name: "w", nodes: ["a", "b"], leaseTime: .seconds(2), record: VoterRecord(), now: .zero)
+        #expect(!voter.vote(VoteRequest(sender: "a", epoch: 1, id: 1), at: .seconds(1)).granted)
+        #expect(voter.vote(VoteRequest(sender: "a", epoch: 1, id: 1), at: .seconds(3)).granted)
+        // The same epoch for another node, or a newer one while a's lease holds: refused.
+        #expect(!voter.vote(VoteRequest(sender: "b", epoch: 1, id: 2), at: .seconds(6)).granted)
+        #expect(!voter.vote(VoteRequest(sender: "b", epoch: 2, id: 3), at: .seconds(4)).granted)
+        #expect(voter.renew(LeaseRequest(sender: "a", epoch: 1, id: 4, peerInSync: true), at: .seconds(4)).granted)
+        #expect(!voter.vote(VoteRequest(sender: "b", epoch: 2, id: 5), at: .milliseconds(5_900)).granted)
+        #expect(voter.vote(VoteRequest(sender: "b", epoch: 2, id: 6), at: .seconds(6)).granted)
+        // a is replaced: its renewals are refused with the newer epoch.
+        let reply = voter.renew(LeaseRequest(sender: "a", epoch: 1, id: 7, peerInSync: true), at: .seconds(7))
+        #expect(!reply.granted && reply.knownEpoch == 2)
+        #expect(!voter.vote(VoteRequest(sender: "x", epoch: 9, id: 8), at: .seconds(20)).granted)
+    }
+
+    @Test("an outdated node gets no vote until a primary says its peer is in sync")
+    func outdated() {
+        var voter = Voter(name: "w", nodes: ["a", "b"], leaseTime: .seconds(2), record: VoterRecord(), now: .zero)
+        #expect(voter.vote(VoteRequest(sender: "a", epoch: 1, id: 1), at: .seconds(3)).granted)
+        let lone = voter.renew(LeaseRequest(sender: "a", epoch: 1, id: 2, peerInSync: false), at: .seconds(3))
+        #expect(lone.granted && lone.peerOutdatedRecorded)
+        #expect(voter.isOutdated("b"))
+        let refused = voter.vote(VoteRequest(sender: "b", epoch: 2, id: 3), at: .seconds(9))
+        #expect(!refused.granted && refused.reason.contains("outdated"))
+        _ = voter.renew(LeaseRequest(sender: "a", epoch: 1, id: 4, peerInSync: true), at: .seconds(10))
+        #expect(!voter.isOutdated("b"))
+        #expect(voter.vote(VoteRequest(sender: "b", epoch: 2, id: 5), at: .seconds(13)).granted)
+    }
+
+    @Test("a release ends the promise at once, and a late renewal does not revive it")
+    func release() {
+        var voter = Voter(name: "w", nodes: ["a", "b"], leaseTime: .seconds(2), record: VoterRecord(), now: .zero)
+        #expect(voter.vote(VoteRequest(sender: "a", epoch: 1, id: 1), at: .seconds(3)).granted)
+        voter.release(sender: "a", epoch: 1)
+        #expect(!voter.renew(LeaseRequest(sender: "a", epoch: 1, id: 2, peerInSync: true), at: .seconds(3)).granted)
+        #expect(voter.vote(VoteRequest(sender: "b", epoch: 2, id: 3), at: .seconds(3)).granted)
+    }
+}
+
+/// Two controllers and a witness joined by a perfect network, stepped by hand.
+struct Cluster {
+    var a: NodeController
+    var b: NodeController
+    var witness: WitnessController?
+    var now = Duration.zero
+    var facts = NodeController.LocalFacts(dataReady: true, peerInSync: true)
+    var down: Set<String> = []
+    var log: [String] = []
+    var promotions: [(String, UInt64)] = []
+    var resets: [String] = []
+
+    init(
+        witness hasWitness: Bool = true, failbackAuto: Bool = false, precedenceA: Int = 10, precedenceB: Int = 20,
+        standbyA: Bool = false
+    ) {
+        func settings(_ name: String, _ peer: String, _ mine: Int, _ theirs: Int) -> MembershipSettings {
+            MembershipSettings(
+                name: name, precedence: mine, peer: peer, peerPrecedence: theirs, links: ["l1"],
+                heartbeatInterval: .milliseconds(200), deadTime: .seconds(2), hasWitness: hasWitness,
+                waitForPeer: .seconds(10), failoverCooldown: .seconds(60), failbackAuto: failbackAuto,
+                failbackDelay: .seconds(5))
+        }
+        a = NodeController(
+            settings: settings("a", "b", precedenceA, precedenceB), record: VoterRecord(), standby: standbyA, now: .zero
+        )
+        b = NodeController(
+            settings: settings("b", "a", precedenceB, precedenceA), record: VoterRecord(), standby: false, now: .zero)
+        witness =
+            hasWitness
+            ? WitnessController(
+                name: "w", nodes: ["a", "b"], leaseTime: .seconds(2), record: VoterRecord(), now: .zero)
+            : nil
+    }
+
+    var primaries: [String] {
+        [a, b].filter { $0.role == .primary && !down.contains($0.settings.name) }.map(\.settings.name)
+    }
+
+    mutating func run(for duration: Duration) {
+        let end = now + duration
+        while now < end {
+            now += .milliseconds(50)
+            for name in ["a", "b"] where !down.contains(name) {
+                let actions = name == "a" ? a.tick(now: now, facts: facts) : b.tick(now: now, facts: facts)
+                route(actions, from: name)
+            }
+        }
+    }
+
+    mutating func standby(_ name: String, _ value: Bool) {
+        let actions = name == "a" ? a.setStandby(value, now: now) : b.setStandby(value, now: now)
+        route(actions, from: name)
+    }
+
+    mutating func route(_ actions: [MembershipAction], from name: String) {
+        let peer = name == "a" ? "b" : "a"
+        for action in actions {
+            switch action {
+            case .send(let message, let destination):
+                switch destination {
+                case .peer, .node("a"), .node("b"): deliver(message, to: peer, from: name)
+                case .witness, .node: deliver(message, to: "w", from: name)
+                }
+            case .promote(let epoch): promotions.append((name, epoch))
+            case .reset(let reason): resets.append("\(name): \(reason)")
+            case .event(let text): log.append(text)
+            default: break
+            }
+        }
+    }
+
+    mutating func deliver(_ message: MembershipMessage, to target: String, from sender: String) {
+        guard !down.contains(target), !down.contains(sender) else { return }
+        if target == "w" {
+            guard var witness else { return }
+            let actions = witness.receive(message, now: now)
+            self.witness = witness
+            route(actions, from: "w-as-\(message.sender)")
+            for case .send(let reply, .node(let node)) in actions { deliver(reply, to: node, from: "w") }
+            return
+        }
+        let actions =
+            target == "a" ? a.receive(message, link: "l1", now: now) : b.receive(message, link: "l1", now: now)
+        route(actions, from: target)
+    }
+}
+
+@Suite("Cluster decider")
+struct DeciderTests {
+    @Test("two nodes booting at once end with one primary: the lower precedence")
+    func startUp() {
+        var cluster = Cluster()
+        cluster.run(for: .seconds(4))
+        #expect(cluster.primaries == ["a"])
+        var reversed = Cluster(precedenceA: 30, precedenceB: 20)
+        reversed.run(for: .seconds(4))
+        #expect(reversed.primaries == ["b"])
+    }
+
+    @Test("a dead primary is replaced after the dead time, with a newer epoch")
+    func failover() {
+        var cluster = Cluster()
+        cluster.run(for: .seconds(4))
+        let killedAt = cluster.now
+        cluster.down.insert("a")
+        cluster.run(for: .milliseconds(1500))
+        #expect(cluster.primaries.isEmpty)
+        cluster.run(for: .seconds(2))
+        #expect(cluster.primaries == ["b"])
+        let (node, epoch) = cluster.promotions.last!
+        #expect(node == "b" && epoch > cluster.promotions.first!.1)
+        #expect(cluster.b.lastPromotion!.at - killedAt <= .milliseconds(2600))
+    }
+
+    @Test("without a witness nothing fails over on its own, and the cluster says so")
+    func noWitness() {
+        var cluster = Cluster(witness: false)
+        cluster.run(for: .seconds(3))
+        #expect(cluster.primaries == ["a"])
+        cluster.down.insert("a")
+        cluster.run(for: .seconds(20))
+        #expect(cluster.primaries.isEmpty)
+        #expect(cluster.b.automaticFailoverBlocker?.contains("no witness") == true)
+        var forced = cluster.b
+        let result = forced.forcePromote(now: cluster.now)
+        guard case .success(let actions) = result else {
+            Issue.record("forced promotion refused")
+            return
+        }
+        #expect(actions.contains(.promote(epoch: 2)))
+    }
+
+    @Test("a primary cut off from both voters stops before its lease ends; the other takes over")
+    func lostQuorum() {
+        var cluster = Cluster()
+        cluster.run(for: .seconds(4))
+        // a can reach nobody, but keeps running.
+        cluster.down.insert("w")
+        cluster.witness = cluster.witness.map { _ in
+            WitnessController(name: "w", nodes: ["a", "b"], leaseTime: .seconds(2), record: VoterRecord(), now: .zero)
+        }
+        var isolated = cluster.a
+        var time = cluster.now
+        var demotedAt: Duration?
+        let leaseEnd = isolated.leaseUntil!
+        while demotedAt == nil, time < cluster.now + .seconds(5) {
+            time += .milliseconds(50)
+            if isolated.tick(now: time, facts: cluster.facts).contains(where: {
+                if case .demote = $0 { return true } else { return false }
+            }) {
+                demotedAt = time
+            }
+        }
+        #expect(demotedAt != nil)
+        #expect(demotedAt! <= leaseEnd + .milliseconds(50))
+        #expect(leaseEnd - cluster.now < .seconds(2))
+    }
+
+    @Test("a primary that was stopped past its lease resets itself when it wakes")
+    func stalledPrimaryResets() {
+        var cluster = Cluster()
+        cluster.run(for: .seconds(4))
+        var frozen = cluster.a
+        let actions = frozen.tick(now: cluster.now + .seconds(6), facts: cluster.facts)
+        #expect(actions.contains { if case .reset = $0 { return true } else { return false } })
+    }
+
+    @Test("standby hands the role over; online makes the node eligible again")
+    func standby() {
+        var cluster = Cluster()
+        cluster.run(for: .seconds(4))
+        cluster.standby("a", true)
+        cluster.run(for: .seconds(1))
+        #expect(cluster.primaries == ["b"])
+        #expect(cluster.a.heartbeat().standby)
+        cluster.standby("a", false)
+        cluster.run(for: .seconds(10))
+        // Manual failback: b keeps the role.
+        #expect(cluster.primaries == ["b"])
+    }
+
+    @Test("automatic failback returns the role after the delay, at most once per cooldown")
+    func failback() {
+        var cluster = Cluster(failbackAuto: true, standbyA: true)
+        cluster.run(for: .seconds(4))
+        #expect(cluster.primaries == ["b"])
+        cluster.standby("a", false)
+        cluster.run(for: .seconds(4))
+        #expect(cluster.primaries == ["b"])
+        cluster.run(for: .seconds(70))
+        #expect(cluster.primaries == ["a"])
+    }
+
+    @Test("a node alone waits for its peer unless the witness answers")
+    func waitForPeer() {
+        var cluster = Cluster(witness: false)
+        cluster.down.insert("a")
+        cluster.run(for: .seconds(30))
+        #expect(cluster.primaries.isEmpty)
+        var withWitness = Cluster()
+        withWitness.down.insert("a")
+        withWitness.run(for: .seconds(4))
+        #expect(withWitness.primaries == ["b"])
+    }
+}
