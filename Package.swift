@@ -48,6 +48,7 @@ let package = Package(
                 "TandemStorage",
                 "TandemReplication",
                 "TandemCoordination",
+                "CTandemLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -29,6 +29,8 @@ public struct Agent: Sendable {
     public let controlServer: ControlServer
     /// The link to the peer, when there is one.
     public let peerLink: PeerLink?
+    /// Membership (heartbeats, votes, leases), when there is a peer.
+    public let membership: MembershipService?
     private let logger: Logger
 
     /// Opens volumes and builds services for `nodeName`. Paths may contain `{node}`, replaced by
@@ -50,17 +52,22 @@ public struct Agent: Sendable {
         let volumes = try openVolumes(configuration, node: node, peer: peer, logger: logger)
         let exports = NBDExportTable(volumes.map { NBDExport(name: $0.configuration.nbdExport, volume: $0) })
         let server = NBDServer(listen: node.nbdListen, exports: exports, limits: configuration.limits, logger: logger)
-        let control = ControlServer(
-            path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
-            nodeName: node.name, volumes: volumes, logger: logger)
         let link = peer.map { peer in
             PeerLink(
                 configuration: configuration, local: node, peer: peer, secret: secret ?? [], volumes: volumes,
                 logger: logger)
         }
+        let membership = try peer.map { peer throws(AgentError) in
+            try MembershipService(
+                configuration: configuration, local: node, peer: peer, secret: secret ?? [], volumes: volumes,
+                peerLink: link, logger: logger)
+        }
+        let control = ControlServer(
+            path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
+            nodeName: node.name, volumes: volumes, membership: membership, logger: logger)
         return Agent(
             node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control, peerLink: link,
-            logger: logger)
+            membership: membership, logger: logger)
     }
 
     private static func openVolumes(
@@ -110,7 +117,7 @@ public struct Agent: Sendable {
         return volumes
     }
 
-    private static func readSecret(_ configuration: Configuration) throws(AgentError) -> [UInt8] {
+    static func readSecret(_ configuration: Configuration) throws(AgentError) -> [UInt8] {
         guard let path = configuration.cluster.secretFile else {
             throw .unsupported("cluster.secret-file is required when the config has two nodes")
         }
@@ -124,7 +131,7 @@ public struct Agent: Sendable {
         return secret
     }
 
-    private static func makeDirectory(_ path: String) throws(AgentError) {
+    static func makeDirectory(_ path: String) throws(AgentError) {
         var built = ""
         for part in path.split(separator: "/") {
             built += "/" + part
@@ -142,12 +149,22 @@ public struct Agent: Sendable {
             .init(service: controlServer), .init(service: nbdServer),
         ]
         if let peerLink { services.insert(.init(service: peerLink), at: 0) }
+        if let membership { services.insert(.init(service: membership), at: 1) }
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         for volume in volumes {
             for event in volume.close() { logger.error("\(event)") }
         }
+    }
+
+    /// Runs `services` as one group until SIGTERM or SIGINT.
+    public static func runServices(_ services: [any Service], logger: Logger) async throws {
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
     }
 
     /// The name this host most likely has in the config: its host name.

@@ -12,6 +12,8 @@ public enum MembershipCodec {
     /// Why a datagram was refused.
     public struct DecodeError: Error, Sendable, Equatable, CustomStringConvertible {
         public var description: String
+
+        public init(description: String) { self.description = description }
     }
 
     /// Encodes `message` for `cluster`.

@@ -149,6 +149,8 @@ public final class ReplicatedVolume: Sendable {
         var held: [(Completion, Result<Void, StorageError>)] = []
         /// The newest epoch known in the cluster: replicated writes from older ones are refused.
         var fenceEpoch: UInt64 = 0
+        /// Set while a planned switchover drains writes in flight.
+        var draining = false
     }
 
     struct ResyncState {
@@ -298,9 +300,16 @@ public final class ReplicatedVolume: Sendable {
         }
     }
 
-    /// Whether clients may write: only a primary whose copy is up to date.
+    /// Whether clients may write: only a primary whose copy is up to date and that is not handing
+    /// its role over.
     public var acceptsWrites: Bool {
-        state.withLock { $0.role == .primary && $0.disk == .upToDate }
+        state.withLock { $0.role == .primary && $0.disk == .upToDate && !$0.draining }
+    }
+
+    /// Refuses new client writes from now on (a planned switchover drains what is in flight);
+    /// the next role change ends it.
+    public func stopAcceptingWrites() {
+        state.withLock { $0.draining = true }
     }
 
     // MARK: Roles
@@ -314,6 +323,7 @@ public final class ReplicatedVolume: Sendable {
         let frames: [PeerFrame]
         do {
             frames = try state.withLock { state throws(RoleError) -> [PeerFrame] in
+                state.draining = false
                 guard role != state.role else { return [] }
                 if role == .primary {
                     try promote(&state)
@@ -583,8 +593,8 @@ public final class ReplicatedVolume: Sendable {
 
     /// The lease's end in nanoseconds after `leaseOrigin`; `Int64.max`: none.
     let leaseDeadline = Atomic<Int64>(Int64.max)
-    /// The clock origin for `leaseDeadline`.
-    static let leaseOrigin = ContinuousClock.now
+    /// The clock origin for `leaseDeadline`, and for membership's time.
+    public static let leaseOrigin = ContinuousClock.now
 
     /// Sets the instant after which this node acknowledges no client I/O (`nil`: no end).
     public func setLeaseEnd(_ end: ContinuousClock.Instant?) {
@@ -598,7 +608,8 @@ public final class ReplicatedVolume: Sendable {
         return deadline == Int64.max || Self.nanoseconds(Self.leaseOrigin.duration(to: .now)) < deadline
     }
 
-    static func nanoseconds(_ duration: Duration) -> Int64 {
+    /// Whole nanoseconds of `duration`.
+    public static func nanoseconds(_ duration: Duration) -> Int64 {
         duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
     }
 

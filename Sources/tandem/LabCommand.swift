@@ -1,90 +1,170 @@
 import ArgumentParser
+import Foundation
 import Logging
 import TandemAgent
 import TandemCore
 
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 struct LabCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lab",
-        abstract: "Run a whole local cluster on loopback, with file-backed volumes, until Ctrl-C.",
-        discussion: "Today the lab is one node serving one volume over NBD; the peer and witness join it later.")
+        abstract: "Run a whole local cluster on loopback (two nodes and a witness) until Ctrl-C.",
+        discussion: """
+            Starts `tandem agent` for lab-a (127.0.0.1) and lab-b (127.0.0.2) and `tandem witness` (127.0.0.3), \
+            with file-backed volumes in the working folder, waits until the pair is in sync, and prints what \
+            to try next. Ctrl-C stops everything it started.
+            """)
 
-    @Option(help: "Working folder for the config, backing files and sockets.")
+    @Option(help: "Working folder for the config, secret, backing files, state and logs.")
     var directory: String = "./tandem-lab"
 
     @Option(help: "Size of the lab's volume.")
     var size: String = "1GiB"
 
-    @Option(help: "TCP port of the NBD server on 127.0.0.1.")
+    @Option(help: "TCP port of each node's NBD server.")
     var port: Int = 10809
 
-    @Option(help: "Log level.")
-    var logLevel: Logger.Level = .info
+    @Option(help: "Dead time of the failure detector.")
+    var deadTime: String = "2s"
 
     func run() async throws {
         guard Units.parseByteCount(size) != nil else {
             throw fail("--size: expected a size such as 1GiB, found \(size)")
         }
-        let directory = absolute(self.directory)
-        for folder in [directory, "\(directory)/state"] where access(folder, F_OK) != 0 {
-            guard mkdir(folder, 0o755) == 0 else {
-                throw fail("cannot create \(folder): \(String(cString: strerror(errno)))")
-            }
+        let directory = URL(fileURLWithPath: self.directory).standardizedFileURL.path
+        let files = FileManager.default
+        for folder in [directory, "\(directory)/lab-a", "\(directory)/lab-b"] {
+            try files.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        }
+        let secretPath = "\(directory)/secret"
+        if !files.fileExists(atPath: secretPath) {
+            let secret = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+            try TextFile.write(secret + "\n", to: secretPath, mode: 0o600)
         }
         let configPath = "\(directory)/tandem.toml"
         try TextFile.write(
-            ConfigTemplate.lab(directory: directory, sizeText: size, port: port), to: configPath, mode: 0o644)
-        let level = logLevel
-        LoggingSystem.bootstrap { name in
-            var handler = StreamLogHandler.standardError(label: name)
-            handler.logLevel = level
-            return handler
-        }
-        let logger = Logger(label: "tandem.lab")
-        let configuration: Configuration
+            ConfigTemplate.lab(directory: directory, sizeText: size, port: port, deadTime: deadTime), to: configPath,
+            mode: 0o644)
         do {
-            configuration = try ConfigFile.load(path: configPath)
+            _ = try ConfigFile.load(path: configPath)
         } catch {
             throw fail("the lab's config is invalid:\n\(error)")
         }
-        do {
-            let agent = try Agent.prepare(configuration: configuration, nodeName: "lab-a", logger: logger)
-            try await agent.run { _ in printGuide(directory: directory, configPath: configPath) }
-        } catch let error as AgentError {
-            throw fail("cannot start the lab: \(error)")
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        var children: [(String, Process)] = []
+        for (name, arguments) in [
+            ("witness", ["witness", "--config", configPath]),
+            ("lab-a", ["agent", "--config", configPath, "--node", "lab-a"]),
+            ("lab-b", ["agent", "--config", configPath, "--node", "lab-b"]),
+        ] {
+            let process = Process()
+            process.executableURL = executable
+            process.arguments = arguments
+            let log = "\(directory)/\(name).log"
+            files.createFile(atPath: log, contents: nil)
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+            handle.seekToEndOfFile()
+            process.standardError = handle
+            process.standardOutput = handle
+            try process.run()
+            children.append((name, process))
+        }
+        print(
+            "lab: started the witness, lab-a and lab-b (logs in \(directory)/*.log); waiting until the pair is in sync")
+        let primary = await waitUntilInSync(directory: directory)
+        printGuide(directory: directory, configPath: configPath, primary: primary)
+        await waitForSignal()
+        print("\nlab: stopping everything it started")
+        for (_, process) in children where process.isRunning { process.terminate() }
+        for (name, process) in children {
+            process.waitUntilExit()
+            print("lab: \(name) stopped (\(process.terminationStatus))")
         }
     }
 
-    private func printGuide(directory: String, configPath: String) {
-        let url = "nbd://127.0.0.1:\(port)/vol0"
+    /// Polls both agents until one is primary and the other in sync; returns the primary's name.
+    private func waitUntilInSync(directory: String) async -> String {
+        let deadline = Date().addingTimeInterval(600)
+        var lastReport = Date.distantPast
+        while Date() < deadline {
+            for name in ["lab-a", "lab-b"] {
+                let socket = ControlServer.socketPath(stateDirectory: "\(directory)/state/\(name)", node: name)
+                guard let answer = try? ControlClient.request("status", socketPath: socket),
+                    let volumes = answer["volumes"] as? [[String: Any]], let volume = volumes.first
+                else { continue }
+                if volume["role"] as? String == "primary", volume["connection"] as? String == "connected",
+                    volume["peerDisk"] as? String == "upToDate", (volume["outOfSyncBytes"] as? Int) == 0
+                {
+                    return name
+                }
+                if let resync = volume["resync"] as? [String: Any], Date().timeIntervalSince(lastReport) > 2 {
+                    lastReport = Date()
+                    print("lab: initial sync \(String(format: "%.0f", resync["percent"] as? Double ?? 0))%")
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        return "lab-a"
+    }
+
+    private func waitForSignal() async {
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            let sources = [SIGINT, SIGTERM].map { DispatchSource.makeSignalSource(signal: $0, queue: .main) }
+            let once = OnceFlag()
+            for source in sources {
+                source.setEventHandler {
+                    guard once.set() else { return }
+                    sources.forEach { $0.cancel() }
+                    done.resume()
+                }
+                source.resume()
+            }
+        }
+    }
+
+    private func printGuide(directory: String, configPath: String, primary: String) {
+        let host = primary == "lab-a" ? "127.0.0.1" : "127.0.0.2"
         print(
             """
 
-            Tandem lab is running: node lab-a serves volume vol0 (\(size)) over NBD.
+            Tandem lab is running and in sync: \(primary) is primary for vol0 (\(size)), protocol C.
               config    \(configPath)
-              backing   \(directory)/vol0.img
-              NBD       \(url)   and   nbd+unix:///vol0?socket=\(directory)/nbd.sock
+              lab-a     127.0.0.1 (NBD nbd://127.0.0.1:\(port)/vol0)   lab-b  127.0.0.2 (NBD nbd://127.0.0.2:\(port)/vol0)
+              witness   127.0.0.3
+              logs      \(directory)/lab-a.log  lab-b.log  witness.log
 
             Try it from another terminal:
-              nbdinfo \(url)
-              qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' \(url)
-              qemu-img convert -n -O raw some-image.raw \(url)
-              fio --name=lab --ioengine=nbd --uri=\(url) --rw=randwrite --bs=4k --iodepth=16 --size=256M
+              nbdinfo nbd://\(host):\(port)/vol0
+              qemu-io -f raw -c 'write -P 0xab 0 1M' nbd://\(host):\(port)/vol0
+              tandem status --config \(configPath) --node lab-a
+              watch -n 0.5 tandem status --config \(configPath) --node lab-b
+
+            See a failover: kill the primary's agent and watch the other node take over within seconds:
+              pkill -9 -f 'node \(primary)'
+              tandem status --config \(configPath) --node \(primary == "lab-a" ? "lab-b" : "lab-a")
+            Start it again (it rejoins as secondary and resyncs):
+              tandem agent --config \(configPath) --node \(primary) 2>>\(directory)/\(primary).log &
+            Planned switchover without data loss:
+              tandem node standby --config \(configPath) \(primary)
 
             Press Ctrl-C to stop everything the lab started.
             """)
         fflush(nil)
     }
+}
 
-    private func absolute(_ path: String) -> String {
-        if path.hasPrefix("/") { return path }
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let cwd = getcwd(&buffer, buffer.count).map { _ in String(cString: buffer) } ?? "."
-        let trimmed = path.hasPrefix("./") ? String(path.dropFirst(2)) : path
-        return "\(cwd)/\(trimmed)"
+/// Set once, from any thread.
+final class OnceFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var done = false
+
+    /// True the first time only.
+    func set() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if done { return false }
+        done = true
+        return true
     }
 }

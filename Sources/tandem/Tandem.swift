@@ -12,7 +12,10 @@ struct Tandem: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tandem",
         abstract: "High-availability manager for replicated block storage.",
-        subcommands: [AgentCommand.self, LabCommand.self, ConfigCommand.self, InitCommand.self, VolumeCommand.self]
+        subcommands: [
+            AgentCommand.self, WitnessCommand.self, LabCommand.self, StatusCommand.self, NodeCommand.self,
+            FailoverCommand.self, VolumeCommand.self, ConfigCommand.self, InitCommand.self,
+        ]
     )
 }
 

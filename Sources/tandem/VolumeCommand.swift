@@ -83,7 +83,7 @@ struct NodeOptions: ParsableArguments {
     }
 
     /// Sends `line`, prints the answer (a table, or JSON), and fails if the agent refused.
-    func run(_ line: String, only volume: String? = nil) throws {
+    func run(_ line: String, only volume: String? = nil, cluster: Bool = false) throws {
         let answer: [String: Any]
         do {
             answer = try ControlClient.request(line, socketPath: try socketPath())
@@ -94,9 +94,50 @@ struct NodeOptions: ParsableArguments {
             let data = try JSONSerialization.data(withJSONObject: answer, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
+            if cluster { printCluster(answer) }
             printTable(answer, only: volume)
         }
         if let error = answer["error"] as? String { throw fail("refused: \(error)") }
+    }
+
+    private func printCluster(_ answer: [String: Any]) {
+        guard let cluster = answer["cluster"] as? [String: Any] else {
+            print("node \(answer["node"] as? String ?? "?"): single node, no peer")
+            return
+        }
+        func seconds(_ value: Any?) -> String {
+            (value as? Double).map { String(format: "%.1fs ago", $0) } ?? "never"
+        }
+        let peer = cluster["peer"] as? [String: Any] ?? [:]
+        let witness = cluster["witness"] as? [String: Any] ?? [:]
+        let lease = (cluster["leaseRemainingSeconds"] as? Double).map { String(format: ", lease %.1fs left", $0) } ?? ""
+        print("quorum      \((cluster["quorum"] as? Bool ?? false) ? "yes" : "NO")   epoch \(cluster["epoch"] ?? 0)")
+        print(
+            "this node   \(answer["node"] as? String ?? "?"): \(cluster["role"] as? String ?? "?"), "
+                + "\(cluster["state"] as? String ?? "?")\(lease)")
+        let peerState =
+            (peer["alive"] as? Bool ?? false)
+            ? "\(peer["role"] as? String ?? "?"), \(peer["state"] as? String ?? "?")" : "offline (no heartbeat)"
+        print("peer        \(peer["name"] as? String ?? "-"): \(peerState)")
+        for link in peer["links"] as? [[String: Any]] ?? [] {
+            print("  link      \(link["name"] as? String ?? "?"): last heard \(seconds(link["lastHeardSecondsAgo"]))")
+        }
+        let witnessText =
+            (witness["configured"] as? Bool ?? false)
+            ? "last heard \(seconds(witness["lastHeardSecondsAgo"]))" : "none configured"
+        print("witness     \(witnessText)")
+        print("failover    \(cluster["automaticFailover"] as? String ?? "?")")
+        if let promotion = cluster["lastPromotion"] as? [String: Any] {
+            let silent =
+                (promotion["peerSilentSeconds"] as? Double).map {
+                    String(format: "; the old primary had been silent %.2fs (clients waited about that long)", $0)
+                } ?? " (planned or at start-up)"
+            print(
+                "promoted    \(String(format: "%.0fs", promotion["secondsAgo"] as? Double ?? 0)) ago in epoch "
+                    + "\(promotion["epoch"] ?? 0)\(silent)")
+        }
+        for event in (cluster["events"] as? [String] ?? []).suffix(5) { print("  event     \(event)") }
+        print("")
     }
 
     private func printTable(_ answer: [String: Any], only: String?) {

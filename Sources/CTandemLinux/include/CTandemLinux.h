@@ -13,4 +13,7 @@
 /* fallocate(2); returns 0 or -1 with errno set. */
 int ctandem_fallocate(int fd, int mode, off_t offset, off_t length);
 
+/* reboot(2) with RB_AUTOBOOT after sync(2): the HA reset; returns only on failure (-1, errno set). */
+int ctandem_reboot(void);
+
 #endif

@@ -19,6 +19,7 @@ public final class ControlServer: Service, Sendable {
     private let path: String
     private let nodeName: String
     private let volumes: [ReplicatedVolume]
+    private let membership: MembershipService?
     private let group: any EventLoopGroup
     private let logger: Logger
 
@@ -29,12 +30,13 @@ public final class ControlServer: Service, Sendable {
 
     /// Creates the server; nothing is bound until `run()`.
     public init(
-        path: String, nodeName: String, volumes: [ReplicatedVolume],
+        path: String, nodeName: String, volumes: [ReplicatedVolume], membership: MembershipService? = nil,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
     ) {
         self.path = path
         self.nodeName = nodeName
         self.volumes = volumes
+        self.membership = membership
         self.group = group
         self.logger = logger
     }
@@ -57,21 +59,31 @@ public final class ControlServer: Service, Sendable {
     }
 
     /// Answers one request.
-    func answer(_ line: String) -> JSONValue {
+    func answer(_ line: String) async -> JSONValue {
         let words = line.split(separator: " ").map(String.init)
         var members: [(String, JSONValue)] = [("node", .string(nodeName))]
-        if let error = perform(words) {
+        if let error = await perform(words) {
             members.append(("error", .string(error)))
         } else {
             members.append(("ok", .bool(true)))
         }
         members.append(("volumes", .array(volumes.map { Self.json($0.status) })))
+        if let membership { members.append(("cluster", Self.json(membership.snapshot, node: nodeName))) }
         return .object(members)
     }
 
-    private func perform(_ words: [String]) -> String? {
+    private func perform(_ words: [String]) async -> String? {
         guard let command = words.first else { return "empty request" }
         if command == "status", words.count == 1 { return nil }
+        if ["standby", "online", "force-primary"].contains(command), words.count == 1 {
+            guard let membership else { return "this node has no peer: there is no role to hand over" }
+            logger.notice("\(command) by administrator")
+            switch command {
+            case "standby": return await membership.setStandby(true)
+            case "online": return await membership.setStandby(false)
+            default: return await membership.forcePromote()
+            }
+        }
         guard words.count == 2, let volume = volumes.first(where: { $0.configuration.name == words[1] }) else {
             return words.count == 2
                 ? "no volume named \"\(words[1])\"" : "expected: status | primary|secondary|resolve VOLUME"
@@ -100,6 +112,58 @@ public final class ControlServer: Service, Sendable {
         } catch {
             return error.description
         }
+    }
+
+    static func seconds(_ duration: Duration) -> JSONValue {
+        .number(Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18)
+    }
+
+    static func json(_ snapshot: MembershipService.Snapshot, node: String) -> JSONValue {
+        let peer = snapshot.peerHeartbeat
+        var members: [(String, JSONValue)] = [
+            ("role", .string(snapshot.role.rawValue)), ("epoch", .integer(Int64(snapshot.epoch))),
+            ("state", .string(snapshot.standby ? "standby" : "online")), ("quorum", .bool(snapshot.hasQuorum)),
+            ("leaseRemainingSeconds", snapshot.leaseRemaining.map(seconds) ?? .null),
+            (
+                "peer",
+                .object([
+                    ("name", peer.map { .string($0.sender) } ?? .null), ("alive", .bool(snapshot.peerAlive)),
+                    ("role", peer.map { .string($0.isPrimary ? "primary" : "secondary") } ?? .null),
+                    ("state", peer.map { .string($0.standby ? "standby" : "online") } ?? .null),
+                    ("epoch", peer.map { .integer(Int64($0.epoch)) } ?? .null),
+                    (
+                        "links",
+                        .array(
+                            snapshot.links.map { link in
+                                .object([
+                                    ("name", .string(link.0)),
+                                    ("lastHeardSecondsAgo", link.1.map(seconds) ?? .null),
+                                ])
+                            })
+                    ),
+                ])
+            ),
+            (
+                "witness",
+                .object([
+                    ("configured", .bool(snapshot.witnessConfigured)),
+                    ("lastHeardSecondsAgo", snapshot.witnessHeardAgo.map(seconds) ?? .null),
+                ])
+            ),
+            ("automaticFailover", .string(snapshot.automaticFailoverBlocker ?? "on")),
+            ("events", .array(snapshot.events.map { .string($0) })),
+        ]
+        if let promotion = snapshot.lastPromotion {
+            members.append(
+                (
+                    "lastPromotion",
+                    .object([
+                        ("secondsAgo", seconds(promotion.ago)), ("epoch", .integer(Int64(promotion.epoch))),
+                        ("peerSilentSeconds", promotion.peerSilentFor.map(seconds) ?? .null),
+                    ])
+                ))
+        }
+        return .object(members)
     }
 
     static func json(_ status: ReplicatedVolume.Status) -> JSONValue {
@@ -196,9 +260,15 @@ final class ControlHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let answer = server.answer(unwrapInboundIn(data).trimmingWhitespace())
-        let buffer = ByteBuffer(string: answer.serialized() + "\n")
-        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in context.close(promise: nil) }
+        let line = unwrapInboundIn(data).trimmingWhitespace()
+        let bound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
+        let promise = context.eventLoop.makePromise(of: String.self)
+        promise.completeWithTask { [server] in await server.answer(line).serialized() }
+        promise.futureResult.whenSuccess { text in
+            let (context, handler) = bound.value
+            let buffer = ByteBuffer(string: text + "\n")
+            context.writeAndFlush(handler.wrapOutboundOut(buffer)).whenComplete { _ in context.close(promise: nil) }
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -37,6 +37,15 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     /// The established link and the node that dialed it.
     private let current = Mutex<(channel: any Channel, dialer: String)?>(nil)
     private let listener = Mutex<(any Channel)?>(nil)
+    /// When the last frame arrived, in nanoseconds after `ReplicatedVolume.leaseOrigin` (0: never).
+    private let lastFrame = Atomic<Int64>(0)
+
+    /// When the peer last sent a frame on the link, if it ever did: the failure detector counts the
+    /// replication connection as one more link.
+    public var lastActivity: ContinuousClock.Instant? {
+        let nanoseconds = lastFrame.load(ordering: .relaxed)
+        return nanoseconds == 0 ? nil : ReplicatedVolume.leaseOrigin + .nanoseconds(nanoseconds)
+    }
 
     /// Creates the link; `secret` is the cluster's shared secret.
     public init(
@@ -195,6 +204,8 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
 
     func linkReceived(_ frame: PeerFrame, on channel: any Channel) {
         guard current.withLock({ $0?.channel === channel }) else { return }
+        lastFrame.store(
+            max(1, ReplicatedVolume.nanoseconds(ReplicatedVolume.leaseOrigin.duration(to: .now))), ordering: .relaxed)
         guard let index = frame.volumeIndex, let volume = volumes[index] else {
             logger.warning("peer sent a frame for unknown volume \(frame.volumeIndex.map(String.init) ?? "-")")
             return

@@ -56,24 +56,43 @@ public enum ConfigTemplate {
         """
     }
 
-    /// The one-node lab: a file-backed volume served over NBD on loopback.
-    public static func lab(directory: String, sizeText: String, port: Int) -> String {
+    /// The lab: two nodes and a witness on loopback addresses, file-backed volumes in `directory`.
+    public static func lab(directory: String, sizeText: String, port: Int, deadTime: String = "2s") -> String {
         """
-        # Written by `tandem lab`: one node on loopback serving a file-backed volume over NBD.
+        # Written by `tandem lab`: two nodes and a witness on loopback, file-backed volumes.
 
         [cluster]
         name = "lab"
-        state-dir = "\(directory)/state"
+        secret-file = "\(directory)/secret"
+        state-dir = "\(directory)/state/{node}"
+        ha-reset = "exit"                     # the lab's agents exit instead of rebooting the machine
 
         [[node]]
         name = "lab-a"
         address = "127.0.0.1"
-        nbd-listen = ["127.0.0.1:\(port)", "unix:\(directory)/nbd.sock"]
+        heartbeat = ["127.0.0.1", "127.0.1.1"]
+        precedence = 10
+        nbd-listen = ["127.0.0.1:\(port)"]
+
+        [[node]]
+        name = "lab-b"
+        address = "127.0.0.2"
+        heartbeat = ["127.0.0.2", "127.0.1.2"]
+        precedence = 20
+        nbd-listen = ["127.0.0.2:\(port)"]
+
+        [witness]
+        address = "127.0.0.3"
+
+        [timing]
+        heartbeat-interval = "200ms"
+        dead-time = "\(deadTime)"
 
         [[volume]]
         name = "vol0"
+        protocol = "C"
         size = "\(sizeText)"
-        backing = "\(directory)/vol0.img"
+        backing = "\(directory)/{node}/vol0.img"
 
         """
     }

@@ -36,6 +36,16 @@ public struct Configuration: Sendable, Equatable {
         public var secretFile: String?
         /// Where the agent keeps its state (modes, journal, metadata of block-device volumes).
         public var stateDirectory: String
+        /// What a node does when it must stop serving and cannot prove it stopped in time.
+        public var haReset: ResetAction = .reboot
+    }
+
+    /// The HA reset's action.
+    public enum ResetAction: String, Sendable, Equatable {
+        /// Reboot the machine (production).
+        case reboot
+        /// Exit the agent process (lab and tests).
+        case exit
     }
 
     /// `[[node]]`: one server.
@@ -68,6 +78,12 @@ public struct Configuration: Sendable, Equatable {
         public var heartbeatInterval: Duration
         /// How long every link must be silent before the peer is declared dead.
         public var deadTime: Duration
+        /// How long a node that never heard its peer waits before it contends alone (without a witness).
+        public var waitForPeer: Duration = .seconds(30)
+        /// At most one automatic failover with a living primary (a failback) per this period.
+        public var failoverCooldown: Duration = .seconds(60)
+        /// How long the preferred node must be healthy and in sync before `failback = "auto"` returns the role.
+        public var failbackDelay: Duration = .seconds(30)
     }
 
     /// `[limits]`: the bounds every queue and request obeys.

@@ -103,15 +103,22 @@ struct ConfigReader {
 
     private mutating func readCluster(_ table: TOMLTable?) -> Configuration.Cluster? {
         guard let table else { return nil }
-        checkKeys(table, path: "cluster", allowed: ["name", "secret-file", "state-dir"])
+        checkKeys(table, path: "cluster", allowed: ["name", "secret-file", "state-dir", "ha-reset"])
         let name = string(table, "name", path: "cluster", required: true)
         let secretFile = string(table, "secret-file", path: "cluster", required: false)
         let stateDirectory = string(table, "state-dir", path: "cluster", required: false) ?? "/var/lib/tandem"
+        let resetText = string(table, "ha-reset", path: "cluster", required: false) ?? "reboot"
+        let reset = Configuration.ResetAction(rawValue: resetText)
+        if reset == nil {
+            report(
+                table["ha-reset"]?.line, "cluster.ha-reset", "expected \"reboot\" or \"exit\", found \"\(resetText)\"")
+        }
         guard let name else { return nil }
         if let name = Optional(name), !isName(name) {
             report(table["name"]?.line, "cluster.name", "expected letters, digits, '-', '_' or '.', found \"\(name)\"")
         }
-        return Configuration.Cluster(name: name, secretFile: secretFile, stateDirectory: stateDirectory)
+        return Configuration.Cluster(
+            name: name, secretFile: secretFile, stateDirectory: stateDirectory, haReset: reset ?? .reboot)
     }
 
     private mutating func readNode(_ table: TOMLTable, path: String) -> Configuration.Node? {
@@ -151,9 +158,14 @@ struct ConfigReader {
 
     private mutating func readTiming(_ table: TOMLTable?) -> Configuration.Timing? {
         let table = table ?? TOMLTable(line: 0)
-        checkKeys(table, path: "timing", allowed: ["heartbeat-interval", "dead-time"])
+        checkKeys(
+            table, path: "timing",
+            allowed: ["heartbeat-interval", "dead-time", "wait-for-peer", "failover-cooldown", "failback-delay"])
         let interval = duration(table, "heartbeat-interval", path: "timing") ?? .milliseconds(200)
         let deadTime = duration(table, "dead-time", path: "timing") ?? .seconds(2)
+        let waitForPeer = duration(table, "wait-for-peer", path: "timing") ?? .seconds(30)
+        let cooldown = duration(table, "failover-cooldown", path: "timing") ?? .seconds(60)
+        let failbackDelay = duration(table, "failback-delay", path: "timing") ?? .seconds(30)
         if interval <= .zero {
             report(table["heartbeat-interval"]?.line, "timing.heartbeat-interval", "must be greater than zero")
         }
@@ -162,7 +174,9 @@ struct ConfigReader {
                 table["dead-time"]?.line, "timing.dead-time",
                 "must be at least three heartbeat intervals (\(interval * 3)), found \(deadTime)")
         }
-        return Configuration.Timing(heartbeatInterval: interval, deadTime: deadTime)
+        return Configuration.Timing(
+            heartbeatInterval: interval, deadTime: deadTime, waitForPeer: waitForPeer, failoverCooldown: cooldown,
+            failbackDelay: failbackDelay)
     }
 
     private mutating func readLimits(_ table: TOMLTable?) -> Configuration.Limits {

@@ -1,0 +1,346 @@
+import CTandemLinux
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+import TandemCoordination
+import TandemCore
+import TandemReplication
+import TandemStorage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The shell around `NodeController`: heartbeats on every link, votes and leases with the peer and
+/// the witness, and the directives carried out on the volumes.
+///
+/// Everything that touches the controller runs in one task, one input at a time: datagrams, ticks
+/// and administrator commands are queued to it. What it decided is visible in `snapshot`.
+public final class MembershipService: Service, Sendable {
+    enum Input {
+        case datagram(MembershipMessage, link: String?)
+        case tick
+        case standby(Bool, reply: @Sendable (String?) -> Void)
+        case force(reply: @Sendable (String?) -> Void)
+    }
+
+    struct Link {
+        let name: String
+        let localHost: String
+        let peerAddress: SocketAddress?
+    }
+
+    /// What `tandem status` shows.
+    public struct Snapshot: Sendable {
+        public var role: ClusterRole = .secondary
+        public var epoch: UInt64 = 0
+        public var standby = false
+        public var hasQuorum = false
+        public var leaseRemaining: Duration?
+        public var peerAlive = false
+        public var peerHeartbeat: Heartbeat?
+        /// Per link: its name and how long ago the peer was heard on it.
+        public var links: [(String, Duration?)] = []
+        public var witnessConfigured = false
+        public var witnessHeardAgo: Duration?
+        public var automaticFailoverBlocker: String?
+        public var lastPromotion: (ago: Duration, epoch: UInt64, peerSilentFor: Duration?)?
+        public var events: [String] = []
+    }
+
+    private let configuration: Configuration
+    private let local: Configuration.Node
+    private let peer: Configuration.Node?
+    private let volumes: [ReplicatedVolume]
+    private let peerLink: PeerLink?
+    private let transport: MembershipTransport
+    private let statePath: String
+    private let resetLogPath: String
+    private let logger: Logger
+    private let links: [Link]
+    private let witnessAddress: SocketAddress?
+    private let inputs: AsyncStream<Input>
+    private let continuation: AsyncStream<Input>.Continuation
+    private let channels = Mutex<[any Channel]>([])
+    private let current = Mutex(Snapshot())
+    /// The last decisions, for status.
+    private let events = Mutex<[String]>([])
+    private let initialState: MembershipState
+    static let witnessName = "witness"
+
+    /// Reads the persisted state; an unreadable state file refuses the start (it holds votes).
+    public init(
+        configuration: Configuration, local: Configuration.Node, peer: Configuration.Node?, secret: [UInt8],
+        volumes: [ReplicatedVolume], peerLink: PeerLink?, logger: Logger
+    ) throws(AgentError) {
+        self.configuration = configuration
+        self.local = local
+        self.peer = peer
+        self.volumes = volumes
+        self.peerLink = peerLink
+        self.transport = MembershipTransport(cluster: configuration.cluster.name, secret: secret, logger: logger)
+        self.statePath = "\(configuration.cluster.stateDirectory)/\(local.name).membership"
+        self.resetLogPath = "\(configuration.cluster.stateDirectory)/\(local.name).reset-log"
+        self.logger = logger
+        self.links = local.heartbeat.enumerated().map { index, host in
+            let peerHost = peer.map { $0.heartbeat[min(index, $0.heartbeat.count - 1)] }
+            let address = peer.flatMap { peer in peerHost.flatMap { try? SocketAddress(ipAddress: $0, port: peer.port) }
+            }
+            return Link(name: "\(host)→\(peerHost ?? "-")", localHost: host, peerAddress: address)
+        }
+        self.witnessAddress = configuration.witness.flatMap { try? SocketAddress(ipAddress: $0.address, port: $0.port) }
+        (inputs, continuation) = AsyncStream.makeStream(of: Input.self, bufferingPolicy: .bufferingNewest(4096))
+        do {
+            if let bytes = try AtomicFile.read(path: statePath) {
+                guard let state = MembershipState.decode(bytes) else {
+                    throw AgentError.unsupported(
+                        "\(statePath) is damaged; it holds this node's votes, so the agent does not start without it "
+                            + "(remove it only if the peer and the witness are known to be stopped)")
+                }
+                initialState = state
+            } else {
+                initialState = MembershipState()
+            }
+        } catch let error as AgentError {
+            throw error
+        } catch {
+            throw .unsupported("cannot read \(statePath): \(error)")
+        }
+    }
+
+    /// The latest view, for status.
+    public var snapshot: Snapshot { current.withLock { $0 } }
+
+    /// Puts this node in standby (handing the primary role over) or back online; `nil` on success.
+    public func setStandby(_ standby: Bool) async -> String? {
+        await withCheckedContinuation { done in
+            continuation.yield(.standby(standby, reply: { done.resume(returning: $0) }))
+        }
+    }
+
+    /// Promotes without quorum (no witness only); `nil` on success.
+    public func forcePromote() async -> String? {
+        await withCheckedContinuation { done in continuation.yield(.force(reply: { done.resume(returning: $0) })) }
+    }
+
+    static func now() -> Duration { ReplicatedVolume.leaseOrigin.duration(to: .now) }
+
+    public func run() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        var bound: [any Channel] = []
+        for (index, link) in links.enumerated() {
+            let linkName: String? = link.name
+            let channel = try await MembershipTransport.bind(host: link.localHost, port: local.port, group: group) {
+                [transport, continuation, logger] bytes, source in
+                switch transport.open(bytes) {
+                case .success(let message):
+                    let fromWitness = message.sender == Self.witnessName
+                    continuation.yield(.datagram(message, link: fromWitness ? nil : linkName))
+                case .failure(let error):
+                    logger.debug("membership datagram from \(source) refused: \(error)")
+                }
+            }
+            bound.append(channel)
+            logger.info("heartbeats on \(link.localHost):\(local.port) (link \(index + 1): \(link.name))")
+        }
+        channels.withLock { $0 = bound }
+        let settings = MembershipSettings(
+            name: local.name, precedence: local.precedence, peer: peer?.name, peerPrecedence: peer?.precedence ?? 0,
+            links: links.map(\.name) + (peer == nil ? [] : ["replication"]),
+            heartbeatInterval: configuration.timing.heartbeatInterval, deadTime: configuration.timing.deadTime,
+            hasWitness: configuration.witness != nil, waitForPeer: configuration.timing.waitForPeer,
+            failoverCooldown: configuration.timing.failoverCooldown,
+            failbackAuto: configuration.groups.contains { $0.failback == .auto },
+            failbackDelay: configuration.timing.failbackDelay)
+        var controller = NodeController(
+            settings: settings, record: initialState.record, standby: initialState.standby, now: Self.now())
+        var standby = initialState.standby
+        if let blocker = controller.automaticFailoverBlocker { logger.warning("\(blocker)") }
+        // Until the controller says otherwise, a primary's writes wait for the peer.
+        for volume in volumes { volume.setCompletesWithoutPeer(controller.completesWithoutPeer) }
+        let tickEvery = min(configuration.timing.heartbeatInterval / 4, .milliseconds(50))
+        let ticker = Task { [continuation] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: tickEvery)
+                continuation.yield(.tick)
+            }
+        }
+        await withGracefulShutdownHandler {
+            for await input in inputs {
+                let now = Self.now()
+                var actions: [MembershipAction] = []
+                switch input {
+                case .tick:
+                    if let peerLink, let last = peerLink.lastActivity {
+                        controller.peerLinkActive(
+                            link: "replication", now: ReplicatedVolume.leaseOrigin.duration(to: last))
+                    }
+                    actions = controller.tick(now: now, facts: facts())
+                case .datagram(let message, let link):
+                    actions = controller.receive(message, link: link, now: now)
+                case .standby(let value, let reply):
+                    actions = controller.setStandby(value, now: now)
+                    standby = value
+                    actions.insert(.persist(controller.voter.record), at: 0)
+                    reply(nil)
+                case .force(let reply):
+                    switch controller.forcePromote(now: now) {
+                    case .success(let forced):
+                        actions = forced
+                        reply(nil)
+                    case .failure(let error):
+                        reply(error.description)
+                    }
+                }
+                await perform(actions, standby: standby)
+                publish(controller, now: now, events: events.withLock { $0 })
+            }
+        } onGracefulShutdown: { [continuation] in
+            continuation.finish()
+        }
+        ticker.cancel()
+        for channel in bound { try? await channel.close() }
+    }
+
+    private func facts() -> NodeController.LocalFacts {
+        let statuses = volumes.map(\.status)
+        let ready = statuses.allSatisfy { $0.disk == .upToDate && $0.splitBrain == nil && $0.connection != .syncTarget }
+        let inSync =
+            peer != nil
+            && statuses.allSatisfy {
+                $0.connection == .connected && $0.outOfSyncBytes == 0 && $0.peerDisk == .upToDate
+            }
+        return NodeController.LocalFacts(dataReady: ready, peerInSync: inSync)
+    }
+
+    private func perform(_ actions: [MembershipAction], standby: Bool) async {
+        for action in actions {
+            switch action {
+            case .send(let message, let destination):
+                send(message, to: destination)
+            case .persist(let record):
+                do {
+                    try AtomicFile.replace(
+                        path: statePath, bytes: MembershipState(record: record, standby: standby).encoded())
+                } catch {
+                    // A vote that cannot be made durable must not be given: stop here.
+                    logger.critical("cannot store \(statePath): \(error); the agent stops")
+                    reset(reason: "cannot store membership state: \(error)")
+                }
+            case .promote(let epoch):
+                for volume in volumes {
+                    do {
+                        try volume.setRole(.primary, epoch: epoch)
+                    } catch {
+                        logger.error("\(volume.configuration.name): cannot become primary: \(error)")
+                    }
+                }
+            case .demote(let reason, let drain):
+                await demote(drain: drain)
+                logger.notice("demoted: \(reason)")
+            case .leaseUntil(let until):
+                let end = until.map { ReplicatedVolume.leaseOrigin + $0 }
+                for volume in volumes { volume.setLeaseEnd(end) }
+            case .completeWithoutPeer(let allowed):
+                for volume in volumes { volume.setCompletesWithoutPeer(allowed) }
+            case .observeEpoch(let epoch):
+                for volume in volumes { volume.observeEpoch(epoch) }
+            case .reset(let reason):
+                reset(reason: reason)
+            case .event(let text):
+                logger.notice("\(text)")
+                events.withLock { events in
+                    events.append("\(Self.wallClock()) \(text)")
+                    if events.count > 50 { events.removeFirst(events.count - 50) }
+                }
+            }
+        }
+        if facts().peerInSync {
+            for volume in volumes where volume.heldWrites > 0 { volume.releaseHeldWrites() }
+        }
+    }
+
+    /// Stops serving. With `drain` (a planned switchover) the writes in flight finish and are
+    /// flushed first; in every case no further write completes here.
+    private func demote(drain: Bool) async {
+        if drain {
+            for volume in volumes { volume.stopAcceptingWrites() }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while volumes.contains(where: { $0.writesInFlight > 0 }), ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+            for volume in volumes {
+                await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                    volume.flush { _ in done.resume() }
+                }
+            }
+        }
+        for volume in volumes {
+            volume.setLeaseEnd(.now)
+            try? volume.setRole(.secondary)
+            volume.releaseHeldWrites(failing: true)
+        }
+    }
+
+    private func send(_ message: MembershipMessage, to destination: MembershipDestination) {
+        let bytes = transport.seal(message)
+        let bound = channels.withLock { $0 }
+        switch destination {
+        case .peer, .node(peer?.name ?? ""):
+            for (link, channel) in zip(links, bound) {
+                if let address = link.peerAddress { channel.sendDatagram(bytes, to: address) }
+            }
+        case .witness, .node:
+            if let witnessAddress, let channel = bound.first { channel.sendDatagram(bytes, to: witnessAddress) }
+        }
+    }
+
+    /// Appends the reason to the reset log, makes it durable, and resets: reboots the machine or,
+    /// in the lab and in tests, ends the agent.
+    private func reset(reason: String) -> Never {
+        let line = "\(Self.wallClock()) \(local.name) HA reset: \(reason)\n"
+        let descriptor = open(resetLogPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        if descriptor >= 0 {
+            _ = Array(line.utf8).withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+            fsync(descriptor)
+            close(descriptor)
+        }
+        logger.critical("HA reset: \(reason)")
+        if configuration.cluster.haReset == .reboot {
+            _ = ctandem_reboot()
+            logger.critical("reboot failed: \(String(cString: strerror(errno))); the agent exits instead")
+        }
+        exit(70)
+    }
+
+    private func publish(_ controller: NodeController, now: Duration, events: [String]) {
+        var snapshot = Snapshot()
+        snapshot.role = controller.role
+        snapshot.epoch = max(controller.epoch, controller.voter.record.epoch)
+        snapshot.standby = controller.standby
+        snapshot.hasQuorum = controller.hasQuorum(at: now)
+        snapshot.leaseRemaining = controller.leaseUntil.map { $0 - now }
+        snapshot.peerAlive = controller.peerAlive(at: now)
+        snapshot.peerHeartbeat = controller.peerHeartbeat
+        snapshot.links = controller.detector.links.map { ($0, controller.detector.lastHeard(on: $0).map { now - $0 }) }
+        snapshot.witnessConfigured = configuration.witness != nil
+        snapshot.witnessHeardAgo = controller.witnessHeardAt.map { now - $0 }
+        snapshot.automaticFailoverBlocker = controller.automaticFailoverBlocker
+        snapshot.lastPromotion = controller.lastPromotion.map { (now - $0.at, $0.epoch, $0.peerSilentFor) }
+        snapshot.events = events
+        current.withLock { $0 = snapshot }
+    }
+
+    static func wallClock() -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var parts = tm()
+        var seconds = now.tv_sec
+        gmtime_r(&seconds, &parts)
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):"
+            + "\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+    }
+}

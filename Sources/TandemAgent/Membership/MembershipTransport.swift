@@ -1,0 +1,80 @@
+import Crypto
+import Logging
+import NIOCore
+import NIOPosix
+import TandemCoordination
+import TandemCore
+
+/// Membership datagrams over UDP, each authenticated with an HMAC-SHA256 over the shared secret.
+///
+/// A datagram that is not ours, not for this cluster, or whose code does not match is dropped with
+/// a logged reason (at most one line per sender and reason per minute); nothing else is affected.
+final class MembershipTransport: Sendable {
+    static let macBytes = 32
+    let cluster: String
+    let secret: [UInt8]
+    let logger: Logger
+
+    init(cluster: String, secret: [UInt8], logger: Logger) {
+        self.cluster = cluster
+        self.secret = secret
+        self.logger = logger
+    }
+
+    func seal(_ message: MembershipMessage) -> [UInt8] {
+        let body = MembershipCodec.encode(message, cluster: cluster)
+        return body + Array(HMAC<SHA256>.authenticationCode(for: body, using: SymmetricKey(data: secret)))
+    }
+
+    func open(_ bytes: [UInt8]) -> Result<MembershipMessage, MembershipCodec.DecodeError> {
+        guard bytes.count > Self.macBytes else { return .failure(.init(description: "datagram too short")) }
+        let body = Array(bytes.dropLast(Self.macBytes))
+        let code = Array(bytes.suffix(Self.macBytes))
+        guard HMAC<SHA256>.isValidAuthenticationCode(code, authenticating: body, using: SymmetricKey(data: secret))
+        else {
+            return .failure(.init(description: "failed authentication (wrong shared secret?)"))
+        }
+        return Result { () throws(MembershipCodec.DecodeError) in try MembershipCodec.decode(body, cluster: cluster) }
+    }
+
+    /// Binds a UDP socket at `host:port`; `receive` gets every datagram and its source.
+    static func bind(
+        host: String, port: Int, group: any EventLoopGroup,
+        receive: @escaping @Sendable ([UInt8], SocketAddress) -> Void
+    ) async throws -> any Channel {
+        try await DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(DatagramReceiver(receive: receive))
+                }
+            }
+            .bind(host: host, port: port).get()
+    }
+}
+
+private final class DatagramReceiver: ChannelInboundHandler {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    let receive: @Sendable ([UInt8], SocketAddress) -> Void
+
+    init(receive: @escaping @Sendable ([UInt8], SocketAddress) -> Void) { self.receive = receive }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        guard envelope.data.readableBytes <= 4096 else { return }
+        receive(Array(envelope.data.readableBytesView), envelope.remoteAddress)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A refused datagram (ICMP port unreachable while the peer is down) is not fatal.
+    }
+}
+
+extension Channel {
+    /// Sends one datagram; failures (peer down, no route) are the failure detector's business.
+    func sendDatagram(_ bytes: [UInt8], to address: SocketAddress) {
+        var buffer = allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        writeAndFlush(AddressedEnvelope(remoteAddress: address, data: buffer), promise: nil)
+    }
+}

@@ -1,0 +1,98 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+import TandemCoordination
+import TandemCore
+import TandemReplication
+import TandemStorage
+
+/// `tandem witness`: the third voter. Holds no data; answers heartbeats, lease renewals and vote
+/// requests from the two nodes, and keeps its votes and outdated marks in a state file.
+public final class WitnessService: Service, Sendable {
+    private let configuration: Configuration
+    private let transport: MembershipTransport
+    private let statePath: String
+    private let logger: Logger
+    private let initial: MembershipState
+
+    /// Reads the persisted state; a damaged state file refuses the start.
+    public init(configuration: Configuration, logger: Logger) throws(AgentError) {
+        guard configuration.witness != nil else { throw .unsupported("the config has no [witness] section") }
+        guard configuration.nodes.count == 2 else {
+            throw .unsupported("a witness votes between two nodes; the config has \(configuration.nodes.count)")
+        }
+        self.configuration = configuration
+        let secret = try Agent.readSecret(configuration)
+        self.transport = MembershipTransport(cluster: configuration.cluster.name, secret: secret, logger: logger)
+        try Agent.makeDirectory(configuration.cluster.stateDirectory)
+        self.statePath = "\(configuration.cluster.stateDirectory)/witness.membership"
+        self.logger = logger
+        do {
+            if let bytes = try AtomicFile.read(path: statePath) {
+                guard let state = MembershipState.decode(bytes) else {
+                    throw AgentError.unsupported("\(statePath) is damaged; it holds the witness's votes")
+                }
+                initial = state
+            } else {
+                initial = MembershipState()
+            }
+        } catch let error as AgentError {
+            throw error
+        } catch {
+            throw .unsupported("cannot read \(statePath): \(error)")
+        }
+    }
+
+    public func run() async throws {
+        guard let witness = configuration.witness else { return }
+        let nodes = configuration.nodes.map(\.name)
+        let controller = Mutex(
+            WitnessController(
+                name: MembershipService.witnessName, nodes: nodes, leaseTime: configuration.timing.deadTime,
+                record: initial.record, now: MembershipService.now()))
+        let channelBox = Mutex<(any Channel)?>(nil)
+        let channel = try await MembershipTransport.bind(
+            host: witness.address, port: witness.port, group: MultiThreadedEventLoopGroup.singleton
+        ) { [transport, logger, statePath] bytes, source in
+            let message: MembershipMessage
+            switch transport.open(bytes) {
+            case .success(let opened): message = opened
+            case .failure(let error):
+                logger.debug("datagram from \(source) refused: \(error)")
+                return
+            }
+            // One datagram at a time: the record is stored before the answer leaves.
+            controller.withLock { controller in
+                let before = controller.voter.record
+                let actions = controller.receive(message, now: MembershipService.now())
+                for action in actions {
+                    switch action {
+                    case .persist(let record):
+                        do {
+                            try AtomicFile.replace(path: statePath, bytes: MembershipState(record: record).encoded())
+                        } catch {
+                            logger.critical("cannot store \(statePath): \(error); answer withheld")
+                            return
+                        }
+                        if record.epoch != before.epoch {
+                            logger.notice("vote for epoch \(record.epoch) went to \(record.holder ?? "-")")
+                        }
+                        if record.outdated != before.outdated {
+                            logger.notice("outdated nodes: \(record.outdated.sorted())")
+                        }
+                    case .send(let reply, _):
+                        channelBox.withLock { $0 }?.sendDatagram(transport.seal(reply), to: source)
+                    default:
+                        break
+                    }
+                }
+            }
+        }
+        channelBox.withLock { $0 = channel }
+        logger.info("witness of cluster \(configuration.cluster.name) listening on \(witness.address):\(witness.port)")
+        try? await gracefulShutdown()
+        try? await channel.close()
+    }
+}

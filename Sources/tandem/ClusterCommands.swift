@@ -1,0 +1,131 @@
+import ArgumentParser
+import Foundation
+import Logging
+import TandemAgent
+import TandemCore
+
+struct WitnessCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "witness", abstract: "Run the witness, the third voter, until SIGTERM or SIGINT.")
+
+    @OptionGroup var options: GlobalOptions
+
+    func run() async throws {
+        let logger = options.makeLogger(label: "tandem.witness")
+        let configuration: Configuration
+        do {
+            configuration = try ConfigFile.load(path: options.config)
+        } catch {
+            throw fail("invalid config:\n\(error)")
+        }
+        var expanded = configuration
+        expanded.cluster.stateDirectory = configuration.cluster.stateDirectory.replacing("{node}", with: "witness")
+        do {
+            let service = try WitnessService(configuration: expanded, logger: logger)
+            let group = ServiceGroupRunner(service: service, logger: logger)
+            try await group.run()
+        } catch let error as AgentError {
+            throw fail("cannot start the witness: \(error)")
+        }
+    }
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "The whole cluster at a glance: quorum, nodes, links, the witness, volumes, the last failover.")
+
+    @OptionGroup var options: NodeOptions
+
+    func run() async throws { try options.run("status", cluster: true) }
+}
+
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node", abstract: "Node states: standby (planned switchover), online, status.",
+        subcommands: [Standby.self, Online.self, NodeStatus.self])
+
+    struct Standby: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Hand the primary role to the peer (drain, flush, demote, promote) and keep out of it.")
+        @OptionGroup var options: NodeOptions
+        @Argument(help: "The node (its agent's control socket must be on this machine).") var name: String
+
+        func run() async throws {
+            var options = options
+            options.node = name
+            try options.run("standby", cluster: true)
+        }
+    }
+
+    struct Online: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Make the node eligible for the primary role again.")
+        @OptionGroup var options: NodeOptions
+        @Argument(help: "The node.") var name: String
+
+        func run() async throws {
+            var options = options
+            options.node = name
+            try options.run("online", cluster: true)
+        }
+    }
+
+    struct NodeStatus: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "status", abstract: "Print online, standby or offline.")
+        @OptionGroup var options: NodeOptions
+        @Argument(help: "The node.") var name: String
+
+        func run() async throws {
+            var options = options
+            options.node = name
+            do {
+                let answer = try ControlClient.request("status", socketPath: try options.socketPath())
+                let cluster = answer["cluster"] as? [String: Any]
+                print(cluster?["state"] as? String ?? "online")
+            } catch is ControlClient.Failure {
+                print("offline")
+            }
+        }
+    }
+}
+
+struct FailoverCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "failover",
+        abstract: "Promote a node by hand when the cluster cannot decide on its own (no witness).")
+
+    @OptionGroup var options: NodeOptions
+    @Flag(help: "Required: promote without quorum.") var force = false
+    @Flag(help: "Do not ask for confirmation.") var yes = false
+    @Argument(help: "The node to promote.") var name: String
+
+    func run() async throws {
+        guard force else {
+            throw fail("a cluster with a witness fails over on its own; use `tandem node standby` to switch over")
+        }
+        if !yes {
+            print(
+                """
+                Promoting \(name) without quorum. If the other node is still running and serving, both will
+                accept writes and the copies will diverge (split brain); writes acknowledged by the other node
+                after its last sync are not on \(name). Make sure the other node is powered off.
+                Type the node's name to go on:
+                """, terminator: " ")
+            guard readLine()?.trimmingCharacters(in: .whitespaces) == name else { throw fail("not confirmed") }
+        }
+        var options = options
+        options.node = name
+        try options.run("force-primary", cluster: true)
+    }
+}
+
+/// Runs one service until SIGTERM or SIGINT.
+struct ServiceGroupRunner {
+    let service: WitnessService
+    let logger: Logger
+
+    func run() async throws {
+        try await Agent.runServices([service], logger: logger)
+    }
+}
