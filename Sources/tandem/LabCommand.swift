@@ -115,7 +115,7 @@ struct LabCommand: AsyncParsableCommand {
             for source in sources {
                 source.setEventHandler {
                     guard once.set() else { return }
-                    sources.forEach { $0.cancel() }
+                    for source in sources { source.cancel() }
                     done.resume()
                 }
                 source.resume()
