@@ -145,12 +145,19 @@ import Testing
         defer { if process.isRunning { process.terminate() } }
         let printed = DataCollector(output.fileHandleForReading)
         let uri = "nbd://127.0.0.1:\(port)/vol0"
-        try waitUntilServing(uri, process: process)
+        let deadline = Date().addingTimeInterval(90)
+        while !printed.text().contains("Tandem lab is running"), process.isRunning, Date() < deadline {
+            usleep(100_000)
+        }
+        #expect(printed.text().contains("Tandem lab is running and in sync: lab-a is primary"), "\(printed.text())")
         try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0x5a 0 1M", "-c", "read -P 0x5a 0 1M", uri])
+        // The secondary serves the same data, read-only.
+        try Tools.check("qemu-io", ["-r", "-f", "raw", "-c", "read -P 0x5a 0 1M", "nbd://127.0.0.2:\(port)/vol0"])
         process.interrupt()
         process.waitUntilExit()
         #expect(process.terminationStatus == 0)
-        #expect(printed.text().contains("Tandem lab is running"))
-        #expect(printed.text().contains("qemu-io -f raw"))
+        let text = printed.text()
+        #expect(text.contains("pkill -9 -f 'node lab-a'"))
+        for name in ["witness", "lab-a", "lab-b"] { #expect(text.contains("lab: \(name) stopped (0)"), "\(text)") }
     }
 }

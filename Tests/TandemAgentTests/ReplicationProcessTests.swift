@@ -10,9 +10,26 @@ final class TwoNodeCluster: @unchecked Sendable {
     private var processes: [String: Process] = [:]
     private var logs: [String: DataCollector] = [:]
 
-    init(protocol replication: String, size: String) throws {
-        let ports = try (0..<4).map { _ in try freeLoopbackPort() }
+    let witnessPort: Int?
+    private var witnessProcess: Process?
+
+    /// With `witness`, the config has a witness (start it with `startWitness()`) and agents exit as
+    /// their HA reset.
+    init(protocol replication: String, size: String, witness: Bool = false, deadTime: String = "2s") throws {
+        let ports = try (0..<5).map { _ in try freeLoopbackPort() }
         nbdPorts = ["a": ports[2], "b": ports[3]]
+        witnessPort = witness ? ports[4] : nil
+        let witnessSection =
+            witness
+            ? """
+
+            [witness]
+            address = "127.0.0.1"
+            port = \(ports[4])
+
+            [timing]
+            dead-time = "\(deadTime)"
+            """ : ""
         config = "\(directory.path)/tandem.toml"
         try "0123456789abcdef0123456789abcdef\n".write(
             toFile: "\(directory.path)/secret", atomically: true, encoding: .utf8)
@@ -21,6 +38,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         name = "pair"
         secret-file = "\(directory.path)/secret"
         state-dir = "\(directory.path)/{node}"
+        ha-reset = "exit"
 
         [[node]]
         name = "a"
@@ -39,11 +57,54 @@ final class TwoNodeCluster: @unchecked Sendable {
         protocol = "\(replication)"
         size = "\(size)"
         backing = "\(directory.path)/{node}/vol0.img"
+        \(witnessSection)
         """.write(toFile: config, atomically: true, encoding: .utf8)
+    }
+
+    func startWitness() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Tools.tandemBinary())
+        process.arguments = ["witness", "--config", config]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        witnessProcess = process
+        logs["witness"] = DataCollector(errors.fileHandleForReading)
+    }
+
+    func stopWitness() {
+        witnessProcess?.terminate()
+        witnessProcess?.waitUntilExit()
+    }
+
+    /// Sends `signal` to a node's agent.
+    func signal(_ node: String, _ signal: Int32) {
+        if let process = processes[node] { kill(process.processIdentifier, signal) }
+    }
+
+    func isRunning(_ node: String) -> Bool { processes[node]?.isRunning ?? false }
+
+    /// The node's cluster view (`tandem status --json`'s "cluster").
+    func cluster(_ node: String) throws -> [String: Any] {
+        let output = try Tools.run(
+            try Tools.tandemBinary(), ["status", "--json", "--config", config, "--node", node])
+        guard output.status == 0,
+            let root = try JSONSerialization.jsonObject(with: Data(output.standardOutput.utf8)) as? [String: Any],
+            let cluster = root["cluster"] as? [String: Any]
+        else { throw Tools.Failure(description: "no cluster status from \(node): \(output.combined)") }
+        return cluster
+    }
+
+    /// The node that is primary for vol0, if exactly one is.
+    func primary() -> String? {
+        let primaries = ["a", "b"].filter { isRunning($0) && field($0, "role") == "primary" }
+        return primaries.count == 1 ? primaries[0] : nil
     }
 
     deinit {
         for process in processes.values where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if let witnessProcess, witnessProcess.isRunning { kill(witnessProcess.processIdentifier, SIGKILL) }
     }
 
     func uri(_ node: String) -> String { "nbd://127.0.0.1:\(nbdPorts[node]!)/vol0" }

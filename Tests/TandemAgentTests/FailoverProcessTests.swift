@@ -1,0 +1,229 @@
+import Foundation
+import NIOCore
+import TandemWire
+import Testing
+
+/// A client that writes numbered 4 KiB blocks with FUA, each at its own offset, and records every
+/// acknowledgement with its time. When its node fails it moves to the other one.
+final class NumberedWriter: @unchecked Sendable {
+    let cluster: TwoNodeCluster
+    let lock = NSLock()
+    private(set) var acknowledged: [(block: Int, node: String, at: Date)] = []
+    private var next = 0
+    private var stopped = false
+    let blocks: Int
+    var target: String
+    /// Stay on `target` instead of trying the other node when it does not take writes.
+    var fixed = false
+
+    init(cluster: TwoNodeCluster, blocks: Int, start target: String) {
+        self.cluster = cluster
+        self.blocks = blocks
+        self.target = target
+    }
+
+    static func content(_ block: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        for index in stride(from: 0, to: 4096, by: 8) {
+            withUnsafeBytes(of: UInt64(block).bigEndian) { bytes.replaceSubrange(index..<index + 8, with: $0) }
+        }
+        return bytes
+    }
+
+    var count: Int { lock.withLock { acknowledged.count } }
+
+    func stop() { lock.withLock { stopped = true } }
+
+    /// Writes until stopped; on a failed connection, tries the nodes in turn every 20 ms until one
+    /// takes writes.
+    func run() {
+        var node = target
+        while !lock.withLock({ stopped }) {
+            guard let client = try? NBDTestClient(port: cluster.nbdPorts[node]!),
+                (try? client.greet()) != nil, let export = try? client.go(export: "vol0"),
+                !export.flags.contains(.readOnly)
+            else {
+                if !fixed { node = node == "a" ? "b" : "a" }
+                usleep(20_000)
+                continue
+            }
+            while !lock.withLock({ stopped }) {
+                let block = lock.withLock { next }
+                guard block < blocks else { return }
+                guard let error = try? client.write(Self.content(block), at: UInt64(block) * 4096, fua: true) else {
+                    break
+                }
+                guard error == 0 else { break }
+                lock.withLock {
+                    acknowledged.append((block, node, Date()))
+                    next += 1
+                }
+            }
+        }
+    }
+
+    /// Every acknowledged block, read back from `node`: the blocks whose content is wrong.
+    func lostBlocks(readingFrom node: String) throws -> [Int] {
+        let client = try NBDTestClient(port: cluster.nbdPorts[node]!)
+        try client.greet()
+        try client.go(export: "vol0")
+        var lost: [Int] = []
+        for entry in lock.withLock({ acknowledged }) {
+            let (error, data) = try client.read(at: UInt64(entry.block) * 4096, length: 4096)
+            if error != 0 || data != Self.content(entry.block) { lost.append(entry.block) }
+        }
+        return lost
+    }
+
+    /// The gap the client saw around `time`: from the last acknowledgement before it to the first after it.
+    func gap(around time: Date) -> TimeInterval? {
+        let all = lock.withLock { acknowledged }
+        guard let before = all.last(where: { $0.at <= time }), let after = all.first(where: { $0.at > time }) else {
+            return nil
+        }
+        return after.at.timeIntervalSince(before.at)
+    }
+}
+
+@Suite("Failover with real agents and a witness", .serialized)
+struct FailoverProcessTests {
+    static let rounds = ProcessInfo.processInfo.environment["TANDEM_FAILOVER_ROUNDS"].flatMap(Int.init) ?? 20
+    static let deadTime = ProcessInfo.processInfo.environment["TANDEM_FAILOVER_DEAD_TIME"] ?? "2s"
+
+    func startCluster() throws -> TwoNodeCluster {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "256MiB", witness: true, deadTime: Self.deadTime)
+        try cluster.startWitness()
+        try cluster.start("a")
+        try cluster.start("b")
+        try cluster.waitFor("a primary") { cluster.primary() == "a" }
+        try cluster.waitInSync()
+        return cluster
+    }
+
+    @Test("SIGKILL of the primary, repeated: every acknowledged FUA block reads back from the new primary")
+    func killPrimary_noAcknowledgedWriteLost() throws {
+        let cluster = try startCluster()
+        var gaps: [Double] = []
+        for round in 1...Self.rounds {
+            let primary = try #require(cluster.primary())
+            let survivor = primary == "a" ? "b" : "a"
+            let writer = NumberedWriter(cluster: cluster, blocks: 65536, start: primary)
+            let thread = Thread { writer.run() }
+            thread.start()
+            try cluster.waitFor("writes on \(primary)") { writer.count >= 50 }
+            let killedAt = Date()
+            cluster.crash(primary)
+            try cluster.waitFor("writes on \(survivor) after the kill", seconds: 30) {
+                writer.lock.withLock { writer.acknowledged.contains { $0.node == survivor && $0.at > killedAt } }
+            }
+            usleep(100_000)
+            writer.stop()
+            while thread.isExecuting || !thread.isFinished { usleep(10_000) }
+            let lost = try writer.lostBlocks(readingFrom: survivor)
+            #expect(lost.isEmpty, "round \(round): \(lost.count) acknowledged blocks lost, first \(lost.prefix(5))")
+            if let gap = writer.gap(around: killedAt) { gaps.append(gap) }
+            try cluster.start(primary)
+            try cluster.waitInSync()
+        }
+        gaps.sort()
+        let text = gaps.map { String(format: "%.3f", $0) }.joined(separator: " ")
+        print("failover gaps (s, sorted) over \(gaps.count) kills, dead-time \(Self.deadTime): \(text)")
+        #expect(gaps.count == Self.rounds)
+        cluster.stop("a")
+        cluster.stop("b")
+        cluster.stopWitness()
+    }
+
+    @Test("SIGSTOP of the primary for three dead times: after SIGCONT it completes no write, and resets")
+    func frozenPrimary_completesNothingAfterTheTakeover() throws {
+        let cluster = try startCluster()
+        let writer = NumberedWriter(cluster: cluster, blocks: 65536, start: "a")
+        // The frozen node's own client: it keeps its connection and reports every reply it gets.
+        let client = try NBDTestClient(port: cluster.nbdPorts["a"]!)
+        try client.greet()
+        try client.go(export: "vol0")
+        #expect(try client.write(NumberedWriter.content(1), at: 0, fua: true) == 0)
+        cluster.signal("a", SIGSTOP)
+        let stoppedAt = Date()
+        try client.sendRequest(
+            .write, cookie: 99, offset: 4096, length: 4096, flags: .fua, payload: ByteBuffer(bytes: [UInt8](repeating: 7, count: 4096)))
+        let thread = Thread { writer.run() }
+        writer.target = "b"
+        writer.fixed = true
+        thread.start()
+        try cluster.waitFor("b takes writes while a is stopped", seconds: 20) {
+            writer.lock.withLock { writer.acknowledged.contains { $0.node == "b" } }
+        }
+        let takeover = writer.lock.withLock { writer.acknowledged.first { $0.node == "b" }!.at }
+        // Three dead times in all, then wake it.
+        let deadSeconds = Double(Self.deadTime.dropLast()) ?? 2
+        let remaining = 3 * deadSeconds - Date().timeIntervalSince(stoppedAt)
+        if remaining > 0 { usleep(UInt32(remaining * 1_000_000)) }
+        cluster.signal("a", SIGCONT)
+        var successesAfterTakeover = 0
+        while let reply = try? client.receiveReply() {
+            if reply.error == 0, Date() > takeover { successesAfterTakeover += 1 }
+        }
+        #expect(successesAfterTakeover == 0, "the old primary acknowledged \(successesAfterTakeover) writes")
+        try cluster.waitFor("a resets itself", seconds: 10) { !cluster.isRunning("a") }
+        let resetLog = try String(contentsOfFile: "\(cluster.directory.path)/a/a.reset-log", encoding: .utf8)
+        #expect(resetLog.contains("HA reset"))
+        writer.stop()
+        while !thread.isFinished { usleep(10_000) }
+        #expect(try writer.lostBlocks(readingFrom: "b").isEmpty)
+        cluster.stop("b")
+        cluster.stopWitness()
+    }
+
+    @Test("witness stopped: nothing fails over and the cluster says so; secondary killed: the primary serves on")
+    func witnessDown_thenSecondaryDown() throws {
+        let cluster = try startCluster()
+        cluster.stopWitness()
+        usleep(5_000_000)
+        #expect(cluster.primary() == "a")
+        let view = try cluster.cluster("a")
+        let witness = try #require(view["witness"] as? [String: Any])
+        let heard = witness["lastHeardSecondsAgo"] as? Double ?? .infinity
+        #expect(heard > 2, "the witness was heard \(heard) s ago although it is stopped")
+        #expect(view["quorum"] as? Bool == true)
+        // Bring the witness back, then lose the secondary.
+        try cluster.startWitness()
+        usleep(3_000_000)
+        cluster.crash("b")
+        let writer = NumberedWriter(cluster: cluster, blocks: 65536, start: "a")
+        let thread = Thread { writer.run() }
+        thread.start()
+        try cluster.waitFor("a keeps taking writes without b", seconds: 20) { writer.count >= 100 }
+        writer.stop()
+        while !thread.isFinished { usleep(10_000) }
+        #expect(writer.lock.withLock { writer.acknowledged.allSatisfy { $0.node == "a" } })
+        #expect(cluster.primary() == "a")
+        #expect(cluster.field("a", "connection") != "connected")
+        cluster.stop("a")
+        cluster.stopWitness()
+    }
+
+    @Test("node standby hands the role over without losing a write")
+    func plannedSwitchover() throws {
+        let cluster = try startCluster()
+        let writer = NumberedWriter(cluster: cluster, blocks: 65536, start: "a")
+        let thread = Thread { writer.run() }
+        thread.start()
+        try cluster.waitFor("writes on a") { writer.count >= 50 }
+        let switchedAt = Date()
+        let output = try Tools.run(try Tools.tandemBinary(), ["node", "standby", "a", "--config", cluster.config])
+        #expect(output.status == 0, "\(output.combined)")
+        try cluster.waitFor("writes on b", seconds: 20) {
+            writer.lock.withLock { writer.acknowledged.contains { $0.node == "b" } }
+        }
+        writer.stop()
+        while !thread.isFinished { usleep(10_000) }
+        #expect(try writer.lostBlocks(readingFrom: "b").isEmpty)
+        let gap = writer.gap(around: switchedAt) ?? .infinity
+        print(String(format: "planned switchover gap: %.3f s", gap))
+        #expect(cluster.primary() == "b")
+        cluster.stop("a")
+        cluster.stop("b")
+        cluster.stopWitness()
+    }
+}
