@@ -320,6 +320,12 @@ public final class ReplicatedVolume: Sendable {
     /// to date. A node promoted while apart from its peer starts a new data generation so that the
     /// next connection knows which copy changed.
     public func setRole(_ role: VolumeRole, epoch: UInt64? = nil) throws(RoleError) {
+        if role == .primary, epoch != nil, state.withLock({ $0.peerState?.role == 1 }) {
+            // Membership promoted this node in a new epoch: the peer's lease has ended, whatever its
+            // link still says (a frozen node keeps its connection open). Nothing more goes to it
+            // until it reconnects, and its old-epoch writes are refused.
+            _ = peerDisconnected()
+        }
         let frames: [PeerFrame]
         do {
             frames = try state.withLock { state throws(RoleError) -> [PeerFrame] in

@@ -146,7 +146,8 @@ struct FailoverProcessTests {
         cluster.signal("a", SIGSTOP)
         let stoppedAt = Date()
         try client.sendRequest(
-            .write, cookie: 99, offset: 4096, length: 4096, flags: .fua, payload: ByteBuffer(bytes: [UInt8](repeating: 7, count: 4096)))
+            .write, cookie: 99, offset: 4096, length: 4096, flags: .fua,
+            payload: ByteBuffer(bytes: [UInt8](repeating: 7, count: 4096)))
         let thread = Thread { writer.run() }
         writer.target = "b"
         writer.fixed = true

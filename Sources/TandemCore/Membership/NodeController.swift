@@ -178,16 +178,8 @@ public struct NodeController: Sendable {
         } else {
             inSyncSince = nil
         }
+        if resetIfStalled(&actions, now: now, stalled: stalled) { return actions }
         if role == .primary, let until = leaseUntil, now >= until {
-            if now - until > settings.heartbeatInterval, stalled > settings.heartbeatInterval {
-                // The node did not run when its lease ended: it cannot prove it stopped in time.
-                actions.append(
-                    .reset(
-                        reason: "the lease of epoch \(epoch) ended \(now - until) ago while the node was not running "
-                            + "(stalled for \(stalled)); it cannot prove it stopped serving in time"))
-                stepDown(&actions, reason: "lease expired while stalled", drain: false, release: false)
-                return actions
-            }
             stepDown(&actions, reason: "lost quorum: the lease of epoch \(epoch) ended", drain: false, release: false)
         }
         if role == .primary, facts.peerInSync, let peer = settings.peer, voter.isOutdated(peer) {
@@ -226,6 +218,7 @@ public struct NodeController: Sendable {
     /// A message arrived; `link` names the link it came on when it came from the peer.
     public mutating func receive(_ message: MembershipMessage, link: String?, now: Duration) -> [MembershipAction] {
         var actions: [MembershipAction] = []
+        if resetIfStalled(&actions, now: now, stalled: now - lastTick) { return actions }
         let fromPeer = message.sender == settings.peer
         if fromPeer, let link { detector.heard(on: link, at: now) }
         if !fromPeer, message.sender != settings.name { witnessHeardAt = now }
@@ -361,6 +354,22 @@ public struct NodeController: Sendable {
     // MARK: Decisions
 
     private var candidateTimeout: Duration { max(settings.heartbeatInterval * 3, .milliseconds(300)) }
+
+    /// A primary whose lease ended while the node was not running (frozen, starved) cannot prove
+    /// it stopped serving in time: it resets, whatever arrives first after it wakes.
+    private mutating func resetIfStalled(
+        _ actions: inout [MembershipAction], now: Duration, stalled: Duration
+    ) -> Bool {
+        guard role == .primary, let until = leaseUntil, now - until > settings.heartbeatInterval,
+            stalled > settings.heartbeatInterval
+        else { return false }
+        actions.append(
+            .reset(
+                reason: "the lease of epoch \(epoch) ended \(now - until) ago while the node was not running "
+                    + "(stalled for \(stalled)); it cannot prove it stopped serving in time"))
+        stepDown(&actions, reason: "lease expired while stalled", drain: false, release: false)
+        return true
+    }
 
     private mutating func considerCandidacy(_ actions: inout [MembershipAction], now: Duration) {
         guard settings.peer != nil else {
