@@ -22,8 +22,7 @@ struct WitnessCommand: AsyncParsableCommand {
         expanded.cluster.stateDirectory = configuration.cluster.stateDirectory.replacing("{node}", with: "witness")
         do {
             let service = try WitnessService(configuration: expanded, logger: logger)
-            let group = ServiceGroupRunner(service: service, logger: logger)
-            try await group.run()
+            try await Agent.runServices([service], logger: logger)
         } catch let error as AgentError {
             throw fail("cannot start the witness: \(error)")
         }
@@ -117,15 +116,5 @@ struct FailoverCommand: AsyncParsableCommand {
         var options = options
         options.node = name
         try options.run("force-primary", cluster: true)
-    }
-}
-
-/// Runs one service until SIGTERM or SIGINT.
-struct ServiceGroupRunner {
-    let service: WitnessService
-    let logger: Logger
-
-    func run() async throws {
-        try await Agent.runServices([service], logger: logger)
     }
 }

@@ -72,7 +72,11 @@ struct LabCommand: AsyncParsableCommand {
         }
         print(
             "lab: started the witness, lab-a and lab-b (logs in \(directory)/*.log); waiting until the pair is in sync")
-        let primary = await waitUntilInSync(directory: directory)
+        guard let primary = await waitUntilInSync(directory: directory, children: children) else {
+            for (_, process) in children where process.isRunning { process.terminate() }
+            for (_, process) in children { process.waitUntilExit() }
+            throw fail("lab: the cluster did not come up; see \(directory)/*.log")
+        }
         printGuide(directory: directory, configPath: configPath, primary: primary)
         await waitForSignal()
         print("\nlab: stopping everything it started")
@@ -83,11 +87,16 @@ struct LabCommand: AsyncParsableCommand {
         }
     }
 
-    /// Polls both agents until one is primary and the other in sync; returns the primary's name.
-    private func waitUntilInSync(directory: String) async -> String {
+    /// Polls both agents until one is primary and the other in sync; returns the primary's name, or
+    /// `nil` when a child stopped (its log says why) or nothing came up within ten minutes.
+    private func waitUntilInSync(directory: String, children: [(String, Process)]) async -> String? {
         let deadline = Date().addingTimeInterval(600)
         var lastReport = Date.distantPast
         while Date() < deadline {
+            if let (name, process) = children.first(where: { !$0.1.isRunning }) {
+                print("lab: \(name) stopped with status \(process.terminationStatus) before the pair was in sync")
+                return nil
+            }
             for name in ["lab-a", "lab-b"] {
                 let socket = ControlServer.socketPath(stateDirectory: "\(directory)/state/\(name)", node: name)
                 guard let answer = try? ControlClient.request("status", socketPath: socket),
@@ -105,7 +114,7 @@ struct LabCommand: AsyncParsableCommand {
             }
             try? await Task.sleep(for: .milliseconds(200))
         }
-        return "lab-a"
+        return nil
     }
 
     private func waitForSignal() async {

@@ -92,22 +92,7 @@ public final class MembershipService: Service, Sendable {
         }
         self.witnessAddress = configuration.witness.flatMap { try? SocketAddress(ipAddress: $0.address, port: $0.port) }
         (inputs, continuation) = AsyncStream.makeStream(of: Input.self, bufferingPolicy: .bufferingNewest(4096))
-        do {
-            if let bytes = try AtomicFile.read(path: statePath) {
-                guard let state = MembershipState.decode(bytes) else {
-                    throw AgentError.unsupported(
-                        "\(statePath) is damaged; it holds this node's votes, so the agent does not start without it "
-                            + "(remove it only if the peer and the witness are known to be stopped)")
-                }
-                initialState = state
-            } else {
-                initialState = MembershipState()
-            }
-        } catch let error as AgentError {
-            throw error
-        } catch {
-            throw .unsupported("cannot read \(statePath): \(error)")
-        }
+        initialState = try MembershipState.load(path: statePath)
     }
 
     /// The latest view, for status.
@@ -170,6 +155,7 @@ public final class MembershipService: Service, Sendable {
         await withGracefulShutdownHandler {
             for await input in inputs {
                 let now = Self.now()
+                let facts = facts()
                 var actions: [MembershipAction] = []
                 switch input {
                 case .tick:
@@ -177,7 +163,7 @@ public final class MembershipService: Service, Sendable {
                         controller.peerLinkActive(
                             link: "replication", now: ReplicatedVolume.leaseOrigin.duration(to: last))
                     }
-                    actions = controller.tick(now: now, facts: facts())
+                    actions = controller.tick(now: now, facts: facts)
                 case .datagram(let message, let link):
                     actions = controller.receive(message, link: link, now: now)
                 case .standby(let value, let reply):
@@ -194,7 +180,7 @@ public final class MembershipService: Service, Sendable {
                         reply(error.description)
                     }
                 }
-                await perform(actions, standby: standby)
+                await perform(actions, standby: standby, peerInSync: facts.peerInSync)
                 publish(controller, now: now, events: events.withLock { $0 })
             }
         } onGracefulShutdown: { [continuation] in
@@ -215,7 +201,7 @@ public final class MembershipService: Service, Sendable {
         return NodeController.LocalFacts(dataReady: ready, peerInSync: inSync)
     }
 
-    private func perform(_ actions: [MembershipAction], standby: Bool) async {
+    private func perform(_ actions: [MembershipAction], standby: Bool, peerInSync: Bool) async {
         for action in actions {
             switch action {
             case .send(let message, let destination):
@@ -257,7 +243,8 @@ public final class MembershipService: Service, Sendable {
                 }
             }
         }
-        if facts().peerInSync {
+        if peerInSync {
+            // Writes held while the peer was away are on it now: the resync brought them over.
             for volume in volumes where volume.heldWrites > 0 { volume.releaseHeldWrites() }
         }
     }

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import TandemCoordination
 import TandemCore
+import TandemStorage
 
 /// Membership datagrams over UDP, each authenticated with an HMAC-SHA256 over the shared secret.
 ///
@@ -76,5 +77,25 @@ extension Channel {
         var buffer = allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
         writeAndFlush(AddressedEnvelope(remoteAddress: address, data: buffer), promise: nil)
+    }
+}
+
+extension MembershipState {
+    /// Reads the state file at `path` (a fresh state when there is none). A damaged file refuses
+    /// the start: it holds votes, and a voter that forgot them could vote twice in one epoch.
+    static func load(path: String) throws(AgentError) -> MembershipState {
+        let bytes: [UInt8]?
+        do {
+            bytes = try AtomicFile.read(path: path)
+        } catch {
+            throw .unsupported("cannot read \(path): \(error)")
+        }
+        guard let bytes else { return MembershipState() }
+        guard let state = decode(bytes) else {
+            throw .unsupported(
+                "\(path) is damaged; it holds votes, so nothing starts without it (remove it only if every "
+                    + "other voter is known to be stopped)")
+        }
+        return state
     }
 }

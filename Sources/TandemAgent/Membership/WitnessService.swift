@@ -29,20 +29,7 @@ public final class WitnessService: Service, Sendable {
         try Agent.makeDirectory(configuration.cluster.stateDirectory)
         self.statePath = "\(configuration.cluster.stateDirectory)/witness.membership"
         self.logger = logger
-        do {
-            if let bytes = try AtomicFile.read(path: statePath) {
-                guard let state = MembershipState.decode(bytes) else {
-                    throw AgentError.unsupported("\(statePath) is damaged; it holds the witness's votes")
-                }
-                initial = state
-            } else {
-                initial = MembershipState()
-            }
-        } catch let error as AgentError {
-            throw error
-        } catch {
-            throw .unsupported("cannot read \(statePath): \(error)")
-        }
+        self.initial = try MembershipState.load(path: statePath)
     }
 
     public func run() async throws {

@@ -225,24 +225,26 @@ final class NBDServerHandler: ChannelDuplexHandler {
         case .read:
             performRead(request, export: export, context: context)
         case .writeZeroes(let durable, _):
-            performUpdate(request, context: context) { completion in
+            performUpdate(request, export: export, context: context) { completion in
                 export.volume.writeZeroes(
                     offset: request.offset, length: UInt64(request.length), fua: durable, trim: false,
                     completion: completion)
             }
         case .trim(let durable):
-            performUpdate(request, context: context) { completion in
+            performUpdate(request, export: export, context: context) { completion in
                 export.volume.writeZeroes(
                     offset: request.offset, length: UInt64(request.length), fua: durable, trim: true,
                     completion: completion)
             }
         case .write(let durable):
             let payload = request.payload!
-            performUpdate(request, context: context) { completion in
+            performUpdate(request, export: export, context: context) { completion in
                 export.volume.write(offset: request.offset, payload: payload, fua: durable, completion: completion)
             }
         case .flush:
-            performUpdate(request, context: context) { completion in export.volume.flush(completion: completion) }
+            performUpdate(request, export: export, context: context) { completion in
+                export.volume.flush(completion: completion)
+            }
         }
     }
 
@@ -269,14 +271,13 @@ final class NBDServerHandler: ChannelDuplexHandler {
     /// Starts a change on the volume and replies when its completion runs: at once when the
     /// volume completes inline, later (from another thread) when it waits for the peer or a flush.
     private func performUpdate(
-        _ request: NBDRequest, context: ChannelHandlerContext,
+        _ request: NBDRequest, export: NBDExport, context: ChannelHandlerContext,
         _ start: (@escaping @Sendable (Result<Void, StorageError>) -> Void) -> Void
     ) {
         inFlight += 1
         let promise = context.eventLoop.makePromise(of: Void.self)
         start { result in promise.completeWith(result.mapError { $0 as any Error }) }
         let cookie = request.cookie
-        guard case .transmitting(let export) = phase else { return }
         promise.futureResult.assumeIsolated().whenComplete { result in
             self.inFlight -= 1
             switch result {
