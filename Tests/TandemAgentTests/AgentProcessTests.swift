@@ -146,10 +146,12 @@ import Testing
         let printed = DataCollector(output.fileHandleForReading)
         let uri = "nbd://127.0.0.1:\(port)/vol0"
         let deadline = Date().addingTimeInterval(90)
-        while !printed.text().contains("Tandem lab is running"), process.isRunning, Date() < deadline {
+        while !printed.snapshot().contains("Tandem lab is running"), process.isRunning, Date() < deadline {
             usleep(100_000)
         }
-        #expect(printed.text().contains("Tandem lab is running and in sync: lab-a is primary"), "\(printed.text())")
+        try #require(
+            printed.snapshot().contains("Tandem lab is running and in sync: lab-a is primary"),
+            "\(printed.snapshot())")
         try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0x5a 0 1M", "-c", "read -P 0x5a 0 1M", uri])
         // The secondary serves the same data, read-only.
         try Tools.check("qemu-io", ["-r", "-f", "raw", "-c", "read -P 0x5a 0 1M", "nbd://127.0.0.2:\(port)/vol0"])

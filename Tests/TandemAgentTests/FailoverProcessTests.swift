@@ -75,13 +75,13 @@ final class NumberedWriter: @unchecked Sendable {
         return lost
     }
 
-    /// The gap the client saw around `time`: from the last acknowledgement before it to the first after it.
-    func gap(around time: Date) -> TimeInterval? {
+    /// The gap the client saw when it moved to `node` after `time`: from the last acknowledgement
+    /// before the first one `node` gave after `time`, to that one. Acknowledgements the old node
+    /// sent just after `time` count as before the gap, as they do for the client.
+    func gap(movingTo node: String, after time: Date) -> TimeInterval? {
         let all = lock.withLock { acknowledged }
-        guard let before = all.last(where: { $0.at <= time }), let after = all.first(where: { $0.at > time }) else {
-            return nil
-        }
-        return after.at.timeIntervalSince(before.at)
+        guard let first = all.firstIndex(where: { $0.node == node && $0.at > time }), first > 0 else { return nil }
+        return all[first].at.timeIntervalSince(all[first - 1].at)
     }
 }
 
@@ -121,7 +121,7 @@ struct FailoverProcessTests {
             while thread.isExecuting || !thread.isFinished { usleep(10_000) }
             let lost = try writer.lostBlocks(readingFrom: survivor)
             #expect(lost.isEmpty, "round \(round): \(lost.count) acknowledged blocks lost, first \(lost.prefix(5))")
-            if let gap = writer.gap(around: killedAt) { gaps.append(gap) }
+            if let gap = writer.gap(movingTo: survivor, after: killedAt) { gaps.append(gap) }
             try cluster.start(primary)
             try cluster.waitInSync()
         }
@@ -220,7 +220,7 @@ struct FailoverProcessTests {
         writer.stop()
         while !thread.isFinished { usleep(10_000) }
         #expect(try writer.lostBlocks(readingFrom: "b").isEmpty)
-        let gap = writer.gap(around: switchedAt) ?? .infinity
+        let gap = writer.gap(movingTo: "b", after: switchedAt) ?? .infinity
         print(String(format: "planned switchover gap: %.3f s", gap))
         #expect(cluster.primary() == "b")
         cluster.stop("a")

@@ -113,13 +113,13 @@ final class DataCollector: @unchecked Sendable {
         return String(decoding: data, as: UTF8.self)
     }
 
-    /// Everything the pipe delivered, once the writer closed it; may be called again.
-    func text() -> String {
+    /// Everything the pipe delivered, once every writer closed it or `seconds` passed (a process
+    /// spawned at the same moment may have inherited the write end); may be called again.
+    func text(waitingAtMost seconds: Double = 15) -> String {
         lock.lock()
         let alreadyFinished = finished
         lock.unlock()
-        if !alreadyFinished {
-            done.wait()
+        if !alreadyFinished, done.wait(timeout: .now() + seconds) == .success {
             lock.lock()
             finished = true
             lock.unlock()
