@@ -25,6 +25,7 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(name: "TandemCoordination", dependencies: ["TandemCore"]),
+        .target(name: "TandemResources", dependencies: ["TandemCore"]),
         .target(name: "CTandemLinux"),
         .target(
             name: "TandemStorage",
@@ -48,6 +49,7 @@ let package = Package(
                 "TandemStorage",
                 "TandemReplication",
                 "TandemCoordination",
+                "TandemResources",
                 "CTandemLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -70,6 +72,8 @@ let package = Package(
         .target(name: "TandemSim", dependencies: ["TandemCore"], swiftSettings: [.unsafeFlags(["-O"])]),
         .target(name: "TandemTestSupport", path: "Tests/TandemTestSupport"),
         .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore"]),
+        .testTarget(
+            name: "TandemResourcesTests", dependencies: ["TandemResources", "TandemCore", "TandemTestSupport"]),
         .testTarget(name: "TandemSimTests", dependencies: ["TandemSim", "TandemCore"]),
         .testTarget(name: "TandemCoordinationTests", dependencies: ["TandemCoordination", "TandemCore"]),
         .testTarget(

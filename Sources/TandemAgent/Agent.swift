@@ -196,10 +196,12 @@ public enum AgentError: Error, Sendable, CustomStringConvertible {
     case unknownNode(String)
     case volume(name: String, reason: String)
     case unsupported(String)
+    case io(String)
 
     /// A message for the administrator.
     public var description: String {
         switch self {
+        case .io(let message): return message
         case .unknownNode(let message): return message
         case .volume(let name, let reason): return "volume \(name): \(reason)"
         case .unsupported(let message): return message

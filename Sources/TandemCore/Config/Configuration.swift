@@ -143,6 +143,11 @@ public struct Configuration: Sendable, Equatable {
         public var type: ResourceType
         /// The remaining settings, as strings.
         public var parameters: [String: String]
+
+        public init(type: ResourceType, parameters: [String: String]) {
+            self.type = type
+            self.parameters = parameters
+        }
     }
 
     /// The agent kinds Tandem knows.
@@ -169,10 +174,14 @@ public struct Configuration: Sendable, Equatable {
 
         /// Keys that may be given for this kind.
         var optionalKeys: [String] {
-            let common = ["name", "monitor-interval", "start-timeout", "stop-timeout", "monitor-timeout", "run-on"]
+            let common = [
+                "name", "monitor-interval", "start-timeout", "stop-timeout", "monitor-timeout", "run-on",
+                "max-restarts",
+                "restart-window",
+            ]
             switch self {
             case .volume, .nbdExport: return common
-            case .ip: return common + ["interface"]
+            case .ip: return common + ["interface", "probe-duplicates"]
             case .filesystem: return common + ["fstype", "options", "check"]
             case .systemd, .exec: return common
             case .ocf: return common + ["params"]

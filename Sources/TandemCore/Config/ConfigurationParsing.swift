@@ -326,7 +326,11 @@ struct ConfigReader {
         for key in type.requiredKeys where table[key] == nil {
             report(table.line, "\(path).\(key)", "missing; a resource of type \"\(typeText)\" needs it")
         }
-        return Configuration.Resource(type: type, parameters: parameters)
+        let resource = Configuration.Resource(type: type, parameters: parameters)
+        if case .failure(let error) = ResourceSpec.make(group: "", index: 0, resource: resource) {
+            report(table[error.key]?.line ?? table.line, "\(path).\(error.key)", error.reason)
+        }
+        return resource
     }
 
     // MARK: Cross-checks

@@ -64,4 +64,16 @@ public enum Units {
         let text = rounded == rounded.rounded() ? String(Int(rounded)) : String(rounded)
         return "\(text) \(units[unitIndex])"
     }
+
+    /// Formats a duration for humans: `"250ms"`, `"2s"`, `"1.5s"`, `"3m20s"`.
+    public static func formatDuration(_ duration: Duration) -> String {
+        let milliseconds = duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
+        if milliseconds < 1000 { return "\(milliseconds)ms" }
+        if milliseconds < 60_000 {
+            return milliseconds % 1000 == 0
+                ? "\(milliseconds / 1000)s" : "\(Double(milliseconds / 100) / 10)s"
+        }
+        let seconds = milliseconds / 1000
+        return seconds % 60 == 0 ? "\(seconds / 60)m" : "\(seconds / 60)m\(seconds % 60)s"
+    }
 }

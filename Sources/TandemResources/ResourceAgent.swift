@@ -1,0 +1,458 @@
+import TandemCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What a monitor found.
+public enum MonitorResult: Sendable, Equatable {
+    case running
+    case notRunning
+    case failed(String)
+}
+
+/// The code that starts, stops and watches one resource. Every call obeys the resource's
+/// timeout for that action; a failure comes back as a reason an administrator can act on.
+public protocol ResourceAgent: Sendable {
+    var spec: ResourceSpec { get }
+    /// Checks the settings before anything starts; `nil` when they are usable.
+    func validate() async -> String?
+    /// `nil` when the resource runs.
+    func start() async -> String?
+    /// `nil` when the resource is stopped. A failure here means it may still hold the volume.
+    func stop() async -> String?
+    func monitor() async -> MonitorResult
+}
+
+/// Builds the agent for a spec; built-in kinds that belong to the daemon (volume, nbd-export)
+/// come from `builtIn`.
+public enum ResourceAgents {
+    public static func make(
+        _ spec: ResourceSpec, builtIn: (ResourceSpec) -> (any ResourceAgent)?
+    ) -> any ResourceAgent {
+        switch spec.type {
+        case .ocf: return OCFAgent(spec: spec)
+        case .exec: return ExecAgent(spec: spec)
+        case .ip: return IPAgent(spec: spec)
+        case .filesystem: return FilesystemAgent(spec: spec)
+        case .systemd: return SystemdAgent(spec: spec)
+        case .volume, .nbdExport:
+            return builtIn(spec) ?? ClosureAgent(spec: spec, start: { nil }, stop: { nil }, monitor: { .running })
+        }
+    }
+
+    /// Whether `path` names an executable file; the reason when not.
+    static func checkExecutable(_ path: String) -> String? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return "\(path) is missing" }
+        guard (info.st_mode & S_IFMT) == S_IFREG else { return "\(path) is not a regular file" }
+        guard access(path, X_OK) == 0 else { return "\(path) is not executable" }
+        return nil
+    }
+
+    /// Finds `name` in PATH.
+    static func which(_ name: String) -> String? {
+        let path = ProcessRunner.defaultEnvironment["PATH"] ?? ""
+        return path.split(separator: ":").map { "\($0)/\(name)" }.first { access($0, X_OK) == 0 }
+    }
+
+    /// A failure message from a run: the exit status or the timeout, and the last line printed.
+    static func describe(_ action: String, _ outcome: ProcessRunner.Outcome, timeout: Duration) -> String {
+        if let error = outcome.spawnError { return "\(action) could not run: \(error)" }
+        if outcome.timedOut { return "\(action) did not finish within \(Units.formatDuration(timeout)) and was killed" }
+        let status = outcome.status.map { "exited with \($0)" } ?? "was killed by a signal"
+        let line = outcome.lastLine
+        return line.isEmpty ? "\(action) \(status)" : "\(action) \(status): \(line)"
+    }
+}
+
+/// An agent made of three closures: the daemon's own resources.
+public struct ClosureAgent: ResourceAgent {
+    public let spec: ResourceSpec
+    let startAction: @Sendable () async -> String?
+    let stopAction: @Sendable () async -> String?
+    let monitorAction: @Sendable () async -> MonitorResult
+
+    public init(
+        spec: ResourceSpec, start: @escaping @Sendable () async -> String?,
+        stop: @escaping @Sendable () async -> String?, monitor: @escaping @Sendable () async -> MonitorResult
+    ) {
+        self.spec = spec
+        self.startAction = start
+        self.stopAction = stop
+        self.monitorAction = monitor
+    }
+
+    public func validate() async -> String? { nil }
+    public func start() async -> String? { await startAction() }
+    public func stop() async -> String? { await stopAction() }
+    public func monitor() async -> MonitorResult { await monitorAction() }
+}
+
+/// `exec`: the administrator's own start, stop and status commands, run by /bin/sh. Status exits
+/// 0 when running, 3 (LSB) or 7 (OCF) when stopped; anything else is a failure.
+public struct ExecAgent: ResourceAgent {
+    public let spec: ResourceSpec
+
+    func run(_ key: String, timeout: Duration) async -> ProcessRunner.Outcome {
+        await ProcessRunner.run(
+            "/bin/sh", ["-c", spec.parameters[key] ?? "false"],
+            environment: ProcessRunner.defaultEnvironment.merging(["TANDEM_RESOURCE": spec.name]) { $1 },
+            timeout: timeout)
+    }
+
+    public func validate() async -> String? {
+        for key in ["start", "stop", "status"] {
+            guard let command = spec.parameters[key], !command.isEmpty else { return "\(key) command is empty" }
+            let program = String(command.split(separator: " ").first ?? "")
+            if program.hasPrefix("/"), let problem = ResourceAgents.checkExecutable(program) {
+                return "\(key) command: \(problem)"
+            }
+        }
+        return nil
+    }
+
+    public func start() async -> String? {
+        let outcome = await run("start", timeout: spec.startTimeout)
+        return outcome.status == 0 ? nil : ResourceAgents.describe("start", outcome, timeout: spec.startTimeout)
+    }
+
+    public func stop() async -> String? {
+        let outcome = await run("stop", timeout: spec.stopTimeout)
+        return outcome.status == 0 ? nil : ResourceAgents.describe("stop", outcome, timeout: spec.stopTimeout)
+    }
+
+    public func monitor() async -> MonitorResult {
+        let outcome = await run("status", timeout: spec.monitorTimeout)
+        switch outcome.status {
+        case 0: return .running
+        case 3, 7: return .notRunning
+        default: return .failed(ResourceAgents.describe("status", outcome, timeout: spec.monitorTimeout))
+        }
+    }
+}
+
+/// `ocf`: an Open Cluster Framework agent, called as Pacemaker calls it.
+public struct OCFAgent: ResourceAgent {
+    public let spec: ResourceSpec
+
+    public static let root = "/usr/lib/ocf"
+
+    /// The OCF API's exit codes and their meaning.
+    public static func meaning(_ status: Int32) -> String {
+        switch status {
+        case 0: return "OCF_SUCCESS"
+        case 1: return "OCF_ERR_GENERIC (generic error)"
+        case 2: return "OCF_ERR_ARGS (invalid parameters)"
+        case 3: return "OCF_ERR_UNIMPLEMENTED (action not implemented)"
+        case 4: return "OCF_ERR_PERM (insufficient permissions)"
+        case 5: return "OCF_ERR_INSTALLED (required software missing)"
+        case 6: return "OCF_ERR_CONFIGURED (invalid configuration)"
+        case 7: return "OCF_NOT_RUNNING"
+        case 8: return "OCF_RUNNING_MASTER"
+        case 9: return "OCF_FAILED_MASTER"
+        default: return "exit status \(status), outside the OCF API"
+        }
+    }
+
+    /// `heartbeat:Dummy` → /usr/lib/ocf/resource.d/heartbeat/Dummy; `Dummy` means provider
+    /// heartbeat; an absolute path is taken as it is.
+    public var path: String {
+        let agent = spec.parameters["agent"] ?? ""
+        if agent.hasPrefix("/") { return agent }
+        let parts = agent.split(separator: ":", maxSplits: 1).map(String.init)
+        return parts.count == 2
+            ? "\(Self.root)/resource.d/\(parts[0])/\(parts[1])" : "\(Self.root)/resource.d/heartbeat/\(agent)"
+    }
+
+    var environment: [String: String] {
+        var environment = ProcessRunner.defaultEnvironment
+        let agent = spec.parameters["agent"] ?? ""
+        let parts = agent.split(separator: ":", maxSplits: 1).map(String.init)
+        environment["OCF_ROOT"] = Self.root
+        environment["OCF_FUNCTIONS_DIR"] = "\(Self.root)/lib/heartbeat"
+        environment["OCF_RA_VERSION_MAJOR"] = "1"
+        environment["OCF_RA_VERSION_MINOR"] = "1"
+        environment["OCF_RESOURCE_INSTANCE"] = spec.name
+        environment["OCF_RESOURCE_TYPE"] = String(path.split(separator: "/").last ?? "")
+        environment["OCF_RESOURCE_PROVIDER"] = parts.count == 2 ? parts[0] : "heartbeat"
+        for (key, value) in spec.parameters where key.hasPrefix("params.") {
+            environment["OCF_RESKEY_\(key.dropFirst("params.".count))"] = value
+        }
+        return environment
+    }
+
+    func call(_ action: String, timeout: Duration) async -> ProcessRunner.Outcome {
+        var environment = environment
+        let milliseconds = timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000
+        environment["OCF_RESKEY_CRM_meta_timeout"] = String(milliseconds)
+        if action == "monitor" {
+            environment["OCF_RESKEY_CRM_meta_interval"] = String(
+                spec.monitorInterval.components.seconds * 1000)
+        }
+        return await ProcessRunner.run(path, [action], environment: environment, timeout: timeout)
+    }
+
+    func failure(_ action: String, _ outcome: ProcessRunner.Outcome, timeout: Duration) -> String {
+        guard let status = outcome.status, outcome.spawnError == nil else {
+            return ResourceAgents.describe(action, outcome, timeout: timeout)
+        }
+        let line = outcome.lastLine
+        return "\(action) returned \(Self.meaning(status))" + (line.isEmpty ? "" : ": \(line)")
+    }
+
+    /// The parameters the agent's meta-data marks required, or why the meta-data is unusable.
+    static func requiredParameters(metadata: String) -> Result<[String], ValidationFailure> {
+        guard metadata.contains("<resource-agent"), metadata.contains("</resource-agent>") else {
+            let start = metadata.prefix(60).replacing("\n", with: " ")
+            return .failure(ValidationFailure(reason: "meta-data is not an OCF resource-agent document: \"\(start)\""))
+        }
+        var required: [String] = []
+        for chunk in metadata.split(separator: "<parameter ").dropFirst() {
+            let tag = chunk.prefix { $0 != ">" }
+            guard tag.contains("required=\"1\""), let nameStart = tag.firstRange(of: "name=\"") else { continue }
+            let name = tag[nameStart.upperBound...].prefix { $0 != "\"" }
+            required.append(String(name))
+        }
+        return .success(required)
+    }
+
+    public struct ValidationFailure: Error, Sendable {
+        public var reason: String
+    }
+
+    public func validate() async -> String? {
+        if let problem = ResourceAgents.checkExecutable(path) { return "OCF agent \(problem)" }
+        let metadata = await call("meta-data", timeout: spec.monitorTimeout)
+        guard metadata.status == 0 else { return failure("meta-data", metadata, timeout: spec.monitorTimeout) }
+        switch Self.requiredParameters(metadata: metadata.output) {
+        case .failure(let failure): return failure.reason
+        case .success(let required):
+            let missing = required.filter { spec.parameters["params.\($0)"] == nil }
+            if !missing.isEmpty { return "required parameter missing: \(missing.joined(separator: ", "))" }
+        }
+        let validation = await call("validate-all", timeout: spec.monitorTimeout)
+        if validation.status == 0 || validation.status == 3 { return nil }
+        return failure("validate-all", validation, timeout: spec.monitorTimeout)
+    }
+
+    public func start() async -> String? {
+        let outcome = await call("start", timeout: spec.startTimeout)
+        return outcome.status == 0 ? nil : failure("start", outcome, timeout: spec.startTimeout)
+    }
+
+    public func stop() async -> String? {
+        let outcome = await call("stop", timeout: spec.stopTimeout)
+        return outcome.status == 0 ? nil : failure("stop", outcome, timeout: spec.stopTimeout)
+    }
+
+    public func monitor() async -> MonitorResult {
+        let outcome = await call("monitor", timeout: spec.monitorTimeout)
+        switch outcome.status {
+        case 0, 8: return .running
+        case 7: return .notRunning
+        default: return .failed(failure("monitor", outcome, timeout: spec.monitorTimeout))
+        }
+    }
+}
+
+/// Runs a system tool with the resource's timeout.
+struct Tool {
+    let timeout: Duration
+
+    func run(_ name: String, _ arguments: [String]) async -> ProcessRunner.Outcome {
+        await ProcessRunner.run(
+            ResourceAgents.which(name) ?? name, arguments, environment: ProcessRunner.defaultEnvironment,
+            timeout: timeout)
+    }
+}
+
+/// `ip`: a floating address added to an interface and announced with gratuitous ARP (IPv4) so
+/// that switches and clients learn its new place at once.
+public struct IPAgent: ResourceAgent {
+    public let spec: ResourceSpec
+
+    /// `10.0.0.50/24` → ("10.0.0.50", 24); a bare address takes /32 (/128 for IPv6).
+    var address: (host: String, prefix: Int)? {
+        let text = spec.parameters["address"] ?? ""
+        let parts = text.split(separator: "/", maxSplits: 1).map(String.init)
+        let host = parts[0]
+        var probe = in6_addr()
+        let isV6 = host.contains(":")
+        guard inet_pton(isV6 ? AF_INET6 : AF_INET, host, &probe) == 1 else { return nil }
+        let limit = isV6 ? 128 : 32
+        guard parts.count == 2 else { return (host, limit) }
+        guard let prefix = Int(parts[1]), (0...limit).contains(prefix) else { return nil }
+        return (host, prefix)
+    }
+
+    var interface: String { spec.parameters["interface"] ?? "" }
+
+    /// The interfaces that hold the address now.
+    func holders() async -> [String]? {
+        guard let address else { return nil }
+        let outcome = await Tool(timeout: spec.monitorTimeout).run("ip", ["-o", "addr", "show"])
+        guard outcome.status == 0 else { return nil }
+        return outcome.output.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count > 3, fields[3].split(separator: "/").first.map(String.init) == address.host else {
+                return nil
+            }
+            return String(fields[1])
+        }
+    }
+
+    public func validate() async -> String? {
+        guard address != nil else { return "address \"\(spec.parameters["address"] ?? "")\" is not an IP address" }
+        guard !interface.isEmpty else { return "interface is required for an ip resource" }
+        guard ResourceAgents.which("ip") != nil else { return "the ip tool (iproute2) is missing" }
+        let link = await Tool(timeout: spec.monitorTimeout).run("ip", ["link", "show", "dev", interface])
+        guard link.status == 0 else { return "interface \(interface) does not exist" }
+        return nil
+    }
+
+    public func start() async -> String? {
+        guard let address else { return "address is not an IP address" }
+        let tool = Tool(timeout: spec.startTimeout)
+        if let holders = await holders(), !holders.isEmpty {
+            if holders.contains(interface) { return nil }
+            return "\(address.host) is already in use on \(holders.joined(separator: ", ")) of this host"
+        }
+        let isV6 = address.host.contains(":")
+        if !isV6, spec.parameters["probe-duplicates"] != "false", ResourceAgents.which("arping") != nil {
+            // Duplicate address detection: any answer means another host holds the address.
+            let probe = await tool.run("arping", ["-D", "-q", "-c", "2", "-w", "2", "-I", interface, address.host])
+            if probe.status == 1 {
+                return "\(address.host) is already in use: another host on \(interface) answers ARP for it"
+            }
+        }
+        let family = isV6 ? "-6" : "-4"
+        let added = await tool.run(
+            "ip", [family, "addr", "add", "\(address.host)/\(address.prefix)", "dev", interface])
+        guard added.status == 0 else {
+            return ResourceAgents.describe("ip addr add", added, timeout: spec.startTimeout)
+        }
+        if !isV6, ResourceAgents.which("arping") != nil {
+            let announced = await tool.run("arping", ["-U", "-c", "3", "-I", interface, address.host])
+            if announced.status != 0, announced.status != 1 {
+                return ResourceAgents.describe("gratuitous ARP", announced, timeout: spec.startTimeout)
+            }
+        }
+        return nil
+    }
+
+    public func stop() async -> String? {
+        guard let address else { return nil }
+        guard let holders = await holders() else { return "cannot list the addresses of this host" }
+        guard holders.contains(interface) else { return nil }
+        let removed = await Tool(timeout: spec.stopTimeout).run(
+            "ip", ["addr", "del", "\(address.host)/\(address.prefix)", "dev", interface])
+        return removed.status == 0 ? nil : ResourceAgents.describe("ip addr del", removed, timeout: spec.stopTimeout)
+    }
+
+    public func monitor() async -> MonitorResult {
+        guard let holders = await holders() else { return .failed("cannot list the addresses of this host") }
+        return holders.contains(interface) ? .running : .notRunning
+    }
+}
+
+/// `filesystem`: an optional check, a mount, and an unmount that ends whatever still holds it.
+public struct FilesystemAgent: ResourceAgent {
+    public let spec: ResourceSpec
+
+    var device: String { spec.parameters["device"] ?? "" }
+    var directory: String { spec.parameters["directory"] ?? "" }
+
+    /// Whether `directory` is mounted now, from /proc/self/mounts.
+    func mounted() -> Bool {
+        guard let file = fopen("/proc/self/mounts", "r") else { return false }
+        defer { fclose(file) }
+        var line: UnsafeMutablePointer<CChar>?
+        var capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, file) > 0, let line {
+            let fields = String(cString: line).split(separator: " ")
+            if fields.count > 1, fields[1] == directory { return true }
+        }
+        return false
+    }
+
+    public func validate() async -> String? {
+        guard directory.hasPrefix("/") else { return "directory must be an absolute path" }
+        guard !device.isEmpty else { return "device is empty" }
+        return nil
+    }
+
+    public func start() async -> String? {
+        if mounted() { return nil }
+        let tool = Tool(timeout: spec.startTimeout)
+        if spec.parameters["check"] == "true", device.hasPrefix("/") {
+            let check = await tool.run("fsck", ["-a", device])
+            // fsck: 0 clean, 1 errors corrected; anything else needs an administrator.
+            if let status = check.status, status > 1 {
+                return ResourceAgents.describe("fsck", check, timeout: spec.startTimeout)
+            }
+        }
+        mkdir(directory, 0o755)
+        var arguments: [String] = []
+        if let type = spec.parameters["fstype"] { arguments += ["-t", type] }
+        if let options = spec.parameters["options"] { arguments += ["-o", options] }
+        let mount = await tool.run("mount", arguments + [device, directory])
+        return mount.status == 0 ? nil : ResourceAgents.describe("mount", mount, timeout: spec.startTimeout)
+    }
+
+    public func stop() async -> String? {
+        guard mounted() else { return nil }
+        let tool = Tool(timeout: spec.stopTimeout)
+        var last = await tool.run("umount", [directory])
+        if last.status == 0 { return nil }
+        // Busy: end the processes that hold it, then try again.
+        for signal in ["TERM", "KILL"] {
+            _ = await tool.run("fuser", ["-k", "-\(signal)", "-m", directory])
+            usleep(500_000)
+            last = await tool.run("umount", [directory])
+            if last.status == 0 { return nil }
+        }
+        return ResourceAgents.describe("umount", last, timeout: spec.stopTimeout)
+    }
+
+    public func monitor() async -> MonitorResult { mounted() ? .running : .notRunning }
+}
+
+/// `systemd`: a unit started, stopped and watched through systemctl.
+public struct SystemdAgent: ResourceAgent {
+    public let spec: ResourceSpec
+    var unit: String { spec.parameters["unit"] ?? "" }
+
+    public func validate() async -> String? {
+        guard ResourceAgents.which("systemctl") != nil else { return "systemctl is missing" }
+        let known = await Tool(timeout: spec.monitorTimeout).run("systemctl", ["cat", "--", unit])
+        return known.status == 0 ? nil : "unit \(unit) is unknown to systemd"
+    }
+
+    public func start() async -> String? {
+        let outcome = await Tool(timeout: spec.startTimeout).run("systemctl", ["start", "--", unit])
+        return outcome.status == 0
+            ? nil : ResourceAgents.describe("systemctl start", outcome, timeout: spec.startTimeout)
+    }
+
+    public func stop() async -> String? {
+        let outcome = await Tool(timeout: spec.stopTimeout).run("systemctl", ["stop", "--", unit])
+        return outcome.status == 0 ? nil : ResourceAgents.describe("systemctl stop", outcome, timeout: spec.stopTimeout)
+    }
+
+    public func monitor() async -> MonitorResult {
+        let outcome = await Tool(timeout: spec.monitorTimeout).run("systemctl", ["is-active", "--", unit])
+        switch outcome.output.trimmingSpaces {
+        case "active", "reloading", "activating": return .running
+        case "inactive", "deactivating": return .notRunning
+        default: return .failed("unit \(unit) is \(outcome.output.trimmingSpaces)")
+        }
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        String(drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
+    }
+}

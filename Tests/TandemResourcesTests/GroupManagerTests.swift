@@ -1,0 +1,159 @@
+import Foundation
+import Synchronization
+import TandemCore
+import TandemTestSupport
+import Testing
+
+@testable import TandemResources
+
+/// A group manager with hooks that record what it asked for.
+final class Recorder: Sendable {
+    let events = Mutex<[String]>([])
+    let failovers = Mutex<[String]>([])
+    let resets = Mutex<[String]>([])
+
+    var hooks: GroupManager.Hooks {
+        GroupManager.Hooks(
+            event: { message, _ in self.events.withLock { $0.append(message) } },
+            failover: { reason in self.failovers.withLock { $0.append(reason) } },
+            reset: { reason in self.resets.withLock { $0.append(reason) } })
+    }
+
+    func waitFor(_ what: String, seconds: Double = 20, _ condition: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            if condition() { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw ResourceTestFailure(description: "timed out waiting for \(what); events: \(events.withLock { $0 })")
+    }
+}
+
+@Suite struct GroupManagerTests {
+    /// An exec resource that appends `start NAME` and `stop NAME` to a shared log and runs while
+    /// its flag file exists.
+    func logged(_ name: String, _ directory: TemporaryDirectory, extra: [String: String] = [:]) throws -> ResourceSpec {
+        let flag = "\(directory.path)/\(name).flag"
+        let log = "\(directory.path)/order.log"
+        return try spec(
+            .exec,
+            [
+                "name": name, "start": "echo start \(name) >> \(log); touch \(flag)",
+                "stop": "echo stop \(name) >> \(log); rm -f \(flag)", "status": "test -e \(flag) || exit 3",
+                "monitor-interval": "100ms",
+            ].merging(extra) { $1 })
+    }
+
+    func order(_ directory: TemporaryDirectory) -> [String] {
+        ((try? String(contentsOfFile: "\(directory.path)/order.log", encoding: .utf8)) ?? "")
+            .split(separator: "\n").map(String.init)
+    }
+
+    @Test func group_startsInOrder_stopsInReverse_andRunOnIsObeyed() async throws {
+        let directory = TemporaryDirectory()
+        let recorder = Recorder()
+        let agents: [any ResourceAgent] = [
+            ExecAgent(spec: try logged("first", directory)),
+            ExecAgent(spec: try logged("second", directory)),
+            ExecAgent(spec: try logged("warm", directory, extra: ["run-on": "both"])),
+            ExecAgent(spec: try logged("standby-only", directory, extra: ["run-on": "secondary"])),
+        ]
+        let manager = GroupManager(agents: agents, hooks: recorder.hooks)
+        let runner = Task { await manager.run() }
+        await manager.setRole(.secondary)
+        #expect(order(directory) == ["start warm", "start standby-only"])
+        await manager.setRole(.primary)
+        #expect(
+            order(directory) == [
+                "start warm", "start standby-only", "stop standby-only", "start first", "start second",
+            ])
+        #expect(manager.status.map(\.state) == [.running, .running, .running, .stopped])
+        await manager.stopAll()
+        #expect(order(directory).suffix(3) == ["stop warm", "stop second", "stop first"])
+        manager.finish()
+        await runner.value
+        #expect(recorder.failovers.withLock { $0 }.isEmpty)
+    }
+
+    @Test func monitorFailure_restartsInPlace_thenFailsOverPastMaxRestarts() async throws {
+        let directory = TemporaryDirectory()
+        let recorder = Recorder()
+        let agents: [any ResourceAgent] = [
+            ExecAgent(spec: try logged("base", directory)),
+            ExecAgent(spec: try logged("app", directory, extra: ["max-restarts": "2", "restart-window": "1m"])),
+            ExecAgent(spec: try logged("after", directory)),
+        ]
+        let manager = GroupManager(agents: agents, hooks: recorder.hooks)
+        let runner = Task { await manager.run() }
+        await manager.setRole(.primary)
+        for attempt in 1...2 {
+            try FileManager.default.removeItem(atPath: "\(directory.path)/app.flag")
+            try await recorder.waitFor("restart \(attempt)") {
+                manager.status[1].failCount == attempt && manager.status[1].state == .running
+                    && manager.status[2].state == .running
+            }
+        }
+        // The restart stopped what comes after the failed resource and started it again; the
+        // resource before it was left alone.
+        let restarts = order(directory).dropFirst(3)
+        #expect(Array(restarts.prefix(4)) == ["stop after", "stop app", "start app", "start after"])
+        #expect(!order(directory).contains("stop base"))
+        try FileManager.default.removeItem(atPath: "\(directory.path)/app.flag")
+        try await recorder.waitFor("the failover") { !recorder.failovers.withLock { $0 }.isEmpty }
+        let reason = recorder.failovers.withLock { $0[0] }
+        #expect(reason.contains("resource app failed 3 times within 1m (max-restarts 2)"), "\(reason)")
+        #expect(manager.status.map(\.state) == [.stopped, .failed, .stopped])
+        #expect(order(directory).suffix(3) == ["stop after", "stop app", "stop base"])
+        // Cleanup forgets the failures and starts the group again.
+        #expect(await manager.cleanup("app") == nil)
+        #expect(manager.status.map(\.state) == [.running, .running, .running])
+        #expect(manager.status[1].failCount == 0)
+        #expect(await manager.cleanup("nothing-like-it") == "no resource named nothing-like-it")
+        let events = recorder.events.withLock { $0 }
+        #expect(events.contains { $0.contains("resource app failed: monitor found it not running; restart 1 of 2") })
+        #expect(events.contains { $0.hasPrefix("fail counts cleared for app") })
+        await manager.stopAll()
+        manager.finish()
+        await runner.value
+    }
+
+    @Test func stopThatHangs_resetsTheNode_withTheReason() async throws {
+        let directory = TemporaryDirectory()
+        let recorder = Recorder()
+        let flag = "\(directory.path)/stuck.flag"
+        let stuck = try spec(
+            .exec,
+            [
+                "name": "stuck", "start": "touch \(flag)", "stop": "sleep 30", "status": "test -e \(flag) || exit 3",
+                "stop-timeout": "300ms",
+            ])
+        let manager = GroupManager(agents: [ExecAgent(spec: stuck)], hooks: recorder.hooks)
+        let runner = Task { await manager.run() }
+        await manager.setRole(.primary)
+        await manager.setRole(.secondary)
+        let resets = recorder.resets.withLock { $0 }
+        #expect(
+            resets == ["resource stuck could not be stopped: stop did not finish within 300ms and was killed"],
+            "\(resets)")
+        manager.finish()
+        await runner.value
+    }
+
+    @Test func invalidResource_isReported_andOnlyItsGroupStops() async throws {
+        let directory = TemporaryDirectory()
+        let recorder = Recorder()
+        let broken = try spec(
+            .exec, ["name": "broken", "start": "/no/such/tool", "stop": "true", "status": "true"], group: "bad")
+        let agents: [any ResourceAgent] = [ExecAgent(spec: broken), ExecAgent(spec: try logged("fine", directory))]
+        let manager = GroupManager(agents: agents, hooks: recorder.hooks)
+        let runner = Task { await manager.run() }
+        await manager.setRole(.primary)
+        #expect(manager.status.map(\.state) == [.invalid, .running])
+        #expect(manager.status[0].lastFailure == "start command: /no/such/tool is missing")
+        #expect(recorder.events.withLock { $0 }.contains { $0.contains("resource broken (exec) is invalid") })
+        #expect(recorder.failovers.withLock { $0 }.isEmpty)
+        await manager.stopAll()
+        manager.finish()
+        await runner.value
+    }
+}
