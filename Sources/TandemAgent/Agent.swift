@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 import TandemCore
 import TandemReplication
 import TandemStorage
@@ -31,6 +32,10 @@ public struct Agent: Sendable {
     public let peerLink: PeerLink?
     /// Membership (heartbeats, votes, leases), when there is a peer.
     public let membership: MembershipService?
+    /// The node's groups of resources.
+    public let resources: ResourceService
+    /// The node's event journal.
+    public let journal: EventJournal
     private let logger: Logger
 
     /// Opens volumes and builds services for `nodeName`. Paths may contain `{node}`, replaced by
@@ -49,7 +54,9 @@ public struct Agent: Sendable {
         let peer = configuration.nodes.first { $0.name != nodeName }
         let secret = try peer.map { _ throws(AgentError) in try readSecret(configuration) }
         try makeDirectory(configuration.cluster.stateDirectory)
-        let volumes = try openVolumes(configuration, node: node, peer: peer, logger: logger)
+        let journal = try EventJournal(directory: configuration.cluster.stateDirectory, node: node.name, logger: logger)
+        journal.append(.agent, "agent starting", durable: false)
+        let volumes = try openVolumes(configuration, node: node, peer: peer, journal: journal, logger: logger)
         let exports = NBDExportTable(volumes.map { NBDExport(name: $0.configuration.nbdExport, volume: $0) })
         let server = NBDServer(listen: node.nbdListen, exports: exports, limits: configuration.limits, logger: logger)
         let link = peer.map { peer in
@@ -57,21 +64,40 @@ public struct Agent: Sendable {
                 configuration: configuration, local: node, peer: peer, secret: secret ?? [], volumes: volumes,
                 logger: logger)
         }
+        let reset = HAReset(
+            path: "\(configuration.cluster.stateDirectory)/\(node.name).reset-log", node: node.name,
+            action: configuration.cluster.haReset, journal: journal, logger: logger)
+        // A group that fails past its restarts hands the primary role over (a planned switchover).
+        let membershipBox = Mutex<MembershipService?>(nil)
+        let resources = ResourceService(
+            configuration: configuration, node: node.name, volumes: volumes, journal: journal, reset: reset,
+            failover: { reason in
+                guard let membership = membershipBox.withLock({ $0 }) else {
+                    journal.append(.failover, "no peer to fail over to: \(reason)", durable: true)
+                    return
+                }
+                journal.append(.failover, "handing the primary role to the peer: \(reason)", durable: true)
+                if let refused = await membership.setStandby(true) {
+                    journal.append(.failover, "the handover was refused: \(refused)", durable: true)
+                }
+            }, startAsPrimary: peer == nil, logger: logger)
         let membership = try peer.map { peer throws(AgentError) in
             try MembershipService(
                 configuration: configuration, local: node, peer: peer, secret: secret ?? [], volumes: volumes,
-                peerLink: link, logger: logger)
+                peerLink: link, journal: journal, groups: resources.manager, logger: logger)
         }
+        membershipBox.withLock { $0 = membership }
         let control = ControlServer(
             path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
-            nodeName: node.name, volumes: volumes, membership: membership, logger: logger)
+            nodeName: node.name, volumes: volumes, membership: membership, groups: resources.manager, logger: logger)
         return Agent(
             node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control, peerLink: link,
-            membership: membership, logger: logger)
+            membership: membership, resources: resources, journal: journal, logger: logger)
     }
 
     private static func openVolumes(
-        _ configuration: Configuration, node: Configuration.Node, peer: Configuration.Node?, logger: Logger
+        _ configuration: Configuration, node: Configuration.Node, peer: Configuration.Node?, journal: EventJournal,
+        logger: Logger
     ) throws(AgentError) -> [ReplicatedVolume] {
         var volumes: [ReplicatedVolume] = []
         for (index, volume) in configuration.volumes.enumerated() {
@@ -94,7 +120,10 @@ public struct Agent: Sendable {
                             work()
                         }
                     },
-                    report: { event in logger.info("\(event)") })
+                    report: { event in
+                        logger.info("\(event)")
+                        journal.append(.volume, "\(event)")
+                    })
                 for event in replicated.openingEvents { logger.warning("\(event)") }
                 if peer == nil {
                     // A lone node has nobody to contend with: it serves its volumes.
@@ -150,6 +179,8 @@ public struct Agent: Sendable {
         ]
         if let peerLink { services.insert(.init(service: peerLink), at: 0) }
         if let membership { services.insert(.init(service: membership), at: 1) }
+        // Last to start, first to stop: the services release the volumes before anything else ends.
+        services.append(.init(service: resources))
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
@@ -186,6 +217,15 @@ extension Configuration {
             volume.backing = expand(volume.backing)
             volume.metadata = volume.metadata.map(expand)
             return volume
+        }
+        copy.groups = groups.map { group in
+            var group = group
+            group.resources = group.resources.map { resource in
+                var resource = resource
+                resource.parameters = resource.parameters.mapValues(expand)
+                return resource
+            }
+            return group
         }
         return copy
     }

@@ -89,6 +89,12 @@ public final class GroupManager: Sendable {
         await withCheckedContinuation { done in continuation.yield(.role(role, done: { done.resume() })) }
     }
 
+    /// Queues a role change without waiting for it: for callers that must not block, such as
+    /// the membership loop. Requests are carried out in the order they were made.
+    public func requestRole(_ role: ClusterRole) {
+        continuation.yield(.role(role, done: {}))
+    }
+
     /// Stops every resource (the agent is shutting down or the node hands its role over).
     public func stopAll() async {
         await withCheckedContinuation { done in continuation.yield(.stopAll(done: { done.resume() })) }
@@ -265,6 +271,7 @@ public final class GroupManager: Sendable {
         let spec = entries[index].spec
         guard entries[index].state == .running || entries[index].state == .starting || entries[index].state == .failed
         else { return }
+        let wasFailed = entries[index].state == .failed
         entries[index].state = .stopping
         entries[index].generation += 1
         publish(entries)
@@ -274,7 +281,8 @@ public final class GroupManager: Sendable {
             hooks.reset(reason)
             return
         }
-        entries[index].state = .stopped
+        // A failed resource stays failed, stopped or not, until an administrator cleans it up.
+        entries[index].state = wasFailed ? .failed : .stopped
         hooks.event("resource \(spec.name) stopped", false)
     }
 

@@ -14,7 +14,8 @@ struct Tandem: AsyncParsableCommand {
         abstract: "High-availability manager for replicated block storage.",
         subcommands: [
             AgentCommand.self, WitnessCommand.self, LabCommand.self, StatusCommand.self, NodeCommand.self,
-            FailoverCommand.self, VolumeCommand.self, ConfigCommand.self, InitCommand.self,
+            FailoverCommand.self, VolumeCommand.self, ResourceCommand.self, EventsCommand.self, ConfigCommand.self,
+            InitCommand.self,
         ]
     )
 }

@@ -15,7 +15,9 @@ final class TwoNodeCluster: @unchecked Sendable {
 
     /// With `witness`, the config has a witness (start it with `startWitness()`) and agents exit as
     /// their HA reset.
-    init(protocol replication: String, size: String, witness: Bool = false, deadTime: String = "2s") throws {
+    init(
+        protocol replication: String, size: String, witness: Bool = false, deadTime: String = "2s", extra: String = ""
+    ) throws {
         let ports = try (0..<5).map { _ in try freeLoopbackPort() }
         nbdPorts = ["a": ports[2], "b": ports[3]]
         witnessPort = witness ? ports[4] : nil
@@ -58,6 +60,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         size = "\(size)"
         backing = "\(directory.path)/{node}/vol0.img"
         \(witnessSection)
+        \(extra)
         """.write(toFile: config, atomically: true, encoding: .utf8)
     }
 

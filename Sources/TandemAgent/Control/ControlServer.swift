@@ -5,6 +5,7 @@ import ServiceLifecycle
 import Synchronization
 import TandemCore
 import TandemReplication
+import TandemResources
 
 #if canImport(Glibc)
     import Glibc
@@ -20,6 +21,7 @@ public final class ControlServer: Service, Sendable {
     private let nodeName: String
     private let volumes: [ReplicatedVolume]
     private let membership: MembershipService?
+    private let groups: GroupManager?
     private let group: any EventLoopGroup
     private let logger: Logger
 
@@ -31,12 +33,13 @@ public final class ControlServer: Service, Sendable {
     /// Creates the server; nothing is bound until `run()`.
     public init(
         path: String, nodeName: String, volumes: [ReplicatedVolume], membership: MembershipService? = nil,
-        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
+        groups: GroupManager? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
     ) {
         self.path = path
         self.nodeName = nodeName
         self.volumes = volumes
         self.membership = membership
+        self.groups = groups
         self.group = group
         self.logger = logger
     }
@@ -69,12 +72,22 @@ public final class ControlServer: Service, Sendable {
         }
         members.append(("volumes", .array(volumes.map { Self.json($0.status) })))
         if let membership { members.append(("cluster", Self.json(membership.snapshot, node: nodeName))) }
+        if let groups { members.append(("resources", .array(groups.status.map(Self.json)))) }
         return .object(members)
     }
 
     private func perform(_ words: [String]) async -> String? {
         guard let command = words.first else { return "empty request" }
         if command == "status", words.count == 1 { return nil }
+        if command == "resource-cleanup" || command == "resource-refresh", words.count <= 2 {
+            guard let groups else { return "this node runs no resources" }
+            logger.notice("\(words.joined(separator: " ")) by administrator")
+            if command == "resource-refresh" {
+                await groups.refresh()
+                return nil
+            }
+            return await groups.cleanup(words.count == 2 ? words[1] : nil)
+        }
         if ["standby", "online", "force-primary"].contains(command), words.count == 1 {
             guard let membership else { return "this node has no peer: there is no role to hand over" }
             logger.notice("\(command) by administrator")
@@ -112,6 +125,15 @@ public final class ControlServer: Service, Sendable {
         } catch {
             return error.description
         }
+    }
+
+    static func json(_ resource: GroupManager.ResourceStatus) -> JSONValue {
+        .object([
+            ("name", .string(resource.name)), ("group", .string(resource.group)), ("type", .string(resource.type)),
+            ("runOn", .string(resource.runOn.rawValue)), ("state", .string(resource.state.rawValue)),
+            ("failCount", .integer(Int64(resource.failCount))),
+            ("lastFailure", resource.lastFailure.map { .string($0) } ?? .null),
+        ])
     }
 
     static func seconds(_ duration: Duration) -> JSONValue {

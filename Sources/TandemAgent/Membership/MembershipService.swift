@@ -7,6 +7,7 @@ import Synchronization
 import TandemCoordination
 import TandemCore
 import TandemReplication
+import TandemResources
 import TandemStorage
 
 #if canImport(Glibc)
@@ -57,7 +58,9 @@ public final class MembershipService: Service, Sendable {
     private let peerLink: PeerLink?
     private let transport: MembershipTransport
     private let statePath: String
-    private let resetLogPath: String
+    private let haReset: HAReset
+    private let journal: EventJournal?
+    private let groups: GroupManager?
     private let logger: Logger
     private let links: [Link]
     private let witnessAddress: SocketAddress?
@@ -73,8 +76,11 @@ public final class MembershipService: Service, Sendable {
     /// Reads the persisted state; an unreadable state file refuses the start (it holds votes).
     public init(
         configuration: Configuration, local: Configuration.Node, peer: Configuration.Node?, secret: [UInt8],
-        volumes: [ReplicatedVolume], peerLink: PeerLink?, logger: Logger
+        volumes: [ReplicatedVolume], peerLink: PeerLink?, journal: EventJournal? = nil, groups: GroupManager? = nil,
+        logger: Logger
     ) throws(AgentError) {
+        self.journal = journal
+        self.groups = groups
         self.configuration = configuration
         self.local = local
         self.peer = peer
@@ -82,7 +88,9 @@ public final class MembershipService: Service, Sendable {
         self.peerLink = peerLink
         self.transport = MembershipTransport(cluster: configuration.cluster.name, secret: secret, logger: logger)
         self.statePath = "\(configuration.cluster.stateDirectory)/\(local.name).membership"
-        self.resetLogPath = "\(configuration.cluster.stateDirectory)/\(local.name).reset-log"
+        self.haReset = HAReset(
+            path: "\(configuration.cluster.stateDirectory)/\(local.name).reset-log", node: local.name,
+            action: configuration.cluster.haReset, journal: journal, logger: logger)
         self.logger = logger
         self.links = local.heartbeat.enumerated().map { index, host in
             let peerHost = peer.map { $0.heartbeat[min(index, $0.heartbeat.count - 1)] }
@@ -145,6 +153,7 @@ public final class MembershipService: Service, Sendable {
         if let blocker = controller.automaticFailoverBlocker { logger.warning("\(blocker)") }
         // Until the controller says otherwise, a primary's writes wait for the peer.
         for volume in volumes { volume.setCompletesWithoutPeer(controller.completesWithoutPeer) }
+        groups?.requestRole(.secondary)
         let tickEvery = min(configuration.timing.heartbeatInterval / 4, .milliseconds(50))
         let ticker = Task { [continuation] in
             while !Task.isCancelled {
@@ -223,8 +232,13 @@ public final class MembershipService: Service, Sendable {
                         logger.error("\(volume.configuration.name): cannot become primary: \(error)")
                     }
                 }
+                groups?.requestRole(.primary)
             case .demote(let reason, let drain):
+                // A planned switchover stops the services first, so that they release the volume;
+                // otherwise the volume stops at once and the services follow.
+                if drain { await groups?.setRole(.secondary) }
                 await demote(drain: drain)
+                if !drain { groups?.requestRole(.secondary) }
                 logger.notice("demoted: \(reason)")
             case .leaseUntil(let until):
                 let end = until.map { ReplicatedVolume.leaseOrigin + $0 }
@@ -237,6 +251,7 @@ public final class MembershipService: Service, Sendable {
                 reset(reason: reason)
             case .event(let text):
                 logger.notice("\(text)")
+                journal?.append(.membership, text, durable: true)
                 events.withLock { events in
                     events.append("\(Self.wallClock()) \(text)")
                     if events.count > 50 { events.removeFirst(events.count - 50) }
@@ -284,23 +299,7 @@ public final class MembershipService: Service, Sendable {
         }
     }
 
-    /// Appends the reason to the reset log, makes it durable, and resets: reboots the machine or,
-    /// in the lab and in tests, ends the agent.
-    private func reset(reason: String) -> Never {
-        let line = "\(Self.wallClock()) \(local.name) HA reset: \(reason)\n"
-        let descriptor = open(resetLogPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        if descriptor >= 0 {
-            _ = Array(line.utf8).withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-            fsync(descriptor)
-            close(descriptor)
-        }
-        logger.critical("HA reset: \(reason)")
-        if configuration.cluster.haReset == .reboot {
-            _ = ctandem_reboot()
-            logger.critical("reboot failed: \(String(cString: strerror(errno))); the agent exits instead")
-        }
-        exit(70)
-    }
+    private func reset(reason: String) -> Never { haReset.reset(reason: reason) }
 
     private func publish(_ controller: NodeController, now: Duration, events: [String]) {
         var snapshot = Snapshot()

@@ -1,0 +1,104 @@
+import CTandemLinux
+import Logging
+import ServiceLifecycle
+import Synchronization
+import TandemCore
+import TandemReplication
+import TandemResources
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The node's groups as a service: validates every agent at start, runs the group manager, and
+/// on shutdown stops every resource in reverse order before the volumes close.
+public final class ResourceService: Service, Sendable {
+    public let manager: GroupManager
+    private let startAsPrimary: Bool
+
+    /// The resources of the groups that may run on `node`; `builtIn` makes the daemon's own kinds.
+    init(
+        configuration: Configuration, node: String, volumes: [ReplicatedVolume], journal: EventJournal,
+        reset: HAReset, failover: @escaping @Sendable (String) async -> Void, startAsPrimary: Bool, logger: Logger
+    ) {
+        let groups = configuration.groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node) }
+        var agents: [any ResourceAgent] = []
+        for group in groups {
+            for (index, resource) in group.resources.enumerated() {
+                guard let spec = try? ResourceSpec.make(group: group.name, index: index, resource: resource).get()
+                else { continue }
+                agents.append(ResourceAgents.make(spec) { spec in Self.builtIn(spec, volumes: volumes) })
+            }
+        }
+        manager = GroupManager(
+            agents: agents,
+            hooks: .init(
+                event: { message, durable in
+                    logger.notice("\(message)")
+                    journal.append(.resource, message, durable: durable)
+                },
+                failover: failover,
+                reset: { reason in reset.reset(reason: reason) }))
+        self.startAsPrimary = startAsPrimary
+    }
+
+    /// `volume`: runs where the volume is primary (membership promotes it); `nbd-export`: the
+    /// export is served by the NBD server while the volume is primary, read-only elsewhere.
+    static func builtIn(_ spec: ResourceSpec, volumes: [ReplicatedVolume]) -> (any ResourceAgent)? {
+        let name = spec.parameters["volume"] ?? ""
+        guard let volume = volumes.first(where: { $0.configuration.name == name }) else { return nil }
+        let check: @Sendable () async -> MonitorResult = {
+            let status = volume.status
+            if status.role != .primary { return .notRunning }
+            if let split = status.splitBrain {
+                return .failed("split brain: \(split.localChangedBytes) bytes changed here")
+            }
+            return status.disk == .upToDate ? .running : .failed("disk is \(status.disk.rawValue)")
+        }
+        return ClosureAgent(
+            spec: spec,
+            start: {
+                switch await check() {
+                case .running: return nil
+                case .notRunning: return "volume \(name) is not primary on this node"
+                case .failed(let reason): return "volume \(name): \(reason)"
+                }
+            }, stop: { nil }, monitor: check)
+    }
+
+    public func run() async throws {
+        async let loop: Void = manager.run()
+        if startAsPrimary { manager.requestRole(.primary) }
+        try? await gracefulShutdown()
+        await manager.stopAll()
+        manager.finish()
+        await loop
+    }
+}
+
+/// Self-fencing: the reason is appended to the reset log and the journal, both fsync'd, then the
+/// machine reboots (or, in the lab and in tests, the agent exits with status 70).
+public struct HAReset: Sendable {
+    let path: String
+    let node: String
+    let action: Configuration.ResetAction
+    let journal: EventJournal?
+    let logger: Logger
+
+    public func reset(reason: String) -> Never {
+        let line = "\(EventJournal.timestamp()) \(node) HA reset: \(reason)\n"
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        if descriptor >= 0 {
+            _ = Array(line.utf8).withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+            fsync(descriptor)
+            close(descriptor)
+        }
+        journal?.append(.reset, "HA reset: \(reason)", durable: true)
+        logger.critical("HA reset: \(reason)")
+        if action == .reboot {
+            _ = ctandem_reboot()
+            logger.critical("reboot failed: \(String(cString: strerror(errno))); the agent exits instead")
+        }
+        exit(70)
+    }
+}

@@ -1,0 +1,128 @@
+import ArgumentParser
+import Foundation
+import TandemAgent
+import TandemCore
+
+struct ResourceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "resource", abstract: "Resources of the node's groups: status, cleanup, refresh.",
+        subcommands: [ResourceStatus.self, Cleanup.self, Refresh.self])
+
+    struct ResourceStatus: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "status", abstract: "Every resource: group, type, where it runs, state, fail count.")
+        @OptionGroup var options: NodeOptions
+        func run() async throws { try options.runForResources("status") }
+    }
+
+    struct Cleanup: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Forget the failures of a resource (all when none is named) and start what may run again.")
+        @OptionGroup var options: NodeOptions
+        @Argument(help: "The resource.") var name: String?
+        func run() async throws { try options.runForResources("resource-cleanup" + (name.map { " \($0)" } ?? "")) }
+    }
+
+    struct Refresh: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Probe every resource with its monitor and correct the recorded state.")
+        @OptionGroup var options: NodeOptions
+        func run() async throws { try options.runForResources("resource-refresh") }
+    }
+}
+
+extension NodeOptions {
+    /// Sends `line` and prints the node's resources.
+    func runForResources(_ line: String) throws {
+        let answer: [String: Any]
+        do {
+            answer = try ControlClient.request(line, socketPath: try socketPath())
+        } catch let error as ControlClient.Failure {
+            throw fail(error.description)
+        }
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: answer, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            let resources = answer["resources"] as? [[String: Any]] ?? []
+            if resources.isEmpty { print("node \(answer["node"] as? String ?? "?"): no resources") }
+            let rows =
+                [["RESOURCE", "GROUP", "TYPE", "RUN-ON", "STATE", "FAILS", "LAST FAILURE"]]
+                + resources.map { resource in
+                    ["name", "group", "type", "runOn", "state", "failCount", "lastFailure"].map { key in
+                        resource[key].map { $0 is NSNull ? "-" : "\($0)" } ?? "-"
+                    }
+                }
+            let widths = (0..<6).map { column in rows.map { $0[column].count }.max() ?? 0 }
+            for row in rows {
+                let padded = row.enumerated().map { index, cell in
+                    index < 6 ? cell.padding(toLength: widths[index], withPad: " ", startingAt: 0) : cell
+                }
+                print(padded.joined(separator: "  "))
+            }
+        }
+        if let error = answer["error"] as? String { throw fail("refused: \(error)") }
+    }
+}
+
+struct EventsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "events",
+        abstract: "The node's event journal: decisions, failovers, mode changes, resource failures, resets.")
+
+    @Option(name: .shortAndLong, help: "The config file.") var config: String = ConfigFile.defaultPath
+    @Option(help: "Whose journal to read (default: the host name).") var node: String?
+    @Flag(help: "Keep printing events as they are appended.") var follow = false
+    @Flag(help: "Print each event as a JSON object, one per line.") var json = false
+    @Option(help: "Print only the last N events first.") var last: Int?
+
+    func run() async throws {
+        let configuration: Configuration
+        do {
+            configuration = try ConfigFile.load(path: config)
+        } catch {
+            throw fail("invalid config:\n\(error)")
+        }
+        let name = node ?? Agent.hostName()
+        guard configuration.node(named: name) != nil else { throw fail("node \"\(name)\" is not defined in \(config)") }
+        let directory = configuration.cluster.stateDirectory.replacing("{node}", with: name)
+        let path = "\(directory)/\(name).events"
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw fail("cannot read \(path): \(String(cString: strerror(errno)))")
+        }
+        var pending = Data()
+        var lines: [String] = []
+        func take(_ data: Data) -> [String] {
+            pending.append(data)
+            var complete: [String] = []
+            while let newline = pending.firstIndex(of: 0x0A) {
+                complete.append(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
+                pending = Data(pending[(newline + 1)...])
+            }
+            return complete
+        }
+        lines = take(handle.readDataToEndOfFile())
+        if let last { lines = Array(lines.suffix(max(0, last))) }
+        for line in lines { emit(line) }
+        while follow {
+            try await Task.sleep(for: .milliseconds(200))
+            for line in take(handle.readDataToEndOfFile()) { emit(line) }
+        }
+    }
+
+    /// Prints one journal line; a damaged line is shown as it is, marked.
+    func emit(_ line: String) {
+        if json {
+            print(line)
+            return
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            print("(damaged line) \(line)")
+            return
+        }
+        let time = object["time"] as? String ?? "?"
+        let kind = (object["kind"] as? String ?? "?").padding(toLength: 10, withPad: " ", startingAt: 0)
+        print("\(time)  \(object["node"] as? String ?? "?")  \(kind) \(object["message"] as? String ?? "")")
+        fflush(nil)
+    }
+}
