@@ -25,7 +25,7 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(name: "TandemCoordination", dependencies: ["TandemCore"]),
-        .target(name: "TandemResources", dependencies: ["TandemCore"]),
+        .target(name: "TandemResources", dependencies: ["TandemCore", "CTandemLinux"]),
         .target(name: "CTandemLinux"),
         .target(
             name: "TandemStorage",

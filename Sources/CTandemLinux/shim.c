@@ -13,3 +13,13 @@ int ctandem_reboot(void) {
     sync();
     return reboot(RB_AUTOBOOT);
 }
+
+#include <spawn.h>
+
+int ctandem_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}
+
+int ctandem_spawn_closefrom(void *actions, int lowest) {
+    return posix_spawn_file_actions_addclosefrom_np((posix_spawn_file_actions_t *)actions, lowest);
+}

@@ -65,7 +65,10 @@ public struct Agent: Sendable {
                 logger: logger)
         }
         let reset = HAReset(
-            path: "\(configuration.cluster.stateDirectory)/\(node.name).reset-log", node: node.name,
+            path: "\(configuration.cluster.stateDirectory)/\(node.name).reset-log",
+            modesPath: MembershipService.modesPath(
+                stateDirectory: configuration.cluster.stateDirectory, node: node.name),
+            node: node.name,
             action: configuration.cluster.haReset, journal: journal, logger: logger)
         // A group that fails past its restarts hands the primary role over (a planned switchover).
         let membershipBox = Mutex<MembershipService?>(nil)
@@ -89,7 +92,8 @@ public struct Agent: Sendable {
         membershipBox.withLock { $0 = membership }
         let control = ControlServer(
             path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
-            nodeName: node.name, volumes: volumes, membership: membership, groups: resources.manager, logger: logger)
+            nodeName: node.name, volumes: volumes, membership: membership, groups: resources.manager, reset: reset,
+            logger: logger)
         return Agent(
             node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control, peerLink: link,
             membership: membership, resources: resources, journal: journal, logger: logger)

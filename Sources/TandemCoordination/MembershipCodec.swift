@@ -2,12 +2,12 @@ import TandemCore
 
 /// The datagram form of membership messages.
 ///
-/// Layout: magic `TDMB`, version 1, the cluster name, the message type, then its fields (integers
+/// Layout: magic `TDMB`, version 2, the cluster name, the message type, then its fields (integers
 /// big-endian, strings as a one-byte length and UTF-8, booleans as one byte 0 or 1). The shell
 /// appends an HMAC over all of it; a datagram that does not parse to its last byte is refused.
 public enum MembershipCodec {
     static let magic: [UInt8] = Array("TDMB".utf8)
-    static let version: UInt8 = 1
+    static let version: UInt8 = 2
 
     /// Why a datagram was refused.
     public struct DecodeError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -30,6 +30,7 @@ public enum MembershipCodec {
             for flag in [heartbeat.isPrimary, heartbeat.standby, heartbeat.dataReady, heartbeat.peerInSync] {
                 writer.boolean(flag)
             }
+            writer.string(heartbeat.mode.rawValue)
         case .leaseRequest(let request):
             writer.bytes.append(2)
             writer.string(request.sender)
@@ -61,6 +62,10 @@ public enum MembershipCodec {
             writer.bytes.append(6)
             writer.string(sender)
             writer.integer(epoch)
+        case .modeRequest(let sender, let request):
+            writer.bytes.append(7)
+            writer.string(sender)
+            writer.string(request)
         }
         return writer.bytes
     }
@@ -82,7 +87,8 @@ public enum MembershipCodec {
             message = .heartbeat(
                 Heartbeat(
                     sender: try reader.string(), epoch: try reader.integer(), isPrimary: try reader.boolean(),
-                    standby: try reader.boolean(), dataReady: try reader.boolean(), peerInSync: try reader.boolean()))
+                    standby: try reader.boolean(), dataReady: try reader.boolean(), peerInSync: try reader.boolean(),
+                    mode: try reader.mode()))
         case 2:
             message = .leaseRequest(
                 LeaseRequest(
@@ -104,6 +110,8 @@ public enum MembershipCodec {
                     granted: try reader.boolean(), knownEpoch: try reader.integer(), reason: try reader.string()))
         case 6:
             message = .release(sender: try reader.string(), epoch: try reader.integer())
+        case 7:
+            message = .modeRequest(sender: try reader.string(), request: try reader.string())
         default:
             throw DecodeError(description: "unknown membership message type \(type)")
         }
@@ -134,6 +142,14 @@ public enum MembershipCodec {
         var position = 0
 
         var isAtEnd: Bool { position == bytes.count }
+
+        mutating func mode() throws(DecodeError) -> NodeMode {
+            let text = try string()
+            guard let mode = NodeMode(rawValue: text) else {
+                throw DecodeError(description: "unknown mode \"\(text)\"")
+            }
+            return mode
+        }
 
         mutating func take(_ count: Int) throws(DecodeError) -> ArraySlice<UInt8> {
             guard bytes.count - position >= count else { throw DecodeError(description: "truncated datagram") }

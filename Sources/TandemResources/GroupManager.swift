@@ -95,6 +95,11 @@ public final class GroupManager: Sendable {
         continuation.yield(.role(role, done: {}))
     }
 
+    /// Queues stopping every resource without waiting.
+    public func requestStopAll() {
+        continuation.yield(.stopAll(done: {}))
+    }
+
     /// Stops every resource (the agent is shutting down or the node hands its role over).
     public func stopAll() async {
         await withCheckedContinuation { done in continuation.yield(.stopAll(done: { done.resume() })) }

@@ -1,4 +1,4 @@
-import Dispatch
+import CTandemLinux
 
 #if canImport(Glibc)
     import Glibc
@@ -32,8 +32,9 @@ public enum ProcessRunner {
     public static func run(
         _ executable: String, _ arguments: [String], environment: [String: String], timeout: Duration
     ) async -> Outcome {
+        // A thread of its own: the wait blocks, and must not take a thread that async work needs.
         await withCheckedContinuation { done in
-            DispatchQueue.global().async {
+            startThread {
                 done.resume(returning: runBlocking(executable, arguments, environment: environment, timeout: timeout))
             }
         }
@@ -48,16 +49,16 @@ public enum ProcessRunner {
         _ executable: String, _ arguments: [String], environment: [String: String], timeout: Duration
     ) -> Outcome {
         var pipe: [Int32] = [-1, -1]
-        guard Glibc.pipe(&pipe) == 0 else {
+        guard ctandem_pipe_cloexec(&pipe) == 0 else {
             return Outcome(status: nil, output: "", timedOut: false, spawnError: "pipe: \(errorText())")
         }
-        // Neither end may leak into programs started at the same time by other resources.
-        for end in pipe { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, pipe[1], 1)
         posix_spawn_file_actions_adddup2(&actions, pipe[1], 2)
+        // The agent's sockets and files stay out of the agents it runs.
+        _ = ctandem_spawn_closefrom(&actions, 3)
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         posix_spawnattr_setflags(
@@ -132,4 +133,29 @@ public enum ProcessRunner {
     }
 
     static func errorText() -> String { String(cString: strerror(errno)) }
+
+    /// Runs `work` on a new detached POSIX thread.
+    static func startThread(_ work: @escaping @Sendable () -> Void) {
+        final class Box: @unchecked Sendable {
+            let work: @Sendable () -> Void
+            init(_ work: @escaping @Sendable () -> Void) { self.work = work }
+        }
+        let box = Unmanaged.passRetained(Box(work)).toOpaque()
+        var thread = pthread_t()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+        defer { pthread_attr_destroy(&attributes) }
+        let created = pthread_create(
+            &thread, &attributes,
+            { pointer in
+                guard let pointer else { return nil }
+                let box = Unmanaged<Box>.fromOpaque(pointer).takeRetainedValue()
+                box.work()
+                return nil
+            }, box)
+        if created != 0 {
+            Unmanaged<Box>.fromOpaque(box).takeRetainedValue().work()
+        }
+    }
 }

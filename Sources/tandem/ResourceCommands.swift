@@ -34,16 +34,7 @@ struct ResourceCommand: AsyncParsableCommand {
 extension NodeOptions {
     /// Sends `line` and prints the node's resources.
     func runForResources(_ line: String) throws {
-        let answer: [String: Any]
-        do {
-            answer = try ControlClient.request(line, socketPath: try socketPath())
-        } catch let error as ControlClient.Failure {
-            throw fail(error.description)
-        }
-        if json {
-            let data = try JSONSerialization.data(withJSONObject: answer, options: [.prettyPrinted, .sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
-        } else {
+        try send(line) { answer in
             let resources = answer["resources"] as? [[String: Any]] ?? []
             if resources.isEmpty { print("node \(answer["node"] as? String ?? "?"): no resources") }
             let rows =
@@ -61,7 +52,6 @@ extension NodeOptions {
                 print(padded.joined(separator: "  "))
             }
         }
-        if let error = answer["error"] as? String { throw fail("refused: \(error)") }
     }
 }
 

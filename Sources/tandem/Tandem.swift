@@ -14,7 +14,9 @@ struct Tandem: AsyncParsableCommand {
         abstract: "High-availability manager for replicated block storage.",
         subcommands: [
             AgentCommand.self, WitnessCommand.self, LabCommand.self, StatusCommand.self, NodeCommand.self,
-            FailoverCommand.self, VolumeCommand.self, ResourceCommand.self, EventsCommand.self, ConfigCommand.self,
+            FailoverCommand.self, VolumeCommand.self, ResourceCommand.self, EventsCommand.self, ModeCommand.self,
+            PeerdownCommand.self, PeerupCommand.self, ClearCommand.self, StartCommand.self, StopCommand.self,
+            ForceResetCommand.self, ConfigCommand.self,
             InitCommand.self,
         ]
     )

@@ -82,8 +82,9 @@ struct NodeOptions: ParsableArguments {
         return ControlServer.socketPath(stateDirectory: stateDirectory, node: name)
     }
 
-    /// Sends `line`, prints the answer (a table, or JSON), and fails if the agent refused.
-    func run(_ line: String, only volume: String? = nil, cluster: Bool = false) throws {
+    /// Sends `line` to the node's agent; prints the answer as JSON with `--json`, else with
+    /// `printText`; fails if the agent refused.
+    func send(_ line: String, printText: ([String: Any]) -> Void) throws {
         let answer: [String: Any]
         do {
             answer = try ControlClient.request(line, socketPath: try socketPath())
@@ -94,10 +95,17 @@ struct NodeOptions: ParsableArguments {
             let data = try JSONSerialization.data(withJSONObject: answer, options: [.prettyPrinted, .sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
+            printText(answer)
+        }
+        if let error = answer["error"] as? String { throw fail("refused: \(error)") }
+    }
+
+    /// Sends `line`, prints the answer (a table, or JSON), and fails if the agent refused.
+    func run(_ line: String, only volume: String? = nil, cluster: Bool = false) throws {
+        try send(line) { answer in
             if cluster { printCluster(answer) }
             printTable(answer, only: volume)
         }
-        if let error = answer["error"] as? String { throw fail("refused: \(error)") }
     }
 
     private func printCluster(_ answer: [String: Any]) {

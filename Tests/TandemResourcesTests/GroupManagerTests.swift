@@ -19,7 +19,8 @@ final class Recorder: Sendable {
             reset: { reason in self.resets.withLock { $0.append(reason) } })
     }
 
-    func waitFor(_ what: String, seconds: Double = 20, _ condition: () -> Bool) async throws {
+    /// Generous: the whole suite runs at once on two cores, and process tests hold threads.
+    func waitFor(_ what: String, seconds: Double = 90, _ condition: () -> Bool) async throws {
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         while ContinuousClock.now < deadline {
             if condition() { return }

@@ -16,4 +16,10 @@ int ctandem_fallocate(int fd, int mode, off_t offset, off_t length);
 /* reboot(2) with RB_AUTOBOOT after sync(2): the HA reset; returns only on failure (-1, errno set). */
 int ctandem_reboot(void);
 
+/* pipe2(2) with O_CLOEXEC: no other program started meanwhile inherits either end. */
+int ctandem_pipe_cloexec(int fds[2]);
+
+/* Adds "close every descriptor from `lowest` up" to spawn file actions (glibc 2.34+). */
+int ctandem_spawn_closefrom(void *actions, int lowest);
+
 #endif

@@ -22,6 +22,7 @@ public final class ControlServer: Service, Sendable {
     private let volumes: [ReplicatedVolume]
     private let membership: MembershipService?
     private let groups: GroupManager?
+    private let reset: HAReset?
     private let group: any EventLoopGroup
     private let logger: Logger
 
@@ -33,13 +34,15 @@ public final class ControlServer: Service, Sendable {
     /// Creates the server; nothing is bound until `run()`.
     public init(
         path: String, nodeName: String, volumes: [ReplicatedVolume], membership: MembershipService? = nil,
-        groups: GroupManager? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
+        groups: GroupManager? = nil, reset: HAReset? = nil,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
     ) {
         self.path = path
         self.nodeName = nodeName
         self.volumes = volumes
         self.membership = membership
         self.groups = groups
+        self.reset = reset
         self.group = group
         self.logger = logger
     }
@@ -65,6 +68,13 @@ public final class ControlServer: Service, Sendable {
     func answer(_ line: String) async -> JSONValue {
         let words = line.split(separator: " ").map(String.init)
         var members: [(String, JSONValue)] = [("node", .string(nodeName))]
+        if let (command, error) = await performMode(words) {
+            members.append(error.map { ("error", .string($0)) } ?? ("ok", .bool(true)))
+            if let membership, case .success(let view) = await membership.mode(nil) {
+                members.append(("modes", Self.json(view, node: nodeName, peer: command)))
+            }
+            return .object(members)
+        }
         if let error = await perform(words) {
             members.append(("error", .string(error)))
         } else {
@@ -73,7 +83,57 @@ public final class ControlServer: Service, Sendable {
         members.append(("volumes", .array(volumes.map { Self.json($0.status) })))
         if let membership { members.append(("cluster", Self.json(membership.snapshot, node: nodeName))) }
         if let groups { members.append(("resources", .array(groups.status.map(Self.json)))) }
+        if let modes = membership?.snapshot.modes {
+            members.append(("modes", Self.json(modes, node: nodeName, peer: membership?.peerName ?? "")))
+        }
         return .object(members)
+    }
+
+    /// Mode commands: `mode M`, `peerdown`, `peerup`, `clear`, `start`, `stop`, `force-reset`,
+    /// `modes`. `nil` when the request is not one of them; else the peer's name and the refusal.
+    private func performMode(_ words: [String]) async -> (String, String?)? {
+        let modeWords = ["mode", "peerdown", "peerup", "clear", "start", "stop", "force-reset", "modes"]
+        guard let first = words.first, modeWords.contains(first) else { return nil }
+        guard let membership else { return ("", "this node has no peer: modes apply to a pair") }
+        let peer = membership.peerName ?? ""
+        let command: MembershipService.ModeCommand?
+        switch (first, words.count) {
+        case ("modes", 1): command = nil
+        case ("mode", 2):
+            guard let mode = NodeMode(rawValue: words[1]), mode != .peerdown else {
+                return (peer, "expected: mode single|config|locked|default")
+            }
+            command = .set(mode)
+        case ("peerdown", 1): command = .peerdown
+        case ("peerup", 1): command = .peerup
+        case ("clear", 1): command = .clear
+        case ("start", 1): command = .start
+        case ("stop", 1): command = .stop
+        case ("force-reset", 1):
+            guard case .success(let view) = await membership.mode(nil), view.localMode == .default else {
+                return (peer, "force-reset is allowed only in default mode")
+            }
+            logger.critical("force-reset by administrator")
+            reset?.reset(reason: "force-reset by administrator")
+            return (peer, "this node has no reset configured")
+        default: return (peer, "unexpected arguments to \(first)")
+        }
+        if let command { logger.notice("\(command.name) by administrator") }
+        switch await membership.mode(command) {
+        case .success: return (peer, nil)
+        case .failure(let refusal): return (peer, refusal.reason)
+        }
+    }
+
+    static func json(_ view: MembershipService.ModeView, node: String, peer: String) -> JSONValue {
+        .object([
+            ("localNode", .string(node)), ("localMode", .string(view.localMode.rawValue)),
+            ("localStatus", .string(view.localStatus.rawValue)), ("remoteNode", .string(peer)),
+            ("remoteMode", view.remoteMode.map { .string($0.rawValue) } ?? .string("unknown")),
+            ("remoteStatus", view.remoteStatus.map { .string($0.rawValue) } ?? .string("unknown")),
+            ("peerCertifiedDown", .bool(view.peerCertifiedDown)),
+            ("failedStartup", view.failedStartup.map { .string($0) } ?? .null),
+        ])
     }
 
     private func perform(_ words: [String]) async -> String? {

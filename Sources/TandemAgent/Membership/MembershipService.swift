@@ -25,6 +25,7 @@ public final class MembershipService: Service, Sendable {
         case tick
         case standby(Bool, reply: @Sendable (String?) -> Void)
         case force(reply: @Sendable (String?) -> Void)
+        case mode(ModeCommand?, reply: @Sendable (Result<ModeView, ModeRefusal>) -> Void)
     }
 
     struct Link {
@@ -49,18 +50,21 @@ public final class MembershipService: Service, Sendable {
         public var automaticFailoverBlocker: String?
         public var lastPromotion: (ago: Duration, epoch: UInt64, peerSilentFor: Duration?)?
         public var events: [String] = []
+        public var modes: ModeView?
     }
 
-    private let configuration: Configuration
-    private let local: Configuration.Node
+    let configuration: Configuration
+    let local: Configuration.Node
     private let peer: Configuration.Node?
     private let volumes: [ReplicatedVolume]
     private let peerLink: PeerLink?
     private let transport: MembershipTransport
     private let statePath: String
+    let modesPath: String
+    private let initialModes: ModeRecord
     private let haReset: HAReset
     private let journal: EventJournal?
-    private let groups: GroupManager?
+    let groups: GroupManager?
     private let logger: Logger
     private let links: [Link]
     private let witnessAddress: SocketAddress?
@@ -88,8 +92,11 @@ public final class MembershipService: Service, Sendable {
         self.peerLink = peerLink
         self.transport = MembershipTransport(cluster: configuration.cluster.name, secret: secret, logger: logger)
         self.statePath = "\(configuration.cluster.stateDirectory)/\(local.name).membership"
+        self.modesPath = Self.modesPath(stateDirectory: configuration.cluster.stateDirectory, node: local.name)
         self.haReset = HAReset(
-            path: "\(configuration.cluster.stateDirectory)/\(local.name).reset-log", node: local.name,
+            path: "\(configuration.cluster.stateDirectory)/\(local.name).reset-log",
+            modesPath: Self.modesPath(stateDirectory: configuration.cluster.stateDirectory, node: local.name),
+            node: local.name,
             action: configuration.cluster.haReset, journal: journal, logger: logger)
         self.logger = logger
         self.links = local.heartbeat.enumerated().map { index, host in
@@ -101,7 +108,21 @@ public final class MembershipService: Service, Sendable {
         self.witnessAddress = configuration.witness.flatMap { try? SocketAddress(ipAddress: $0.address, port: $0.port) }
         (inputs, continuation) = AsyncStream.makeStream(of: Input.self, bufferingPolicy: .bufferingNewest(4096))
         initialState = try MembershipState.load(path: statePath)
+        initialModes = try Self.loadModes(path: modesPath)
     }
+
+    /// Where a node keeps its modes.
+    static func modesPath(stateDirectory: String, node: String) -> String { "\(stateDirectory)/\(node).modes" }
+
+    /// Carries out a mode command (`nil`: only report); the modes of both nodes afterwards.
+    public func mode(_ command: ModeCommand?) async -> Result<ModeView, ModeRefusal> {
+        await withCheckedContinuation { done in
+            continuation.yield(.mode(command, reply: { done.resume(returning: $0) }))
+        }
+    }
+
+    /// The peer's name.
+    public var peerName: String? { peer?.name }
 
     /// The latest view, for status.
     public var snapshot: Snapshot { current.withLock { $0 } }
@@ -147,13 +168,21 @@ public final class MembershipService: Service, Sendable {
             failoverCooldown: configuration.timing.failoverCooldown,
             failbackAuto: configuration.groups.contains { $0.failback == .auto },
             failbackDelay: configuration.timing.failbackDelay)
-        var controller = NodeController(
-            settings: settings, record: initialState.record, standby: initialState.standby, now: Self.now())
+        var modes = initialModes
         var standby = initialState.standby
+        var controller = NodeController(
+            settings: settings, record: initialState.record, standby: Self.holdsBack(modes, standby: standby),
+            now: Self.now())
+        controller.mode = modes.mode
+        if let blocker = modes.failedStartup {
+            logger.warning("failed-startup: \(blocker); this node takes no primary role until `tandem clear`")
+        }
+        // Set by a peer's `tandem start`: stay out of the role until that peer is primary.
+        var rejoinWhenPeerPrimary = false
         if let blocker = controller.automaticFailoverBlocker { logger.warning("\(blocker)") }
         // Until the controller says otherwise, a primary's writes wait for the peer.
         for volume in volumes { volume.setCompletesWithoutPeer(controller.completesWithoutPeer) }
-        groups?.requestRole(.secondary)
+        if Self.holdsBack(modes, standby: standby) { groups?.requestStopAll() } else { groups?.requestRole(.secondary) }
         let tickEvery = min(configuration.timing.heartbeatInterval / 4, .milliseconds(50))
         let ticker = Task { [continuation] in
             while !Task.isCancelled {
@@ -173,10 +202,41 @@ public final class MembershipService: Service, Sendable {
                             link: "replication", now: ReplicatedVolume.leaseOrigin.duration(to: last))
                     }
                     actions = controller.tick(now: now, facts: facts)
+                case .datagram(.modeRequest(let sender, let request), _) where sender == peer?.name:
+                    // The peer's administrator ran `tandem start` or `tandem stop` there.
+                    modes.mode = .default
+                    controller.mode = .default
+                    _ = storeModes(modes)
+                    standby = true
+                    rejoinWhenPeerPrimary = request == "start"
+                    actions = controller.setStandby(true, now: now)
+                    actions.append(.event("\(request) requested by \(sender): \(local.name) stops its services"))
+                    actions.insert(.persist(controller.voter.record), at: 0)
+                    groups?.requestStopAll()
                 case .datagram(let message, let link):
-                    actions = controller.receive(message, link: link, now: now)
+                    if case .heartbeat(let heartbeat) = message, heartbeat.sender == peer?.name {
+                        actions += peerReturned(record: &modes, controller: &controller)
+                        if rejoinWhenPeerPrimary, heartbeat.isPrimary {
+                            rejoinWhenPeerPrimary = false
+                            standby = false
+                            actions += controller.setStandby(Self.holdsBack(modes, standby: false), now: now)
+                            actions.insert(.persist(controller.voter.record), at: 0)
+                            groups?.requestRole(.secondary)
+                        }
+                    }
+                    actions += controller.receive(message, link: link, now: now)
                 case .standby(let value, let reply):
-                    actions = controller.setStandby(value, now: now)
+                    if !value, let blocker = modes.failedStartup {
+                        reply("blocked by failed-startup (\(blocker)); run `tandem clear` first")
+                        continue
+                    }
+                    if value, modes.mode == .single || modes.mode == .config {
+                        reply(
+                            "\(local.name) is in \(modes.mode.rawValue) mode: HA monitoring is off, there is no handover"
+                        )
+                        continue
+                    }
+                    actions = controller.setStandby(Self.holdsBack(modes, standby: value), now: now)
                     standby = value
                     actions.insert(.persist(controller.voter.record), at: 0)
                     reply(nil)
@@ -188,9 +248,29 @@ public final class MembershipService: Service, Sendable {
                     case .failure(let error):
                         reply(error.description)
                     }
+                case .mode(let command, let reply):
+                    if let command {
+                        switch apply(command, controller: &controller, record: &modes, standby: &standby, now: now) {
+                        case .success(let done):
+                            actions = done
+                            actions.insert(.persist(controller.voter.record), at: 0)
+                            if Self.holdsBack(modes, standby: standby) {
+                                groups?.requestStopAll()
+                            } else {
+                                groups?.requestRole(controller.role == .primary ? .primary : .secondary)
+                            }
+                        case .failure(let refusal):
+                            reply(.failure(refusal))
+                            continue
+                        }
+                    }
+                    await perform(actions, standby: standby, peerInSync: facts.peerInSync)
+                    publish(controller, now: now, events: events.withLock { $0 }, modes: modes)
+                    reply(.success(view(controller, modes, now: Self.now())))
+                    continue
                 }
                 await perform(actions, standby: standby, peerInSync: facts.peerInSync)
-                publish(controller, now: now, events: events.withLock { $0 })
+                publish(controller, now: now, events: events.withLock { $0 }, modes: modes)
             }
         } onGracefulShutdown: { [continuation] in
             continuation.finish()
@@ -301,7 +381,7 @@ public final class MembershipService: Service, Sendable {
 
     private func reset(reason: String) -> Never { haReset.reset(reason: reason) }
 
-    private func publish(_ controller: NodeController, now: Duration, events: [String]) {
+    private func publish(_ controller: NodeController, now: Duration, events: [String], modes: ModeRecord) {
         var snapshot = Snapshot()
         snapshot.role = controller.role
         snapshot.epoch = max(controller.epoch, controller.voter.record.epoch)
@@ -316,6 +396,7 @@ public final class MembershipService: Service, Sendable {
         snapshot.automaticFailoverBlocker = controller.automaticFailoverBlocker
         snapshot.lastPromotion = controller.lastPromotion.map { (now - $0.at, $0.epoch, $0.peerSilentFor) }
         snapshot.events = events
+        snapshot.modes = view(controller, modes, now: now)
         current.withLock { $0 = snapshot }
     }
 

@@ -5,6 +5,7 @@ import Synchronization
 import TandemCore
 import TandemReplication
 import TandemResources
+import TandemStorage
 
 #if canImport(Glibc)
     import Glibc
@@ -80,6 +81,8 @@ public final class ResourceService: Service, Sendable {
 /// machine reboots (or, in the lab and in tests, the agent exits with status 70).
 public struct HAReset: Sendable {
     let path: String
+    /// The mode file, where the reset leaves the failed-startup blocker.
+    let modesPath: String
     let node: String
     let action: Configuration.ResetAction
     let journal: EventJournal?
@@ -94,6 +97,10 @@ public struct HAReset: Sendable {
             close(descriptor)
         }
         journal?.append(.reset, "HA reset: \(reason)", durable: true)
+        // The node starts blocked until an administrator has looked: no reset loops.
+        var record = (try? AtomicFile.read(path: modesPath)).flatMap { $0.flatMap(ModeRecord.decode) } ?? ModeRecord()
+        record.failedStartup = "HA reset at \(EventJournal.timestamp()): \(reason)"
+        try? AtomicFile.replace(path: modesPath, bytes: record.encoded())
         logger.critical("HA reset: \(reason)")
         if action == .reboot {
             _ = ctandem_reboot()

@@ -10,6 +10,8 @@ public enum MembershipMessage: Sendable, Equatable {
     case voteReply(VoteReply)
     /// A primary that stepped down of its own will: voters drop their promise to it at once.
     case release(sender: String, epoch: UInt64)
+    /// An administrator's command carried to the peer (`tandem start`, `tandem stop`).
+    case modeRequest(sender: String, request: String)
 
     /// Who sent it.
     public var sender: String {
@@ -20,6 +22,7 @@ public enum MembershipMessage: Sendable, Equatable {
         case .voteRequest(let message): return message.sender
         case .voteReply(let message): return message.sender
         case .release(let sender, _): return sender
+        case .modeRequest(let sender, _): return sender
         }
     }
 }
@@ -37,8 +40,14 @@ public struct Heartbeat: Sendable, Equatable {
     public var dataReady: Bool
     /// Whether the sender is connected to its peer with every volume in sync.
     public var peerInSync: Bool
+    /// The sender's administrator mode.
+    public var mode: NodeMode
 
-    public init(sender: String, epoch: UInt64, isPrimary: Bool, standby: Bool, dataReady: Bool, peerInSync: Bool) {
+    public init(
+        sender: String, epoch: UInt64, isPrimary: Bool, standby: Bool, dataReady: Bool, peerInSync: Bool,
+        mode: NodeMode = .default
+    ) {
+        self.mode = mode
         self.sender = sender
         self.epoch = epoch
         self.isPrimary = isPrimary

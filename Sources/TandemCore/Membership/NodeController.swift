@@ -112,6 +112,8 @@ public struct NodeController: Sendable {
     public private(set) var witnessHeardAt: Duration?
     /// Whether the node keeps out of the primary role by choice.
     public private(set) var standby: Bool
+    /// The administrator mode, carried in heartbeats; the shell acts on it.
+    public var mode: NodeMode = .default
     /// Whether writes may complete without the peer (the outdating of the peer is recorded).
     public private(set) var completesWithoutPeer: Bool
     /// The last time this node became primary: when, in which epoch, and how long the peer had
@@ -269,6 +271,9 @@ public struct NodeController: Sendable {
             }
         case .release(let sender, let epoch):
             voter.release(sender: sender, epoch: epoch)
+        case .modeRequest:
+            // The shell carries out administrator commands.
+            break
         }
         return actions
     }
@@ -343,7 +348,7 @@ public struct NodeController: Sendable {
     public func heartbeat() -> Heartbeat {
         Heartbeat(
             sender: settings.name, epoch: max(knownEpoch, epoch), isPrimary: role == .primary, standby: standby,
-            dataReady: isEligible, peerInSync: facts.peerInSync)
+            dataReady: isEligible, peerInSync: facts.peerInSync, mode: mode)
     }
 
     /// Whether this node could serve as primary now.

@@ -31,7 +31,7 @@ public struct WitnessController: Sendable {
             reply = .voteReply(voter.vote(request, at: now))
         case .release(let sender, let epoch):
             voter.release(sender: sender, epoch: epoch)
-        case .leaseReply, .voteReply:
+        case .leaseReply, .voteReply, .modeRequest:
             break
         }
         var actions: [MembershipAction] = []
