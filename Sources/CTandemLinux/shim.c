@@ -23,3 +23,13 @@ int ctandem_pipe_cloexec(int fds[2]) {
 int ctandem_spawn_closefrom(void *actions, int lowest) {
     return posix_spawn_file_actions_addclosefrom_np((posix_spawn_file_actions_t *)actions, lowest);
 }
+
+#include <sched.h>
+
+int ctandem_enter_network_namespace(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int result = setns(fd, CLONE_NEWNET);
+    close(fd);
+    return result;
+}

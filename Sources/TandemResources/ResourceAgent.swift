@@ -320,8 +320,12 @@ public struct IPAgent: ResourceAgent {
         }
         let isV6 = address.host.contains(":")
         if !isV6, spec.parameters["probe-duplicates"] != "false", ResourceAgents.which("arping") != nil {
-            // Duplicate address detection: any answer means another host holds the address.
-            let probe = await tool.run("arping", ["-D", "-q", "-c", "2", "-w", "2", "-I", interface, address.host])
+            // Duplicate address detection, probes for up to one second. Quiet mode prints
+            // nothing, so any output is arping's own error and not an answer.
+            let probe = await tool.run("arping", ["-D", "-q", "-c", "2", "-w", "1", "-I", interface, address.host])
+            if probe.status != 0, !probe.output.isEmpty {
+                return ResourceAgents.describe("duplicate address probe", probe, timeout: spec.startTimeout)
+            }
             if probe.status == 1 {
                 return "\(address.host) is already in use: another host on \(interface) answers ARP for it"
             }
@@ -333,7 +337,8 @@ public struct IPAgent: ResourceAgent {
             return ResourceAgents.describe("ip addr add", added, timeout: spec.startTimeout)
         }
         if !isV6, ResourceAgents.which("arping") != nil {
-            let announced = await tool.run("arping", ["-U", "-c", "3", "-I", interface, address.host])
+            // Unsolicited ARP: neighbours and switches learn the new place at once.
+            let announced = await tool.run("arping", ["-U", "-q", "-c", "2", "-w", "1", "-I", interface, address.host])
             if announced.status != 0, announced.status != 1 {
                 return ResourceAgents.describe("gratuitous ARP", announced, timeout: spec.startTimeout)
             }

@@ -22,4 +22,7 @@ int ctandem_pipe_cloexec(int fds[2]);
 /* Adds "close every descriptor from `lowest` up" to spawn file actions (glibc 2.34+). */
 int ctandem_spawn_closefrom(void *actions, int lowest);
 
+/* Moves the calling thread into the network namespace at `path` (setns(2)); 0 or -1 with errno. */
+int ctandem_enter_network_namespace(const char *path);
+
 #endif

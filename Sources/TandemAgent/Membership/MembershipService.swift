@@ -71,6 +71,8 @@ public final class MembershipService: Service, Sendable {
     private let inputs: AsyncStream<Input>
     private let continuation: AsyncStream<Input>.Continuation
     private let channels = Mutex<[any Channel]>([])
+    /// One sender per link, bound to the link's local address.
+    private let senders: [DatagramSender]
     private let current = Mutex(Snapshot())
     /// The last decisions, for status.
     private let events = Mutex<[String]>([])
@@ -105,6 +107,7 @@ public final class MembershipService: Service, Sendable {
             }
             return Link(name: "\(host)→\(peerHost ?? "-")", localHost: host, peerAddress: address)
         }
+        self.senders = try links.map { link throws(AgentError) in try DatagramSender(host: link.localHost) }
         self.witnessAddress = configuration.witness.flatMap { try? SocketAddress(ipAddress: $0.address, port: $0.port) }
         (inputs, continuation) = AsyncStream.makeStream(of: Input.self, bufferingPolicy: .bufferingNewest(4096))
         initialState = try MembershipState.load(path: statePath)
@@ -142,24 +145,22 @@ public final class MembershipService: Service, Sendable {
     static func now() -> Duration { ReplicatedVolume.leaseOrigin.duration(to: .now) }
 
     public func run() async throws {
-        let group = MultiThreadedEventLoopGroup.singleton
         var bound: [any Channel] = []
-        for (index, link) in links.enumerated() {
-            let linkName: String? = link.name
-            let channel = try await MembershipTransport.bind(host: link.localHost, port: local.port, group: group) {
-                [transport, continuation, logger] bytes, source in
-                switch transport.open(bytes) {
-                case .success(let message):
-                    let fromWitness = message.sender == Self.witnessName
-                    continuation.yield(.datagram(message, link: fromWitness ? nil : linkName))
-                case .failure(let error):
-                    logger.debug("membership datagram from \(source) refused: \(error)")
-                }
-            }
-            bound.append(channel)
-            logger.info("heartbeats on \(link.localHost):\(local.port) (link \(index + 1): \(link.name))")
+        for index in links.indices {
+            bound.append(try await bindLink(index))
+            logger.info(
+                "heartbeats on \(links[index].localHost):\(local.port) (link \(index + 1): \(links[index].name))")
         }
         channels.withLock { $0 = bound }
+        // A send error the socket layer counts as fatal (EINVAL or ENETUNREACH while a route is
+        // gone) closes a datagram socket: bind it again, or the node would go deaf on that link.
+        let keepers = Task {
+            await withTaskGroup(of: Void.self) { tasks in
+                for index in links.indices {
+                    tasks.addTask { await self.keepBound(index) }
+                }
+            }
+        }
         let settings = MembershipSettings(
             name: local.name, precedence: local.precedence, peer: peer?.name, peerPrecedence: peer?.precedence ?? 0,
             links: links.map(\.name) + (peer == nil ? [] : ["replication"]),
@@ -276,7 +277,41 @@ public final class MembershipService: Service, Sendable {
             continuation.finish()
         }
         ticker.cancel()
-        for channel in bound { try? await channel.close() }
+        keepers.cancel()
+        for channel in channels.withLock({ $0 }) { try? await channel.close() }
+    }
+
+    /// Binds the UDP socket of link `index`.
+    private func bindLink(_ index: Int) async throws -> any Channel {
+        let linkName: String? = links[index].name
+        return try await MembershipTransport.bind(
+            host: links[index].localHost, port: local.port, group: MultiThreadedEventLoopGroup.singleton
+        ) { [transport, continuation, logger] bytes, source in
+            switch transport.open(bytes) {
+            case .success(let message):
+                let fromWitness = message.sender == Self.witnessName
+                continuation.yield(.datagram(message, link: fromWitness ? nil : linkName))
+            case .failure(let error):
+                logger.debug("membership datagram from \(source) refused: \(error)")
+            }
+        }
+    }
+
+    /// Waits for link `index`'s socket to close and binds a new one, until cancelled.
+    private func keepBound(_ index: Int) async {
+        while !Task.isCancelled {
+            let channel = channels.withLock { $0[index] }
+            try? await channel.closeFuture.get()
+            if Task.isCancelled { return }
+            logger.warning("heartbeat socket of link \(links[index].name) closed after a send error; binding it again")
+            while !Task.isCancelled {
+                if let fresh = try? await bindLink(index) {
+                    channels.withLock { $0[index] = fresh }
+                    break
+                }
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
     }
 
     private func facts() -> NodeController.LocalFacts {
@@ -368,14 +403,13 @@ public final class MembershipService: Service, Sendable {
 
     private func send(_ message: MembershipMessage, to destination: MembershipDestination) {
         let bytes = transport.seal(message)
-        let bound = channels.withLock { $0 }
         switch destination {
         case .peer, .node(peer?.name ?? ""):
-            for (link, channel) in zip(links, bound) {
-                if let address = link.peerAddress { channel.sendDatagram(bytes, to: address) }
+            for (link, sender) in zip(links, senders) {
+                if let address = link.peerAddress { sender.send(bytes, to: address) }
             }
         case .witness, .node:
-            if let witnessAddress, let channel = bound.first { channel.sendDatagram(bytes, to: witnessAddress) }
+            if let witnessAddress, let sender = senders.first { sender.send(bytes, to: witnessAddress) }
         }
     }
 

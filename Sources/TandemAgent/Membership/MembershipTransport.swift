@@ -6,6 +6,10 @@ import TandemCoordination
 import TandemCore
 import TandemStorage
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Membership datagrams over UDP, each authenticated with an HMAC-SHA256 over the shared secret.
 ///
 /// A datagram that is not ours, not for this cluster, or whose code does not match is dropped with
@@ -68,6 +72,47 @@ private final class DatagramReceiver: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A refused datagram (ICMP port unreachable while the peer is down) is not fatal.
+    }
+}
+
+/// Sends membership datagrams from a plain UDP socket bound to one local address.
+///
+/// Sending is kept apart from the receiving channel on purpose: a send that fails (no route while
+/// a link is down, a blackholed peer) would close a socket-layer channel, and the node would then
+/// stop hearing the voters it can still reach. Here a failed send is dropped, and that is all.
+final class DatagramSender: Sendable {
+    private let descriptor: Int32
+
+    init(host: String) throws(AgentError) {
+        let address: SocketAddress
+        do {
+            address = try SocketAddress(ipAddress: host, port: 0)
+        } catch {
+            throw .unsupported("heartbeat address \(host) is not an IP address")
+        }
+        let family = host.contains(":") ? AF_INET6 : AF_INET
+        descriptor = socket(family, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { throw .io("cannot open a UDP socket: \(String(cString: strerror(errno)))") }
+        let bound = address.withSockAddr { pointer, length in bind(descriptor, pointer, socklen_t(length)) }
+        guard bound == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(descriptor)
+            throw .io("cannot bind a UDP socket to \(host): \(reason)")
+        }
+    }
+
+    deinit { close(descriptor) }
+
+    /// Sends one datagram without waiting; a failure (peer down, no route) is the failure
+    /// detector's business.
+    func send(_ bytes: [UInt8], to address: SocketAddress) {
+        _ = bytes.withUnsafeBytes { buffer in
+            address.withSockAddr { pointer, length in
+                sendto(
+                    descriptor, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL), pointer,
+                    socklen_t(length))
+            }
+        }
     }
 }
 

@@ -39,7 +39,14 @@ public final class WitnessService: Service, Sendable {
             WitnessController(
                 name: MembershipService.witnessName, nodes: nodes, leaseTime: configuration.timing.deadTime,
                 record: initial.record, now: MembershipService.now()))
-        let channelBox = Mutex<(any Channel)?>(nil)
+        let sender = try DatagramSender(host: witness.address)
+        // Replies go to the node's configured first heartbeat address, where it listens.
+        let replyAddresses = Dictionary(
+            uniqueKeysWithValues: configuration.nodes.compactMap { node in
+                (try? SocketAddress(ipAddress: node.heartbeat.first ?? node.address, port: node.port)).map {
+                    (node.name, $0)
+                }
+            })
         let channel = try await MembershipTransport.bind(
             host: witness.address, port: witness.port, group: MultiThreadedEventLoopGroup.singleton
         ) { [transport, logger, statePath] bytes, source in
@@ -70,14 +77,15 @@ public final class WitnessService: Service, Sendable {
                             logger.notice("outdated nodes: \(record.outdated.sorted())")
                         }
                     case .send(let reply, _):
-                        channelBox.withLock { $0 }?.sendDatagram(transport.seal(reply), to: source)
+                        if let address = replyAddresses[message.sender] {
+                            sender.send(transport.seal(reply), to: address)
+                        }
                     default:
                         break
                     }
                 }
             }
         }
-        channelBox.withLock { $0 = channel }
         logger.info("witness of cluster \(configuration.cluster.name) listening on \(witness.address):\(witness.port)")
         try? await gracefulShutdown()
         try? await channel.close()
