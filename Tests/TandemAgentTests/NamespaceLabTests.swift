@@ -15,6 +15,8 @@ final class NamespaceLab: @unchecked Sendable {
     let directory = TemporaryDirectory()
     let config: String
     static let floating = "\(subnet).50"
+    /// Held by Debian's IPaddr2 OCF agent in the same group.
+    static let second = "\(subnet).51"
     static let nbdPort = 10809
 
     /// Fails with what is missing: these tests need root and iproute2.
@@ -85,6 +87,7 @@ final class NamespaceLab: @unchecked Sendable {
           { type = "volume", volume = "vol0" },
           { type = "ip", name = "floating", address = "\(Self.floating)/24", interface = "eth0", monitor-interval = "1s" },
           { type = "nbd-export", volume = "vol0" },
+          { type = "ocf", name = "vip2", agent = "heartbeat:IPaddr2", monitor-interval = "2s", params = { ip = "\(Self.second)", cidr_netmask = "24", nic = "eth0" } },
         ]
         """.write(toFile: config, atomically: true, encoding: .utf8)
     }
@@ -151,11 +154,11 @@ final class NamespaceLab: @unchecked Sendable {
         return (cluster(node)?["cluster"] as? [String: Any])?["role"] as? String
     }
 
-    /// Which nodes hold the floating address now.
-    func floatingHolders() -> [String] {
+    /// Which nodes hold `address` (the floating one by default) now.
+    func floatingHolders(_ address: String = floating) -> [String] {
         ["a", "b"].filter { node in
             let output = try? Tools.run("ip", ["-n", hosts[node]!.namespace, "-o", "addr", "show", "dev", "eth0"])
-            return output?.standardOutput.contains("inet \(Self.floating)/") ?? false
+            return output?.standardOutput.contains("inet \(address)/") ?? false
         }
     }
 
@@ -267,6 +270,7 @@ struct NamespaceLabTests {
         try lab.waitFor("a primary with the floating address") {
             lab.role("a") == "primary" && lab.floatingHolders() == ["a"]
         }
+        try lab.waitFor("IPaddr2 holds the second address on a") { lab.floatingHolders(NamespaceLab.second) == ["a"] }
         try lab.waitFor("a and b in sync") {
             let volumes = lab.cluster("a")?["volumes"] as? [[String: Any]] ?? []
             return volumes.first?["connection"] as? String == "connected"
@@ -312,6 +316,9 @@ struct NamespaceLabTests {
         // (A's dead namespace still has the address configured on its unplugged interface.)
         try lab.waitFor("b primary with the floating address", seconds: 30) {
             lab.role("b") == "primary" && lab.floatingHolders().contains("b")
+        }
+        try lab.waitFor("IPaddr2 moved the second address to b", seconds: 30) {
+            lab.floatingHolders(NamespaceLab.second).contains("b")
         }
         try lab.waitFor("writes through the floating address on b", seconds: 30) {
             ledger.acknowledged(after: killedAt) >= 20
