@@ -41,6 +41,5 @@ log=$(mktemp)
 swift test --skip-build --filter 'plannedSwitchover' >"$log" 2>&1 || { tail -40 "$log"; exit 1; }
 grep -o 'planned switchover gap.*' "$log"
 rm -f "$log"
-echo "Published figures for comparison (not measured here): keepalived detects a dead master in about 3.6 s at"
-echo "its defaults; Corosync 3 s plus 3.6 s consensus before Pacemaker fences; DRBD's default timeout is 6 s;"
-echo "Veritas VCS 21 s. None of them publishes the gap a client sees."
+echo "Published figures for comparison (not measured here): keepalived declares a master dead after about"
+echo "3.6 s at its defaults; Corosync's token timeout is 3 s plus a consensus time; DRBD's peer timeout is 6 s."
