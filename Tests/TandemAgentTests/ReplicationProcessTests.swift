@@ -16,7 +16,8 @@ final class TwoNodeCluster: @unchecked Sendable {
     /// With `witness`, the config has a witness (start it with `startWitness()`) and agents exit as
     /// their HA reset.
     init(
-        protocol replication: String, size: String, witness: Bool = false, deadTime: String = "2s", extra: String = ""
+        protocol replication: String, size: String, witness: Bool = false, deadTime: String = "2s", extra: String = "",
+        clusterExtra: String = ""
     ) throws {
         let ports = try (0..<5).map { _ in try freeLoopbackPort() }
         nbdPorts = ["a": ports[2], "b": ports[3]]
@@ -41,6 +42,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         secret-file = "\(directory.path)/secret"
         state-dir = "\(directory.path)/{node}"
         ha-reset = "exit"
+        \(clusterExtra)
 
         [[node]]
         name = "a"
@@ -87,6 +89,9 @@ final class TwoNodeCluster: @unchecked Sendable {
     }
 
     func isRunning(_ node: String) -> Bool { processes[node]?.isRunning ?? false }
+
+    /// The process id of a node's agent.
+    func pid(_ node: String) -> Int32? { processes[node]?.processIdentifier }
 
     /// The node's cluster view (`tandem status --json`'s "cluster").
     func cluster(_ node: String) throws -> [String: Any] {

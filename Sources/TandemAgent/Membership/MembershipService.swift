@@ -26,6 +26,8 @@ public final class MembershipService: Service, Sendable {
         case standby(Bool, reply: @Sendable (String?) -> Void)
         case force(reply: @Sendable (String?) -> Void)
         case mode(ModeCommand?, reply: @Sendable (Result<ModeView, ModeRefusal>) -> Void)
+        /// The fence command finished: whether the peer is certainly off, and what it said.
+        case fenced(Bool, String)
     }
 
     struct Link {
@@ -161,7 +163,7 @@ public final class MembershipService: Service, Sendable {
                 }
             }
         }
-        let settings = MembershipSettings(
+        var settings = MembershipSettings(
             name: local.name, precedence: local.precedence, peer: peer?.name, peerPrecedence: peer?.precedence ?? 0,
             links: links.map(\.name) + (peer == nil ? [] : ["replication"]),
             heartbeatInterval: configuration.timing.heartbeatInterval, deadTime: configuration.timing.deadTime,
@@ -169,6 +171,7 @@ public final class MembershipService: Service, Sendable {
             failoverCooldown: configuration.timing.failoverCooldown,
             failbackAuto: configuration.groups.contains { $0.failback == .auto },
             failbackDelay: configuration.timing.failbackDelay)
+        settings.hasFence = configuration.cluster.fenceCommand != nil && configuration.witness == nil
         var modes = initialModes
         var standby = initialState.standby
         var controller = NodeController(
@@ -180,6 +183,8 @@ public final class MembershipService: Service, Sendable {
         }
         // Set by a peer's `tandem start`: stay out of the role until that peer is primary.
         var rejoinWhenPeerPrimary = false
+        // When the fence command may run next (not while one runs, not again at once after a failure).
+        var fenceAllowedAt: Duration? = .zero
         if let blocker = controller.automaticFailoverBlocker { logger.warning("\(blocker)") }
         // Until the controller says otherwise, a primary's writes wait for the peer.
         for volume in volumes { volume.setCompletesWithoutPeer(controller.completesWithoutPeer) }
@@ -203,6 +208,24 @@ public final class MembershipService: Service, Sendable {
                             link: "replication", now: ReplicatedVolume.leaseOrigin.duration(to: last))
                     }
                     actions = controller.tick(now: now, facts: facts)
+                    if settings.hasFence, let allowed = fenceAllowedAt, now >= allowed,
+                        controller.role != .primary, controller.isEligible, !controller.peerAlive(at: now),
+                        controller.peerHeartbeat?.isPrimary == true
+                    {
+                        fenceAllowedAt = nil
+                        actions.append(.event("\(peer?.name ?? "peer") is silent: running the fence command"))
+                        startFence()
+                    }
+                case .fenced(let success, let output):
+                    if success, controller.role != .primary, !controller.peerAlive(at: now),
+                        case .success(let forced) = controller.forcePromote(now: now)
+                    {
+                        actions = [.event("fence command powered \(peer?.name ?? "the peer") off: \(output)")] + forced
+                        fenceAllowedAt = .zero
+                    } else {
+                        actions = [.event("fence command failed, nothing moves: \(output)")]
+                        fenceAllowedAt = now + configuration.timing.deadTime
+                    }
                 case .datagram(.modeRequest(let sender, let request), _) where sender == peer?.name:
                     // The peer's administrator ran `tandem start` or `tandem stop` there.
                     modes.mode = .default
@@ -279,6 +302,23 @@ public final class MembershipService: Service, Sendable {
         ticker.cancel()
         keepers.cancel()
         for channel in channels.withLock({ $0 }) { try? await channel.close() }
+    }
+
+    /// Runs `fence-command PEER ADDRESS` with a 60-second deadline and reports the outcome.
+    private func startFence() {
+        guard let command = configuration.cluster.fenceCommand, let peer else { return }
+        Task { [continuation] in
+            let outcome = await ProcessRunner.run(
+                command, [peer.name, peer.address], environment: ProcessRunner.defaultEnvironment,
+                timeout: .seconds(60))
+            let said = outcome.lastLine.isEmpty ? "" : ": \(outcome.lastLine)"
+            let text =
+                outcome.status == 0
+                ? "exit 0\(said)"
+                : outcome.timedOut
+                    ? "no answer within 60s" : "exit \(outcome.status.map(String.init) ?? "by signal")\(said)"
+            continuation.yield(.fenced(outcome.status == 0, text))
+        }
     }
 
     /// Binds the UDP socket of link `index`.

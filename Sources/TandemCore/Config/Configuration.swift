@@ -38,6 +38,9 @@ public struct Configuration: Sendable, Equatable {
         public var stateDirectory: String
         /// What a node does when it must stop serving and cannot prove it stopped in time.
         public var haReset: ResetAction = .reboot
+        /// Run as `COMMAND NODE ADDRESS` to power a silent primary off; exit status 0 means the node
+        /// is certainly off. Stands in for the witness: without one, a fenced peer is replaced.
+        public var fenceCommand: String? = nil
     }
 
     /// The HA reset's action.

@@ -103,7 +103,13 @@ struct ConfigReader {
 
     private mutating func readCluster(_ table: TOMLTable?) -> Configuration.Cluster? {
         guard let table else { return nil }
-        checkKeys(table, path: "cluster", allowed: ["name", "secret-file", "state-dir", "ha-reset"])
+        checkKeys(table, path: "cluster", allowed: ["name", "secret-file", "state-dir", "ha-reset", "fence-command"])
+        let fenceCommand = string(table, "fence-command", path: "cluster", required: false)
+        if let fenceCommand, !fenceCommand.hasPrefix("/") {
+            report(
+                table["fence-command"]?.line, "cluster.fence-command",
+                "expected an absolute path, found \"\(fenceCommand)\"")
+        }
         let name = string(table, "name", path: "cluster", required: true)
         let secretFile = string(table, "secret-file", path: "cluster", required: false)
         let stateDirectory = string(table, "state-dir", path: "cluster", required: false) ?? "/var/lib/tandem"
@@ -118,7 +124,8 @@ struct ConfigReader {
             report(table["name"]?.line, "cluster.name", "expected letters, digits, '-', '_' or '.', found \"\(name)\"")
         }
         return Configuration.Cluster(
-            name: name, secretFile: secretFile, stateDirectory: stateDirectory, haReset: reset ?? .reboot)
+            name: name, secretFile: secretFile, stateDirectory: stateDirectory, haReset: reset ?? .reboot,
+            fenceCommand: fenceCommand)
     }
 
     private mutating func readNode(_ table: TOMLTable, path: String) -> Configuration.Node? {

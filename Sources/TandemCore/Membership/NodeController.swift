@@ -12,6 +12,8 @@ public struct MembershipSettings: Sendable, Equatable {
     public var deadTime: Duration
     /// Whether a witness votes.
     public var hasWitness: Bool
+    /// Whether a fence command can power the peer off (it stands in for the witness).
+    public var hasFence = false
     /// How long a node that never heard its peer waits before it contends without it.
     public var waitForPeer: Duration
     /// At most one automatic failover with a living primary (a failback) per this period.
@@ -340,7 +342,7 @@ public struct NodeController: Sendable {
 
     /// Why automatic failover cannot happen now, if it cannot.
     public var automaticFailoverBlocker: String? {
-        settings.hasWitness || settings.peer == nil
+        settings.hasWitness || settings.peer == nil || settings.hasFence
             ? nil : "automatic failover is off: the cluster has no witness (use `tandem failover --force NODE`)"
     }
 
