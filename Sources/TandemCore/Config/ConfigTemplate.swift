@@ -10,6 +10,8 @@ public enum ConfigTemplate {
         name = "media"                        # peers with another cluster name are refused
         secret-file = "\(secretFile)"         # shared secret; copy it to every node (mode 0600)
         state-dir = "\(stateDirectory)"       # modes, journal, metadata of block-device volumes
+        # ha-reset = "reboot"                 # what a node that cannot prove it stopped does ("exit" in labs)
+        # fence-command = "/usr/local/sbin/fence-peer"  # without a witness: `CMD NODE ADDRESS`, exit 0 = off
 
         [[node]]
         name = "box-a"                        # `tandem agent --node box-a` (default: the host name)
@@ -51,6 +53,8 @@ public enum ConfigTemplate {
           { type = "volume", volume = "vol0" },
           { type = "ip", address = "10.0.0.50/24", interface = "eth0" },
           { type = "nbd-export", volume = "vol0" },
+          # an OCF agent, as Pacemaker runs it; restarted in place up to max-restarts, then moved:
+          # { type = "ocf", agent = "heartbeat:Filesystem", max-restarts = 3, params = { device = "/dev/nbd0", directory = "/srv/media", fstype = "xfs" } },
         ]
 
         """
