@@ -1,5 +1,6 @@
 import CTandemLinux
 import Foundation
+import Synchronization
 import TandemTestSupport
 import Testing
 
@@ -7,6 +8,8 @@ import Testing
 /// namespace the test creates, on a bridge in a fifth. Every address lives inside them.
 final class NamespaceLab: @unchecked Sendable {
     static let subnet = "10.77.0"
+    /// Each lab of one test process gets its own names.
+    static let counter = Mutex(0)
     let prefix: String
     let hub: String
     let hosts: [String: (namespace: String, address: String)]
@@ -32,7 +35,11 @@ final class NamespaceLab: @unchecked Sendable {
 
     init() throws {
         try Self.requirements()
-        prefix = "td\(getpid() % 100_000)"
+        let serial = Self.counter.withLock { value in
+            value += 1
+            return value % 100
+        }
+        prefix = "td\(getpid() % 100_000)\(serial)"
         hub = "\(prefix)-hub"
         hosts = [
             "a": ("\(prefix)-a", "\(Self.subnet).1"), "b": ("\(prefix)-b", "\(Self.subnet).2"),
@@ -353,6 +360,28 @@ struct NamespaceLabTests {
         ).standardOutput
         #expect(events.contains("lost quorum"), "\(events)")
         #expect(lostThroughTheFloatingAddress(lab, ledger).isEmpty)
+    }
+
+    @Test("a floating address another host already answers for is refused by name; nothing else stops")
+    func floatingAddressInUse_isReported() throws {
+        let lab = try NamespaceLab()
+        // The client host takes the address first.
+        try lab.ip(["-n", lab.hosts["c"]!.namespace, "addr", "add", "\(NamespaceLab.floating)/24", "dev", "eth0"])
+        try lab.start("w")
+        try lab.start("a")
+        try lab.start("b")
+        try lab.waitFor("a reports the address in use") {
+            let events =
+                (try? Tools.run(
+                    try Tools.tandemBinary(), ["events", "--config", lab.config, "--node", "a"]))?.standardOutput ?? ""
+            return events.contains(
+                "resource floating failed to start: \(NamespaceLab.floating) is already in use: another host on eth0 answers ARP for it"
+            )
+        }
+        #expect(lab.floatingHolders().isEmpty)
+        #expect(lab.isRunning("a") && lab.isRunning("b"))
+        let volumes = lab.cluster("a")?["volumes"] as? [[String: Any]] ?? []
+        #expect(volumes.first?["name"] as? String == "vol0", "the agent still answers with its volume")
     }
 }
 
