@@ -57,7 +57,15 @@ public struct Agent: Sendable {
         let journal = try EventJournal(directory: configuration.cluster.stateDirectory, node: node.name, logger: logger)
         journal.append(.agent, "agent starting", durable: false)
         let volumes = try openVolumes(configuration, node: node, peer: peer, journal: journal, logger: logger)
-        let exports = NBDExportTable(volumes.map { NBDExport(name: $0.configuration.nbdExport, volume: $0) })
+        // Exports that an nbd-export resource manages appear only while it runs.
+        let managed = Set(
+            configuration.groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node.name) }.flatMap(\.resources)
+                .filter { $0.type == .nbdExport }.compactMap { resource in
+                    configuration.volume(named: resource.parameters["volume"] ?? "")?.nbdExport
+                })
+        let gate = ExportGate(hidden: managed)
+        let exports = NBDExportTable(
+            volumes.map { NBDExport(name: $0.configuration.nbdExport, volume: $0) }, gate: gate)
         let server = NBDServer(listen: node.nbdListen, exports: exports, limits: configuration.limits, logger: logger)
         let link = peer.map { peer in
             PeerLink(
@@ -73,7 +81,8 @@ public struct Agent: Sendable {
         // A group that fails past its restarts hands the primary role over (a planned switchover).
         let membershipBox = Mutex<MembershipService?>(nil)
         let resources = ResourceService(
-            configuration: configuration, node: node.name, volumes: volumes, journal: journal, reset: reset,
+            configuration: configuration, node: node.name, volumes: volumes, gate: gate, journal: journal,
+            reset: reset,
             failover: { reason in
                 guard let membership = membershipBox.withLock({ $0 }) else {
                     journal.append(.failover, "no peer to fail over to: \(reason)", durable: true)

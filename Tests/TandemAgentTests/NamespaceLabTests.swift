@@ -285,6 +285,21 @@ struct NamespaceLabTests {
                 && volumes.first?["outOfSyncBytes"] as? Int == 0
         }
         usleep(1_000_000)
+        // The nbd-export resource runs only on the primary: the secondary offers no export.
+        let secondaryAnswer = NSLockedBox<String>("")
+        join(
+            lab.onClient {
+                guard let client = try? NBDTestClient(port: NamespaceLab.nbdPort, host: lab.hosts["b"]!.address),
+                    (try? client.greet()) != nil
+                else { return secondaryAnswer.set("no connection") }
+                do {
+                    _ = try client.go(export: "vol0")
+                    secondaryAnswer.set("offered")
+                } catch {
+                    secondaryAnswer.set("\(error)")
+                }
+            })
+        #expect(secondaryAnswer.value.contains("GO refused"), "\(secondaryAnswer.value)")
         let ledger = FloatingLedger()
         let writer = lab.onClient { ledger.run() }
         try lab.waitFor("writes through the floating address") { ledger.count >= 50 }

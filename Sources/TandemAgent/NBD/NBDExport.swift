@@ -1,3 +1,4 @@
+import Synchronization
 import TandemReplication
 import TandemStorage
 import TandemWire
@@ -35,19 +36,46 @@ public struct NBDExport: Sendable {
     }
 }
 
+/// Which exports are offered now. An export that an `nbd-export` resource manages is offered
+/// only while that resource runs; every other export always is.
+public final class ExportGate: Sendable {
+    private let hidden: Mutex<Set<String>>
+
+    public init(hidden: Set<String> = []) { self.hidden = Mutex(hidden) }
+
+    public func isOffered(_ name: String) -> Bool { hidden.withLock { !$0.contains(name) } }
+
+    public func setOffered(_ name: String, _ offered: Bool) {
+        hidden.withLock { hidden in
+            if offered {
+                hidden.remove(name)
+            } else {
+                hidden.insert(name)
+            }
+        }
+    }
+}
+
 /// The exports one server offers, looked up by name; the first is the default export.
 public struct NBDExportTable: Sendable {
     /// Exports in config order.
-    public private(set) var exports: [NBDExport]
+    public private(set) var all: [NBDExport]
+    /// Which of them are offered now.
+    public let gate: ExportGate
 
     /// Creates a table; export names must be unique (the config guarantees it).
-    public init(_ exports: [NBDExport]) {
+    public init(_ exports: [NBDExport], gate: ExportGate = ExportGate()) {
         precondition(Set(exports.map(\.name)).count == exports.count, "duplicate NBD export names")
-        self.exports = exports
+        self.all = exports
+        self.gate = gate
     }
 
-    /// The export called `name`; an empty name means the default (first) export.
+    /// The exports offered now, in config order.
+    public var exports: [NBDExport] { all.filter { gate.isOffered($0.name) } }
+
+    /// The export called `name` if it is offered; an empty name means the default (first) export.
     public func export(named name: String) -> NBDExport? {
-        name.isEmpty ? exports.first : exports.first { $0.name == name }
+        let offered = exports
+        return name.isEmpty ? offered.first : offered.first { $0.name == name }
     }
 }

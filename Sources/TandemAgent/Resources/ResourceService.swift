@@ -19,7 +19,8 @@ public final class ResourceService: Service, Sendable {
 
     /// The resources of the groups that may run on `node`; `builtIn` makes the daemon's own kinds.
     init(
-        configuration: Configuration, node: String, volumes: [ReplicatedVolume], journal: EventJournal,
+        configuration: Configuration, node: String, volumes: [ReplicatedVolume], gate: ExportGate,
+        journal: EventJournal,
         reset: HAReset, failover: @escaping @Sendable (String) async -> Void, startAsPrimary: Bool, logger: Logger
     ) {
         let groups = configuration.groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node) }
@@ -28,7 +29,7 @@ public final class ResourceService: Service, Sendable {
             for (index, resource) in group.resources.enumerated() {
                 guard let spec = try? ResourceSpec.make(group: group.name, index: index, resource: resource).get()
                 else { continue }
-                agents.append(ResourceAgents.make(spec) { spec in Self.builtIn(spec, volumes: volumes) })
+                agents.append(ResourceAgents.make(spec) { spec in Self.builtIn(spec, volumes: volumes, gate: gate) })
             }
         }
         manager = GroupManager(
@@ -43,9 +44,9 @@ public final class ResourceService: Service, Sendable {
         self.startAsPrimary = startAsPrimary
     }
 
-    /// `volume`: runs where the volume is primary (membership promotes it); `nbd-export`: the
-    /// export is served by the NBD server while the volume is primary, read-only elsewhere.
-    static func builtIn(_ spec: ResourceSpec, volumes: [ReplicatedVolume]) -> (any ResourceAgent)? {
+    /// `volume`: runs where the volume is primary (membership promotes it); `nbd-export`: the NBD
+    /// server offers the volume's export while it runs (it runs where the volume does).
+    static func builtIn(_ spec: ResourceSpec, volumes: [ReplicatedVolume], gate: ExportGate) -> (any ResourceAgent)? {
         let name = spec.parameters["volume"] ?? ""
         guard let volume = volumes.first(where: { $0.configuration.name == name }) else { return nil }
         let check: @Sendable () async -> MonitorResult = {
@@ -56,15 +57,32 @@ public final class ResourceService: Service, Sendable {
             }
             return status.disk == .upToDate ? .running : .failed("disk is \(status.disk.rawValue)")
         }
+        let start: @Sendable () async -> String? = {
+            switch await check() {
+            case .running: return nil
+            case .notRunning: return "volume \(name) is not primary on this node"
+            case .failed(let reason): return "volume \(name): \(reason)"
+            }
+        }
+        guard spec.type == .nbdExport else {
+            return ClosureAgent(spec: spec, start: start, stop: { nil }, monitor: check)
+        }
+        let export = volume.configuration.nbdExport
         return ClosureAgent(
             spec: spec,
             start: {
-                switch await check() {
-                case .running: return nil
-                case .notRunning: return "volume \(name) is not primary on this node"
-                case .failed(let reason): return "volume \(name): \(reason)"
-                }
-            }, stop: { nil }, monitor: check)
+                if let problem = await start() { return problem }
+                gate.setOffered(export, true)
+                return nil
+            },
+            stop: {
+                gate.setOffered(export, false)
+                return nil
+            },
+            monitor: {
+                guard gate.isOffered(export) else { return .notRunning }
+                return await check()
+            })
     }
 
     public func run() async throws {
