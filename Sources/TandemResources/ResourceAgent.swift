@@ -337,11 +337,10 @@ public struct IPAgent: ResourceAgent {
             return ResourceAgents.describe("ip addr add", added, timeout: spec.startTimeout)
         }
         if !isV6, ResourceAgents.which("arping") != nil {
-            // Unsolicited ARP: neighbours and switches learn the new place at once.
-            let announced = await tool.run("arping", ["-U", "-q", "-c", "2", "-w", "1", "-I", interface, address.host])
-            if announced.status != 0, announced.status != 1 {
-                return ResourceAgents.describe("gratuitous ARP", announced, timeout: spec.startTimeout)
-            }
+            // Unsolicited ARP: neighbours and switches learn the new place at once. The address
+            // serves already; arping lingers a second after its last packet, so nothing waits for it.
+            let arguments = ["-U", "-q", "-c", "2", "-w", "1", "-I", interface, address.host]
+            Task.detached { _ = await tool.run("arping", arguments) }
         }
         return nil
     }

@@ -209,18 +209,20 @@ final class FloatingLedger: @unchecked Sendable {
     func stop() { lock.withLock { stopped = true } }
     func acknowledged(after time: Date) -> Int { lock.withLock { acknowledged.filter { $0.at > time }.count } }
 
-    /// The client's gap around `time`: last acknowledgement before it to the first after it.
-    func gap(around time: Date) -> TimeInterval? {
+    /// The longest stall the client saw after `time`: the largest interval between consecutive
+    /// acknowledgements, the later one after `time` (an acknowledgement already on its way when
+    /// the primary was killed may arrive just after it).
+    func gap(after time: Date) -> TimeInterval? {
         let all = lock.withLock { acknowledged }
-        guard let before = all.last(where: { $0.at <= time }), let after = all.first(where: { $0.at > time }) else {
-            return nil
-        }
-        return after.at.timeIntervalSince(before.at)
+        guard let first = all.firstIndex(where: { $0.at > time }), first > 0 else { return nil }
+        return (first..<all.count).map { all[$0].at.timeIntervalSince(all[$0 - 1].at) }.max()
     }
 
     func run() {
         while !lock.withLock({ stopped }) {
-            guard let client = try? NBDTestClient(port: NamespaceLab.nbdPort, host: NamespaceLab.floating),
+            guard
+                let client = try? NBDTestClient(
+                    port: NamespaceLab.nbdPort, host: NamespaceLab.floating, connectTimeout: 300),
                 (try? client.greet()) != nil, let export = try? client.go(export: "vol0"),
                 !export.flags.contains(.readOnly)
             else {
@@ -241,11 +243,21 @@ final class FloatingLedger: @unchecked Sendable {
         }
     }
 
-    /// The acknowledged blocks that read back wrong through the floating address.
+    /// The acknowledged blocks that read back wrong through the floating address (`[-1]` when the
+    /// export could not be reached within 20 seconds).
     func lost() -> [Int] {
-        guard let client = try? NBDTestClient(port: NamespaceLab.nbdPort, host: NamespaceLab.floating),
-            (try? client.greet()) != nil, (try? client.go(export: "vol0")) != nil
-        else { return [-1] }
+        var connected: NBDTestClient?
+        for _ in 0..<200 where connected == nil {
+            if let client = try? NBDTestClient(
+                port: NamespaceLab.nbdPort, host: NamespaceLab.floating, connectTimeout: 300),
+                (try? client.greet()) != nil, (try? client.go(export: "vol0")) != nil
+            {
+                connected = client
+            } else {
+                usleep(100_000)
+            }
+        }
+        guard let client = connected else { return [-1] }
         return lock.withLock { acknowledged }.compactMap { entry in
             guard let (error, data) = try? client.read(at: UInt64(entry.block) * 4096, length: 4096), error == 0,
                 data == NumberedWriter.content(entry.block)
@@ -349,7 +361,7 @@ struct NamespaceLabTests {
         join(writer)
         let lost = lostThroughTheFloatingAddress(lab, ledger)
         #expect(lost.isEmpty, "\(lost.count) acknowledged blocks lost, first \(lost.prefix(5))")
-        let gap = ledger.gap(around: killedAt) ?? .infinity
+        let gap = ledger.gap(after: killedAt) ?? .infinity
         print(
             "floating-address ledger: \(ledger.count) acknowledged blocks, none lost; "
                 + String(format: "gap through the floating address when the primary died: %.3f s", gap))

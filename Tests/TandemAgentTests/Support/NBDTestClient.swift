@@ -14,10 +14,15 @@ final class NBDTestClient {
 
     private let socket: Int32
 
-    /// Connects to `host:port` over TCP.
-    init(port: Int, host: String = "127.0.0.1") throws {
+    /// Connects to `host:port` over TCP; `connectTimeout` bounds the connect itself (SYN
+    /// retransmissions back off for seconds when nobody answers for the address).
+    init(port: Int, host: String = "127.0.0.1", connectTimeout: Int? = nil) throws {
         socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard socket >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
+        if let connectTimeout {
+            var timeout = timeval(tv_sec: connectTimeout / 1000, tv_usec: Int((connectTimeout % 1000) * 1000))
+            setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
