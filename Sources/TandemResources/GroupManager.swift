@@ -209,12 +209,18 @@ public final class GroupManager: Sendable {
         let agent = agents[index]
         while !Task.isCancelled {
             try? await Task.sleep(for: agent.spec.monitorInterval)
-            guard published.withLock({ $0[index].state == .running }) else { continue }
+            guard published.withLock({ $0[index].state == .running }), monitoring.withLock({ $0 }) else { continue }
             let before = generations.withLock { $0[index] ?? 0 }
             let result = await agent.monitor()
             continuation.yield(.monitored(index: index, generation: before, result: result))
         }
     }
+
+    /// Whether monitors run (config mode turns HA monitoring off).
+    private let monitoring = Mutex(true)
+
+    /// Turns resource monitoring on or off; off, no failure is noticed, so nothing restarts or moves.
+    public func setMonitoring(_ on: Bool) { monitoring.withLock { $0 = on } }
 
     /// Each resource's generation, for the monitor tasks.
     private let generations = Mutex<[Int: UInt64]>([:])

@@ -158,3 +158,78 @@ final class Recorder: Sendable {
         await runner.value
     }
 }
+
+@Suite struct GroupManagerProbeTests {
+    @Test func refresh_correctsTheRecordedState() async throws {
+        let directory = TemporaryDirectory()
+        let recorder = Recorder()
+        let flag = "\(directory.path)/svc.flag"
+        let service = try spec(
+            .exec,
+            [
+                "name": "svc", "start": "touch \(flag)", "stop": "rm -f \(flag)", "status": "test -e \(flag) || exit 3",
+                "monitor-interval": "1h",
+            ])
+        let manager = GroupManager(agents: [ExecAgent(spec: service)], hooks: recorder.hooks)
+        let runner = Task { await manager.run() }
+        await manager.setRole(.primary)
+        #expect(manager.status[0].state == .running)
+        // Stopped behind the manager's back; the hourly monitor has not noticed.
+        try FileManager.default.removeItem(atPath: flag)
+        await manager.refresh()
+        // Found stopped, recorded so, then started again since it must run on a primary.
+        #expect(recorder.events.withLock { $0 }.contains("refresh: svc was recorded running, is stopped"))
+        #expect(manager.status[0].state == .running)
+        #expect(FileManager.default.fileExists(atPath: flag))
+        await manager.stopAll()
+        manager.finish()
+        await runner.value
+    }
+
+    @Test func monitoringOff_noticesNothing() async throws {
+        let directory = TemporaryDirectory()
+        let recorder = Recorder()
+        let flag = "\(directory.path)/svc.flag"
+        let service = try spec(
+            .exec,
+            [
+                "name": "svc", "start": "touch \(flag)", "stop": "rm -f \(flag)", "status": "test -e \(flag) || exit 3",
+                "monitor-interval": "50ms",
+            ])
+        let manager = GroupManager(agents: [ExecAgent(spec: service)], hooks: recorder.hooks)
+        let runner = Task { await manager.run() }
+        await manager.setRole(.primary)
+        manager.setMonitoring(false)
+        try FileManager.default.removeItem(atPath: flag)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(manager.status[0].failCount == 0)
+        manager.setMonitoring(true)
+        try await recorder.waitFor("the failure once monitoring is back") { manager.status[0].failCount == 1 }
+        await manager.stopAll()
+        manager.finish()
+        await runner.value
+    }
+
+    @Test func filesystem_mountsAndUnmountsEvenWhileAProcessHoldsIt() async throws {
+        guard getuid() == 0 else { throw ResourceTestFailure(description: "mounting needs root") }
+        let directory = TemporaryDirectory()
+        let mountPoint = "\(directory.path)/mnt"
+        let agent = FilesystemAgent(
+            spec: try spec(.filesystem, ["device": "tandem-test", "directory": mountPoint, "fstype": "tmpfs"]))
+        #expect(await agent.validate() == nil)
+        #expect(await agent.monitor() == .notRunning)
+        #expect(await agent.start() == nil)
+        #expect(await agent.monitor() == .running)
+        // A process with its working directory on the mount keeps it busy.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        holder.arguments = ["60"]
+        holder.currentDirectoryURL = URL(fileURLWithPath: mountPoint)
+        try holder.run()
+        defer { if holder.isRunning { holder.terminate() } }
+        #expect(await agent.stop() == nil)
+        #expect(await agent.monitor() == .notRunning)
+        holder.waitUntilExit()
+        #expect(holder.terminationReason == .uncaughtSignal, "the process holding the mount was ended")
+    }
+}

@@ -159,6 +159,7 @@ extension MembershipService {
         record.peerCertifiedDown = false
         if record.mode == .single || record.mode == .config { record.mode = .default }
         controller.mode = record.mode
+        groups?.setMonitoring(true)
         _ = storeModes(record)
         groups?.requestStopAll()
         groups?.requestRole(controller.role == .primary ? .primary : .secondary)

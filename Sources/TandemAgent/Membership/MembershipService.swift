@@ -189,6 +189,7 @@ public final class MembershipService: Service, Sendable {
         // Until the controller says otherwise, a primary's writes wait for the peer.
         for volume in volumes { volume.setCompletesWithoutPeer(controller.completesWithoutPeer) }
         if Self.holdsBack(modes, standby: standby) { groups?.requestStopAll() } else { groups?.requestRole(.secondary) }
+        groups?.setMonitoring(modes.mode != .config)
         let tickEvery = min(configuration.timing.heartbeatInterval / 4, .milliseconds(50))
         let ticker = Task { [continuation] in
             while !Task.isCancelled {
@@ -277,6 +278,7 @@ public final class MembershipService: Service, Sendable {
                         switch apply(command, controller: &controller, record: &modes, standby: &standby, now: now) {
                         case .success(let done):
                             actions = done
+                            groups?.setMonitoring(modes.mode != .config)
                             actions.insert(.persist(controller.voter.record), at: 0)
                             if Self.holdsBack(modes, standby: standby) {
                                 groups?.requestStopAll()
