@@ -156,6 +156,9 @@ struct LabCommand: AsyncParsableCommand {
               tandem agent --config \(configPath) --node \(primary) 2>>\(directory)/\(primary).log &
             Planned switchover without data loss:
               tandem node standby --config \(configPath) \(primary)
+            What each node decided, and the modes of both:
+              tandem events --config \(configPath) --node lab-b --follow
+              tandem mode --config \(configPath) --node lab-a
 
             Press Ctrl-C to stop everything the lab started.
             """)
