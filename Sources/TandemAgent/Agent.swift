@@ -80,6 +80,8 @@ public struct Agent: Sendable {
             action: configuration.cluster.haReset, journal: journal, logger: logger)
         // A group that fails past its restarts hands the primary role over (a planned switchover).
         let membershipBox = Mutex<MembershipService?>(nil)
+        // Set when a group's failures put this node in standby; a cleanup brings it back online.
+        let standbyByFailover = Mutex(false)
         let resources = ResourceService(
             configuration: configuration, node: node.name, volumes: volumes, gate: gate, journal: journal,
             reset: reset,
@@ -91,6 +93,8 @@ public struct Agent: Sendable {
                 journal.append(.failover, "handing the primary role to the peer: \(reason)", durable: true)
                 if let refused = await membership.setStandby(true) {
                     journal.append(.failover, "the handover was refused: \(refused)", durable: true)
+                } else {
+                    standbyByFailover.withLock { $0 = true }
                 }
             }, startAsPrimary: peer == nil, logger: logger)
         let membership = try peer.map { peer throws(AgentError) in
@@ -102,6 +106,15 @@ public struct Agent: Sendable {
         let control = ControlServer(
             path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
             nodeName: node.name, volumes: volumes, membership: membership, groups: resources.manager, reset: reset,
+            afterCleanup: {
+                guard standbyByFailover.withLock({ $0 }), let membership = membershipBox.withLock({ $0 }) else {
+                    return
+                }
+                if await membership.setStandby(false) == nil {
+                    standbyByFailover.withLock { $0 = false }
+                    journal.append(.failover, "fail counts cleared: \(node.name) is online again", durable: true)
+                }
+            },
             logger: logger)
         return Agent(
             node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control, peerLink: link,

@@ -91,6 +91,8 @@ struct ResourceProcessTests {
         #expect(cleanup.status == 0, "\(cleanup.combined)")
         #expect(failCount(cluster, "a", "dummy") == 0)
         #expect(try events(cluster, "a").contains("fail counts cleared for dummy"))
+        #expect(try events(cluster, "a").contains("fail counts cleared: a is online again"))
+        #expect(try cluster.cluster("a")["state"] as? String == "online")
         cluster.stop("a")
         cluster.stop("b")
         cluster.stopWitness()

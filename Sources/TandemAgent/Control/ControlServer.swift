@@ -23,6 +23,7 @@ public final class ControlServer: Service, Sendable {
     private let membership: MembershipService?
     private let groups: GroupManager?
     private let reset: HAReset?
+    private let afterCleanup: @Sendable () async -> Void
     private let group: any EventLoopGroup
     private let logger: Logger
 
@@ -34,7 +35,7 @@ public final class ControlServer: Service, Sendable {
     /// Creates the server; nothing is bound until `run()`.
     public init(
         path: String, nodeName: String, volumes: [ReplicatedVolume], membership: MembershipService? = nil,
-        groups: GroupManager? = nil, reset: HAReset? = nil,
+        groups: GroupManager? = nil, reset: HAReset? = nil, afterCleanup: @escaping @Sendable () async -> Void = {},
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
     ) {
         self.path = path
@@ -43,6 +44,7 @@ public final class ControlServer: Service, Sendable {
         self.membership = membership
         self.groups = groups
         self.reset = reset
+        self.afterCleanup = afterCleanup
         self.group = group
         self.logger = logger
     }
@@ -146,7 +148,10 @@ public final class ControlServer: Service, Sendable {
                 await groups.refresh()
                 return nil
             }
-            return await groups.cleanup(words.count == 2 ? words[1] : nil)
+            if let refused = await groups.cleanup(words.count == 2 ? words[1] : nil) { return refused }
+            // A node that a group's failures put in standby is eligible again.
+            await afterCleanup()
+            return nil
         }
         if ["standby", "online", "force-primary"].contains(command), words.count == 1 {
             guard let membership else { return "this node has no peer: there is no role to hand over" }
