@@ -330,6 +330,13 @@ public final class ReplicatedVolume: Sendable {
         do {
             frames = try state.withLock { state throws(RoleError) -> [PeerFrame] in
                 state.draining = false
+                if role == .primary, state.role == .primary, let epoch, epoch > state.epoch {
+                    // Already primary (set by hand, or in an older epoch): writes from now on carry
+                    // the new epoch, which the peer's voter has seen and fences with.
+                    state.epoch = epoch
+                    state.fenceEpoch = max(state.fenceEpoch, epoch)
+                    return state.peer == nil ? [] : [.volumeState(volumeState(state))]
+                }
                 guard role != state.role else { return [] }
                 if role == .primary {
                     try promote(&state)

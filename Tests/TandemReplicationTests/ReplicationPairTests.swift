@@ -183,6 +183,21 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(try pair.identical())
     }
 
+    @Test func primarySetByHand_thenPromotedInAnEpoch_writesCarryTheEpochThePeerFences() throws {
+        let pair = try connectedPair(.c)
+        // Membership promoted the node that was already primary; the peer's voter saw epoch 3.
+        try pair.a.setRole(.primary, epoch: 3)
+        pair.b.observeEpoch(3)
+        pair.deliver()
+        let outcome = Outcome()
+        pair.a.write(offset: 0, payload: payload(0x44), fua: true, completion: outcome.completion)
+        pair.deliver()
+        #expect(outcome.succeeded)
+        #expect(pair.a.status.epoch == 3)
+        #expect(pair.a.status.outOfSyncBytes == 0, "the peer refused nothing")
+        #expect(try pair.identical())
+    }
+
     @Test func protocolB_completesOnReceipt_beforeTheWrittenAcknowledgement() throws {
         let pair = try connectedPair(.b)
         let outcome = Outcome()
