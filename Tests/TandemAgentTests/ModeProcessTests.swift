@@ -124,6 +124,14 @@ struct ModeProcessTests {
                 && modes["localMode"] as? String == "default" && modes["remoteMode"] as? String == "default"
         }
         #expect(cluster.primary() == nil)
+        let journal = try Tools.check(
+            try Tools.tandemBinary(), ["events", "--config", cluster.config, "--node", "a"]
+        ).standardOutput
+        #expect(journal.contains("now mode config"), "\(journal)")
+        #expect(journal.contains("stop complete: both nodes stopped in default mode"), "\(journal)")
+        #expect(
+            try Tools.check(try Tools.tandemBinary(), ["events", "--config", cluster.config, "--node", "b"])
+                .standardOutput.contains("stop requested by a: b stops its services, mode locked"))
         // Start from the other node: it becomes primary, a secondary.
         let started = try mode(cluster, "b", ["start"])
         #expect(started.status == 0, "\(started.text)")

@@ -127,7 +127,9 @@ extension MembershipService {
                 actions.append(.send(.modeRequest(sender: local.name, request: "start"), to: .node(peer.name)))
             }
         case .stop:
-            next.mode = .default
+            // The peer is locked, this node in config mode, both stop; once the peer reports
+            // locked and stopped, both return to default mode, still stopped.
+            next.mode = .config
             standby = true
             if let peer = configuration.nodes.first(where: { $0.name != local.name }) {
                 actions.append(.send(.modeRequest(sender: local.name, request: "stop"), to: .node(peer.name)))

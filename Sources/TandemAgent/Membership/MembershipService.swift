@@ -183,6 +183,10 @@ public final class MembershipService: Service, Sendable {
         }
         // Set by a peer's `tandem start`: stay out of the role until that peer is primary.
         var rejoinWhenPeerPrimary = false
+        // Set by this node's `tandem stop` until the peer is locked and stopped.
+        var finishingStop = false
+        // After a stop: until when to tell a still-locked peer to return to default mode.
+        var unlockUntil: Duration?
         // When the fence command may run next (not while one runs, not again at once after a failure).
         var fenceAllowedAt: Duration? = .zero
         if let blocker = controller.automaticFailoverBlocker { logger.warning("\(blocker)") }
@@ -228,19 +232,44 @@ public final class MembershipService: Service, Sendable {
                         fenceAllowedAt = now + configuration.timing.deadTime
                     }
                 case .datagram(.modeRequest(let sender, let request), _) where sender == peer?.name:
-                    // The peer's administrator ran `tandem start` or `tandem stop` there.
-                    modes.mode = .default
-                    controller.mode = .default
+                    // The peer's administrator ran `tandem start` or `tandem stop` there: stop now
+                    // (locked while the peer stops too), and for start come back once it is primary.
+                    modes.mode = request == "stop" ? .locked : .default
+                    controller.mode = modes.mode
                     _ = storeModes(modes)
                     standby = true
                     rejoinWhenPeerPrimary = request == "start"
                     actions = controller.setStandby(true, now: now)
-                    actions.append(.event("\(request) requested by \(sender): \(local.name) stops its services"))
+                    actions.append(
+                        .event(
+                            request == "unlock"
+                                ? "\(sender) finished stopping the pair: \(local.name) stopped in default mode"
+                                : "\(request) requested by \(sender): \(local.name) stops its services, mode \(modes.mode.rawValue)"
+                        ))
                     actions.insert(.persist(controller.voter.record), at: 0)
                     groups?.requestStopAll()
                 case .datagram(let message, let link):
                     if case .heartbeat(let heartbeat) = message, heartbeat.sender == peer?.name {
                         actions += peerReturned(record: &modes, controller: &controller)
+                        if finishingStop, heartbeat.mode != .locked {
+                            // Datagrams get lost: ask again until the peer reports locked.
+                            actions.append(.send(.modeRequest(sender: local.name, request: "stop"), to: .peer))
+                        } else if finishingStop, heartbeat.standby, !heartbeat.isPrimary, controller.role != .primary {
+                            // Both stopped: back to default mode on both, still stopped.
+                            finishingStop = false
+                            unlockUntil = now + .seconds(10)
+                            modes.mode = .default
+                            controller.mode = .default
+                            _ = storeModes(modes)
+                            actions.append(.event("stop complete: both nodes stopped in default mode"))
+                        }
+                        if let until = unlockUntil {
+                            if heartbeat.mode == .locked, now < until {
+                                actions.append(.send(.modeRequest(sender: local.name, request: "unlock"), to: .peer))
+                            } else {
+                                unlockUntil = nil
+                            }
+                        }
                         if rejoinWhenPeerPrimary, heartbeat.isPrimary {
                             rejoinWhenPeerPrimary = false
                             standby = false
@@ -278,6 +307,7 @@ public final class MembershipService: Service, Sendable {
                         switch apply(command, controller: &controller, record: &modes, standby: &standby, now: now) {
                         case .success(let done):
                             actions = done
+                            finishingStop = command == .stop
                             groups?.setMonitoring(modes.mode != .config)
                             actions.insert(.persist(controller.voter.record), at: 0)
                             if Self.holdsBack(modes, standby: standby) {
