@@ -144,6 +144,21 @@ struct NodeOptions: ParsableArguments {
                 "promoted    \(String(format: "%.0fs", promotion["secondsAgo"] as? Double ?? 0)) ago in epoch "
                     + "\(promotion["epoch"] ?? 0)\(silent)")
         }
+        if let modes = answer["modes"] as? [String: Any] {
+            func text(_ key: String) -> String { modes[key].map { "\($0)" } ?? "-" }
+            print(
+                "modes       this node \(text("localMode"))/\(text("localStatus")), "
+                    + "peer \(text("remoteMode"))/\(text("remoteStatus"))"
+                    + ((modes["failedStartup"] as? String).map { "; blocked: failed-startup (\($0))" } ?? ""))
+        }
+        let resources = answer["resources"] as? [[String: Any]] ?? []
+        if !resources.isEmpty {
+            let line = resources.map { resource in
+                let fails = resource["failCount"] as? Int ?? 0
+                return "\(resource["name"] ?? "?") \(resource["state"] ?? "?")" + (fails > 0 ? " (\(fails) fails)" : "")
+            }
+            print("resources   \(line.joined(separator: ", "))")
+        }
         for event in (cluster["events"] as? [String] ?? []).suffix(5) { print("  event     \(event)") }
         print("")
     }
