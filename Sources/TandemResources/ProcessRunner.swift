@@ -109,8 +109,15 @@ public enum ProcessRunner {
             } else {
                 usleep(5_000)
             }
-            if waitpid(pid, &status, WNOHANG) == pid {
+            let waited = waitpid(pid, &status, WNOHANG)
+            if waited == pid {
                 exited = true
+            } else if waited < 0, errno == ECHILD {
+                // Collected by someone else in this process: it ended, its status is lost.
+                close(pipe[0])
+                return Outcome(
+                    status: nil, output: String(decoding: output, as: UTF8.self), timedOut: false,
+                    spawnError: "its exit status was collected elsewhere in this process")
             } else if ContinuousClock.now > deadline {
                 kill(-pid, SIGKILL)
                 waitpid(pid, &status, 0)

@@ -80,8 +80,8 @@ import Testing
         print("agent resident memory serving a 10 GiB volume after 768 MiB of I/O: \(rss / 1024) KiB")
         #expect(rss < 64 << 20, "resident memory \(rss) bytes")
         process.terminate()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "exit status after SIGTERM; stderr:\n\(errors.text())")
+        Tools.wait(process)
+        #expect(Tools.status(process) == 0, "exit status after SIGTERM; stderr:\n\(errors.text())")
         #expect(errors.text().contains("NBD server shutting down"))
     }
 
@@ -93,7 +93,7 @@ import Testing
         let (first, _) = try startAgent(config: config)
         try waitUntilServing("nbd://127.0.0.1:\(port)/vol0", process: first)
         first.terminate()
-        first.waitUntilExit()
+        Tools.wait(first)
         let metadata = "\(directory.path)/vol0.img.tandem-meta"
         var bytes = try Data(contentsOf: URL(fileURLWithPath: metadata))
         bytes[bytes.count / 2] ^= 0xFF
@@ -156,8 +156,8 @@ import Testing
         // The secondary serves the same data, read-only.
         try Tools.check("qemu-io", ["-r", "-f", "raw", "-c", "read -P 0x5a 0 1M", "nbd://127.0.0.2:\(port)/vol0"])
         process.interrupt()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        Tools.wait(process)
+        #expect(Tools.status(process) == 0)
         let text = printed.text()
         #expect(text.contains("pkill -9 -f 'node lab-a'"))
         for name in ["witness", "lab-a", "lab-b"] { #expect(text.contains("lab: \(name) stopped (0)"), "\(text)") }

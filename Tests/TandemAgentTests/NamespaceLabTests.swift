@@ -101,7 +101,7 @@ final class NamespaceLab: @unchecked Sendable {
 
     deinit {
         for process in processes.values where process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        for process in processes.values { process.waitUntilExit() }
+        for process in processes.values { Tools.wait(process) }
         for host in hosts.values { _ = try? Tools.run("ip", ["netns", "del", host.namespace]) }
         _ = try? Tools.run("ip", ["netns", "del", hub])
     }
@@ -126,7 +126,7 @@ final class NamespaceLab: @unchecked Sendable {
     func kill9(_ name: String) {
         guard let process = processes[name] else { return }
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        Tools.wait(process)
     }
 
     func isRunning(_ name: String) -> Bool { processes[name]?.isRunning ?? false }
@@ -418,5 +418,6 @@ final class NSLockedBox<Value>: @unchecked Sendable {
     private var stored: Value
     init(_ value: Value) { stored = value }
     func set(_ value: Value) { lock.withLock { stored = value } }
+    func update(_ body: (inout Value) -> Void) { lock.withLock { body(&stored) } }
     var value: Value { lock.withLock { stored } }
 }

@@ -80,7 +80,7 @@ final class TwoNodeCluster: @unchecked Sendable {
 
     func stopWitness() {
         witnessProcess?.terminate()
-        witnessProcess?.waitUntilExit()
+        if let witnessProcess { Tools.wait(witnessProcess) }
     }
 
     /// Sends `signal` to a node's agent.
@@ -135,14 +135,14 @@ final class TwoNodeCluster: @unchecked Sendable {
     func stop(_ node: String) {
         guard let process = processes[node] else { return }
         process.terminate()
-        process.waitUntilExit()
+        Tools.wait(process)
     }
 
     /// Kills a node with SIGKILL, as a crash does.
     func crash(_ node: String) {
         guard let process = processes[node] else { return }
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        Tools.wait(process)
     }
 
     /// What the node's agent logged so far.
@@ -292,7 +292,7 @@ func freeLoopbackPort() throws -> Int {
         try cluster.waitFor("writes to be flowing") { (Int(cluster.field("a", "epoch") ?? "0") ?? 0) > 0 }
         usleep(1_500_000)
         cluster.crash("a")
-        stream.waitUntilExit()
+        Tools.wait(stream)
         try cluster.start("a")
         try cluster.waitInSync()
         #expect(cluster.log("a").contains("marked for resync"), "the activity log must be replayed after a crash")

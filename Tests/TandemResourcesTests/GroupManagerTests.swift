@@ -229,7 +229,14 @@ final class Recorder: Sendable {
         defer { if holder.isRunning { holder.terminate() } }
         #expect(await agent.stop() == nil)
         #expect(await agent.monitor() == .notRunning)
-        holder.waitUntilExit()
-        #expect(holder.terminationReason == .uncaughtSignal, "the process holding the mount was ended")
+        // Ended: gone, or a zombie (its end is Foundation's to notice, which it may do late).
+        var ended = false
+        for _ in 0..<100 where !ended {
+            let stat = (try? String(contentsOfFile: "/proc/\(holder.processIdentifier)/stat", encoding: .utf8)) ?? ""
+            ended =
+                !holder.isRunning || stat.isEmpty || stat.split(separator: ")").last?.split(separator: " ").first == "Z"
+            if !ended { usleep(50_000) }
+        }
+        #expect(ended, "the process holding the mount was ended")
     }
 }

@@ -57,19 +57,43 @@ enum Tools {
         try process.run()
         let outputData = DataCollector(output.fileHandleForReading)
         let errorData = DataCollector(error.fileHandleForReading)
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning {
-            if ContinuousClock.now > deadline {
-                process.terminate()
-                process.waitUntilExit()
-                throw Failure(
-                    description: "\(name) \(arguments.joined(separator: " ")) did not finish within \(timeout)")
-            }
-            usleep(10_000)
+        guard wait(process, timeout: timeout) else {
+            kill(process.processIdentifier, SIGKILL)
+            wait(process, timeout: .seconds(10))
+            throw Failure(description: "\(name) \(arguments.joined(separator: " ")) did not finish within \(timeout)")
         }
-        process.waitUntilExit()
-        return Output(
-            status: process.terminationStatus, standardOutput: outputData.text(), standardError: errorData.text())
+        return Output(status: status(process), standardOutput: outputData.text(), standardError: errorData.text())
+    }
+
+    /// Exit statuses of children whose end Foundation did not notice, reaped here instead.
+    private static let reaped = NSLockedBox<[Int32: Int32]>([:])
+
+    /// Waits until `process` has ended, at most `timeout`; whether it did. Foundation's `Process`
+    /// on Linux can miss a child's exit when many run at once (the child stays a zombie and
+    /// `waitUntilExit()` never returns), so a zombie is reaped here.
+    @discardableResult
+    static func wait(_ process: Process, timeout: Duration = .seconds(60)) -> Bool {
+        let pid = process.processIdentifier
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if reaped.value[pid] != nil || !process.isRunning { return true }
+            let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+            if stat.split(separator: ")").last?.split(separator: " ").first == "Z" {
+                var raw: Int32 = 0
+                if waitpid(pid, &raw, WNOHANG) == pid {
+                    let code = (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+                    reaped.update { $0[pid] = code }
+                    return true
+                }
+            }
+            usleep(5_000)
+        }
+        return false
+    }
+
+    /// The exit status of an ended process, whoever reaped it.
+    static func status(_ process: Process) -> Int32 {
+        reaped.value[process.processIdentifier] ?? process.terminationStatus
     }
 
     /// Runs a tool and fails unless it exits with 0.
