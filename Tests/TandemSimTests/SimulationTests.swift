@@ -16,8 +16,10 @@ struct SimulationTests {
         var writes = 0
         var faults = 0
         for seed in seeds {
-            var simulation = Simulation(seed: seed)
-            let report = simulation.run()
+            let report = Self.onBigStack {
+                var simulation = Simulation(seed: seed)
+                return simulation.run()
+            }
             promotions += report.promotions
             writes += report.acknowledgedWrites
             faults += report.faults
@@ -38,6 +40,22 @@ struct SimulationTests {
             #expect(promotions > seeds.count)
             #expect(writes > seeds.count * 100)
         }
+    }
+
+    /// Runs `work` on a thread of its own with a 64 MiB stack: the optimised simulator keeps large
+    /// values on the stack, and the test pool's threads have small ones.
+    static func onBigStack<T>(_ work: @escaping () -> T) -> T {
+        nonisolated(unsafe) var result: T?
+        nonisolated(unsafe) let body = work
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            result = body()
+            done.signal()
+        }
+        thread.stackSize = 64 << 20
+        thread.start()
+        done.wait()
+        return result!
     }
 
     @Test("a node that keeps serving after it lost its lease is caught as two writers")

@@ -75,10 +75,14 @@ enum Tools {
     static func wait(_ process: Process, timeout: Duration = .seconds(60)) -> Bool {
         let pid = process.processIdentifier
         let deadline = ContinuousClock.now + timeout
+        var zombieSince: ContinuousClock.Instant?
         while ContinuousClock.now < deadline {
             if reaped.value[pid] != nil || !process.isRunning { return true }
             let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
-            if stat.split(separator: ")").last?.split(separator: " ").first == "Z" {
+            let zombie = stat.split(separator: ")").last?.split(separator: " ").first == "Z"
+            zombieSince = zombie ? zombieSince ?? .now : nil
+            // Foundation gets two seconds to notice on its own before the child is reaped here.
+            if let since = zombieSince, ContinuousClock.now - since > .seconds(2) {
                 var raw: Int32 = 0
                 if waitpid(pid, &raw, WNOHANG) == pid {
                     let code = (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
