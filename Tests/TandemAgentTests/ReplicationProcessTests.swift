@@ -48,12 +48,14 @@ final class TwoNodeCluster: @unchecked Sendable {
         name = "a"
         address = "127.0.0.1"
         port = \(ports[0])
+        precedence = 10
         nbd-listen = ["127.0.0.1:\(ports[2])"]
 
         [[node]]
         name = "b"
         address = "127.0.0.1"
         port = \(ports[1])
+        precedence = 20
         nbd-listen = ["127.0.0.1:\(ports[3])"]
 
         [[volume]]
@@ -189,11 +191,12 @@ final class TwoNodeCluster: @unchecked Sendable {
         }
     }
 
-    /// Starts both agents, makes `a` primary and waits for the initial sync.
+    /// Starts both agents, waits until the decider made `a` primary and the initial sync ended.
     func startInSyncWithPrimaryA(seconds: Double = 120) throws {
         try start("a")
         try start("b")
-        try volume("a", ["primary", "vol0"])
+        // The cluster decider chooses a (the lower precedence); a role set by hand would race it.
+        try waitFor("a primary") { primary() == "a" }
         try waitInSync(seconds: seconds)
     }
 
