@@ -60,22 +60,12 @@ struct EventsCommand: AsyncParsableCommand {
         commandName: "events",
         abstract: "The node's event journal: decisions, failovers, mode changes, resource failures, resets.")
 
-    @Option(name: .shortAndLong, help: "The config file.") var config: String = ConfigFile.defaultPath
-    @Option(help: "Whose journal to read (default: the host name).") var node: String?
+    @OptionGroup var options: NodeOptions
     @Flag(help: "Keep printing events as they are appended.") var follow = false
-    @Flag(help: "Print each event as a JSON object, one per line.") var json = false
     @Option(help: "Print only the last N events first.") var last: Int?
 
     func run() async throws {
-        let configuration: Configuration
-        do {
-            configuration = try ConfigFile.load(path: config)
-        } catch {
-            throw fail("invalid config:\n\(error)")
-        }
-        let name = node ?? Agent.hostName()
-        guard configuration.node(named: name) != nil else { throw fail("node \"\(name)\" is not defined in \(config)") }
-        let directory = configuration.cluster.stateDirectory.replacing("{node}", with: name)
+        let (name, directory) = try options.stateDirectory()
         let path = "\(directory)/\(name).events"
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw fail("cannot read \(path): \(String(cString: strerror(errno)))")
@@ -102,7 +92,7 @@ struct EventsCommand: AsyncParsableCommand {
 
     /// Prints one journal line; a damaged line is shown as it is, marked.
     func emit(_ line: String) {
-        if json {
+        if options.json {
             print(line)
             return
         }

@@ -67,7 +67,8 @@ struct NodeOptions: ParsableArguments {
     @Flag(help: "Print the agent's answer as JSON.")
     var json = false
 
-    func socketPath() throws -> String {
+    /// The node asked for and its state directory, from the config.
+    func stateDirectory() throws -> (node: String, directory: String) {
         let configuration: Configuration
         do {
             configuration = try ConfigFile.load(path: config)
@@ -78,8 +79,12 @@ struct NodeOptions: ParsableArguments {
         guard configuration.node(named: name) != nil else {
             throw fail("node \"\(name)\" is not defined in \(config); pass --node")
         }
-        let stateDirectory = configuration.cluster.stateDirectory.replacing("{node}", with: name)
-        return ControlServer.socketPath(stateDirectory: stateDirectory, node: name)
+        return (name, configuration.cluster.stateDirectory.replacing("{node}", with: name))
+    }
+
+    func socketPath() throws -> String {
+        let (name, directory) = try stateDirectory()
+        return ControlServer.socketPath(stateDirectory: directory, node: name)
     }
 
     /// Sends `line` to the node's agent; prints the answer as JSON with `--json`, else with
