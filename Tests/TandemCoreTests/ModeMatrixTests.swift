@@ -58,4 +58,55 @@ struct ModeMatrixTests {
         altered[20] ^= 0x01
         #expect(ModeRecord.decode(altered) == nil)
     }
+
+    @Test("mode commands: what each may do, and why a refusal")
+    func rules() throws {
+        func apply(_ command: ModeCommand, _ record: ModeRecord = ModeRecord(), remote: NodeMode?, alive: Bool = true)
+            -> Result<ModeChange, ModeRefusal>
+        {
+            ModeRules.apply(command, to: record, remote: remote, peerAlive: alive)
+        }
+        #expect(try apply(.set(.single), remote: .locked).get().record.mode == .single)
+        #expect(try apply(.set(.config), remote: .peerdown, alive: false).get().record.mode == .config)
+        #expect(
+            apply(.set(.single), remote: nil, alive: false)
+                == .failure(
+                    ModeRefusal(
+                        "the peer is silent and its mode unknown: certify it down with `tandem peerdown` or lock it")))
+        #expect(
+            apply(.set(.config), remote: .default)
+                == .failure(ModeRefusal("config mode needs the peer locked or certified down (peer is default)")))
+        #expect(
+            apply(.set(.default), remote: .single)
+                == .failure(ModeRefusal("the peer is in single mode: this node must be locked while it is")))
+        #expect(try apply(.set(.locked), remote: .single).get().record.mode == .locked)
+        #expect(
+            apply(.peerdown, remote: .default)
+                == .failure(
+                    ModeRefusal("the peer is alive (heartbeats arrive); peerdown certifies a peer that is powered off"))
+        )
+        #expect(try apply(.peerdown, remote: nil, alive: false).get().record.peerCertifiedDown)
+        let certified = ModeRecord(mode: .single, peerCertifiedDown: true)
+        #expect(try apply(.peerup, certified, remote: .peerdown, alive: false).get().record.peerCertifiedDown == false)
+        let blocked = ModeRecord(failedStartup: "HA reset: x")
+        #expect(
+            apply(.start, blocked, remote: .default)
+                == .failure(ModeRefusal("blocked by failed-startup (HA reset: x); run `tandem clear` first")))
+        #expect(try apply(.clear, blocked, remote: .default).get().record.failedStartup == nil)
+        let start = try? apply(.start, remote: .locked).get()
+        #expect(start?.standby == false && start?.peerRequest == "start" && start?.record.mode == .default)
+        let stop = try? apply(.stop, remote: .default).get()
+        #expect(stop?.standby == true && stop?.peerRequest == "stop" && stop?.record.mode == .config)
+    }
+
+    @Test("a peer certified down that talks again ends the certification and single or config mode")
+    func peerTalked() {
+        #expect(ModeRules.peerTalked(ModeRecord(mode: .single)) == nil)
+        #expect(
+            ModeRules.peerTalked(ModeRecord(mode: .config, peerCertifiedDown: true))
+                == ModeRecord(mode: .default, peerCertifiedDown: false))
+        #expect(
+            ModeRules.peerTalked(ModeRecord(mode: .locked, peerCertifiedDown: true))
+                == ModeRecord(mode: .locked, peerCertifiedDown: false))
+    }
 }

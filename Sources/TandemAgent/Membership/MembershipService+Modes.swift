@@ -4,15 +4,8 @@ import TandemStorage
 /// Administrator modes, carried out by the membership shell: they change what the controller may
 /// do (standby, forced promotion) and what the groups run, and they persist in `NODE.modes`.
 extension MembershipService {
-    /// An administrator's mode command.
-    public enum ModeCommand: Sendable, Equatable {
-        case set(NodeMode)
-        case peerdown
-        case peerup
-        case clear
-        case start
-        case stop
-    }
+    public typealias ModeCommand = TandemCore.ModeCommand
+    public typealias ModeRefusal = TandemCore.ModeRefusal
 
     /// Both nodes' modes and statuses, as every mode command prints them.
     public struct ModeView: Sendable, Equatable {
@@ -84,56 +77,19 @@ extension MembershipService {
         _ command: ModeCommand, controller: inout NodeController, record: inout ModeRecord, standby: inout Bool,
         now: Duration
     ) -> Result<[MembershipAction], ModeRefusal> {
-        var next = record
+        let change: ModeChange
+        switch ModeRules.apply(
+            command, to: record, remote: remoteMode(controller, record, now: now),
+            peerAlive: controller.peerAlive(at: now))
+        {
+        case .success(let made): change = made
+        case .failure(let refusal): return .failure(refusal)
+        }
+        let next = change.record
+        if let value = change.standby { standby = value }
         var actions: [MembershipAction] = []
-        let remote = remoteMode(controller, record, now: now)
-        switch command {
-        case .set(let mode):
-            guard mode != .peerdown else {
-                return .failure(ModeRefusal("use `tandem peerdown` to certify the peer down"))
-            }
-            if mode == .single || mode == .config {
-                guard let remote else {
-                    return .failure(
-                        ModeRefusal(
-                            "the peer is silent and its mode unknown: certify it down with `tandem peerdown` or lock it"
-                        ))
-                }
-                if let reason = ModeMatrix.verdict(local: mode, remote: remote) { return .failure(ModeRefusal(reason)) }
-            } else if mode == .default, let remote, let reason = ModeMatrix.verdict(local: .default, remote: remote) {
-                return .failure(ModeRefusal(reason))
-            }
-            next.mode = mode
-        case .peerdown:
-            if controller.peerAlive(at: now) {
-                return .failure(
-                    ModeRefusal("the peer is alive (heartbeats arrive); peerdown certifies a peer that is powered off"))
-            }
-            next.peerCertifiedDown = true
-        case .peerup:
-            next.peerCertifiedDown = false
-        case .clear:
-            next.failedStartup = nil
-        case .start:
-            if let blocker = record.failedStartup {
-                return .failure(ModeRefusal("blocked by failed-startup (\(blocker)); run `tandem clear` first"))
-            }
-            if let remote, let reason = ModeMatrix.verdict(local: .default, remote: remote), remote != .locked {
-                return .failure(ModeRefusal(reason))
-            }
-            next.mode = .default
-            standby = false
-            if let peer = configuration.nodes.first(where: { $0.name != local.name }) {
-                actions.append(.send(.modeRequest(sender: local.name, request: "start"), to: .node(peer.name)))
-            }
-        case .stop:
-            // The peer is locked, this node in config mode, both stop; once the peer reports
-            // locked and stopped, both return to default mode, still stopped.
-            next.mode = .config
-            standby = true
-            if let peer = configuration.nodes.first(where: { $0.name != local.name }) {
-                actions.append(.send(.modeRequest(sender: local.name, request: "stop"), to: .node(peer.name)))
-            }
+        if let request = change.peerRequest, let peer {
+            actions.append(.send(.modeRequest(sender: local.name, request: request), to: .node(peer.name)))
         }
         if let problem = storeModes(next) { return .failure(ModeRefusal(problem)) }
         let changed = next != record
@@ -157,9 +113,8 @@ extension MembershipService {
     /// A peer that was certified down speaks again: the certification is erased, this node goes
     /// back to default mode and stops its services, which then run again under HA monitoring.
     func peerReturned(record: inout ModeRecord, controller: inout NodeController) -> [MembershipAction] {
-        guard record.peerCertifiedDown else { return [] }
-        record.peerCertifiedDown = false
-        if record.mode == .single || record.mode == .config { record.mode = .default }
+        guard let next = ModeRules.peerTalked(record) else { return [] }
+        record = next
         controller.mode = record.mode
         groups?.setMonitoring(true)
         _ = storeModes(record)
@@ -175,24 +130,5 @@ extension MembershipService {
     func describe(_ record: ModeRecord) -> String {
         "mode \(record.mode.rawValue)" + (record.peerCertifiedDown ? ", peer certified down" : "")
             + (record.failedStartup.map { ", failed-startup: \($0)" } ?? "")
-    }
-
-    /// Why a mode command was refused.
-    public struct ModeRefusal: Error, Sendable {
-        public var reason: String
-        init(_ reason: String) { self.reason = reason }
-    }
-}
-
-extension MembershipService.ModeCommand {
-    var name: String {
-        switch self {
-        case .set(let mode): return "mode \(mode.rawValue)"
-        case .peerdown: return "peerdown"
-        case .peerup: return "peerup"
-        case .clear: return "clear"
-        case .start: return "start"
-        case .stop: return "stop"
-        }
     }
 }

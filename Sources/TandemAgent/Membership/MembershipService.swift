@@ -57,7 +57,7 @@ public final class MembershipService: Service, Sendable {
 
     let configuration: Configuration
     let local: Configuration.Node
-    private let peer: Configuration.Node?
+    let peer: Configuration.Node?
     private let volumes: [ReplicatedVolume]
     private let peerLink: PeerLink?
     private let transport: MembershipTransport

@@ -95,3 +95,106 @@ public struct ModeRecord: Sendable, Equatable {
             mode: mode, peerCertifiedDown: lines[2] == "peerdown 1", failedStartup: blocker == "-" ? nil : blocker)
     }
 }
+
+/// An administrator's mode command on one node.
+public enum ModeCommand: Sendable, Equatable {
+    case set(NodeMode)
+    case peerdown
+    case peerup
+    case clear
+    case start
+    case stop
+
+    /// As the administrator typed it.
+    public var name: String {
+        switch self {
+        case .set(let mode): return "mode \(mode.rawValue)"
+        case .peerdown: return "peerdown"
+        case .peerup: return "peerup"
+        case .clear: return "clear"
+        case .start: return "start"
+        case .stop: return "stop"
+        }
+    }
+}
+
+/// What a mode command changes: the node's record, its standby choice, and what to ask of the peer.
+public struct ModeChange: Sendable, Equatable {
+    public var record: ModeRecord
+    /// The administrator's standby choice afterwards, when the command sets it.
+    public var standby: Bool?
+    /// `"start"` or `"stop"`, to be carried to the peer.
+    public var peerRequest: String?
+}
+
+/// Whether a mode command may be carried out, and what it changes: a pure function of the command,
+/// this node's record, the peer's mode as heard (`nil` when silent and not certified) and whether
+/// the peer is heard at all.
+public enum ModeRules {
+    public static func apply(_ command: ModeCommand, to record: ModeRecord, remote: NodeMode?, peerAlive: Bool)
+        -> Result<ModeChange, ModeRefusal>
+    {
+        var change = ModeChange(record: record)
+        switch command {
+        case .set(let mode):
+            guard mode != .peerdown else {
+                return .failure(ModeRefusal("use `tandem peerdown` to certify the peer down"))
+            }
+            if mode == .single || mode == .config {
+                guard let remote else {
+                    return .failure(
+                        ModeRefusal(
+                            "the peer is silent and its mode unknown: certify it down with `tandem peerdown` or lock it"
+                        ))
+                }
+                if let reason = ModeMatrix.verdict(local: mode, remote: remote) { return .failure(ModeRefusal(reason)) }
+            } else if mode == .default, let remote, let reason = ModeMatrix.verdict(local: .default, remote: remote) {
+                return .failure(ModeRefusal(reason))
+            }
+            change.record.mode = mode
+        case .peerdown:
+            if peerAlive {
+                return .failure(
+                    ModeRefusal("the peer is alive (heartbeats arrive); peerdown certifies a peer that is powered off"))
+            }
+            change.record.peerCertifiedDown = true
+        case .peerup:
+            change.record.peerCertifiedDown = false
+        case .clear:
+            change.record.failedStartup = nil
+        case .start:
+            if let blocker = record.failedStartup {
+                return .failure(ModeRefusal("blocked by failed-startup (\(blocker)); run `tandem clear` first"))
+            }
+            if let remote, remote != .locked, let reason = ModeMatrix.verdict(local: .default, remote: remote) {
+                return .failure(ModeRefusal(reason))
+            }
+            change.record.mode = .default
+            change.standby = false
+            change.peerRequest = "start"
+        case .stop:
+            // The peer is locked and this node goes to config mode while both stop; once the peer
+            // reports locked and stopped, both return to default mode, still stopped.
+            change.record.mode = .config
+            change.standby = true
+            change.peerRequest = "stop"
+        }
+        return .success(change)
+    }
+
+    /// A peer certified down speaks again: the certification is erased and a node running alone
+    /// (single or config) returns to default mode. `nil` when nothing changes.
+    public static func peerTalked(_ record: ModeRecord) -> ModeRecord? {
+        guard record.peerCertifiedDown else { return nil }
+        var next = record
+        next.peerCertifiedDown = false
+        if next.mode == .single || next.mode == .config { next.mode = .default }
+        return next
+    }
+}
+
+/// Why a mode command was refused.
+public struct ModeRefusal: Error, Sendable, Equatable {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+}
