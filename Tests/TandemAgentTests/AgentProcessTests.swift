@@ -34,7 +34,7 @@ import Testing
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        try Tools.launch(process)
         return (process, DataCollector(errors.fileHandleForReading))
     }
 
@@ -141,7 +141,7 @@ import Testing
         let output = Pipe()
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
-        try process.run()
+        try Tools.launch(process)
         defer { if process.isRunning { process.terminate() } }
         let printed = DataCollector(output.fileHandleForReading)
         let uri = "nbd://127.0.0.1:\(port)/vol0"

@@ -118,7 +118,7 @@ final class NamespaceLab: @unchecked Sendable {
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        try Tools.launch(process)
         processes[name] = process
         logs[name] = DataCollector(errors.fileHandleForReading)
     }

@@ -75,7 +75,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        try Tools.launch(process)
         witnessProcess = process
         logs["witness"] = DataCollector(errors.fileHandleForReading)
     }
@@ -127,7 +127,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        try Tools.launch(process)
         processes[node] = process
         logs[node] = DataCollector(errors.fileHandleForReading)
         try waitFor("the control socket of \(node)") { (try? self.status(node)) != nil }
@@ -291,7 +291,7 @@ func freeLoopbackPort() throws -> Int {
         ]
         stream.standardOutput = FileHandle.nullDevice
         stream.standardError = FileHandle.nullDevice
-        try stream.run()
+        try Tools.launch(stream)
         try cluster.waitFor("writes to be flowing") { (Int(cluster.field("a", "epoch") ?? "0") ?? 0) > 0 }
         usleep(1_500_000)
         cluster.crash("a")

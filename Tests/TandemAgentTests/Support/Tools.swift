@@ -54,7 +54,7 @@ enum Tools {
         let error = Pipe()
         process.standardOutput = output
         process.standardError = error
-        try process.run()
+        try launch(process)
         let outputData = DataCollector(output.fileHandleForReading)
         let errorData = DataCollector(error.fileHandleForReading)
         guard wait(process, timeout: timeout) else {
@@ -65,40 +65,29 @@ enum Tools {
         return Output(status: status(process), standardOutput: outputData.text(), standardError: errorData.text())
     }
 
-    /// Exit statuses of children whose end Foundation did not notice, reaped here instead.
-    private static let reaped = NSLockedBox<[Int32: Int32]>([:])
+    /// Serialises `Process.run()`: Foundation's process launching misbehaved when the suite's
+    /// many tests started children at the same moment (a child's exit went unnoticed, a launch
+    /// crashed copying its arguments), so launches happen one at a time.
+    private static let launching = NSLock()
 
-    /// Waits until `process` has ended, at most `timeout`; whether it did. Foundation's `Process`
-    /// on Linux can miss a child's exit when many run at once (the child stays a zombie and
-    /// `waitUntilExit()` never returns), so a zombie is reaped here.
+    /// Starts `process`, one launch at a time.
+    static func launch(_ process: Process) throws {
+        try launching.withLock { try process.run() }
+    }
+
+    /// Waits until `process` has ended, at most `timeout`; whether it did.
     @discardableResult
     static func wait(_ process: Process, timeout: Duration = .seconds(60)) -> Bool {
-        let pid = process.processIdentifier
         let deadline = ContinuousClock.now + timeout
-        var zombieSince: ContinuousClock.Instant?
         while ContinuousClock.now < deadline {
-            if reaped.value[pid] != nil || !process.isRunning { return true }
-            let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
-            let zombie = stat.split(separator: ")").last?.split(separator: " ").first == "Z"
-            zombieSince = zombie ? zombieSince ?? .now : nil
-            // Foundation gets two seconds to notice on its own before the child is reaped here.
-            if let since = zombieSince, ContinuousClock.now - since > .seconds(2) {
-                var raw: Int32 = 0
-                if waitpid(pid, &raw, WNOHANG) == pid {
-                    let code = (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
-                    reaped.update { $0[pid] = code }
-                    return true
-                }
-            }
+            if !process.isRunning { return true }
             usleep(5_000)
         }
         return false
     }
 
-    /// The exit status of an ended process, whoever reaped it.
-    static func status(_ process: Process) -> Int32 {
-        reaped.value[process.processIdentifier] ?? process.terminationStatus
-    }
+    /// The exit status of an ended process.
+    static func status(_ process: Process) -> Int32 { process.terminationStatus }
 
     /// Runs a tool and fails unless it exits with 0.
     @discardableResult
