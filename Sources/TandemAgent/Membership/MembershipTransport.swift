@@ -95,9 +95,9 @@ final class DatagramSender: Sendable {
         guard descriptor >= 0 else { throw .io("cannot open a UDP socket: \(String(cString: strerror(errno)))") }
         let bound = address.withSockAddr { pointer, length in bind(descriptor, pointer, socklen_t(length)) }
         guard bound == 0 else {
-            let reason = String(cString: strerror(errno))
-            close(descriptor)
-            throw .io("cannot bind a UDP socket to \(host): \(reason)")
+            // deinit closes the descriptor (it runs when a class's init throws once every
+            // property is set); closing it here as well would close a stranger's descriptor.
+            throw .io("cannot bind a UDP socket to \(host): \(String(cString: strerror(errno)))")
         }
     }
 

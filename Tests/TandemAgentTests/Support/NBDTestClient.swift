@@ -33,7 +33,8 @@ final class NBDTestClient {
             }
         }
         guard result == 0 else {
-            close(socket)
+            // deinit closes the socket: a throwing init of a class still runs it. Closing here too
+            // would close whatever descriptor took the number in the meantime.
             throw Failure(description: "connect to \(host):\(port): \(String(cString: strerror(errno)))")
         }
         setTimeout(seconds: 10)
@@ -53,7 +54,8 @@ final class NBDTestClient {
             }
         }
         guard result == 0 else {
-            close(socket)
+            // deinit closes the socket: a throwing init of a class still runs it. Closing here too
+            // would close whatever descriptor took the number in the meantime.
             throw Failure(description: "connect to \(unixPath): \(String(cString: strerror(errno)))")
         }
         setTimeout(seconds: 10)
