@@ -8,6 +8,8 @@ final class TwoNodeCluster: @unchecked Sendable {
     let config: String
     let nbdPorts: [String: Int]
     private var processes: [String: Process] = [:]
+    /// Every agent process started, restarts included.
+    private var started: [Int32] = []
     private var logs: [String: DataCollector] = [:]
 
     let witnessPort: Int?
@@ -81,8 +83,9 @@ final class TwoNodeCluster: @unchecked Sendable {
     }
 
     func stopWitness() {
-        witnessProcess?.terminate()
-        if let witnessProcess { Tools.wait(witnessProcess) }
+        guard let witnessProcess else { return }
+        witnessProcess.terminate()
+        if !Tools.wait(witnessProcess) { Tools.killIfOurs(witnessProcess.processIdentifier) }
     }
 
     /// Sends `signal` to a node's agent.
@@ -113,8 +116,8 @@ final class TwoNodeCluster: @unchecked Sendable {
     }
 
     deinit {
-        for process in processes.values where process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        if let witnessProcess, witnessProcess.isRunning { kill(witnessProcess.processIdentifier, SIGKILL) }
+        // Every agent this cluster ever started, whatever Foundation believes of it.
+        for pid in started + (witnessProcess.map { [$0.processIdentifier] } ?? []) { Tools.killIfOurs(pid) }
     }
 
     func uri(_ node: String) -> String { "nbd://127.0.0.1:\(nbdPorts[node]!)/vol0" }
@@ -129,6 +132,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         process.standardOutput = FileHandle.nullDevice
         try Tools.launch(process)
         processes[node] = process
+        started.append(process.processIdentifier)
         logs[node] = DataCollector(errors.fileHandleForReading)
         try waitFor("the control socket of \(node)") { (try? self.status(node)) != nil }
     }
@@ -137,7 +141,7 @@ final class TwoNodeCluster: @unchecked Sendable {
     func stop(_ node: String) {
         guard let process = processes[node] else { return }
         process.terminate()
-        Tools.wait(process)
+        if !Tools.wait(process) { Tools.killIfOurs(process.processIdentifier) }
     }
 
     /// Kills a node with SIGKILL, as a crash does.

@@ -86,6 +86,16 @@ enum Tools {
         return false
     }
 
+    /// Sends SIGKILL to `pid` if it is still one of our `tandem` processes (not a zombie, not a
+    /// number reused by something else).
+    static func killIfOurs(_ pid: Int32) {
+        guard pid > 0,
+            let commandLine = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
+            commandLine.contains("tandem"), getppid() != pid
+        else { return }
+        kill(pid, SIGKILL)
+    }
+
     /// The exit status of an ended process.
     static func status(_ process: Process) -> Int32 { process.terminationStatus }
 
