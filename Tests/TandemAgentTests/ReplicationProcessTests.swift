@@ -100,13 +100,42 @@ final class TwoNodeCluster: @unchecked Sendable {
 
     /// The node's cluster view (`tandem status --json`'s "cluster").
     func cluster(_ node: String) throws -> [String: Any] {
-        let output = try Tools.run(
-            try Tools.tandemBinary(), ["status", "--json", "--config", config, "--node", node])
-        guard output.status == 0,
-            let root = try JSONSerialization.jsonObject(with: Data(output.standardOutput.utf8)) as? [String: Any],
-            let cluster = root["cluster"] as? [String: Any]
-        else { throw Tools.Failure(description: "no cluster status from \(node): \(output.combined)") }
+        guard let cluster = try ask(node)["cluster"] as? [String: Any] else {
+            throw Tools.Failure(description: "no cluster status from \(node)")
+        }
         return cluster
+    }
+
+    /// The agent's answer to `status` on its control socket, read directly: the polling loops ask
+    /// many times a second, and a process per question is wasteful.
+    func ask(_ node: String) throws -> [String: Any] {
+        let path = "\(directory.path)/\(node)/\(node).control"
+        let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw Tools.Failure(description: "socket: \(errno)") }
+        defer { close(descriptor) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard connected == 0 else { throw Tools.Failure(description: "\(node)'s control socket does not answer") }
+        _ = Array("status\n".utf8).withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var answer: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = recv(descriptor, &buffer, buffer.count, 0)
+            guard count > 0 else { break }
+            answer += buffer[0..<count]
+        }
+        guard let root = try JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any] else {
+            throw Tools.Failure(description: "no status from \(node)")
+        }
+        return root
     }
 
     /// The node that is primary for vol0, if exactly one is.
@@ -162,11 +191,9 @@ final class TwoNodeCluster: @unchecked Sendable {
 
     /// The node's view of vol0.
     func status(_ node: String) throws -> [String: Any] {
-        let output = try volume(node, ["status", "--json"])
-        guard output.status == 0,
-            let root = try JSONSerialization.jsonObject(with: Data(output.standardOutput.utf8)) as? [String: Any],
-            let volumes = root["volumes"] as? [[String: Any]], let first = volumes.first
-        else { throw Tools.Failure(description: "no status from \(node): \(output.combined)") }
+        guard let volumes = try ask(node)["volumes"] as? [[String: Any]], let first = volumes.first else {
+            throw Tools.Failure(description: "no volume status from \(node)")
+        }
         return first
     }
 
