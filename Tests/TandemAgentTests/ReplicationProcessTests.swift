@@ -220,6 +220,9 @@ final class TwoNodeCluster: @unchecked Sendable {
                     && field(node, "outOfSyncBytes") == "0" && field(node, "peerDisk") == "upToDate"
             }
         }
+        // The voters learn that the secondary is in sync from the primary's next lease renewal;
+        // until then it is recorded outdated and could not take over.
+        usleep(1_000_000)
     }
 
     /// Starts both agents, waits until the decider made `a` primary and the initial sync ended.
