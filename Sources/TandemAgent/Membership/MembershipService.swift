@@ -440,7 +440,7 @@ public final class MembershipService: Service, Sendable {
                 logger.notice("\(text)")
                 journal?.append(.membership, text, durable: true)
                 events.withLock { events in
-                    events.append("\(Self.wallClock()) \(text)")
+                    events.append("\(EventJournal.timestamp()) \(text)")
                     if events.count > 50 { events.removeFirst(events.count - 50) }
                 }
             }
@@ -504,16 +504,5 @@ public final class MembershipService: Service, Sendable {
         snapshot.events = events
         snapshot.modes = view(controller, modes, now: now)
         current.withLock { $0 = snapshot }
-    }
-
-    static func wallClock() -> String {
-        var now = timespec()
-        clock_gettime(CLOCK_REALTIME, &now)
-        var parts = tm()
-        var seconds = now.tv_sec
-        gmtime_r(&seconds, &parts)
-        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):"
-            + "\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
     }
 }
