@@ -249,42 +249,45 @@ extension ReplicatedVolume {
         return [event("resync as target: this copy is inconsistent until the resync ends")]
     }
 
-    /// Sends resync blocks up to the window. The block is read and sent under the lock, so a client
-    /// write to the same region is either in what is read or sent after it: the target never ends
-    /// with older data than the source.
+    /// Sends resync blocks up to the window. A block is queued under the lock and its bytes are
+    /// read from the local copy when it leaves, so a client write to the same region is either in
+    /// what is read or queued after it: the target never ends with older data than the source.
     func pumpResync() -> [ReplicationEvent] {
         let outcome = state.withLock { state -> (finished: [UInt64]?, error: String?) in
             guard var resync = state.resync, resync.progress.source == .local, let peer = state.peer else {
                 return (nil, nil)
             }
             defer { state.resync = resync }
-            while resync.inFlight.count < resyncWindow,
-                let region = state.bitmap.nextDirtyRegion(from: resync.nextRegion)
-            {
+            var wrapped = false
+            while resync.inFlight.count < resyncWindow {
+                guard let region = state.bitmap.nextDirtyRegion(from: resync.nextRegion) else {
+                    // Regions behind the cursor were marked again (protocol A with a full window):
+                    // go round once more.
+                    guard !wrapped, resync.nextRegion > 0 else { break }
+                    wrapped = true
+                    resync.nextRegion = 0
+                    continue
+                }
+                if resync.inFlight.values.contains(region) {
+                    resync.nextRegion = region + 1
+                    continue
+                }
                 let range = state.bitmap.range(ofRegion: region)
                 let length = Int(range.upperBound - range.lowerBound)
                 guard takeTokens(Double(length), from: &resync) else { break }
                 resync.nextRegion = region + 1
-                var block = ByteBuffer()
+                let sequence = state.nextSequence
+                state.nextSequence += 1
+                resync.inFlight[sequence] = region
+                let block = PeerWrite(
+                    volume: index, sequence: sequence, epoch: state.epoch, offset: range.lowerBound, flags: 0,
+                    payload: NBDPayload(ByteBuffer()))
                 do {
-                    try block.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { pointer in
-                        try store.read(
-                            into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<length]), at: range.lowerBound)
-                        return length
-                    }
+                    try peer.send(.resyncData(block), payloadStoredIn: store, length: length)
                 } catch {
                     state.connection = .standAlone
                     return (nil, "resync stopped: \(error)")
                 }
-                let sequence = state.nextSequence
-                state.nextSequence += 1
-                resync.inFlight[sequence] = region
-                peer.send([
-                    .resyncData(
-                        PeerWrite(
-                            volume: index, sequence: sequence, epoch: state.epoch, offset: range.lowerBound, flags: 0,
-                            payload: NBDPayload(block)))
-                ])
             }
             guard resync.inFlight.isEmpty, state.bitmap.nextDirtyRegion(from: 0) == nil else { return (nil, nil) }
             state.generations = state.generations.afterResyncAsSource()
@@ -441,7 +444,7 @@ extension ReplicatedVolume {
                 if pending.completesOn == .received { pending.peerDone = true }
             case .written, .flushed, .refused:
                 if ack.kind == .refused, pending.length > 0 {
-                    state.bitmap.mark(offset: pending.offset, length: pending.length)
+                    mark(offset: pending.offset, length: pending.length, in: &state)
                 }
                 if configuration.protocol == .a {
                     state.asyncBytesInFlight -= min(state.asyncBytesInFlight, pending.length)
@@ -484,9 +487,10 @@ extension ReplicatedVolume {
                 return false
             }
             defer { state.resync = resync }
+            let markedAgain = resync.markedAgain.remove(region) != nil
             guard ack.kind == .resynced else { return false }
             let range = state.bitmap.range(ofRegion: region)
-            state.bitmap.clear(region: region)
+            if !markedAgain { state.bitmap.clear(region: region) }
             resync.progress.doneBytes += range.upperBound - range.lowerBound
             state.resyncedBytesTotal += range.upperBound - range.lowerBound
             resync.clearedSincePersist += 1

@@ -8,6 +8,31 @@ import TandemWire
 public protocol PeerSender: Sendable {
     /// Queues `frames` for the peer, after everything queued before.
     func send(_ frames: [PeerFrame])
+    /// Queues `frame` (`data` or `resyncData`) whose payload is the `length` bytes at the write's
+    /// offset in `store`, read when the frame leaves: a link may send them from the file without
+    /// copying them through this process. A later write to the same bytes may already be in them;
+    /// that write is queued after this frame, so the peer ends with the same bytes. The frame's own
+    /// payload is ignored.
+    func send(_ frame: PeerFrame, payloadStoredIn store: BackingStore, length: Int) throws(StorageError)
+}
+
+extension PeerSender {
+    /// Reads the payload now and queues it with the frame; a failed read queues nothing.
+    public func send(_ frame: PeerFrame, payloadStoredIn store: BackingStore, length: Int) throws(StorageError) {
+        send([try frame.withPayload(from: store, length: length)])
+    }
+}
+
+extension PeerFrame {
+    /// This write frame with its payload read from `length` bytes at the write's offset in `store`.
+    public func withPayload(from store: BackingStore, length: Int) throws(StorageError) -> PeerFrame {
+        guard let write else { return self }
+        var buffer = ByteBuffer(repeating: 0, count: length)
+        try buffer.withUnsafeMutableReadableBytes { (bytes) throws(StorageError) in
+            try store.read(into: bytes, at: write.offset)
+        }
+        return replacingPayload(with: NBDPayload(buffer))
+    }
 }
 
 /// Runs blocking work (such as `fdatasync`) off the caller's thread.
@@ -157,6 +182,9 @@ public final class ReplicatedVolume: Sendable {
         var progress: ResyncProgress
         var nextRegion = 0
         var inFlight: [UInt64: Int] = [:]
+        /// Regions in flight that a later write marked again (protocol A with a full window): their
+        /// acknowledgement must not clear them, for the peer does not have that write.
+        var markedAgain: Set<Int> = []
         var clearedSincePersist = 0
         /// Rate limit: bytes that may be sent now, refilled at the configured rate.
         var tokens: Double = 0
@@ -394,6 +422,11 @@ public final class ReplicatedVolume: Sendable {
         try store.read(into: buffer, at: offset)
     }
 
+    /// Writes of at least this many bytes go to the peer from the local copy, not from the
+    /// client's buffers: the link can send them without a copy, and the receive buffers are free
+    /// again as soon as the local write is done. Smaller ones go with their frame in one system call.
+    static let storedPayloadThreshold: UInt64 = 64 << 10
+
     /// Writes locally and replicates; `completion` runs when the protocol's guarantee holds.
     public func write(offset: UInt64, payload: NBDPayload, fua: Bool, completion: @escaping Completion) {
         replicate(
@@ -501,7 +534,7 @@ public final class ReplicatedVolume: Sendable {
         return state.withLock { state in
             let windowFull = configuration.protocol == .a && state.asyncBytesInFlight + length > asyncWindowBytes
             guard let peer = state.peer, isReplicating(state), !windowFull else {
-                state.bitmap.mark(offset: offset, length: length)
+                mark(offset: offset, length: length, in: &state)
                 state.activityLog.end(offset: offset, length: length)
                 return nil
             }
@@ -512,11 +545,44 @@ public final class ReplicatedVolume: Sendable {
                 offset: offset, length: length, completion: completion, completesOn: completesOn,
                 localDone: !fua, peerDone: configuration.protocol == .a)
             if configuration.protocol == .a { state.asyncBytesInFlight += length }
-            let write = PeerWrite(
-                volume: index, sequence: sequence, epoch: state.epoch, offset: offset, flags: flags, payload: payload)
-            peer.send([.data(write)])
+            if flags & PeerWriteFlags.zeroes == 0, length >= Self.storedPayloadThreshold {
+                let write = PeerWrite(
+                    volume: index, sequence: sequence, epoch: state.epoch, offset: offset, flags: flags,
+                    payload: NBDPayload(ByteBuffer()))
+                do {
+                    try peer.send(.data(write), payloadStoredIn: store, length: Int(length))
+                } catch {
+                    // The client's bytes are still at hand.
+                    var complete = write
+                    complete.payload = payload
+                    peer.send([.data(complete)])
+                }
+            } else {
+                let write = PeerWrite(
+                    volume: index, sequence: sequence, epoch: state.epoch, offset: offset, flags: flags,
+                    payload: payload)
+                peer.send([.data(write)])
+            }
             return sequence
         }
+    }
+
+    /// Marks a write the peer will not get now. During a resync from here the marked bytes join
+    /// the resync's total, and a region whose resync block is in flight stays marked after that
+    /// block's acknowledgement.
+    func mark(offset: UInt64, length: UInt64, in state: inout State) {
+        let before = state.bitmap.dirtyRegionCount
+        state.bitmap.mark(offset: offset, length: length)
+        guard var resync = state.resync, resync.progress.source == .local else { return }
+        var added = UInt64(state.bitmap.dirtyRegionCount - before) * state.bitmap.regionBytes
+        if length > 0, !resync.inFlight.isEmpty {
+            let regions = Int(offset / state.bitmap.regionBytes)...Int((offset + length - 1) / state.bitmap.regionBytes)
+            for region in Set(resync.inFlight.values) where regions.contains(region) {
+                if resync.markedAgain.insert(region).inserted { added += state.bitmap.regionBytes }
+            }
+        }
+        resync.progress.totalBytes += added
+        state.resync = resync
     }
 
     func markLocalDone(sequence: UInt64) {

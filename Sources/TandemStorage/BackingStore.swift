@@ -64,6 +64,14 @@ public final class BackingStore: Sendable {
         try? descriptor.close()
     }
 
+    /// A new descriptor for the same open file (`dup`), owned by the caller: for sending the
+    /// file's bytes to a socket (`sendfile`). Close-on-exec is set.
+    public func duplicateDescriptor() throws(StorageError) -> CInt {
+        let copy = fcntl(descriptor.rawValue, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { throw StorageError(path: path, operation: "dup", errno: Errno(rawValue: errno)) }
+        return copy
+    }
+
     /// Whether `path` names an existing block device.
     public static func isBlockDevice(path: String) -> Bool {
         var info = stat()

@@ -35,6 +35,28 @@ public enum PeerFrame: Equatable, Sendable {
     /// Whether the receiver's region has the same digest.
     case verifyReply(volume: UInt16, sequence: UInt64, equal: Bool)
 
+    /// The write a `data` or `resyncData` frame carries.
+    public var write: PeerWrite? {
+        switch self {
+        case .data(let write), .resyncData(let write): return write
+        default: return nil
+        }
+    }
+
+    /// This `data` or `resyncData` frame with `payload` in place of its own.
+    public func replacingPayload(with payload: NBDPayload) -> PeerFrame {
+        switch self {
+        case .data(var write):
+            write.payload = payload
+            return .data(write)
+        case .resyncData(var write):
+            write.payload = payload
+            return .resyncData(write)
+        default:
+            return self
+        }
+    }
+
     /// The frame type byte.
     var typeCode: UInt8 {
         switch self {
@@ -244,11 +266,36 @@ public enum PeerCodec {
         case .verifyReply(let volume, let sequence, let equal):
             body.writeMultipleIntegers(volume, sequence, UInt8(equal ? 1 : 0))
         }
-        let length = body.readableBytes + trailing.reduce(0) { $0 + $1.readableBytes }
+        return [
+            frameHead(
+                typeCode: frame.typeCode, body: &body, trailingBytes: trailing.reduce(0) { $0 + $1.readableBytes },
+                allocator: allocator)
+        ] + trailing
+    }
+
+    /// Encodes a `data` or `resyncData` frame without its payload: the caller sends the
+    /// `payloadBytes` bytes (taken from elsewhere, such as the local copy) right after it. The
+    /// write's own payload is ignored.
+    public static func encodeHead(
+        of frame: PeerFrame, payloadBytes: Int, allocator: ByteBufferAllocator = ByteBufferAllocator()
+    )
+        -> ByteBuffer
+    {
+        guard let write = frame.write else {
+            preconditionFailure("only write frames have a payload to send apart: \(frame)")
+        }
+        var body = allocator.buffer(capacity: 32)
+        body.writeMultipleIntegers(write.volume, write.sequence, write.epoch, write.offset, write.flags)
+        return frameHead(typeCode: frame.typeCode, body: &body, trailingBytes: payloadBytes, allocator: allocator)
+    }
+
+    private static func frameHead(
+        typeCode: UInt8, body: inout ByteBuffer, trailingBytes: Int, allocator: ByteBufferAllocator
+    ) -> ByteBuffer {
         var header = allocator.buffer(capacity: headerBytes + body.readableBytes)
-        header.writeMultipleIntegers(magic, frame.typeCode, UInt8(0), UInt16(0), UInt32(length))
+        header.writeMultipleIntegers(magic, typeCode, UInt8(0), UInt16(0), UInt32(body.readableBytes + trailingBytes))
         header.writeBuffer(&body)
-        return [header] + trailing
+        return header
     }
 }
 

@@ -211,6 +211,36 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         _ = pair.a.receive(acks[1])
     }
 
+    @Test func protocolA_writeMarkedWhileItsRegionsResyncBlockIsInFlight_stillReachesThePeer() throws {
+        let pair = try Pair(protocol: .a, asyncWindowBytes: 3 * 4096)
+        pair.connect()
+        try pair.a.setRole(.primary)
+        pair.deliver()
+        for block in 0..<10 {
+            pair.a.write(offset: UInt64(block) * 65536, payload: payload(0x61), fua: false, completion: { _ in })
+        }
+        // The three queued writes arrive; their acknowledgements drain the window, and the primary
+        // starts resyncing the seven marked regions: those blocks are now on the way to b.
+        for frame in pair.aToB.take() { _ = pair.b.receive(frame) }
+        for frame in pair.bToA.take() { _ = pair.a.receive(frame) }
+        let resyncBlocks = pair.aToB.take()
+        #expect(resyncBlocks.contains { if case .resyncData = $0 { true } else { false } })
+        // Three writes elsewhere fill the window again; the next write, to region 5, is marked
+        // while region 5's resync block (holding the older bytes) is still in flight.
+        for block in 20..<23 {
+            pair.a.write(offset: UInt64(block) * 65536, payload: payload(0x63), fua: false, completion: { _ in })
+        }
+        let later = Outcome()
+        pair.a.write(offset: 5 * 65536, payload: payload(0x62), fua: false, completion: later.completion)
+        #expect(later.succeeded)
+        let percent = pair.a.status.resync?.percent ?? 0
+        #expect(percent <= 100, "progress counts the region to send again: \(percent)%")
+        for frame in resyncBlocks { _ = pair.b.receive(frame) }
+        pair.deliver()
+        #expect(pair.a.status.outOfSyncBytes == 0)
+        #expect(try pair.identical(), "the write marked during the resync reached the peer")
+    }
+
     @Test func disconnectedWrites_areMarked_andOnlyThoseAreResynced() throws {
         let pair = try connectedPair(.c)
         for block in 0..<64 {

@@ -44,6 +44,16 @@ import Testing
             decoderFactory: { PeerFrameDecoder(maximumBodyBytes: 1 << 20) })
     }
 
+    @Test func writeFrameHead_followedByItsPayload_isTheWholeFrame() throws {
+        for frame in Self.frames {
+            guard let write = frame.write else { continue }
+            var split = PeerCodec.encodeHead(
+                of: frame.replacingPayload(with: NBDPayload(ByteBuffer())), payloadBytes: write.payload.count)
+            for var piece in write.payload.pieces { split.writeBuffer(&piece) }
+            #expect(split == Self.encoded([frame]), "\(frame)")
+        }
+    }
+
     @Test func badMagic_unknownType_andOversizedFrames_throw() {
         var decoder = PeerFrameDecoder(maximumBodyBytes: 1024)
         var badMagic = ByteBuffer(bytes: Array("GET / HTTP/1.1\r\n".utf8))

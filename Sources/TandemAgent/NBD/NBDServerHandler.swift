@@ -52,6 +52,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
     private var disconnectRequested = false
     /// Whether `channelRead` is on the stack (replies made now are flushed at `channelReadComplete`).
     private var insideRead = false
+    /// Whether a task to flush replies that completed outside `channelRead` is queued on the loop.
+    private var flushScheduled = false
 
     init(exports: NBDExportTable, settings: NBDServerSettings, logger: Logger) {
         self.exports = exports
@@ -290,11 +292,16 @@ final class NBDServerHandler: ChannelDuplexHandler {
                 self.logger.error("write failed: \(error)")
                 self.reply(error: .io, cookie: cookie, context: context)
             }
-            // Inside channelRead the reply leaves with the batch at channelReadComplete; a reply that
-            // completes later is flushed on its own.
-            if !self.insideRead {
-                context.flush()
-                self.afterAsynchronousReply(context: context)
+            // Inside channelRead the reply leaves with the batch at channelReadComplete. Replies that
+            // complete later (a batch of the peer's acknowledgements completes many at once) leave
+            // together from one task queued behind them on the loop: one system call, not one each.
+            if !self.insideRead, !self.flushScheduled {
+                self.flushScheduled = true
+                context.eventLoop.assumeIsolated().execute {
+                    self.flushScheduled = false
+                    context.flush()
+                    self.afterAsynchronousReply(context: context)
+                }
             }
         }
     }
