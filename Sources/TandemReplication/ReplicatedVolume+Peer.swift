@@ -253,11 +253,17 @@ extension ReplicatedVolume {
     /// read from the local copy when it leaves, so a client write to the same region is either in
     /// what is read or queued after it: the target never ends with older data than the source.
     func pumpResync() -> [ReplicationEvent] {
+        var wake: Duration?
+        defer { if let wake { wakePump(after: wake) } }
         let outcome = state.withLock { state -> (finished: [UInt64]?, error: String?) in
             guard var resync = state.resync, resync.progress.source == .local, let peer = state.peer else {
                 return (nil, nil)
             }
-            defer { state.resync = resync }
+            defer {
+                wake = resync.wakeAfter
+                resync.wakeAfter = nil
+                state.resync = resync
+            }
             var wrapped = false
             while resync.inFlight.count < resyncWindow {
                 guard let region = state.bitmap.nextDirtyRegion(from: resync.nextRegion) else {
@@ -314,7 +320,7 @@ extension ReplicatedVolume {
     /// The resync's rate limit: takes `bytes` of budget, or schedules a wake-up when the budget
     /// is short and nothing in flight would wake the pump.
     private func takeTokens(_ bytes: Double, from resync: inout ResyncState) -> Bool {
-        guard let limit = configuration.resyncRateBytesPerSecond else { return true }
+        guard let limit = resyncRateLimit() else { return true }
         let rate = Double(limit)
         let now = ContinuousClock.now
         let elapsed = now - resync.refilledAt
@@ -329,13 +335,17 @@ extension ReplicatedVolume {
         if resync.inFlight.isEmpty, !resync.wakeScheduled {
             resync.wakeScheduled = true
             let waitSeconds = min(max((bytes - resync.tokens) / rate, 0.001), 1.0)
-            let wait = Duration.nanoseconds(Int64(waitSeconds * 1e9))
-            scheduleAfter(wait) { [self] in
-                state.withLock { $0.resync?.wakeScheduled = false }
-                for event in pumpResync() { report(event) }
-            }
+            resync.wakeAfter = Duration.nanoseconds(Int64(waitSeconds * 1e9))
         }
         return false
+    }
+
+    /// Wakes the pump after `wait` (scheduled outside the state lock: the pump takes it).
+    private func wakePump(after wait: Duration) {
+        scheduleAfter(wait) { [self] in
+            state.withLock { $0.resync?.wakeScheduled = false }
+            for event in pumpResync() { report(event) }
+        }
     }
 
     private func applyResync(_ write: PeerWrite) {

@@ -190,6 +190,8 @@ public final class ReplicatedVolume: Sendable {
         var tokens: Double = 0
         var refilledAt: ContinuousClock.Instant = .now
         var wakeScheduled = false
+        /// A wake-up the pump asked for while it held the lock.
+        var wakeAfter: Duration?
     }
 
     /// Progress of a resync.
@@ -490,6 +492,10 @@ public final class ReplicatedVolume: Sendable {
         change: () throws(StorageError) -> Void
     ) {
         let fua = flags & PeerWriteFlags.fua != 0
+        if peerConfigured {
+            lastClientWrite.store(
+                max(1, Self.nanoseconds(Self.leaseOrigin.duration(to: .now))), ordering: .relaxed)
+        }
         if let error = beginActivity(offset: offset, length: length) { return completion(.failure(error)) }
         let sent: UInt64?
         do throws(StorageError) {
@@ -666,6 +672,24 @@ public final class ReplicatedVolume: Sendable {
     /// Refuses replicated writes from epochs before `epoch` from now on.
     public func observeEpoch(_ epoch: UInt64) {
         state.withLock { $0.fenceEpoch = max($0.fenceEpoch, epoch) }
+    }
+
+    /// When a client last wrote, in nanoseconds after `leaseOrigin` (0: never): the resync gives
+    /// way to client writes (see `resyncRateLimit`).
+    let lastClientWrite = Atomic<Int64>(0)
+
+    /// How long after the last client write the resync still keeps to `resync-min-rate`.
+    static let clientActivityWindow = Duration.milliseconds(500)
+
+    /// The resync's rate limit now: `resync-min-rate` while clients write (and for half a second
+    /// after), `resync-rate` (or none) otherwise.
+    func resyncRateLimit() -> UInt64? {
+        let configured = configuration.resyncRateBytesPerSecond
+        guard let minimum = configuration.resyncMinRateBytesPerSecond else { return configured }
+        let last = lastClientWrite.load(ordering: .relaxed)
+        let now = Self.nanoseconds(Self.leaseOrigin.duration(to: .now))
+        guard last != 0, now - last < Self.nanoseconds(Self.clientActivityWindow) else { return configured }
+        return min(minimum, configured ?? .max)
     }
 
     // MARK: Lease gate

@@ -221,6 +221,18 @@ private func mutated(_ old: String, _ new: String) -> String {
         #expect(found.map(\.key) == ["volume[0].resync-rate", "volume[0].split-brain"])
     }
 
+    @Test func resyncMinRate_defaultsTo64MiBPerSecond_andMayNotExceedTheResyncRate() throws {
+        let plain = try Configuration.parse(text: validConfig, file: "t")
+        #expect(plain.volumes[0].resyncMinRateBytesPerSecond == 64 << 20)
+        let set = try Configuration.parse(
+            text: mutated("nbd-export = \"vol0\"", "nbd-export = \"vol0\"\nresync-min-rate = \"8MiB/s\""), file: "t")
+        #expect(set.volumes[0].resyncMinRateBytesPerSecond == 8 << 20)
+        let found = issues(
+            mutated("nbd-export = \"vol0\"", "resync-rate = \"10MiB/s\"\nresync-min-rate = \"20MiB/s\""))
+        #expect(found.map(\.key) == ["volume[0].resync-min-rate"])
+        #expect(found.first?.message.contains("at most resync-rate") == true)
+    }
+
     @Test func badListenAddress_isReported() {
         let found = issues(mutated("nbd-listen = [\"[::1]:10810\"", "nbd-listen = [\"host:99999\""))
         #expect(found.map(\.key) == ["node[1].nbd-listen"])

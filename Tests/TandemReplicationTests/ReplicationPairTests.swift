@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import Synchronization
 import TandemTestSupport
@@ -48,18 +49,20 @@ struct Pair {
 
     init(
         protocol replication: Configuration.ReplicationProtocol, sizeBytes: UInt64 = 16 << 20,
-        policy: SplitBrainPolicy = .disconnect, asyncWindowBytes: UInt64 = 64 << 20
+        policy: SplitBrainPolicy = .disconnect, asyncWindowBytes: UInt64 = 64 << 20, resyncMinRate: UInt64? = nil,
+        scheduleAfter: @escaping @Sendable (Duration, @escaping @Sendable () -> Void) -> Void = { _, work in work() }
     ) throws {
         let directory = self.directory
         func open(_ name: String) throws -> ReplicatedVolume {
             let volume = Configuration.Volume(
                 name: "vol0", protocol: replication, sizeBytes: sizeBytes, backing: "\(directory.path)/\(name).img",
-                metadata: nil, nbdExport: "vol0", readOnly: false, splitBrainPolicy: policy)
+                metadata: nil, nbdExport: "vol0", readOnly: false, splitBrainPolicy: policy,
+                resyncMinRateBytesPerSecond: resyncMinRate)
             let local = try LocalVolume.open(
                 volume, stateDirectory: directory.path, newGeneration: { DataGenerations.created }, newVolumeID: { 1 })
             return try ReplicatedVolume(
                 index: 0, local: local, preferredInTies: name == "a", runBlocking: { $0() },
-                asyncWindowBytes: asyncWindowBytes)
+                scheduleAfter: scheduleAfter, asyncWindowBytes: asyncWindowBytes)
         }
         a = try open("a")
         b = try open("b")
@@ -239,6 +242,33 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         pair.deliver()
         #expect(pair.a.status.outOfSyncBytes == 0)
         #expect(try pair.identical(), "the write marked during the resync reached the peer")
+    }
+
+    @Test func resync_givesWayToClientWrites_andTakesTheLinkOnceTheyPause() throws {
+        let wakes = Mutex<[@Sendable () -> Void]>([])
+        let pair = try Pair(
+            protocol: .c, resyncMinRate: 1 << 20,
+            scheduleAfter: { _, work in wakes.withLock { $0.append(work) } })
+        pair.connect()
+        try pair.a.setRole(.primary)
+        pair.deliver()
+        pair.disconnect()
+        for block in 0..<64 {
+            pair.a.write(offset: UInt64(block) * 65536, payload: payload(0x44), fua: false, completion: { _ in })
+        }
+        // Clients wrote just now: at 1 MiB/s the resync has no budget yet and waits for a wake-up.
+        let before = pair.aToB.resyncBytes.load(ordering: .relaxed)
+        pair.connect()
+        #expect(pair.aToB.resyncBytes.load(ordering: .relaxed) == before)
+        #expect(pair.a.status.connection == .syncSource)
+        #expect(wakes.withLock { $0.count } == 1)
+        // Once the clients have been quiet for the activity window, the wake-up sends everything.
+        Thread.sleep(forTimeInterval: 0.6)
+        for wake in wakes.withLock({ $0 }) { wake() }
+        pair.deliver()
+        #expect(pair.aToB.resyncBytes.load(ordering: .relaxed) - before == 64 * 65536)
+        #expect(pair.a.status.connection == .connected)
+        #expect(try pair.identical())
     }
 
     @Test func disconnectedWrites_areMarked_andOnlyThoseAreResynced() throws {

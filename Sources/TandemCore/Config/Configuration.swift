@@ -126,6 +126,12 @@ public struct Configuration: Sendable, Equatable {
         public var splitBrainPolicy: SplitBrainPolicy = .disconnect
         /// Most bytes per second a resync may send (`nil`: bounded only by its window of blocks in flight).
         public var resyncRateBytesPerSecond: UInt64? = nil
+        /// Most bytes per second a resync may send while clients write to the volume: client
+        /// writes come first, and the resync takes the rest of the link once they pause.
+        public var resyncMinRateBytesPerSecond: UInt64? = Volume.defaultResyncMinRate
+
+        /// `resync-min-rate` when the config does not set it.
+        public static let defaultResyncMinRate: UInt64 = 64 << 20
     }
 
     /// `[[group]]`: resources that run together on one node.

@@ -214,7 +214,7 @@ struct ConfigReader {
             table, path: path,
             allowed: [
                 "name", "protocol", "size", "backing", "metadata", "nbd-export", "read-only", "split-brain",
-                "resync-rate",
+                "resync-rate", "resync-min-rate",
             ])
         let name = string(table, "name", path: path, required: true)
         let protocolText = string(table, "protocol", path: path, required: false) ?? "C"
@@ -236,20 +236,13 @@ struct ConfigReader {
         let metadata = string(table, "metadata", path: path, required: false)
         let export = string(table, "nbd-export", path: path, required: false)
         let readOnly = boolean(table, "read-only", path: path) ?? false
-        var resyncRate: UInt64?
-        if case .string(let text)? = table["resync-rate"]?.value {
-            let perSecond = text.hasSuffix("/s") ? String(text.dropLast(2)) : text
-            if let bytes = Units.parseByteCount(perSecond), bytes >= 1 << 20 {
-                resyncRate = bytes
-            } else {
-                report(
-                    table["resync-rate"]?.line, "\(path).resync-rate",
-                    "expected a rate of at least 1MiB/s such as \"100MiB/s\", found \"\(text)\"")
-            }
-        } else if let other = table["resync-rate"] {
+        let resyncRate = rate(table, "resync-rate", path: path)
+        let resyncMinRate = rate(table, "resync-min-rate", path: path)
+        if let resyncRate, let resyncMinRate, resyncMinRate > resyncRate {
             report(
-                other.line, "\(path).resync-rate", "expected a rate such as \"100MiB/s\", found \(other.value.typeName)"
-            )
+                table["resync-min-rate"]?.line, "\(path).resync-min-rate",
+                "expected at most resync-rate (\(Units.formatByteCount(resyncRate))/s), found "
+                    + "\(Units.formatByteCount(resyncMinRate))/s")
         }
         let policyText = string(table, "split-brain", path: path, required: false) ?? "disconnect"
         let policy = SplitBrainPolicy(rawValue: policyText)
@@ -265,8 +258,26 @@ struct ConfigReader {
         return Configuration.Volume(
             name: name, protocol: replication, sizeBytes: size, backing: backing, metadata: metadata,
             nbdExport: export ?? name, readOnly: readOnly, splitBrainPolicy: policy ?? .disconnect,
-            resyncRateBytesPerSecond: resyncRate
+            resyncRateBytesPerSecond: resyncRate,
+            resyncMinRateBytesPerSecond: resyncMinRate ?? Configuration.Volume.defaultResyncMinRate
         )
+    }
+
+    /// A rate such as `"100MiB/s"`, at least 1 MiB/s.
+    private mutating func rate(_ table: TOMLTable, _ key: String, path: String) -> UInt64? {
+        guard let value = table[key] else { return nil }
+        guard case .string(let text) = value.value else {
+            report(value.line, "\(path).\(key)", "expected a rate such as \"100MiB/s\", found \(value.value.typeName)")
+            return nil
+        }
+        let perSecond = text.hasSuffix("/s") ? String(text.dropLast(2)) : text
+        guard let bytes = Units.parseByteCount(perSecond), bytes >= 1 << 20 else {
+            report(
+                value.line, "\(path).\(key)",
+                "expected a rate of at least 1MiB/s such as \"100MiB/s\", found \"\(text)\"")
+            return nil
+        }
+        return bytes
     }
 
     private mutating func readGroup(_ table: TOMLTable, path: String) -> Configuration.Group? {
