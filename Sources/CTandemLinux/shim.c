@@ -33,3 +33,10 @@ int ctandem_enter_network_namespace(const char *path) {
     close(fd);
     return result;
 }
+
+#include <sys/uio.h>
+
+ssize_t ctandem_pread_cached(int fd, void *buffer, size_t count, off_t offset) {
+    struct iovec vector = {.iov_base = buffer, .iov_len = count};
+    return preadv2(fd, &vector, 1, offset, RWF_NOWAIT);
+}

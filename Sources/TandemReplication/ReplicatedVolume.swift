@@ -424,6 +424,11 @@ public final class ReplicatedVolume: Sendable {
         try store.read(into: buffer, at: offset)
     }
 
+    /// Reads what the page cache holds without waiting for the device; returns the bytes filled.
+    public func readCached(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) -> Int {
+        store.readCached(into: buffer, at: offset)
+    }
+
     /// Writes of at least this many bytes go to the peer from the local copy, not from the
     /// client's buffers: the link can send them without a copy, and the receive buffers are free
     /// again as soon as the local write is done. Smaller ones go with their frame in one system call.

@@ -181,6 +181,22 @@ public final class BackingStore: Sendable {
         }
     }
 
+    /// Reads from `offset` only what the page cache holds, without waiting for the device: returns
+    /// how many leading bytes of `buffer` were filled (0 when the first byte is not cached, or when
+    /// the file cannot say). The caller reads the rest with `read(into:at:)` where it may block.
+    public func readCached(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) -> Int {
+        precondition(offset + UInt64(buffer.count) <= sizeBytes, "read past the end of \(path)")
+        var done = 0
+        while done < buffer.count {
+            let count = ctandem_pread_cached(
+                descriptor.rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if count < 0, Glibc.errno == EINTR { continue }
+            guard count > 0 else { break }
+            done += count
+        }
+        return done
+    }
+
     /// Writes `bytes` at `offset`; the range must lie inside the volume. Not durable until `flush()`.
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws(StorageError) {
         precondition(!isReadOnly, "write to read-only backing store \(path)")

@@ -25,4 +25,8 @@ int ctandem_spawn_closefrom(void *actions, int lowest);
 /* Moves the calling thread into the network namespace at `path` (setns(2)); 0 or -1 with errno. */
 int ctandem_enter_network_namespace(const char *path);
 
+/// pread(2) that only copies what the page cache already holds (preadv2 with RWF_NOWAIT): -1 with
+/// errno EAGAIN when the first byte is not cached, EOPNOTSUPP where the file cannot say.
+ssize_t ctandem_pread_cached(int fd, void *buffer, size_t count, off_t offset);
+
 #endif

@@ -250,24 +250,54 @@ final class NBDServerHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Threads for reads that must wait for the device: a read the page cache cannot answer leaves
+    /// the event loop, so one cold read never holds up the connection's other requests.
+    static let readPool: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 16)
+        pool.start()
+        return pool
+    }()
+
+    /// Answers from the page cache on the loop; what is not cached is read on `readPool` and
+    /// answered when it arrives (NBD replies may come in any order).
     private func performRead(_ request: NBDRequest, export: NBDExport, context: ChannelHandlerContext) {
         let length = Int(request.length)
         var buffer = context.channel.allocator.buffer(capacity: 16 + length)
         buffer.writeNBDSimpleReply(error: .none, cookie: request.cookie)
-        do {
-            try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { pointer in
-                try export.volume.read(
-                    into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<length]), at: request.offset)
-                return length
-            }
-            guard export.volume.mayAcknowledge else {
-                return reply(error: .io, cookie: request.cookie, context: context)
-            }
-            context.write(wrapOutboundOut(buffer), promise: nil)
-        } catch {
-            logger.error("read failed: \(error)")
-            reply(error: .io, cookie: request.cookie, context: context)
+        let cached = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { pointer in
+            export.volume.readCached(
+                into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<length]), at: request.offset)
         }
+        if cached == length { return sendRead(buffer, cookie: request.cookie, export: export, context: context) }
+        inFlight += 1
+        let rest = length - cached
+        let offset = request.offset + UInt64(cached)
+        let volume = export.volume
+        let read = Self.readPool.runIfActive(eventLoop: context.eventLoop) { () throws -> ByteBuffer in
+            var reply = buffer
+            try reply.writeWithUnsafeMutableBytes(minimumWritableBytes: rest) { pointer in
+                try volume.read(into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<rest]), at: offset)
+                return rest
+            }
+            return reply
+        }
+        read.assumeIsolated().whenComplete { result in
+            self.inFlight -= 1
+            switch result {
+            case .success(let reply):
+                self.sendRead(reply, cookie: request.cookie, export: export, context: context)
+            case .failure(let error):
+                self.logger.error("read failed: \(error)")
+                self.reply(error: .io, cookie: request.cookie, context: context)
+            }
+            self.flushLater(context: context)
+        }
+    }
+
+    private func sendRead(_ buffer: ByteBuffer, cookie: UInt64, export: NBDExport, context: ChannelHandlerContext) {
+        guard export.volume.mayAcknowledge else { return reply(error: .io, cookie: cookie, context: context) }
+        guard case .transmitting = phase else { return }
+        context.write(wrapOutboundOut(buffer), promise: nil)
     }
 
     /// Starts a change on the volume and replies when its completion runs: at once when the
@@ -292,17 +322,20 @@ final class NBDServerHandler: ChannelDuplexHandler {
                 self.logger.error("write failed: \(error)")
                 self.reply(error: .io, cookie: cookie, context: context)
             }
-            // Inside channelRead the reply leaves with the batch at channelReadComplete. Replies that
-            // complete later (a batch of the peer's acknowledgements completes many at once) leave
-            // together from one task queued behind them on the loop: one system call, not one each.
-            if !self.insideRead, !self.flushScheduled {
-                self.flushScheduled = true
-                context.eventLoop.assumeIsolated().execute {
-                    self.flushScheduled = false
-                    context.flush()
-                    self.afterAsynchronousReply(context: context)
-                }
-            }
+            self.flushLater(context: context)
+        }
+    }
+
+    /// Inside channelRead a reply leaves with the batch at channelReadComplete. Replies that
+    /// complete later (a batch of the peer's acknowledgements completes many at once) leave
+    /// together from one task queued behind them on the loop: one system call, not one each.
+    private func flushLater(context: ChannelHandlerContext) {
+        guard !insideRead, !flushScheduled else { return }
+        flushScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushScheduled = false
+            context.flush()
+            self.afterAsynchronousReply(context: context)
         }
     }
 
