@@ -21,6 +21,26 @@ import Testing
         }
     }
 
+    @Test func readsOfBytesNotInThePageCache_leaveTheLoop_andReturnTheFilesBytes() async throws {
+        try await withTestServer { server in
+            // Bytes written behind the server, made durable and dropped from the page cache: the
+            // server must read them from the device (on its read pool), not from memory.
+            let file = try FileHandle(forWritingTo: URL(fileURLWithPath: server.backing()))
+            try file.write(contentsOf: Data(repeating: 0x5E, count: 4 << 20))
+            try file.synchronize()
+            #expect(posix_fadvise(file.fileDescriptor, 0, 0, Int32(POSIX_FADV_DONTNEED)) == 0)
+            try file.close()
+            let commands = [
+                "read -P 0x5e 1M 4k",  // now cached
+                "read -P 0x5e 0 4M",  // cold, cached and cold again in one request
+                "aio_read -P 0x5e 0 64k", "aio_read -P 0x5e 2M 64k", "aio_read -P 0x5e 3M 4k", "aio_flush",
+                "read -P 0 4M 4k",
+            ]
+            let output = try Tools.check("qemu-io", ["-f", "raw"] + commands.flatMap { ["-c", $0] } + [server.uri()])
+            #expect(!output.combined.contains("Pattern verification failed"), "\(output.combined)")
+        }
+    }
+
     @Test func qemuIO_mismatchIsDetected() async throws {
         try await withTestServer { server in
             let output = try Tools.run(
