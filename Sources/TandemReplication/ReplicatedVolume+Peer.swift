@@ -259,11 +259,7 @@ extension ReplicatedVolume {
             guard var resync = state.resync, resync.progress.source == .local, let peer = state.peer else {
                 return (nil, nil)
             }
-            defer {
-                wake = resync.wakeAfter
-                resync.wakeAfter = nil
-                state.resync = resync
-            }
+            defer { state.resync = resync }
             var wrapped = false
             while resync.inFlight.count < resyncWindow {
                 guard let region = state.bitmap.nextDirtyRegion(from: resync.nextRegion) else {
@@ -280,7 +276,7 @@ extension ReplicatedVolume {
                 }
                 let range = state.bitmap.range(ofRegion: region)
                 let length = Int(range.upperBound - range.lowerBound)
-                guard takeTokens(Double(length), from: &resync) else { break }
+                guard takeTokens(Double(length), from: &resync, wake: &wake) else { break }
                 resync.nextRegion = region + 1
                 let sequence = state.nextSequence
                 state.nextSequence += 1
@@ -317,9 +313,9 @@ extension ReplicatedVolume {
             + errors.map { event("\($0)") }
     }
 
-    /// The resync's rate limit: takes `bytes` of budget, or schedules a wake-up when the budget
-    /// is short and nothing in flight would wake the pump.
-    private func takeTokens(_ bytes: Double, from resync: inout ResyncState) -> Bool {
+    /// The resync's rate limit: takes `bytes` of budget, or sets `wake` (for the caller to schedule
+    /// once the lock is released) when the budget is short and nothing in flight would wake the pump.
+    private func takeTokens(_ bytes: Double, from resync: inout ResyncState, wake: inout Duration?) -> Bool {
         guard let limit = resyncRateLimit() else { return true }
         let rate = Double(limit)
         let now = ContinuousClock.now
@@ -335,7 +331,7 @@ extension ReplicatedVolume {
         if resync.inFlight.isEmpty, !resync.wakeScheduled {
             resync.wakeScheduled = true
             let waitSeconds = min(max((bytes - resync.tokens) / rate, 0.001), 1.0)
-            resync.wakeAfter = Duration.nanoseconds(Int64(waitSeconds * 1e9))
+            wake = Duration.nanoseconds(Int64(waitSeconds * 1e9))
         }
         return false
     }

@@ -190,8 +190,6 @@ public final class ReplicatedVolume: Sendable {
         var tokens: Double = 0
         var refilledAt: ContinuousClock.Instant = .now
         var wakeScheduled = false
-        /// A wake-up the pump asked for while it held the lock.
-        var wakeAfter: Duration?
     }
 
     /// Progress of a resync.

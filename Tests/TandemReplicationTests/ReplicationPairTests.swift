@@ -169,17 +169,25 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(pair.a.status.outOfSyncBytes == 0)
     }
 
-    @Test func protocolA_fallingBehind_marksInsteadOfQueueing_thenCatchesUp() throws {
+    /// A protocol A pair whose window holds three 4 KiB writes, after ten writes to regions 0–9:
+    /// three queued for the peer, seven marked. Returns the writes' outcomes.
+    private func protocolAPairPastItsWindow() throws -> (Pair, [Outcome]) {
         let pair = try Pair(protocol: .a, asyncWindowBytes: 3 * 4096)
         pair.connect()
         try pair.a.setRole(.primary)
         pair.deliver()
-        for block in 0..<10 {
+        let outcomes = (0..<10).map { block in
             let outcome = Outcome()
             pair.a.write(
                 offset: UInt64(block) * 65536, payload: payload(0x61), fua: false, completion: outcome.completion)
-            #expect(outcome.succeeded, "protocol A never blocks the client")
+            return outcome
         }
+        return (pair, outcomes)
+    }
+
+    @Test func protocolA_fallingBehind_marksInsteadOfQueueing_thenCatchesUp() throws {
+        let (pair, outcomes) = try protocolAPairPastItsWindow()
+        for outcome in outcomes { #expect(outcome.succeeded, "protocol A never blocks the client") }
         #expect(pair.a.status.outOfSyncBytes == 7 * 65536, "writes past the window are marked, not queued")
         pair.deliver()
         #expect(pair.a.status.outOfSyncBytes == 0)
@@ -215,13 +223,7 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
     }
 
     @Test func protocolA_writeMarkedWhileItsRegionsResyncBlockIsInFlight_stillReachesThePeer() throws {
-        let pair = try Pair(protocol: .a, asyncWindowBytes: 3 * 4096)
-        pair.connect()
-        try pair.a.setRole(.primary)
-        pair.deliver()
-        for block in 0..<10 {
-            pair.a.write(offset: UInt64(block) * 65536, payload: payload(0x61), fua: false, completion: { _ in })
-        }
+        let (pair, _) = try protocolAPairPastItsWindow()
         // The three queued writes arrive; their acknowledgements drain the window, and the primary
         // starts resyncing the seven marked regions: those blocks are now on the way to b.
         for frame in pair.aToB.take() { _ = pair.b.receive(frame) }
