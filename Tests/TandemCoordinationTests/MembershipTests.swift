@@ -290,6 +290,18 @@ struct DeciderTests {
         #expect(cluster.primaries == ["b"])
     }
 
+    @Test("a mode change reaches the peer at once, not with the next periodic heartbeat")
+    func modeChangeIsSentAtOnce() {
+        var cluster = Cluster()
+        cluster.run(for: .seconds(4))
+        #expect(cluster.b.peerHeartbeat?.mode == .default)
+        cluster.route(cluster.a.setMode(.config), from: "a")
+        #expect(cluster.b.peerHeartbeat?.mode == .config)
+        #expect(cluster.a.setMode(.config).isEmpty, "an unchanged mode sends nothing")
+        cluster.route(cluster.a.setMode(.default), from: "a")
+        #expect(cluster.b.peerHeartbeat?.mode == .default)
+    }
+
     @Test("automatic failback returns the role after the delay, at most once per cooldown")
     func failback() {
         var cluster = Cluster(failbackAuto: true, standbyA: true)

@@ -94,7 +94,7 @@ extension MembershipService {
         if let problem = storeModes(next) { return .failure(ModeRefusal(problem)) }
         let changed = next != record
         record = next
-        controller.mode = record.mode
+        actions += controller.setMode(record.mode)
         actions += controller.setStandby(Self.holdsBack(record, standby: standby), now: now)
         // A node in single or config mode whose peer is certified down takes the role without a
         // quorum when there is no witness: the administrator vouched that the peer is off.
@@ -115,12 +115,12 @@ extension MembershipService {
     func peerReturned(record: inout ModeRecord, controller: inout NodeController) -> [MembershipAction] {
         guard let next = ModeRules.peerTalked(record) else { return [] }
         record = next
-        controller.mode = record.mode
+        let told = controller.setMode(record.mode)
         groups?.setMonitoring(true)
         _ = storeModes(record)
         groups?.requestStopAll()
         groups?.requestRole(controller.role == .primary ? .primary : .secondary)
-        return [
+        return told + [
             .event(
                 "the peer certified down is talking again: certification erased, \(local.name) back in "
                     + "\(record.mode.rawValue) mode, its services restarted under HA monitoring")

@@ -177,7 +177,7 @@ public final class MembershipService: Service, Sendable {
         var controller = NodeController(
             settings: settings, record: initialState.record, standby: Self.holdsBack(modes, standby: standby),
             now: Self.now())
-        controller.mode = modes.mode
+        _ = controller.setMode(modes.mode)  // the first heartbeat carries it
         if let blocker = modes.failedStartup {
             logger.warning("failed-startup: \(blocker); this node takes no primary role until `tandem clear`")
         }
@@ -235,11 +235,10 @@ public final class MembershipService: Service, Sendable {
                     // The peer's administrator ran `tandem start` or `tandem stop` there: stop now
                     // (locked while the peer stops too), and for start come back once it is primary.
                     modes.mode = request == "stop" ? .locked : .default
-                    controller.mode = modes.mode
                     _ = storeModes(modes)
                     standby = true
                     rejoinWhenPeerPrimary = request == "start"
-                    actions = controller.setStandby(true, now: now)
+                    actions = controller.setMode(modes.mode) + controller.setStandby(true, now: now)
                     actions.append(
                         .event(
                             request == "unlock"
@@ -259,7 +258,7 @@ public final class MembershipService: Service, Sendable {
                             finishingStop = false
                             unlockUntil = now + .seconds(10)
                             modes.mode = .default
-                            controller.mode = .default
+                            actions += controller.setMode(.default)
                             _ = storeModes(modes)
                             actions.append(.event("stop complete: both nodes stopped in default mode"))
                         }

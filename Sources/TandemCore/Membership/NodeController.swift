@@ -115,7 +115,7 @@ public struct NodeController: Sendable {
     /// Whether the node keeps out of the primary role by choice.
     public private(set) var standby: Bool
     /// The administrator mode, carried in heartbeats; the shell acts on it.
-    public var mode: NodeMode = .default
+    public private(set) var mode: NodeMode = .default
     /// Whether writes may complete without the peer (the outdating of the peer is recorded).
     public private(set) var completesWithoutPeer: Bool
     /// The last time this node became primary: when, in which epoch, and how long the peer had
@@ -299,6 +299,15 @@ public struct NodeController: Sendable {
         }
         if let peer = settings.peer { actions.append(.send(.heartbeat(heartbeat()), to: .node(peer))) }
         return actions
+    }
+
+    /// Sets the administrator mode. A change is sent to the peer at once, so that a command run
+    /// there next (say `tandem start` right after `tandem stop`) does not act on the old mode.
+    public mutating func setMode(_ mode: NodeMode) -> [MembershipAction] {
+        guard mode != self.mode else { return [] }
+        self.mode = mode
+        guard let peer = settings.peer else { return [] }
+        return [.send(.heartbeat(heartbeat()), to: .node(peer))]
     }
 
     /// Promotes by the administrator's order, without quorum: only when there is no witness.
