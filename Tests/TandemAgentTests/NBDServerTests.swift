@@ -260,6 +260,40 @@ private let errorNoSpace: UInt32 = 28
         }
     }
 
+    @Test func withdrawnExport_closesItsConnectionsOnceAnswered_otherExportsKeepServing() async throws {
+        try await withTestServer { server in
+            func connect(_ export: String) throws -> NBDTestClient {
+                let client = try NBDTestClient(port: server.port)
+                try client.greet()
+                try client.go(export: export)
+                return client
+            }
+            let busy = try connect("vol0")
+            let idle = try connect("vol0")
+            let other = try connect("ro")
+            #expect(server.gate.connections(to: "vol0") == 2)
+            try busy.sendRequest(
+                .write, cookie: 5, offset: 0, length: 4, flags: .fua, payload: ByteBuffer(bytes: [1, 2, 3, 4]))
+            await server.gate.withdraw("vol0")
+            #expect(server.gate.connections(to: "vol0") == 0)
+            #expect(try busy.receiveReply().cookie == 5, "the request in flight is answered before the close")
+            #expect(busy.serverClosed())
+            #expect(idle.serverClosed())
+            #expect(try other.read(at: 0, length: 4).error == 0, "the other export keeps serving")
+            let late = try NBDTestClient(port: server.port)
+            try late.greet()
+            var data = ByteBuffer()
+            data.writeNBDExportInfoRequest(NBDExportInfoRequest(exportName: "vol0", requestedInfo: []))
+            #expect(
+                try late.option(NBD.OptionType.go.rawValue, data: data).map(\.type) == [
+                    NBD.OptionReplyType.errorUnknown.rawValue
+                ])
+            server.gate.setOffered("vol0", true)
+            #expect(try late.go(export: "vol0").size == 64 << 20)
+            #expect(try late.read(at: 0, length: 4).data == [1, 2, 3, 4])
+        }
+    }
+
     @Test func connectionLimit_refusesTheExtraClient() async throws {
         var limits = Configuration.Limits.defaults
         limits.nbdMaxConnections = 2

@@ -1,3 +1,4 @@
+import NIOCore
 import Synchronization
 import TandemReplication
 import TandemStorage
@@ -36,25 +37,74 @@ public struct NBDExport: Sendable {
     }
 }
 
-/// Which exports are offered now. An export that an `nbd-export` resource manages is offered
-/// only while that resource runs; every other export always is.
+/// Which exports are offered now, and the connections using each. An export that an
+/// `nbd-export` resource manages is offered only while that resource runs; every other export
+/// always is. Withdrawing an export closes its connections once their requests are answered, so
+/// that clients reconnect (through the floating address, to whichever node serves it next)
+/// instead of talking to a node that stopped serving.
 public final class ExportGate: Sendable {
-    private let hidden: Mutex<Set<String>>
+    private struct State {
+        var hidden: Set<String>
+        var sessions: [Int: (export: String, channel: any Channel)] = [:]
+        var nextSession = 0
+    }
 
-    public init(hidden: Set<String> = []) { self.hidden = Mutex(hidden) }
+    private let state: Mutex<State>
 
-    public func isOffered(_ name: String) -> Bool { hidden.withLock { !$0.contains(name) } }
+    public init(hidden: Set<String> = []) { self.state = Mutex(State(hidden: hidden)) }
 
+    public func isOffered(_ name: String) -> Bool { state.withLock { !$0.hidden.contains(name) } }
+
+    /// Offers `name` again, or hides it from new clients without closing its connections.
     public func setOffered(_ name: String, _ offered: Bool) {
-        hidden.withLock { hidden in
+        state.withLock { state in
             if offered {
-                hidden.remove(name)
+                state.hidden.remove(name)
             } else {
-                hidden.insert(name)
+                state.hidden.insert(name)
             }
         }
     }
+
+    /// Records `channel` as using `export`, if the export is offered at this instant; returns the
+    /// session to pass to `release`, or `nil` when the export was withdrawn.
+    func admit(_ export: String, channel: any Channel) -> Int? {
+        state.withLock { state in
+            guard !state.hidden.contains(export) else { return nil }
+            state.nextSession += 1
+            state.sessions[state.nextSession] = (export, channel)
+            return state.nextSession
+        }
+    }
+
+    /// Forgets a session whose connection closed.
+    func release(_ session: Int) {
+        _ = state.withLock { $0.sessions.removeValue(forKey: session) }
+    }
+
+    /// Connections now using `export`.
+    public func connections(to export: String) -> Int {
+        state.withLock { $0.sessions.values.filter { $0.export == export }.count }
+    }
+
+    /// Hides `name` from new clients, asks each of its connections to close once the requests it
+    /// has in flight are answered (it reads no new ones), and returns when all of them are closed.
+    public func withdraw(_ name: String) async {
+        let channels = state.withLock { state in
+            state.hidden.insert(name)
+            return state.sessions.values.filter { $0.export == name }.map(\.channel)
+        }
+        for channel in channels {
+            channel.pipeline.fireUserInboundEventTriggered(NBDExportWithdrawn())
+        }
+        for channel in channels {
+            try? await channel.closeFuture.get()
+        }
+    }
 }
+
+/// Sent down a connection's pipeline when its export is withdrawn.
+struct NBDExportWithdrawn {}
 
 /// The exports one server offers, looked up by name; the first is the default export.
 public struct NBDExportTable: Sendable {
@@ -77,5 +127,14 @@ public struct NBDExportTable: Sendable {
     public func export(named name: String) -> NBDExport? {
         let offered = exports
         return name.isEmpty ? offered.first : offered.first { $0.name == name }
+    }
+
+    /// Looks up `name` as `export(named:)` does and records `channel` as its user, in one step
+    /// with the check that the export is still offered.
+    func admit(_ name: String, channel: any Channel) -> (export: NBDExport, session: Int)? {
+        guard let export = export(named: name), let session = gate.admit(export.name, channel: channel) else {
+            return nil
+        }
+        return (export, session)
     }
 }

@@ -54,6 +54,10 @@ final class NBDServerHandler: ChannelDuplexHandler {
     private var insideRead = false
     /// Whether a task to flush replies that completed outside `channelRead` is queued on the loop.
     private var flushScheduled = false
+    /// This connection's entry in the export gate, while it transmits.
+    private var session: Int?
+    /// How long a withdrawn export's connection waits for its requests in flight before it closes.
+    static let withdrawalGrace = TimeAmount.seconds(5)
 
     init(exports: NBDExportTable, settings: NBDServerSettings, logger: Logger) {
         self.exports = exports
@@ -70,6 +74,29 @@ final class NBDServerHandler: ChannelDuplexHandler {
         greeting.writeNBDGreeting(flags: [.fixedNewstyle, .noZeroes])
         context.writeAndFlush(wrapOutboundOut(greeting), promise: nil)
         context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let session { exports.gate.release(session) }
+        session = nil
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is NBDExportWithdrawn else { return context.fireUserInboundEventTriggered(event) }
+        guard case .transmitting = phase, !disconnectRequested else { return }
+        logger.notice("export withdrawn: closing the connection once its \(inFlight) requests in flight are answered")
+        // As for NBD_CMD_DISC: no new request is served, the connection closes when the last reply
+        // is written. A request that never completes (say, a peer that stopped answering) does not
+        // hold the connection past the grace period.
+        disconnectRequested = true
+        guard inFlight > 0 else { return context.close(promise: nil) }
+        context.eventLoop.assumeIsolated().scheduleTask(in: Self.withdrawalGrace) {
+            if case .closed = self.phase { return }
+            self.close(
+                context: context,
+                reason: "requests still in flight \(Self.withdrawalGrace) after the export was withdrawn")
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -161,7 +188,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
             }
             reply.writeNBDOptionReply(option: option.rawType, type: .ack, payload: ByteBuffer())
         case .info?, .go?:
-            onInfoOrGo(option, reply: &reply)
+            onInfoOrGo(option, reply: &reply, context: context)
         case .peekExport?, .startTLS?, .structuredReply?, .listMetaContext?, .setMetaContext?, .extendedHeaders?, nil:
             reply.writeNBDOptionError(
                 option: option.rawType, type: .errorUnsupported, message: "option \(option.rawType) is not supported")
@@ -171,22 +198,27 @@ final class NBDServerHandler: ChannelDuplexHandler {
     private func onExportName(_ option: NBDOption, reply: inout ByteBuffer, context: ChannelHandlerContext) {
         var data = option.data
         let name = data.readString(length: data.readableBytes) ?? ""
-        guard let export = exports.export(named: name) else {
+        guard let (export, session) = exports.admit(name, channel: context.channel) else {
             // The protocol gives EXPORT_NAME no way to report an error other than closing.
             close(context: context, reason: "client asked for unknown export \"\(name)\"")
             return
         }
         reply.writeNBDExportNameReply(
             sizeBytes: export.sizeBytes, flags: export.transmissionFlags, padWithZeroes: padExportNameReply)
-        enterTransmission(export)
+        enterTransmission(export, session: session)
     }
 
-    private func onInfoOrGo(_ option: NBDOption, reply: inout ByteBuffer) {
+    private func onInfoOrGo(_ option: NBDOption, reply: inout ByteBuffer, context: ChannelHandlerContext) {
         guard let request = NBDExportInfoRequest(parsing: option.data) else {
             reply.writeNBDOptionError(option: option.rawType, type: .errorInvalid, message: "malformed INFO/GO data")
             return
         }
-        guard let export = exports.export(named: request.exportName) else {
+        // GO makes this connection a user of the export; INFO only looks.
+        let admitted: (export: NBDExport, session: Int?)? =
+            option.type == .go
+            ? exports.admit(request.exportName, channel: context.channel).map { ($0.export, $0.session) }
+            : exports.export(named: request.exportName).map { ($0, nil) }
+        guard let (export, session) = admitted else {
             reply.writeNBDOptionError(
                 option: option.rawType, type: .errorUnknown, message: "no export named \"\(request.exportName)\"")
             return
@@ -199,10 +231,11 @@ final class NBDServerHandler: ChannelDuplexHandler {
             reply.writeNBDInfoName(option: option.rawType, exportName: export.name)
         }
         reply.writeNBDOptionReply(option: option.rawType, type: .ack, payload: ByteBuffer())
-        if option.type == .go { enterTransmission(export) }
+        if let session { enterTransmission(export, session: session) }
     }
 
-    private func enterTransmission(_ export: NBDExport) {
+    private func enterTransmission(_ export: NBDExport, session: Int) {
+        self.session = session
         logger[metadataKey: "export"] = "\(export.name)"
         logger.debug("NBD client entered transmission")
         phase = .transmitting(export)

@@ -76,7 +76,8 @@ public final class ResourceService: Service, Sendable {
                 return nil
             },
             stop: {
-                gate.setOffered(export, false)
+                // Stopped means no client is served here: connections close once answered.
+                await gate.withdraw(export)
                 return nil
             },
             monitor: {

@@ -19,6 +19,8 @@ struct TestServer: Sendable {
     let port: Int
     let unixPath: String
     let stores: [String: BackingStore]
+    /// Which exports are offered, and their connections.
+    let gate: ExportGate
 
     /// `nbd://127.0.0.1:PORT/NAME`.
     func uri(_ export: String = "vol0") -> String {
@@ -54,10 +56,12 @@ func withTestServer<Result>(
     }
     let writable = try open("vol0", size: sizeBytes, readOnly: false)
     let readOnly = try open("ro", size: 1 << 20, readOnly: true)
-    let exports = NBDExportTable([
-        NBDExport(name: "vol0", volume: writable),
-        NBDExport(name: "ro", volume: readOnly),
-    ])
+    let gate = ExportGate()
+    let exports = NBDExportTable(
+        [
+            NBDExport(name: "vol0", volume: writable),
+            NBDExport(name: "ro", volume: readOnly),
+        ], gate: gate)
     let unixPath = "\(directory.path)/nbd.sock"
     let server = NBDServer(
         listen: [.tcp(host: "127.0.0.1", port: 0), .unix(path: unixPath)], exports: exports, limits: limits,
@@ -66,7 +70,7 @@ func withTestServer<Result>(
     guard let port = bound.first?.port else { throw NBDTestClient.Failure(description: "server bound no TCP port") }
     let testServer = TestServer(
         directory: directory, server: server, port: port, unixPath: unixPath,
-        stores: ["vol0": writable.store, "ro": readOnly.store])
+        stores: ["vol0": writable.store, "ro": readOnly.store], gate: gate)
     do {
         let result = try await body(testServer)
         await server.stop()
