@@ -39,6 +39,23 @@ struct StatusCommand: AsyncParsableCommand {
     func run() async throws { try options.run("status", cluster: true) }
 }
 
+extension NodeOptions {
+    /// Runs `standby` or `online` for `name`: on its own agent when that agent runs on this machine,
+    /// else through the agent of this machine's node (`--node`, or the host name), which asks its
+    /// peer and answers once the peer's heartbeat shows the new state.
+    func runNodeState(_ command: String, of name: String) throws {
+        var options = self
+        if node == nil || node == name {
+            options.node = name
+            if FileManager.default.fileExists(atPath: try options.socketPath()) || node == name {
+                return try options.run(command, cluster: true)
+            }
+            options.node = nil
+        }
+        try options.run("\(command) \(name)", cluster: true)
+    }
+}
+
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node", abstract: "Node states: standby (planned switchover), online, status.",
@@ -48,25 +65,17 @@ struct NodeCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Hand the primary role to the peer (drain, flush, demote, promote) and keep out of it.")
         @OptionGroup var options: NodeOptions
-        @Argument(help: "The node (its agent's control socket must be on this machine).") var name: String
+        @Argument(help: "The node: this one, or its peer (asked through this node's agent).") var name: String
 
-        func run() async throws {
-            var options = options
-            options.node = name
-            try options.run("standby", cluster: true)
-        }
+        func run() async throws { try options.runNodeState("standby", of: name) }
     }
 
     struct Online: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Make the node eligible for the primary role again.")
         @OptionGroup var options: NodeOptions
-        @Argument(help: "The node.") var name: String
+        @Argument(help: "The node: this one, or its peer (asked through this node's agent).") var name: String
 
-        func run() async throws {
-            var options = options
-            options.node = name
-            try options.run("online", cluster: true)
-        }
+        func run() async throws { try options.runNodeState("online", of: name) }
     }
 
     struct NodeStatus: AsyncParsableCommand {

@@ -204,7 +204,7 @@ struct FailoverProcessTests {
         cluster.stopWitness()
     }
 
-    @Test("node standby hands the role over without losing a write")
+    @Test("node standby hands the role over without losing a write; the peer's standby is asked through this node")
     func plannedSwitchover() throws {
         let cluster = try startCluster()
         let writer = NumberedWriter(cluster: cluster, blocks: 65536, start: "a")
@@ -223,6 +223,27 @@ struct FailoverProcessTests {
         let gap = writer.gap(movingTo: "b", after: switchedAt) ?? .infinity
         print(String(format: "planned switchover gap: %.3f s", gap))
         #expect(cluster.primary() == "b")
+
+        // And back, run on a alone: a's agent asks b for standby over the membership links and
+        // answers once b's heartbeat shows it.
+        let tandem = try Tools.tandemBinary()
+        let online = try Tools.run(tandem, ["node", "online", "a", "--config", cluster.config])
+        #expect(online.status == 0, "\(online.combined)")
+        let remote = try Tools.run(tandem, ["node", "standby", "b", "--node", "a", "--config", cluster.config])
+        #expect(remote.status == 0, "\(remote.combined)")
+        try cluster.waitFor("a primary again", seconds: 20) { cluster.primary() == "a" }
+        let status = try Tools.run(tandem, ["node", "status", "b", "--config", cluster.config])
+        #expect(status.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == "standby")
+        let back = try Tools.run(tandem, ["node", "online", "b", "--node", "a", "--config", cluster.config])
+        #expect(back.status == 0, "\(back.combined)")
+        let now = try Tools.run(tandem, ["node", "status", "b", "--config", cluster.config])
+        #expect(now.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == "online")
+        let unknown = try Tools.run(tandem, ["node", "standby", "c", "--node", "a", "--config", cluster.config])
+        #expect(unknown.status != 0)
+        #expect(unknown.combined.contains("no node named \"c\""), "\(unknown.combined)")
+        let events = try Tools.check(tandem, ["events", "--config", cluster.config, "--node", "b"]).standardOutput
+        #expect(events.contains("standby requested by a"), "\(events)")
+        #expect(events.contains("online requested by a"), "\(events)")
         cluster.stop("a")
         cluster.stop("b")
         cluster.stopWitness()

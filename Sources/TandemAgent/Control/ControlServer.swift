@@ -153,7 +153,19 @@ public final class ControlServer: Service, Sendable {
             await afterCleanup()
             return nil
         }
-        if ["standby", "online", "force-primary"].contains(command), words.count == 1 {
+        if ["standby", "online"].contains(command), words.count == 2, words[1] != nodeName {
+            guard let membership, let peerName = membership.peerName else {
+                return "this node has no peer: there is no role to hand over"
+            }
+            guard words[1] == peerName else {
+                return "no node named \"\(words[1])\" (this node: \(nodeName), peer: \(peerName))"
+            }
+            logger.notice("\(command) of \(peerName) by administrator")
+            return await membership.setPeerStandby(command == "standby")
+        }
+        if ["standby", "online", "force-primary"].contains(command),
+            words.count == 1 || (words.count == 2 && command != "force-primary")
+        {
             guard let membership else { return "this node has no peer: there is no role to hand over" }
             logger.notice("\(command) by administrator")
             switch command {

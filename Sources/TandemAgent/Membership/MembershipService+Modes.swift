@@ -110,6 +110,29 @@ extension MembershipService {
         return .success(actions)
     }
 
+    /// Puts this node in standby or back online, for its own administrator or the peer's.
+    func changeStandby(
+        _ value: Bool, modes: ModeRecord, controller: inout NodeController, standby: inout Bool, now: Duration
+    ) -> Result<[MembershipAction], ModeRefusal> {
+        if !value, let blocker = modes.failedStartup {
+            return .failure(ModeRefusal("blocked by failed-startup (\(blocker)); run `tandem clear` first"))
+        }
+        if value, modes.mode == .single || modes.mode == .config {
+            return .failure(
+                ModeRefusal(
+                    "\(local.name) is in \(modes.mode.rawValue) mode: HA monitoring is off, there is no handover"))
+        }
+        var actions = controller.setStandby(Self.holdsBack(modes, standby: value), now: now)
+        standby = value
+        actions.insert(.persist(controller.voter.record), at: 0)
+        return .success(actions)
+    }
+
+    /// The datagram that asks the peer for standby or online.
+    static func standbyRequest(_ standby: Bool, from node: String) -> MembershipAction {
+        .send(.modeRequest(sender: node, request: standby ? "standby" : "online"), to: .peer)
+    }
+
     /// A peer that was certified down speaks again: the certification is erased, this node goes
     /// back to default mode and stops its services, which then run again under HA monitoring.
     func peerReturned(record: inout ModeRecord, controller: inout NodeController) -> [MembershipAction] {

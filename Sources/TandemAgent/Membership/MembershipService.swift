@@ -24,6 +24,8 @@ public final class MembershipService: Service, Sendable {
         case datagram(MembershipMessage, link: String?)
         case tick
         case standby(Bool, reply: @Sendable (String?) -> Void)
+        /// Standby or online for the peer, asked of it over the membership links.
+        case peerStandby(Bool, reply: @Sendable (String?) -> Void)
         case force(reply: @Sendable (String?) -> Void)
         case mode(ModeCommand?, reply: @Sendable (Result<ModeView, ModeRefusal>) -> Void)
         /// The fence command finished: whether the peer is certainly off, and what it said.
@@ -139,6 +141,18 @@ public final class MembershipService: Service, Sendable {
         }
     }
 
+    /// Asks the peer to go to standby or back online, and waits until its heartbeat shows it
+    /// (the request is repeated every heartbeat interval, for at most `peerRequestTimeout`);
+    /// `nil` on success. This is what `tandem node standby PEER` runs on this node.
+    public func setPeerStandby(_ standby: Bool) async -> String? {
+        await withCheckedContinuation { done in
+            continuation.yield(.peerStandby(standby, reply: { done.resume(returning: $0) }))
+        }
+    }
+
+    /// How long a standby or online asked of the peer may take to show in its heartbeat.
+    static let peerRequestTimeout = Duration.seconds(15)
+
     /// Promotes without quorum (no witness only); `nil` on success.
     public func forcePromote() async -> String? {
         await withCheckedContinuation { done in continuation.yield(.force(reply: { done.resume(returning: $0) })) }
@@ -187,6 +201,10 @@ public final class MembershipService: Service, Sendable {
         var finishingStop = false
         // After a stop: until when to tell a still-locked peer to return to default mode.
         var unlockUntil: Duration?
+        // A standby or online asked of the peer: repeated until its heartbeat shows it, or the deadline.
+        var peerRequest: (standby: Bool, sentAt: Duration, until: Duration, reply: @Sendable (String?) -> Void)?
+        // The last standby or online the peer asked of this node that was refused (logged once).
+        var refusedPeerRequest: String?
         // When the fence command may run next (not while one runs, not again at once after a failure).
         var fenceAllowedAt: Duration? = .zero
         if let blocker = controller.automaticFailoverBlocker { logger.warning("\(blocker)") }
@@ -213,6 +231,19 @@ public final class MembershipService: Service, Sendable {
                             link: "replication", now: ReplicatedVolume.leaseOrigin.duration(to: last))
                     }
                     actions = controller.tick(now: now, facts: facts)
+                    if let request = peerRequest, let peerName = peer?.name {
+                        if now >= request.until {
+                            request.reply(
+                                "\(peerName) did not show \(request.standby ? "standby" : "online") within "
+                                    + "\(Self.peerRequestTimeout); its events (`tandem events --node \(peerName)`) say why"
+                            )
+                            peerRequest = nil
+                        } else if now - request.sentAt >= configuration.timing.heartbeatInterval {
+                            // Datagrams get lost: ask again.
+                            peerRequest?.sentAt = now
+                            actions.append(Self.standbyRequest(request.standby, from: local.name))
+                        }
+                    }
                     if settings.hasFence, let allowed = fenceAllowedAt, now >= allowed,
                         controller.role != .primary, controller.isEligible, !controller.peerAlive(at: now),
                         controller.peerHeartbeat?.isPrimary == true
@@ -230,6 +261,20 @@ public final class MembershipService: Service, Sendable {
                     } else {
                         actions = [.event("fence command failed, nothing moves: \(output)")]
                         fenceAllowedAt = now + configuration.timing.deadTime
+                    }
+                case .datagram(.modeRequest(let sender, let request), _)
+                where sender == peer?.name && (request == "standby" || request == "online"):
+                    // The peer's administrator ran `tandem node standby|online` for this node there.
+                    let value = request == "standby"
+                    guard value != standby else { continue }
+                    switch changeStandby(value, modes: modes, controller: &controller, standby: &standby, now: now) {
+                    case .success(let done):
+                        refusedPeerRequest = nil
+                        actions = [.event("\(request) requested by \(sender)")] + done
+                    case .failure(let refusal):
+                        guard refusedPeerRequest != request else { continue }
+                        refusedPeerRequest = request
+                        actions = [.event("\(request) requested by \(sender) refused: \(refusal.reason)")]
                     }
                 case .datagram(.modeRequest(let sender, let request), _) where sender == peer?.name:
                     // The peer's administrator ran `tandem start` or `tandem stop` there: stop now
@@ -249,6 +294,10 @@ public final class MembershipService: Service, Sendable {
                     groups?.requestStopAll()
                 case .datagram(let message, let link):
                     if case .heartbeat(let heartbeat) = message, heartbeat.sender == peer?.name {
+                        if let request = peerRequest, heartbeat.standby == request.standby {
+                            request.reply(nil)
+                            peerRequest = nil
+                        }
                         actions += peerReturned(record: &modes, controller: &controller)
                         if finishingStop, heartbeat.mode != .locked {
                             // Datagrams get lost: ask again until the peer reports locked.
@@ -279,20 +328,30 @@ public final class MembershipService: Service, Sendable {
                     }
                     actions += controller.receive(message, link: link, now: now)
                 case .standby(let value, let reply):
-                    if !value, let blocker = modes.failedStartup {
-                        reply("blocked by failed-startup (\(blocker)); run `tandem clear` first")
+                    switch changeStandby(value, modes: modes, controller: &controller, standby: &standby, now: now) {
+                    case .success(let done):
+                        actions = done
+                        reply(nil)
+                    case .failure(let refusal):
+                        reply(refusal.reason)
                         continue
                     }
-                    if value, modes.mode == .single || modes.mode == .config {
-                        reply(
-                            "\(local.name) is in \(modes.mode.rawValue) mode: HA monitoring is off, there is no handover"
-                        )
+                case .peerStandby(let value, let reply):
+                    guard let peerName = peer?.name, controller.peerAlive(at: now) else {
+                        reply("\(peer?.name ?? "the peer") is not heard from: run the command on that node")
                         continue
                     }
-                    actions = controller.setStandby(Self.holdsBack(modes, standby: value), now: now)
-                    standby = value
-                    actions.insert(.persist(controller.voter.record), at: 0)
-                    reply(nil)
+                    if controller.peerHeartbeat?.standby == value {
+                        reply(nil)
+                        continue
+                    }
+                    peerRequest?.reply("superseded by a newer request")
+                    peerRequest = (value, now, now + Self.peerRequestTimeout, reply)
+                    actions = [
+                        Self.standbyRequest(value, from: local.name),
+                        .event(
+                            "\(value ? "standby" : "online") of \(peerName) asked by administrator on \(local.name)"),
+                    ]
                 case .force(let reply):
                     switch controller.forcePromote(now: now) {
                     case .success(let forced):
