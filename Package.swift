@@ -98,6 +98,7 @@ let package = Package(
                 "TandemTestSupport",
                 "TandemCore",
                 "TandemStorage",
+                "TandemCoordination",
                 "CTandemLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -4,10 +4,11 @@ import TandemCore
 ///
 /// Layout: magic `TDMB`, version 2, the cluster name, the message type, then its fields (integers
 /// big-endian, strings as a one-byte length and UTF-8, booleans as one byte 0 or 1). The shell
-/// appends an HMAC over all of it; a datagram that does not parse to its last byte is refused.
+/// appends the sender's incarnation and sequence number (see `ReplayGuard`) and an HMAC over all
+/// of it; a datagram that does not parse to its last byte is refused.
 public enum MembershipCodec {
     static let magic: [UInt8] = Array("TDMB".utf8)
-    static let version: UInt8 = 2
+    static let version: UInt8 = 3
 
     /// Why a datagram was refused.
     public struct DecodeError: Error, Sendable, Equatable, CustomStringConvertible {

@@ -52,6 +52,28 @@ struct MembershipCodecTests {
 
 @Suite("Failure detector and voter")
 struct VoterTests {
+    @Test("a datagram is admitted once: repeats, ones too far behind and earlier runs are refused")
+    func replayGuard() {
+        var guardian = ReplayGuard()
+        #expect(guardian.admit(sender: "a", incarnation: 5, sequence: 10) == nil)
+        #expect(guardian.admit(sender: "a", incarnation: 5, sequence: 10)?.contains("already received") == true)
+        // Reordered across links: an older sequence inside the window passes once.
+        #expect(guardian.admit(sender: "a", incarnation: 5, sequence: 12) == nil)
+        #expect(guardian.admit(sender: "a", incarnation: 5, sequence: 11) == nil)
+        #expect(guardian.admit(sender: "a", incarnation: 5, sequence: 11) != nil)
+        #expect(guardian.admit(sender: "a", incarnation: 5, sequence: 12) != nil)
+        // Another sender has its own numbers.
+        #expect(guardian.admit(sender: "b", incarnation: 1, sequence: 10) == nil)
+        // A jump past the window forgets what lies behind it; what falls out is refused.
+        #expect(guardian.admit(sender: "a", incarnation: 5, sequence: 12 + ReplayGuard.windowSize) == nil)
+        #expect(guardian.admit(sender: "a", incarnation: 5, sequence: 11)?.contains("too old") == true)
+        #expect(guardian.admit(sender: "a", incarnation: 5, sequence: 13) == nil, "63 behind: inside the window")
+        // A new run of the sender starts again from any sequence; its earlier run is refused from then on.
+        #expect(guardian.admit(sender: "a", incarnation: 6, sequence: 1) == nil)
+        #expect(guardian.admit(sender: "a", incarnation: 5, sequence: 500)?.contains("earlier run") == true)
+        #expect(guardian.admit(sender: "a", incarnation: 6, sequence: 2) == nil)
+    }
+
     @Test("the peer is dead only when every link has been silent for the dead time")
     func oneLinkIsEnough() {
         var detector = FailureDetector(links: ["l1", "l2", "peer"], deadTime: .seconds(2))

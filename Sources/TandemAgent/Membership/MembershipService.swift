@@ -96,7 +96,11 @@ public final class MembershipService: Service, Sendable {
         self.peer = peer
         self.volumes = volumes
         self.peerLink = peerLink
-        self.transport = MembershipTransport(cluster: configuration.cluster.name, secret: secret, logger: logger)
+        self.transport = MembershipTransport(
+            cluster: configuration.cluster.name, secret: secret,
+            incarnation: try MembershipTransport.nextIncarnation(
+                path: "\(configuration.cluster.stateDirectory)/\(local.name).incarnation"),
+            logger: logger)
         self.statePath = "\(configuration.cluster.stateDirectory)/\(local.name).membership"
         self.modesPath = Self.modesPath(stateDirectory: configuration.cluster.stateDirectory, node: local.name)
         self.haReset = HAReset(
@@ -532,14 +536,16 @@ public final class MembershipService: Service, Sendable {
     }
 
     private func send(_ message: MembershipMessage, to destination: MembershipDestination) {
-        let bytes = transport.seal(message)
+        // Sealed once per datagram: each carries its own sequence number.
         switch destination {
         case .peer, .node(peer?.name ?? ""):
             for (link, sender) in zip(links, senders) {
-                if let address = link.peerAddress { sender.send(bytes, to: address) }
+                if let address = link.peerAddress { sender.send(transport.seal(message), to: address) }
             }
         case .witness, .node:
-            if let witnessAddress, let sender = senders.first { sender.send(bytes, to: witnessAddress) }
+            if let witnessAddress, let sender = senders.first {
+                sender.send(transport.seal(message), to: witnessAddress)
+            }
         }
     }
 

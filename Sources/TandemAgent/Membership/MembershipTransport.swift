@@ -2,6 +2,7 @@ import Crypto
 import Logging
 import NIOCore
 import NIOPosix
+import Synchronization
 import TandemCoordination
 import TandemCore
 import TandemStorage
@@ -10,36 +11,92 @@ import TandemStorage
     import Glibc
 #endif
 
-/// Membership datagrams over UDP, each authenticated with an HMAC-SHA256 over the shared secret.
+/// Membership datagrams over UDP, each authenticated with an HMAC-SHA256 over the shared secret
+/// and numbered against replay.
 ///
-/// A datagram that is not ours, not for this cluster, or whose code does not match is dropped with
-/// a logged reason (at most one line per sender and reason per minute); nothing else is affected.
+/// Layout: the message as `MembershipCodec` encodes it, this run's incarnation and the datagram's
+/// sequence number (8 bytes each, big-endian), then the HMAC over all of that. A datagram that is
+/// not ours, not for this cluster, whose code does not match, or that `ReplayGuard` has seen
+/// before is dropped with a logged reason; nothing else is affected.
 final class MembershipTransport: Sendable {
     static let macBytes = 32
+    static let numberBytes = 16
     let cluster: String
     let secret: [UInt8]
     let logger: Logger
+    /// This run's incarnation: raised durably at every start of the sender.
+    let incarnation: UInt64
+    private let sequence = Atomic<UInt64>(0)
+    private let replay = Mutex(ReplayGuard())
 
-    init(cluster: String, secret: [UInt8], logger: Logger) {
+    init(cluster: String, secret: [UInt8], incarnation: UInt64, logger: Logger) {
         self.cluster = cluster
         self.secret = secret
+        self.incarnation = incarnation
         self.logger = logger
     }
 
+    /// The datagram for `message`; every call takes a new sequence number, so seal once per send.
     func seal(_ message: MembershipMessage) -> [UInt8] {
-        let body = MembershipCodec.encode(message, cluster: cluster)
+        var body = MembershipCodec.encode(message, cluster: cluster)
+        let number = sequence.add(1, ordering: .relaxed).newValue
+        for value in [incarnation, number] {
+            withUnsafeBytes(of: value.bigEndian) { body.append(contentsOf: $0) }
+        }
         return body + Array(HMAC<SHA256>.authenticationCode(for: body, using: SymmetricKey(data: secret)))
     }
 
     func open(_ bytes: [UInt8]) -> Result<MembershipMessage, MembershipCodec.DecodeError> {
-        guard bytes.count > Self.macBytes else { return .failure(.init(description: "datagram too short")) }
+        guard bytes.count > Self.macBytes + Self.numberBytes else {
+            return .failure(.init(description: "datagram too short"))
+        }
         let body = Array(bytes.dropLast(Self.macBytes))
         let code = Array(bytes.suffix(Self.macBytes))
         guard HMAC<SHA256>.isValidAuthenticationCode(code, authenticating: body, using: SymmetricKey(data: secret))
         else {
             return .failure(.init(description: "failed authentication (wrong shared secret?)"))
         }
-        return Result { () throws(MembershipCodec.DecodeError) in try MembershipCodec.decode(body, cluster: cluster) }
+        let trailer = Array(body.suffix(Self.numberBytes))
+        let incarnation = trailer[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let number = trailer[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let message: MembershipMessage
+        do {
+            message = try MembershipCodec.decode(Array(body.dropLast(Self.numberBytes)), cluster: cluster)
+        } catch {
+            return .failure(error)
+        }
+        if let refusal = replay.withLock({
+            $0.admit(sender: message.sender, incarnation: incarnation, sequence: number)
+        }) {
+            return .failure(.init(description: "replayed: \(refusal)"))
+        }
+        return .success(message)
+    }
+
+    /// Raises and returns the incarnation kept in `path` (0 when the file is new). The file is
+    /// replaced atomically and synced before the first datagram leaves.
+    static func nextIncarnation(path: String) throws(AgentError) -> UInt64 {
+        var previous: UInt64 = 0
+        let stored: [UInt8]?
+        do {
+            stored = try AtomicFile.read(path: path)
+        } catch {
+            throw .io("cannot read \(path): \(error)")
+        }
+        if let stored {
+            let words = String(decoding: stored, as: UTF8.self).split(whereSeparator: \.isWhitespace)
+            guard words.count == 1, let value = UInt64(words[0]) else {
+                throw .io("\(path) does not hold an incarnation number; remove it to start again from 0")
+            }
+            previous = value
+        }
+        let next = previous + 1
+        do {
+            try AtomicFile.replace(path: path, bytes: Array("\(next)\n".utf8))
+        } catch {
+            throw .io("cannot store \(path): \(error)")
+        }
+        return next
     }
 
     /// Binds a UDP socket at `host:port`; `receive` gets every datagram and its source.

@@ -25,8 +25,12 @@ public final class WitnessService: Service, Sendable {
         }
         self.configuration = configuration
         let secret = try Agent.readSecret(configuration)
-        self.transport = MembershipTransport(cluster: configuration.cluster.name, secret: secret, logger: logger)
         try Agent.makeDirectory(configuration.cluster.stateDirectory)
+        self.transport = MembershipTransport(
+            cluster: configuration.cluster.name, secret: secret,
+            incarnation: try MembershipTransport.nextIncarnation(
+                path: "\(configuration.cluster.stateDirectory)/witness.incarnation"),
+            logger: logger)
         self.statePath = "\(configuration.cluster.stateDirectory)/witness.membership"
         self.logger = logger
         self.initial = try MembershipState.load(path: statePath)
