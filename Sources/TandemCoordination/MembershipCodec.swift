@@ -59,10 +59,11 @@ public enum MembershipCodec {
             writer.boolean(reply.granted)
             writer.integer(reply.knownEpoch)
             writer.string(reply.reason)
-        case .release(let sender, let epoch):
+        case .release(let sender, let epoch, let peerInSync):
             writer.bytes.append(6)
             writer.string(sender)
             writer.integer(epoch)
+            writer.boolean(peerInSync)
         case .modeRequest(let sender, let request):
             writer.bytes.append(7)
             writer.string(sender)
@@ -110,7 +111,8 @@ public enum MembershipCodec {
                     sender: try reader.string(), epoch: try reader.integer(), id: try reader.integer(),
                     granted: try reader.boolean(), knownEpoch: try reader.integer(), reason: try reader.string()))
         case 6:
-            message = .release(sender: try reader.string(), epoch: try reader.integer())
+            message = .release(
+                sender: try reader.string(), epoch: try reader.integer(), peerInSync: try reader.boolean())
         case 7:
             message = .modeRequest(sender: try reader.string(), request: try reader.string())
         default:

@@ -261,7 +261,13 @@ private let errorNoSpace: UInt32 = 28
     }
 
     @Test func withdrawnExport_closesItsConnectionsOnceAnswered_otherExportsKeepServing() async throws {
-        try await withTestServer { server in
+        // FUA writes wait for their flush here until the test lets them go: the request is then
+        // certainly in flight when the export is withdrawn.
+        let flushes = AsyncStream<@Sendable () -> Void>.makeStream()
+        let holdFlushes: @Sendable (@escaping @Sendable () -> Void) -> Void = { work in
+            flushes.continuation.yield(work)
+        }
+        try await withTestServer(runBlocking: holdFlushes) { server in
             func connect(_ export: String) throws -> NBDTestClient {
                 let client = try NBDTestClient(port: server.port)
                 try client.greet()
@@ -274,11 +280,20 @@ private let errorNoSpace: UInt32 = 28
             #expect(server.gate.connections(to: "vol0") == 2)
             try busy.sendRequest(
                 .write, cookie: 5, offset: 0, length: 4, flags: .fua, payload: ByteBuffer(bytes: [1, 2, 3, 4]))
-            await server.gate.withdraw("vol0")
+            var pending = flushes.stream.makeAsyncIterator()
+            let flush = await pending.next()
+            let withdrawal = Task { await server.gate.withdraw("vol0") }
+            #expect(idle.serverClosed(), "a connection with nothing in flight closes at once")
+            // (The closed connection leaves the gate on the server's loop, just after the client saw it end.)
+            for _ in 0..<200 where server.gate.connections(to: "vol0") != 1 {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(server.gate.connections(to: "vol0") == 1, "the busy one waits for its request")
+            flush?()
+            await withdrawal.value
             #expect(server.gate.connections(to: "vol0") == 0)
             #expect(try busy.receiveReply().cookie == 5, "the request in flight is answered before the close")
             #expect(busy.serverClosed())
-            #expect(idle.serverClosed())
             #expect(try other.read(at: 0, length: 4).error == 0, "the other export keeps serving")
             let late = try NBDTestClient(port: server.port)
             try late.greet()

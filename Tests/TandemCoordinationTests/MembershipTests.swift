@@ -12,7 +12,7 @@ struct MembershipCodecTests {
             LeaseReply(sender: "witness", epoch: 7, id: 99, granted: true, knownEpoch: 7, peerOutdatedRecorded: true)),
         .voteRequest(VoteRequest(sender: "box-b", epoch: 8, id: 1 << 40)),
         .voteReply(VoteReply(sender: "box-a", epoch: 8, id: 3, granted: false, knownEpoch: 9, reason: "no — älter")),
-        .release(sender: "box-a", epoch: 7),
+        .release(sender: "box-a", epoch: 7, peerInSync: true),
     ]
 
     @Test("every message survives a round trip")
@@ -309,6 +309,25 @@ struct DeciderTests {
         cluster.standby("a", false)
         cluster.run(for: .seconds(10))
         // Manual failback: b keeps the role.
+        #expect(cluster.primaries == ["b"])
+    }
+
+    @Test("a handover while the peer still resyncs: once in sync, the old primary clears its outdated mark")
+    func handoverBeforeThePeerIsInSync() {
+        var cluster = Cluster()
+        cluster.facts = NodeController.LocalFacts(dataReady: true, peerInSync: false)
+        cluster.run(for: .seconds(4))
+        #expect(cluster.primaries == ["a"])
+        #expect(cluster.witness?.voter.isOutdated("b") == true)
+        #expect(cluster.b.voter.isOutdated("b"))
+        // a steps down before any renewal could say that b caught up.
+        cluster.standby("a", true)
+        cluster.run(for: .seconds(3))
+        #expect(cluster.primaries.isEmpty, "an outdated b must not take over")
+        // The resync ends: a, no longer writing, tells both voters.
+        cluster.facts = NodeController.LocalFacts(dataReady: true, peerInSync: true)
+        cluster.run(for: .seconds(5))
+        #expect(cluster.witness?.voter.isOutdated("b") == false)
         #expect(cluster.primaries == ["b"])
     }
 

@@ -9,7 +9,9 @@ public enum MembershipMessage: Sendable, Equatable {
     case voteRequest(VoteRequest)
     case voteReply(VoteReply)
     /// A primary that stepped down of its own will: voters drop their promise to it at once.
-    case release(sender: String, epoch: UInt64)
+    /// The holder of `epoch` stepped down. With `peerInSync`, sent once its last writes are done:
+    /// the peer holds the same data, so it is no longer outdated.
+    case release(sender: String, epoch: UInt64, peerInSync: Bool)
     /// An administrator's command carried to the peer (`tandem start`, `tandem stop`).
     case modeRequest(sender: String, request: String)
 
@@ -21,7 +23,7 @@ public enum MembershipMessage: Sendable, Equatable {
         case .leaseReply(let message): return message.sender
         case .voteRequest(let message): return message.sender
         case .voteReply(let message): return message.sender
-        case .release(let sender, _): return sender
+        case .release(let sender, _, _): return sender
         case .modeRequest(let sender, _): return sender
         }
     }

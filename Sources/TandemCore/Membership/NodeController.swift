@@ -130,6 +130,9 @@ public struct NodeController: Sendable {
     private var leaseRequests: [UInt64: (sentAt: Duration, peerInSync: Bool)] = [:]
     private var lastInSyncRequestID: UInt64 = 0
     private var candidacy: (id: UInt64, sentAt: Duration)?
+    /// The epoch this node handed over in a planned step-down, and how often it has since told
+    /// the voters that the peer is in sync.
+    private var handedOver: (epoch: UInt64, reports: Int)?
     private var backoffUntil: Duration
     private var inSyncSince: Duration?
     private var lastAutomaticSwitch: Duration?
@@ -200,6 +203,7 @@ public struct NodeController: Sendable {
             if settings.peer != nil { actions.append(.send(.heartbeat(heartbeat()), to: .peer)) }
             if settings.hasWitness { actions.append(.send(.heartbeat(heartbeat()), to: .witness)) }
             if role == .primary { renewLease(&actions, now: now) }
+            reportPeerInSyncAfterHandover(&actions)
         }
         switch role {
         case .primary:
@@ -271,8 +275,10 @@ public struct NodeController: Sendable {
             } else {
                 actions.append(.event("\(reply.sender) refused its vote for epoch \(reply.epoch): \(reply.reason)"))
             }
-        case .release(let sender, let epoch):
-            voter.release(sender: sender, epoch: epoch)
+        case .release(let sender, let epoch, let peerInSync):
+            let before = voter.record
+            voter.release(sender: sender, epoch: epoch, peerInSync: peerInSync)
+            if voter.record != before { actions.append(.persist(voter.record)) }
         case .modeRequest:
             // The shell carries out administrator commands.
             break
@@ -533,12 +539,30 @@ public struct NodeController: Sendable {
         actions.append(.demote(reason: reason, drain: drain))
         actions.append(.event("\(settings.name) stepped down from epoch \(epoch): \(reason)"))
         if release {
-            let message = MembershipMessage.release(sender: settings.name, epoch: epoch)
+            handedOver = (epoch, 0)
+            let message = MembershipMessage.release(sender: settings.name, epoch: epoch, peerInSync: false)
             if settings.peer != nil { actions.append(.send(message, to: .peer)) }
             if settings.hasWitness { actions.append(.send(message, to: .witness)) }
             if let peer = settings.peer { actions.append(.send(.heartbeat(heartbeat()), to: .node(peer))) }
         }
         backoffUntil = lastTick + settings.heartbeatInterval * 2
+    }
+
+    /// After a planned handover, once this node's last writes are done and the peer holds the
+    /// same data, tells both voters so (a few times, datagrams get lost): a peer that was still
+    /// resyncing when this node stepped down is outdated in their records, and would otherwise
+    /// never get their votes.
+    private mutating func reportPeerInSyncAfterHandover(_ actions: inout [MembershipAction]) {
+        guard let handed = handedOver else { return }
+        guard role == .secondary, knownEpoch <= handed.epoch, handed.reports < 3 else {
+            handedOver = nil
+            return
+        }
+        guard facts.peerInSync else { return }
+        handedOver?.reports += 1
+        let message = MembershipMessage.release(sender: settings.name, epoch: handed.epoch, peerInSync: true)
+        if settings.peer != nil { actions.append(.send(message, to: .peer)) }
+        if settings.hasWitness { actions.append(.send(message, to: .witness)) }
     }
 
     private mutating func learnEpoch(_ seen: UInt64, _ actions: inout [MembershipAction]) {

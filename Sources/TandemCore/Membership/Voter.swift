@@ -134,8 +134,15 @@ public struct Voter: Sendable, Equatable {
         promise = nil
     }
 
-    /// The holder stepped down: its promise ends now.
-    public mutating func release(sender: String, epoch: UInt64) {
+    /// The holder stepped down: its promise ends now. With `peerInSync` (sent once the holder's
+    /// last writes are done, while no later epoch exists) its peer is no longer outdated: the
+    /// peer can take over after a planned handover even if no lease renewal said so in time.
+    public mutating func release(sender: String, epoch: UInt64, peerInSync: Bool = false) {
+        if peerInSync, record.holder == sender, record.epoch == epoch, let peer = nodes.first(where: { $0 != sender }),
+            tracksOutdated || peer == name
+        {
+            record.outdated.remove(peer)
+        }
         released = (sender, max(epoch, released?.holder == sender ? released!.epoch : 0))
         guard let promise, promise.holder == sender, promise.epoch <= epoch else { return }
         self.promise = nil

@@ -29,8 +29,8 @@ public struct WitnessController: Sendable {
             reply = .leaseReply(voter.renew(request, at: now))
         case .voteRequest(let request):
             reply = .voteReply(voter.vote(request, at: now))
-        case .release(let sender, let epoch):
-            voter.release(sender: sender, epoch: epoch)
+        case .release(let sender, let epoch, let peerInSync):
+            voter.release(sender: sender, epoch: epoch, peerInSync: peerInSync)
         case .leaseReply, .voteReply, .modeRequest:
             break
         }

@@ -37,6 +37,9 @@ struct TestServer: Sendable {
 func withTestServer<Result>(
     sizeBytes: UInt64 = 64 << 20,
     limits: Configuration.Limits = .defaults,
+    runBlocking: @escaping @Sendable (@escaping @Sendable () -> Void) -> Void = { work in
+        NIOThreadPool.singleton.submit { _ in work() }
+    },
     _ body: (TestServer) async throws -> Result
 ) async throws -> Result {
     let directory = TemporaryDirectory()
@@ -50,7 +53,7 @@ func withTestServer<Result>(
             volume, stateDirectory: directory.path, newGeneration: { DataGenerations.created }, newVolumeID: { 1 })
         let replicated = try ReplicatedVolume(
             index: 0, local: local, peerConfigured: false,
-            runBlocking: { work in NIOThreadPool.singleton.submit { _ in work() } })
+            runBlocking: runBlocking)
         try replicated.setRole(.primary)
         return replicated
     }
