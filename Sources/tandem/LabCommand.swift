@@ -62,7 +62,9 @@ struct LabCommand: AsyncParsableCommand {
             process.executableURL = executable
             process.arguments = arguments
             let log = "\(directory)/\(name).log"
-            files.createFile(atPath: log, contents: nil)
+            guard files.createFile(atPath: log, contents: nil) else {
+                throw fail("cannot create \(log)")
+            }
             let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
             handle.seekToEndOfFile()
             process.standardError = handle

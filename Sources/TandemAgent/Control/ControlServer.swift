@@ -366,7 +366,8 @@ final class ControlHandler: ChannelInboundHandler {
         promise.futureResult.whenSuccess { text in
             let (context, handler) = bound.value
             let buffer = ByteBuffer(string: text + "\n")
-            context.writeAndFlush(handler.wrapOutboundOut(buffer)).whenComplete { _ in context.close(promise: nil) }
+            let channel = context.channel
+            context.writeAndFlush(handler.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
         }
     }
 

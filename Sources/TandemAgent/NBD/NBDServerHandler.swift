@@ -175,7 +175,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
             onExportName(option, reply: &reply, context: context)
         case .abort?:
             reply.writeNBDOptionReply(option: option.rawType, type: .ack, payload: ByteBuffer())
-            context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in context.close(promise: nil) }
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in channel.close(promise: nil) }
             reply.clear()
             phase = .closed
         case .list?:
@@ -306,8 +307,9 @@ final class NBDServerHandler: ChannelDuplexHandler {
         let rest = length - cached
         let offset = request.offset + UInt64(cached)
         let volume = export.volume
+        let started = buffer
         let read = Self.readPool.runIfActive(eventLoop: context.eventLoop) { () throws -> ByteBuffer in
-            var reply = buffer
+            var reply = started
             try reply.writeWithUnsafeMutableBytes(minimumWritableBytes: rest) { pointer in
                 try volume.read(into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<rest]), at: offset)
                 return rest
