@@ -211,6 +211,12 @@ struct FailoverProcessTests {
         let thread = Thread { writer.run() }
         thread.start()
         try cluster.waitFor("writes on a") { writer.count >= 50 }
+        // With a witness, only the decider sets roles.
+        let byHand = try Tools.run(
+            try Tools.tandemBinary(), ["volume", "primary", "vol0", "--node", "b", "--config", cluster.config])
+        #expect(byHand.status != 0)
+        #expect(byHand.combined.contains("tandem node standby"), "\(byHand.combined)")
+        #expect(cluster.field("b", "role") == "secondary")
         let switchedAt = Date()
         let output = try Tools.run(try Tools.tandemBinary(), ["node", "standby", "a", "--config", cluster.config])
         #expect(output.status == 0, "\(output.combined)")

@@ -174,6 +174,11 @@ public final class ControlServer: Service, Sendable {
             default: return await membership.forcePromote()
             }
         }
+        if command == "primary" || command == "secondary", let membership, membership.failsOverOnItsOwn {
+            return "the cluster decider holds the primary role (a witness or a fence command is configured): "
+                + "move it with `tandem node standby NODE`; `volume primary|secondary` is for clusters "
+                + "without automatic failover"
+        }
         guard words.count == 2, let volume = volumes.first(where: { $0.configuration.name == words[1] }) else {
             return words.count == 2
                 ? "no volume named \"\(words[1])\"" : "expected: status | primary|secondary|resolve VOLUME"

@@ -135,6 +135,12 @@ public final class MembershipService: Service, Sendable {
     /// The peer's name.
     public var peerName: String? { peer?.name }
 
+    /// Whether the cluster moves the primary role on its own (a witness or a fence command): then
+    /// only the decider sets volume roles, and `tandem volume primary|secondary` is refused.
+    public var failsOverOnItsOwn: Bool {
+        configuration.witness != nil || configuration.cluster.fenceCommand != nil
+    }
+
     /// The latest view, for status.
     public var snapshot: Snapshot { current.withLock { $0 } }
 
