@@ -41,12 +41,15 @@ public final class NBDServer: Service, Sendable {
         exports: NBDExportTable,
         limits: Configuration.Limits,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        withdrawalGrace: TimeAmount = .seconds(5),
         logger: Logger
     ) {
         self.listen = listen
         self.exports = exports
-        self.settings = NBDServerSettings(
+        var settings = NBDServerSettings(
             maximumRequestBytes: limits.nbdMaxRequestBytes, maximumInFlight: limits.nbdMaxInFlight)
+        settings.withdrawalGrace = withdrawalGrace
+        self.settings = settings
         self.maximumConnections = limits.nbdMaxConnections
         self.group = group
         self.logger = logger

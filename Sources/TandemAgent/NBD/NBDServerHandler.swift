@@ -13,6 +13,8 @@ public struct NBDServerSettings: Sendable {
     public var maximumInFlight: Int
     /// Options one connection may send before it is closed (bounds a chatty or hostile client).
     public var maximumOptions: Int = 1024
+    /// How long a withdrawn export's connection waits for its requests in flight before it closes.
+    public var withdrawalGrace = TimeAmount.seconds(5)
 
     /// Creates settings.
     public init(maximumRequestBytes: Int, maximumInFlight: Int) {
@@ -56,8 +58,6 @@ final class NBDServerHandler: ChannelDuplexHandler {
     private var flushScheduled = false
     /// This connection's entry in the export gate, while it transmits.
     private var session: Int?
-    /// How long a withdrawn export's connection waits for its requests in flight before it closes.
-    static let withdrawalGrace = TimeAmount.seconds(5)
 
     init(exports: NBDExportTable, settings: NBDServerSettings, logger: Logger) {
         self.exports = exports
@@ -91,11 +91,11 @@ final class NBDServerHandler: ChannelDuplexHandler {
         // hold the connection past the grace period.
         disconnectRequested = true
         guard inFlight > 0 else { return context.close(promise: nil) }
-        context.eventLoop.assumeIsolated().scheduleTask(in: Self.withdrawalGrace) {
+        context.eventLoop.assumeIsolated().scheduleTask(in: settings.withdrawalGrace) {
             if case .closed = self.phase { return }
             self.close(
                 context: context,
-                reason: "requests still in flight \(Self.withdrawalGrace) after the export was withdrawn")
+                reason: "requests still in flight \(self.settings.withdrawalGrace) after the export was withdrawn")
         }
     }
 
