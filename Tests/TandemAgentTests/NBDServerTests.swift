@@ -46,12 +46,7 @@ private let errorNoSpace: UInt32 = 28
         try await withTestServer { server in
             let client = try NBDTestClient(port: server.port)
             try client.greet()
-            var data = ByteBuffer()
-            data.writeNBDExportInfoRequest(NBDExportInfoRequest(exportName: "nope", requestedInfo: []))
-            #expect(
-                try client.option(NBD.OptionType.go.rawValue, data: data).map(\.type) == [
-                    NBD.OptionReplyType.errorUnknown.rawValue
-                ])
+            #expect(try client.goReplyTypes(export: "nope") == [NBD.OptionReplyType.errorUnknown.rawValue])
             var malformed = ByteBuffer()
             malformed.writeInteger(UInt32(50))
             #expect(
@@ -298,12 +293,7 @@ private let errorNoSpace: UInt32 = 28
             #expect(try other.read(at: 0, length: 4).error == 0, "the other export keeps serving")
             let late = try NBDTestClient(port: server.port)
             try late.greet()
-            var data = ByteBuffer()
-            data.writeNBDExportInfoRequest(NBDExportInfoRequest(exportName: "vol0", requestedInfo: []))
-            #expect(
-                try late.option(NBD.OptionType.go.rawValue, data: data).map(\.type) == [
-                    NBD.OptionReplyType.errorUnknown.rawValue
-                ])
+            #expect(try late.goReplyTypes(export: "vol0") == [NBD.OptionReplyType.errorUnknown.rawValue])
             server.gate.setOffered("vol0", true)
             #expect(try late.go(export: "vol0").size == 64 << 20)
             #expect(try late.read(at: 0, length: 4).data == [1, 2, 3, 4])

@@ -99,6 +99,19 @@ struct ModeMatrixTests {
         #expect(stop?.standby == true && stop?.peerRequest == "stop" && stop?.record.mode == .config)
     }
 
+    @Test("standby is refused in single and config mode; online is refused while failed-startup blocks")
+    func standbyRefusal() {
+        #expect(ModeRules.standbyRefusal(true, record: ModeRecord(), node: "a") == nil)
+        #expect(ModeRules.standbyRefusal(false, record: ModeRecord(mode: .single), node: "a") == nil)
+        #expect(
+            ModeRules.standbyRefusal(true, record: ModeRecord(mode: .single), node: "a")?.reason
+                == "a is in single mode: HA monitoring is off, there is no handover")
+        #expect(ModeRules.standbyRefusal(true, record: ModeRecord(mode: .config), node: "a") != nil)
+        let blocked = ModeRecord(failedStartup: "HA reset: x")
+        #expect(ModeRules.standbyRefusal(false, record: blocked, node: "a")?.reason.contains("tandem clear") == true)
+        #expect(ModeRules.standbyRefusal(true, record: blocked, node: "a") == nil)
+    }
+
     @Test("a peer certified down that talks again ends the certification and single or config mode")
     func peerTalked() {
         #expect(ModeRules.peerTalked(ModeRecord(mode: .single)) == nil)

@@ -114,14 +114,7 @@ extension MembershipService {
     func changeStandby(
         _ value: Bool, modes: ModeRecord, controller: inout NodeController, standby: inout Bool, now: Duration
     ) -> Result<[MembershipAction], ModeRefusal> {
-        if !value, let blocker = modes.failedStartup {
-            return .failure(ModeRefusal("blocked by failed-startup (\(blocker)); run `tandem clear` first"))
-        }
-        if value, modes.mode == .single || modes.mode == .config {
-            return .failure(
-                ModeRefusal(
-                    "\(local.name) is in \(modes.mode.rawValue) mode: HA monitoring is off, there is no handover"))
-        }
+        if let refusal = ModeRules.standbyRefusal(value, record: modes, node: local.name) { return .failure(refusal) }
         var actions = controller.setStandby(Self.holdsBack(modes, standby: value), now: now)
         standby = value
         actions.insert(.persist(controller.voter.record), at: 0)

@@ -73,8 +73,8 @@ final class MembershipTransport: Sendable {
         return .success(message)
     }
 
-    /// Raises and returns the incarnation kept in `path` (0 when the file is new). The file is
-    /// replaced atomically and synced before the first datagram leaves.
+    /// Raises and returns the incarnation kept in `path` (a new file counts from 0, so the first
+    /// run is 1). The file is replaced atomically and synced before the first datagram leaves.
     static func nextIncarnation(path: String) throws(AgentError) -> UInt64 {
         var previous: UInt64 = 0
         let stored: [UInt8]?

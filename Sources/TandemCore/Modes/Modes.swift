@@ -182,6 +182,18 @@ public enum ModeRules {
         return .success(change)
     }
 
+    /// Whether a node in `record` may go to standby (`standby`) or back online, asked by its own
+    /// administrator or the peer's; `nil` when it may.
+    public static func standbyRefusal(_ standby: Bool, record: ModeRecord, node: String) -> ModeRefusal? {
+        if !standby, let blocker = record.failedStartup {
+            return ModeRefusal("blocked by failed-startup (\(blocker)); run `tandem clear` first")
+        }
+        if standby, record.mode == .single || record.mode == .config {
+            return ModeRefusal("\(node) is in \(record.mode.rawValue) mode: HA monitoring is off, there is no handover")
+        }
+        return nil
+    }
+
     /// A peer certified down speaks again: the certification is erased and a node running alone
     /// (single or config) returns to default mode. `nil` when nothing changes.
     public static func peerTalked(_ record: ModeRecord) -> ModeRecord? {

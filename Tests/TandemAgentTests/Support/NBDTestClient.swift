@@ -147,6 +147,13 @@ final class NBDTestClient {
         }
     }
 
+    /// The reply types to `NBD_OPT_GO` for `export` (the last one ends the option).
+    func goReplyTypes(export: String) throws -> [UInt32] {
+        var data = ByteBuffer()
+        data.writeNBDExportInfoRequest(NBDExportInfoRequest(exportName: export, requestedInfo: []))
+        return try option(NBD.OptionType.go.rawValue, data: data).map(\.type)
+    }
+
     /// Negotiates with `NBD_OPT_GO`; returns the export's size and flags.
     @discardableResult
     func go(export: String) throws -> (size: UInt64, flags: NBD.TransmissionFlags) {
