@@ -2,6 +2,10 @@
 # Replication cost, measured in one run with fio's nbd engine against:
 #   nbdkit on a local file (the bar), Tandem on a single node, Tandem protocol C with a connected
 #   peer, Tandem protocol A with a connected peer.
+# And the machine's ceiling for a write that is stored twice: two fio jobs at once, each against its
+# own nbdkit. A replicated write costs at least what two such writes cost (the client's bytes are
+# received, and written, on both nodes), so when both nodes share this machine the pair cannot beat
+# one stream of that run; the "2x nbdkit" column is that stream against nbdkit alone.
 # Then the resync of a 1% dirty region against the full sync of the same volume.
 #
 #   benchmarks/replication.sh [--runtime SECONDS] [--size SIZE] [--rounds N]
@@ -101,6 +105,9 @@ wait_for_socket() { # CLUSTER NODE
 fallocate -l "$size" "$dir/nbdkit.img"
 nbdkit --foreground --port 10931 --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/nbdkit.img" &
 pids+=($!)
+fallocate -l "$size" "$dir/nbdkit2.img"
+nbdkit --foreground --port 10930 --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/nbdkit2.img" &
+pids+=($!)
 mkdir -p "$dir/single"
 fallocate -l "$size" "$dir/single/vol0.img"
 cat > "$dir/single/tandem.toml" <<TOML
@@ -131,24 +138,49 @@ for cluster in pairc paira; do
   wait_in_sync "$cluster"
 done
 full_seconds=$(field pairc a lastResync seconds)
-for uri in nbd://127.0.0.1:10931/ nbd://127.0.0.1:10932/vol0; do
+for uri in nbd://127.0.0.1:10930/ nbd://127.0.0.1:10931/ nbd://127.0.0.1:10932/vol0; do
   for _ in $(seq 1 100); do nbdinfo --size "$uri" >/dev/null 2>&1 && break; sleep 0.1; done
 done
 
 
 echo "runtime ${runtime}s per figure after 2s ramp; volumes $size, preallocated; nothing pinned;" \
   "every backing file written back and dropped from the page cache before each figure"
-printf '%-20s %12s %12s %8s %12s %8s %12s %8s\n' workload nbdkit single ratio "protocol C" ratio "protocol A" ratio
+# measure_two RW BS DEPTH METRIC: fio against both nbdkit servers at once; prints the mean of the two.
+measure_two() {
+  settle
+  local jobs=()
+  for port in 10930 10931; do
+    fio --name=bench --ioengine=nbd --uri="nbd://127.0.0.1:$port/" --rw="$1" --bs="$2" --iodepth="$3" \
+      --size="$size" --time_based --runtime="$runtime" --ramp_time=2 --output-format=json \
+      --output="$dir/fio-$port.json" >/dev/null 2>&1 &
+    jobs+=($!)
+  done
+  wait "${jobs[@]}"
+  python3 - "$4" "$dir/fio-10930.json" "$dir/fio-10931.json" <<'PY'
+import json, sys
+figures = []
+for path in sys.argv[2:]:
+    job = json.load(open(path))["jobs"][0]
+    side = job["read"] if job["read"]["io_bytes"] > 0 else job["write"]
+    figures.append(side["bw_bytes"] / 1048576 if sys.argv[1] == "bw" else side["iops"])
+print(sum(figures) / len(figures))
+PY
+}
+
+printf '%-20s %12s %12s %8s %12s %8s %12s %8s %12s %8s\n' workload nbdkit single ratio "2x nbdkit" ratio \
+  "protocol C" ratio "protocol A" ratio
 for _ in $(seq 1 "$rounds"); do
 for workload in "seq-write-1M-qd8 write 1M 8 bw MiB/s" "rand-write-4K-qd16 randwrite 4k 16 iops IOPS"; do
   read -r name rw bs depth metric unit <<<"$workload"
   n=$(measure nbd://127.0.0.1:10931/ "$rw" "$bs" "$depth" "$metric")
   s=$(measure nbd://127.0.0.1:10932/vol0 "$rw" "$bs" "$depth" "$metric")
+  t=$(measure_two "$rw" "$bs" "$depth" "$metric")
   c=$(measure nbd://127.0.0.1:10943/vol0 "$rw" "$bs" "$depth" "$metric")
   a=$(measure nbd://127.0.0.1:10953/vol0 "$rw" "$bs" "$depth" "$metric")
   python3 -c "
-n, s, c, a = $n, $s, $c, $a
-print('%-20s %8.0f %-4s %8.0f %-4s %5.2f %8.0f %-4s %5.2f %8.0f %-4s %5.2f' % ('$name', n, '$unit'[:4], s, '$unit'[:4], s/n, c, '$unit'[:4], c/n, a, '$unit'[:4], a/n))"
+n, s, t, c, a = $n, $s, $t, $c, $a
+u = '$unit'[:4]
+print('%-20s %8.0f %-4s %8.0f %-4s %5.2f %8.0f %-4s %5.2f %8.0f %-4s %5.2f %8.0f %-4s %5.2f' % ('$name', n, u, s, u, s/n, t, u, t/n, c, u, c/n, a, u, a/n))"
   # A protocol A pair that fell behind resyncs after its run: let it finish before the next figure.
   behind=$(field paira a outOfSyncBytes)
   caught_up_from=$(date +%s.%N)

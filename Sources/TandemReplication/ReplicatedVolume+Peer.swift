@@ -368,7 +368,7 @@ extension ReplicatedVolume {
             state.disk = .upToDate
             state.connection = .connected
             state.discardLocal = false
-            state.bitmap = WriteIntentBitmap(volumeBytes: store.sizeBytes, regionBytes: state.bitmap.regionBytes)
+            state.bitmap.clearAll()
             var progress = state.resync?.progress
             progress?.finishedAt = .now
             state.lastResync = progress

@@ -123,8 +123,11 @@ public final class ReplicatedVolume: Sendable {
     let activityLogPath: String
     /// Orders local writes with their sends to the peer (see `replicate`).
     let writeOrder = Mutex<Void>(())
-    /// Serialises activity-log writes, so the file never goes back to an older set of extents.
-    let activityLogWrite = Mutex<Void>(())
+    /// Serialises activity-log writes, so the file never goes back to an older set of extents;
+    /// holds the sequence number of the newest record and the size of the file's two slots.
+    let activityLogWrite: Mutex<(sequence: UInt64, slotBytes: Int)>
+    /// Serialises bitmap writes, so the file never goes back to an older bitmap.
+    let bitmapWrite = Mutex<Void>(())
     /// What opening the volume found (for example, extents recovered from a crash).
     public let openingEvents: [ReplicationEvent]
 
@@ -163,6 +166,9 @@ public final class ReplicatedVolume: Sendable {
         var activityLog: ActivityLog
         var splitBrain: SplitBrainReport?
         var resyncedBytesTotal: UInt64 = 0
+        /// The bitmap's `markCount` when its file was last written: at the same count, every set
+        /// bit is durable.
+        var persistedMarkCount: UInt64 = 0
         var lastResync: ResyncProgress?
         /// The highest epoch the peer ever reported, kept across disconnections.
         var knownPeerEpoch: UInt64 = 0
@@ -263,7 +269,9 @@ public final class ReplicatedVolume: Sendable {
                 try bitmap.store(path: bitmapPath)
             }
         }
-        try AtomicFile.replace(path: activityLogPath, bytes: activityLog.encoded())
+        let slotBytes = ActivityLog.slotBytes(extentCount: activityLog.capacity)
+        try AtomicFile.replace(path: activityLogPath, bytes: activityLog.encodedFile(sequence: 1, slotBytes: slotBytes))
+        activityLogWrite = Mutex((1, slotBytes))
         openingEvents = events
         let stored = local.metadata.generations
         let generations = DataGenerations(
@@ -271,6 +279,8 @@ public final class ReplicatedVolume: Sendable {
             history: [stored.history.0, stored.history.1].filter { $0 != 0 })
         var initial = State(
             generations: generations, metadata: local.metadata, bitmap: bitmap, activityLog: activityLog)
+        // Loaded from its file, and stored again above if the activity log marked anything.
+        initial.persistedMarkCount = bitmap.markCount
         // A volume with a configured peer is waiting for it; a lone node's volume stands alone.
         initial.connection = peerConfigured ? .connecting : .standAlone
         // A resync target that stopped before the end stays inconsistent until a resync finishes.
@@ -732,8 +742,13 @@ public final class ReplicatedVolume: Sendable {
         guard peerConfigured else { return nil }
         let admission = state.withLock { $0.activityLog.begin(offset: offset, length: length) }
         guard !admission.added.isEmpty || !admission.dropped.isEmpty else { return nil }
-        // A dropped extent's marks must be durable before the log stops covering it.
-        if !admission.dropped.isEmpty, let error = persistBitmap() { return error }
+        // A dropped extent's marks must be durable before the log stops covering it. Only a bit set
+        // since the bitmap's last write needs one: a pair in sync evicts extents without writing it.
+        if !admission.dropped.isEmpty, state.withLock({ $0.bitmap.markCount != $0.persistedMarkCount }),
+            let error = persistBitmap()
+        {
+            return error
+        }
         return persistActivityLog()
     }
 
@@ -743,10 +758,24 @@ public final class ReplicatedVolume: Sendable {
     }
 
     func persistActivityLog() -> StorageError? {
-        activityLogWrite.withLock { _ -> StorageError? in
+        activityLogWrite.withLock { slots -> StorageError? in
             let log = state.withLock { $0.activityLog }
+            let sequence = slots.sequence + 1
             do {
-                try AtomicFile.replace(path: activityLogPath, bytes: log.encoded())
+                if ActivityLog.slotBytes(extentCount: log.extents.count) <= slots.slotBytes {
+                    // The older slot is overwritten: torn, it leaves the newer one whole.
+                    try DurableFile.overwrite(
+                        path: activityLogPath,
+                        offset: ActivityLog.slotOffset(sequence: sequence, slotBytes: slots.slotBytes),
+                        bytes: log.encodedSlot(sequence: sequence, slotBytes: slots.slotBytes))
+                } else {
+                    // More extents than a slot holds (all of them busy): a new file, larger slots.
+                    let larger = ActivityLog.slotBytes(extentCount: 2 * log.extents.count)
+                    try AtomicFile.replace(
+                        path: activityLogPath, bytes: log.encodedFile(sequence: sequence, slotBytes: larger))
+                    slots.slotBytes = larger
+                }
+                slots.sequence = sequence
                 return nil
             } catch {
                 return StorageError(path: activityLogPath, operation: "store activity log", reason: "\(error)")
@@ -757,12 +786,15 @@ public final class ReplicatedVolume: Sendable {
     // MARK: Persistence
 
     func persistBitmap() -> StorageError? {
-        let bitmap = state.withLock { $0.bitmap }
-        do {
-            try bitmap.store(path: bitmapPath)
+        bitmapWrite.withLock { _ -> StorageError? in
+            let bitmap = state.withLock { $0.bitmap }
+            do throws(MetadataError) {
+                try bitmap.store(path: bitmapPath)
+            } catch {
+                return StorageError(path: bitmapPath, operation: "store bitmap", reason: error.description)
+            }
+            state.withLock { $0.persistedMarkCount = bitmap.markCount }
             return nil
-        } catch {
-            return StorageError(path: bitmapPath, operation: "store bitmap", reason: error.description)
         }
     }
 

@@ -247,3 +247,19 @@ public enum AtomicFile {
         }
     }
 }
+
+/// Small files written in place: not atomic, so the caller's format must survive a torn write.
+public enum DurableFile {
+    /// Overwrites `bytes.count` bytes of the existing file at `path` from `offset`, then
+    /// `fdatasync`s it.
+    public static func overwrite(path: String, offset: Int64, bytes: [UInt8]) throws(StorageError) {
+        do {
+            let descriptor = try FileDescriptor.open(FilePath(path), .writeOnly, options: [.closeOnExec])
+            defer { try? descriptor.close() }
+            _ = try descriptor.writeAll(toAbsoluteOffset: offset, bytes)
+            guard fdatasync(descriptor.rawValue) == 0 else { throw Errno(rawValue: errno) }
+        } catch {
+            throw StorageError(path: path, operation: "overwrite", reason: String(describing: error))
+        }
+    }
+}

@@ -13,6 +13,10 @@ public struct WriteIntentBitmap: Sendable, Equatable {
     private var words: [UInt64]
     /// Number of set bits.
     public private(set) var dirtyRegionCount: Int = 0
+    /// How many times a bit went from clear to set in this value's life (not stored): a caller
+    /// that persisted the bitmap at one count knows, at the same count, that nothing was marked
+    /// since. Clearing never moves it.
+    public private(set) var markCount: UInt64 = 0
 
     /// A clean bitmap for a volume of `volumeBytes`.
     public init(volumeBytes: UInt64, regionBytes: UInt64 = 64 << 10) {
@@ -45,10 +49,17 @@ public struct WriteIntentBitmap: Sendable, Equatable {
             if words[word] & bit == 0 {
                 words[word] |= bit
                 dirtyRegionCount += 1
+                markCount += 1
                 changed = true
             }
         }
         return changed
+    }
+
+    /// Clears every region (the mark count stays).
+    public mutating func clearAll() {
+        for index in words.indices { words[index] = 0 }
+        dirtyRegionCount = 0
     }
 
     /// Marks every region (a full resync).
@@ -107,7 +118,14 @@ public struct WriteIntentBitmap: Sendable, Equatable {
         precondition(
             other.regionBytes == regionBytes && other.volumeBytes == volumeBytes, "bitmaps of different shapes")
         for index in words.indices { words[index] |= other.words[index] }
+        let before = dirtyRegionCount
         dirtyRegionCount = words.reduce(0) { $0 + $1.nonzeroBitCount }
+        markCount += UInt64(dirtyRegionCount - before)
+    }
+
+    /// Two bitmaps are equal when they have the same shape and the same bits set.
+    public static func == (left: WriteIntentBitmap, right: WriteIntentBitmap) -> Bool {
+        left.regionBytes == right.regionBytes && left.volumeBytes == right.volumeBytes && left.words == right.words
     }
 
     // MARK: Persistence

@@ -98,6 +98,20 @@ struct ModeProcessTests {
         let single = try mode(cluster, "a", ["mode", "single"])
         #expect(single.status == 0, "\(single.text)")
         #expect(single.modes["localMode"] as? String == "single")
+        // In single mode the lease no longer binds: with the witness gone as well, no voter renews
+        // it, and a still serves its clients.
+        cluster.stopWitness()
+        usleep(4_000_000)
+        #expect(cluster.primary() == "a")
+        let client = try NBDTestClient(port: cluster.nbdPorts["a"]!)
+        try client.greet()
+        try client.go(export: "vol0")
+        #expect(try client.write([7, 7, 7, 7], at: 0, fua: true) == 0, "a write past the lease's end")
+        let alone = try Tools.check(
+            try Tools.tandemBinary(), ["events", "--config", cluster.config, "--node", "a"]
+        ).standardOutput
+        #expect(alone.contains("serves on in single mode"), "\(alone)")
+        try cluster.startWitness()
         try cluster.start("b")
         try cluster.waitFor("a erases the certification", seconds: 10) {
             let modes = (try? mode(cluster, "a", ["mode"]))?.modes ?? [:]

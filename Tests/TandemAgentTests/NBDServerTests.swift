@@ -285,6 +285,9 @@ private let errorNoSpace: UInt32 = 28
             }
             #expect(idle.serverClosed(), "a connection with nothing in flight closes at once")
             #expect(server.gate.connections(to: "vol0") == 1, "the busy one waits for its request")
+            try busy.sendRequest(.read, cookie: 6, offset: 0, length: 4)
+            let refused = try busy.receiveReply()
+            #expect(refused.cookie == 6 && refused.error == 108, "a request after the withdrawal gets NBD_ESHUTDOWN")
             flush?()
             await withdrawal.value
             #expect(server.gate.connections(to: "vol0") == 0)

@@ -343,6 +343,48 @@ struct DeciderTests {
         #expect(cluster.b.peerHeartbeat?.mode == .default)
     }
 
+    @Test("in single mode a primary serves on when its voters fall silent; back in default mode the lease binds again")
+    func singleModeOutlivesTheLease() {
+        /// a is primary, b is off (certified down), a runs in single mode and then the witness dies.
+        func aloneInSingleMode() -> (Cluster, [MembershipAction]) {
+            var cluster = Cluster()
+            cluster.run(for: .seconds(4))
+            cluster.down.insert("b")
+            cluster.run(for: .seconds(3))
+            let actions = cluster.a.setMode(.single)
+            cluster.route(actions, from: "a")
+            cluster.down.insert("w")
+            cluster.run(for: .seconds(10))
+            return (cluster, actions)
+        }
+        var (cluster, actions) = aloneInSingleMode()
+        #expect(actions.contains(.leaseUntil(nil)), "the volumes must take writes past the lease's end")
+        #expect(cluster.primaries == ["a"])
+        #expect(cluster.a.leaseUntil! < cluster.now, "no voter renewed the lease")
+        #expect(cluster.log.filter { $0.contains("serves on in single mode") }.count == 1)
+        var frozen = cluster.a
+        #expect(
+            !frozen.tick(now: cluster.now + .seconds(6), facts: cluster.facts).contains {
+                if case .reset = $0 { return true } else { return false }
+            }, "a stall past the lease is no reason to reset in single mode")
+
+        // Back in default mode with no voter: the lease binds, and it ended.
+        let back = cluster.a.setMode(.default)
+        cluster.route(back, from: "a")
+        #expect(back.contains { if case .leaseUntil(.some) = $0 { return true } else { return false } })
+        cluster.run(for: .milliseconds(100))
+        #expect(cluster.primaries.isEmpty)
+        #expect(cluster.log.contains { $0.contains("lost quorum") })
+
+        // Back in default mode with the witness answering again: the renewal keeps a primary.
+        (cluster, _) = aloneInSingleMode()
+        cluster.down.remove("w")
+        cluster.route(cluster.a.setMode(.default), from: "a")
+        cluster.run(for: .seconds(3))
+        #expect(cluster.primaries == ["a"])
+        #expect(cluster.a.leaseUntil! > cluster.now)
+    }
+
     @Test("automatic failback returns the role after the delay, at most once per cooldown")
     func failback() {
         var cluster = Cluster(failbackAuto: true, standbyA: true)

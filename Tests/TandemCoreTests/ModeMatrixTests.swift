@@ -95,6 +95,16 @@ struct ModeMatrixTests {
         #expect(try apply(.clear, blocked, remote: .default).get().record.failedStartup == nil)
         let start = try? apply(.start, remote: .locked).get()
         #expect(start?.standby == false && start?.peerRequest == "start" && start?.record.mode == .default)
+        // A locked node that cannot hear its peer stays locked until the peer is certified down.
+        let locked = ModeRecord(mode: .locked)
+        let blind = ModeRefusal(
+            "the peer is silent and its mode unknown (it may run alone in single or config mode): "
+                + "certify it down with `tandem peerdown` before leaving locked mode")
+        #expect(apply(.set(.default), locked, remote: nil, alive: false) == .failure(blind))
+        #expect(apply(.start, locked, remote: nil, alive: false) == .failure(blind))
+        #expect(try apply(.set(.default), locked, remote: .peerdown, alive: false).get().record.mode == .default)
+        #expect(try apply(.start, locked, remote: .default).get().record.mode == .default)
+        #expect(try apply(.start, remote: nil, alive: false).get().record.mode == .default, "not locked: may start")
         let stop = try? apply(.stop, remote: .default).get()
         #expect(stop?.standby == true && stop?.peerRequest == "stop" && stop?.record.mode == .config)
     }

@@ -50,6 +50,7 @@ struct Pair {
     init(
         protocol replication: Configuration.ReplicationProtocol, sizeBytes: UInt64 = 16 << 20,
         policy: SplitBrainPolicy = .disconnect, asyncWindowBytes: UInt64 = 64 << 20, resyncMinRate: UInt64? = nil,
+        activityLog: ActivityLog = ActivityLog(),
         scheduleAfter: @escaping @Sendable (Duration, @escaping @Sendable () -> Void) -> Void = { _, work in work() }
     ) throws {
         let directory = self.directory
@@ -62,7 +63,7 @@ struct Pair {
                 volume, stateDirectory: directory.path, newGeneration: { DataGenerations.created }, newVolumeID: { 1 })
             return try ReplicatedVolume(
                 index: 0, local: local, preferredInTies: name == "a", runBlocking: { $0() },
-                scheduleAfter: scheduleAfter, asyncWindowBytes: asyncWindowBytes)
+                scheduleAfter: scheduleAfter, asyncWindowBytes: asyncWindowBytes, activityLog: activityLog)
         }
         a = try open("a")
         b = try open("b")
@@ -302,6 +303,38 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(try pair.identical())
         #expect(pair.a.status.outOfSyncBytes == 0)
         #expect(pair.a.status.generations == pair.b.status.generations)
+    }
+
+    @Test func activityLogEviction_writesTheBitmapOnlyWhenItHoldsNewMarks() throws {
+        // Two extents of 1 MiB: every write to a third extent evicts one.
+        let pair = try Pair(protocol: .c, activityLog: ActivityLog(extentBytes: 1 << 20, capacity: 2))
+        pair.connect()
+        try pair.a.setRole(.primary)
+        pair.deliver()
+        func write(extent: UInt64) {
+            pair.a.write(offset: extent << 20, payload: payload(0x3C), fua: false, completion: { _ in })
+            pair.deliver()
+        }
+        /// The bitmap file's inode: every write of it replaces the file.
+        func bitmapFile() -> ino_t? {
+            var info = stat()
+            return stat(pair.a.bitmapPath, &info) == 0 ? info.st_ino : nil
+        }
+        write(extent: 0)
+        write(extent: 1)
+        let inSync = bitmapFile()
+        for extent in 2..<12 { write(extent: UInt64(extent)) }
+        #expect(bitmapFile() == inSync, "in sync, ten evictions found no mark to make durable")
+
+        pair.disconnect()
+        write(extent: 12)
+        write(extent: 13)
+        write(extent: 14)  // evicts extent 12, whose mark exists only in memory
+        #expect(bitmapFile() != inSync)
+        let stored = try WriteIntentBitmap.load(path: pair.a.bitmapPath, volumeBytes: pair.a.store.sizeBytes)
+        #expect(stored?.isDirty(region: Int((12 << 20) / stored!.regionBytes)) == true, "the evicted extent's mark")
+        pair.connect()
+        #expect(try pair.identical())
     }
 
     @Test func primaryCrashWithWritesInFlight_activityLogMarksThem_andResyncMakesCopiesIdentical() throws {

@@ -198,3 +198,51 @@ private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size
         #expect(whole == split)
     }
 }
+
+@Suite struct ActivityLogFileTests {
+    /// A log holding `extents` (1 MiB each, room for four).
+    func log(_ extents: [UInt64]) -> ActivityLog {
+        var log = ActivityLog(extentBytes: 1 << 20, capacity: 4)
+        for extent in extents {
+            _ = log.begin(offset: extent << 20, length: 1)
+            log.end(offset: extent << 20, length: 1)
+        }
+        return log
+    }
+
+    @Test func newestWholeSlotCounts_aTornOneLeavesTheOtherRecord() {
+        let slot = ActivityLog.slotBytes(extentCount: 4)
+        let older = log([1, 2]).encodedSlot(sequence: 7, slotBytes: slot)
+        let newer = log([1, 2, 3]).encodedSlot(sequence: 8, slotBytes: slot)
+        #expect(ActivityLog.decodeExtents(newer + older)?.extents == [1, 2, 3])
+        #expect(ActivityLog.decodeExtents(older + newer)?.extents == [1, 2, 3])
+        // Every cut of the newer record's update (its slot holds the start of it, then the old bytes).
+        let previous = log([5]).encodedSlot(sequence: 6, slotBytes: slot)
+        for cut in 1..<slot {
+            let torn = Array(newer[0..<cut]) + Array(previous[cut...])
+            let decoded = ActivityLog.decodeExtents(torn + older)?.extents
+            #expect(decoded == [1, 2, 3] || decoded == [1, 2], "cut at \(cut): \(String(describing: decoded))")
+        }
+        var flipped = newer
+        flipped[40] ^= 1
+        #expect(ActivityLog.decodeExtents(flipped + older)?.extents == [1, 2], "a damaged record is passed over")
+        #expect(ActivityLog.decodeExtents(flipped + flipped) == nil, "no whole record: corrupt")
+        #expect(ActivityLog.decodeExtents([UInt8](repeating: 0, count: 2 * slot)) == nil)
+    }
+
+    @Test func firstFormatFiles_areStillRead() {
+        var bytes = ActivityLog.firstFormatMagic
+        for value: UInt64 in [1 << 20, 2, 4, 9] { withUnsafeBytes(of: value.bigEndian) { bytes += $0 } }
+        withUnsafeBytes(of: CRC32C.checksum(bytes).bigEndian) { bytes += $0 }
+        #expect(ActivityLog.decodeExtents(bytes)?.extents == [4, 9])
+    }
+
+    @Test func overwrite_changesOnlyItsRange_andNeedsAnExistingFile() throws {
+        let directory = TemporaryDirectory()
+        let path = "\(directory.path)/slots"
+        try AtomicFile.replace(path: path, bytes: [UInt8](repeating: 1, count: 16))
+        try DurableFile.overwrite(path: path, offset: 8, bytes: [2, 2])
+        #expect(try AtomicFile.read(path: path) == [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1])
+        #expect(throws: StorageError.self) { try DurableFile.overwrite(path: path + "-absent", offset: 0, bytes: [1]) }
+    }
+}

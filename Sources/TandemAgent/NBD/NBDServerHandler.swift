@@ -52,6 +52,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
     /// Whether a `read()` from downstream is being held back (too much in flight or not writable).
     private var readPending = false
     private var disconnectRequested = false
+    /// The export was withdrawn: requests still arriving are answered `NBD_ESHUTDOWN`.
+    private var withdrawn = false
     /// Whether `channelRead` is on the stack (replies made now are flushed at `channelReadComplete`).
     private var insideRead = false
     /// Whether a task to flush replies that completed outside `channelRead` is queued on the loop.
@@ -86,10 +88,12 @@ final class NBDServerHandler: ChannelDuplexHandler {
         guard event is NBDExportWithdrawn else { return context.fireUserInboundEventTriggered(event) }
         guard case .transmitting = phase, !disconnectRequested else { return }
         logger.notice("export withdrawn: closing the connection once its \(inFlight) requests in flight are answered")
-        // As for NBD_CMD_DISC: no new request is served, the connection closes when the last reply
-        // is written. A request that never completes (say, a peer that stopped answering) does not
-        // hold the connection past the grace period.
+        // As the protocol asks of a server that shuts down: the requests in flight are answered,
+        // any that arrive meanwhile get NBD_ESHUTDOWN (the client is to disconnect on it), and the
+        // connection closes when the last reply is written. A request that never completes (say,
+        // a peer that stopped answering) does not hold the connection past the grace period.
         disconnectRequested = true
+        withdrawn = true
         guard inFlight > 0 else { return context.close(promise: nil) }
         context.eventLoop.assumeIsolated().scheduleTask(in: settings.withdrawalGrace) {
             if case .closed = self.phase { return }
@@ -250,7 +254,12 @@ final class NBDServerHandler: ChannelDuplexHandler {
             close(context: context, reason: "request sent before negotiation finished")
             return
         }
-        guard !disconnectRequested else { return }
+        guard !disconnectRequested else {
+            if withdrawn, request.type != .disconnect {
+                reply(error: .shutdown, cookie: request.cookie, context: context)
+            }
+            return
+        }
         switch NBDRequestCheck.verdict(for: request, export: export, maximumRequestBytes: settings.maximumRequestBytes)
         {
         case .reject(let error):

@@ -128,6 +128,8 @@ public struct NodeController: Sendable {
     private var nextHeartbeat: Duration
     private var nextID: UInt64 = 1
     private var leaseRequests: [UInt64: (sentAt: Duration, peerInSync: Bool)] = [:]
+    /// Whether the end of the lease was reported while it did not bind (single or config mode).
+    private var leaseEndReported = false
     private var lastInSyncRequestID: UInt64 = 0
     private var candidacy: (id: UInt64, sentAt: Duration)?
     /// The epoch this node handed over in a planned step-down, and how often it has since told
@@ -187,7 +189,16 @@ public struct NodeController: Sendable {
         }
         if resetIfStalled(&actions, now: now, stalled: stalled) { return actions }
         if role == .primary, let until = leaseUntil, now >= until {
-            stepDown(&actions, reason: "lost quorum: the lease of epoch \(epoch) ended", drain: false, release: false)
+            if leaseBinds {
+                stepDown(
+                    &actions, reason: "lost quorum: the lease of epoch \(epoch) ended", drain: false, release: false)
+            } else if !leaseEndReported {
+                leaseEndReported = true
+                actions.append(
+                    .event(
+                        "the lease of epoch \(epoch) ended; \(settings.name) serves on in \(mode.rawValue) mode, "
+                            + "its peer locked or certified down"))
+            }
         }
         if role == .primary, facts.peerInSync, let peer = settings.peer, voter.isOutdated(peer) {
             voter.setOutdated(peer, false)
@@ -309,12 +320,28 @@ public struct NodeController: Sendable {
 
     /// Sets the administrator mode. A change is sent to the peer at once, so that a command run
     /// there next (say `tandem start` right after `tandem stop`) does not act on the old mode.
+    ///
+    /// In single and config mode the lease no longer bounds a primary: the volumes take writes
+    /// past its end. Back in default mode it binds again from the next tick, and a primary whose
+    /// lease ended meanwhile asks for a renewal at once but steps down if none came by then.
     public mutating func setMode(_ mode: NodeMode) -> [MembershipAction] {
         guard mode != self.mode else { return [] }
+        let bound = leaseBinds
         self.mode = mode
-        guard let peer = settings.peer else { return [] }
-        return [.send(.heartbeat(heartbeat()), to: .node(peer))]
+        var actions: [MembershipAction] = []
+        if role == .primary, bound != leaseBinds {
+            leaseEndReported = false
+            actions.append(.leaseUntil(leaseBinds ? leaseUntil : nil))
+            if leaseBinds { renewLease(&actions, now: lastTick) }
+        }
+        if let peer = settings.peer { actions.append(.send(.heartbeat(heartbeat()), to: .node(peer))) }
+        return actions
     }
+
+    /// Whether the lease bounds how long this node may serve as primary. Not in single or config
+    /// mode: there the peer is locked or certified down (the mode matrix admits nothing else), so
+    /// nobody else can take the role, and the node keeps serving when the voters fall silent.
+    private var leaseBinds: Bool { mode != .single && mode != .config }
 
     /// Promotes by the administrator's order, without quorum: only when there is no witness.
     public mutating func forcePromote(now: Duration) -> Result<[MembershipAction], ForceError> {
@@ -382,7 +409,7 @@ public struct NodeController: Sendable {
     private mutating func resetIfStalled(
         _ actions: inout [MembershipAction], now: Duration, stalled: Duration
     ) -> Bool {
-        guard role == .primary, let until = leaseUntil, now - until > settings.heartbeatInterval,
+        guard role == .primary, leaseBinds, let until = leaseUntil, now - until > settings.heartbeatInterval,
             stalled > settings.heartbeatInterval
         else { return false }
         actions.append(
@@ -456,7 +483,7 @@ public struct NodeController: Sendable {
         } else {
             leaseUntil = nil
         }
-        actions.append(.leaseUntil(leaseUntil))
+        actions.append(.leaseUntil(leaseBinds ? leaseUntil : nil))
         // Until a voter records that the peer lacks this epoch's writes, they wait for the peer.
         completesWithoutPeer = !fencesPeerData
         actions.append(.completeWithoutPeer(completesWithoutPeer))
@@ -496,7 +523,8 @@ public struct NodeController: Sendable {
             let extended = request.sentAt + settings.primaryLeaseTime
             if extended > until {
                 leaseUntil = extended
-                actions.append(.leaseUntil(extended))
+                leaseEndReported = false
+                if leaseBinds { actions.append(.leaseUntil(extended)) }
             }
         }
         if reply.peerOutdatedRecorded, !request.peerInSync, reply.id > lastInSyncRequestID, !completesWithoutPeer,

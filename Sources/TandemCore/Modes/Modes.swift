@@ -148,6 +148,8 @@ public enum ModeRules {
                         ))
                 }
                 if let reason = ModeMatrix.verdict(local: mode, remote: remote) { return .failure(ModeRefusal(reason)) }
+            } else if mode == .default, let reason = leavingLockedBlind(record, remote: remote) {
+                return .failure(reason)
             } else if mode == .default, let remote, let reason = ModeMatrix.verdict(local: .default, remote: remote) {
                 return .failure(ModeRefusal(reason))
             }
@@ -166,6 +168,7 @@ public enum ModeRules {
             if let blocker = record.failedStartup {
                 return .failure(ModeRefusal("blocked by failed-startup (\(blocker)); run `tandem clear` first"))
             }
+            if let reason = leavingLockedBlind(record, remote: remote) { return .failure(reason) }
             if let remote, remote != .locked, let reason = ModeMatrix.verdict(local: .default, remote: remote) {
                 return .failure(ModeRefusal(reason))
             }
@@ -180,6 +183,16 @@ public enum ModeRules {
             change.peerRequest = "stop"
         }
         return .success(change)
+    }
+
+    /// A locked node that cannot hear its peer must not return to default mode: the peer may run
+    /// alone in single or config mode, where its lease no longer bounds it, and two primaries
+    /// would follow. The administrator certifies the peer down first (or waits until it is heard).
+    static func leavingLockedBlind(_ record: ModeRecord, remote: NodeMode?) -> ModeRefusal? {
+        guard record.mode == .locked, remote == nil else { return nil }
+        return ModeRefusal(
+            "the peer is silent and its mode unknown (it may run alone in single or config mode): "
+                + "certify it down with `tandem peerdown` before leaving locked mode")
     }
 
     /// Whether a node in `record` may go to standby (`standby`) or back online, asked by its own
