@@ -143,7 +143,7 @@ struct FailoverProcessTests {
         try client.greet()
         try client.go(export: "vol0")
         #expect(try client.write(NumberedWriter.content(1), at: 0, fua: true) == 0)
-        cluster.signal("a", SIGSTOP)
+        try cluster.freeze("a")
         let stoppedAt = Date()
         try client.sendRequest(
             .write, cookie: 99, offset: 4096, length: 4096, flags: .fua,

@@ -86,11 +86,36 @@ final class TwoNodeCluster: @unchecked Sendable {
         guard let witnessProcess else { return }
         witnessProcess.terminate()
         if !Tools.wait(witnessProcess) { Tools.killIfOurs(witnessProcess.processIdentifier) }
+        self.witnessProcess = nil
     }
 
     /// Sends `signal` to a node's agent.
     func signal(_ node: String, _ signal: Int32) {
         if let process = processes[node] { kill(process.processIdentifier, signal) }
+    }
+
+    /// Stops a node's agent and returns once every one of its threads has stopped. `kill` returns
+    /// when the signal is queued; until a thread of the agent takes it, the others run on, and a
+    /// request sent in that window may be answered before the stop.
+    func freeze(_ node: String) throws {
+        guard let pid = processes[node]?.processIdentifier else {
+            throw Tools.Failure(description: "\(node)'s agent is not running")
+        }
+        kill(pid, SIGSTOP)
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+            let states = tasks.map { task -> Character? in
+                // The state follows the command's closing parenthesis: "pid (comm) S ...".
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/stat", encoding: .utf8),
+                    let close = stat.lastIndex(of: ")")
+                else { return nil }
+                return stat[stat.index(after: close)...].first { $0 != " " }
+            }
+            if !states.isEmpty, states.allSatisfy({ $0 == "T" || $0 == "t" }) { return }
+            usleep(1_000)
+        }
+        throw Tools.Failure(description: "\(node)'s agent (pid \(pid)) did not stop within 10 s of SIGSTOP")
     }
 
     func isRunning(_ node: String) -> Bool { processes[node]?.isRunning ?? false }
