@@ -33,3 +33,65 @@ for root, _, names in os.walk(sys.argv[1]):
                 os.close(fd)
 PY
 }
+
+# The functions below read $dir, $size and $tandem.
+
+# pair_config CLUSTER PROTOCOL PORT_A PORT_B NBD_A NBD_B [EXTRA]: a two-node cluster on loopback
+# under $dir/CLUSTER, volumes of $size preallocated; EXTRA lines go into its [[volume]] table.
+pair_config() {
+  mkdir -p "$dir/$1/a" "$dir/$1/b"
+  fallocate -l "$size" "$dir/$1/a/vol0.img"
+  fallocate -l "$size" "$dir/$1/b/vol0.img"
+  cat > "$dir/$1/tandem.toml" <<TOML
+[cluster]
+name = "$1"
+secret-file = "$dir/secret"
+state-dir = "$dir/$1/{node}"
+
+[[node]]
+name = "a"
+address = "127.0.0.1"
+port = $3
+nbd-listen = ["127.0.0.1:$5"]
+
+[[node]]
+name = "b"
+address = "127.0.0.1"
+port = $4
+nbd-listen = ["127.0.0.1:$6"]
+
+[[volume]]
+name = "vol0"
+protocol = "$2"
+backing = "$dir/$1/{node}/vol0.img"
+${7:-}
+TOML
+}
+
+start_agent() { # CLUSTER NODE
+  "$tandem" agent --config "$dir/$1/tandem.toml" --node "$2" --log-level warning >/dev/null 2>>"$dir/$1/$2.log" &
+  echo $!
+}
+
+field() { # CLUSTER NODE KEY [SUBKEY]
+  "$tandem" volume status --json --config "$dir/$1/tandem.toml" --node "$2" 2>/dev/null |
+    python3 -c 'import json,sys
+v=json.load(sys.stdin)["volumes"][0]
+value=v.get(sys.argv[1])
+if len(sys.argv)>2 and isinstance(value, dict): value=value.get(sys.argv[2])
+print(value)' "${@:3}"
+}
+
+wait_in_sync() { # CLUSTER
+  for _ in $(seq 1 3000); do
+    if [ "$(field "$1" a connection)" = connected ] && [ "$(field "$1" b connection)" = connected ] &&
+       [ "$(field "$1" b disk)" = upToDate ] && [ "$(field "$1" a outOfSyncBytes)" = 0 ]; then return 0; fi
+    sleep 0.1
+  done
+  echo "cluster $1 never got in sync" >&2; exit 1
+}
+
+wait_for_socket() { # CLUSTER NODE
+  for _ in $(seq 1 200); do [ -S "$dir/$1/$2/$2.control" ] && return 0; sleep 0.05; done
+  echo "agent $2 of $1 did not start" >&2; exit 1
+}

@@ -43,64 +43,6 @@ cleanup() {
 trap cleanup EXIT
 echo "0123456789abcdef0123456789abcdef" > "$dir/secret"
 
-# cluster NAME PROTOCOL PEER_PORT_A PEER_PORT_B NBD_PORT_A NBD_PORT_B
-pair_config() {
-  mkdir -p "$dir/$1/a" "$dir/$1/b"
-  fallocate -l "$size" "$dir/$1/a/vol0.img"
-  fallocate -l "$size" "$dir/$1/b/vol0.img"
-  cat > "$dir/$1/tandem.toml" <<TOML
-[cluster]
-name = "$1"
-secret-file = "$dir/secret"
-state-dir = "$dir/$1/{node}"
-
-[[node]]
-name = "a"
-address = "127.0.0.1"
-port = $3
-nbd-listen = ["127.0.0.1:$5"]
-
-[[node]]
-name = "b"
-address = "127.0.0.1"
-port = $4
-nbd-listen = ["127.0.0.1:$6"]
-
-[[volume]]
-name = "vol0"
-protocol = "$2"
-backing = "$dir/$1/{node}/vol0.img"
-TOML
-}
-
-start_agent() { # CLUSTER NODE
-  "$tandem" agent --config "$dir/$1/tandem.toml" --node "$2" --log-level warning >/dev/null 2>>"$dir/$1/$2.log" &
-  echo $!
-}
-
-field() { # CLUSTER NODE KEY [SUBKEY]
-  "$tandem" volume status --json --config "$dir/$1/tandem.toml" --node "$2" 2>/dev/null |
-    python3 -c 'import json,sys
-v=json.load(sys.stdin)["volumes"][0]
-value=v.get(sys.argv[1])
-if len(sys.argv)>2 and isinstance(value, dict): value=value.get(sys.argv[2])
-print(value)' "${@:3}"
-}
-
-wait_in_sync() { # CLUSTER
-  for _ in $(seq 1 3000); do
-    if [ "$(field "$1" a connection)" = connected ] && [ "$(field "$1" b connection)" = connected ] &&
-       [ "$(field "$1" b disk)" = upToDate ] && [ "$(field "$1" a outOfSyncBytes)" = 0 ]; then return 0; fi
-    sleep 0.1
-  done
-  echo "cluster $1 never got in sync" >&2; exit 1
-}
-
-wait_for_socket() { # CLUSTER NODE
-  for _ in $(seq 1 200); do [ -S "$dir/$1/$2/$2.control" ] && return 0; sleep 0.05; done
-  echo "agent $2 of $1 did not start" >&2; exit 1
-}
-
 # nbdkit and a single Tandem node
 fallocate -l "$size" "$dir/nbdkit.img"
 nbdkit --foreground --port 10931 --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/nbdkit.img" &

@@ -158,7 +158,8 @@ public struct Agent: Sendable {
                     report: { event in
                         logger.info("\(event)")
                         journal.append(.volume, "\(event)")
-                    })
+                    },
+                    activityLog: ActivityLog(capacity: volume.activityLogExtents))
                 for event in replicated.openingEvents { logger.warning("\(event)") }
                 if peer == nil {
                     // A lone node has nobody to contend with: it serves its volumes.

@@ -182,6 +182,27 @@ public final class ReplicatedVolume: Sendable {
         var fenceEpoch: UInt64 = 0
         /// Set while a planned switchover drains writes in flight.
         var draining = false
+        /// The activity log's group commit (see `beginActivity`).
+        var logCommit = LogCommit()
+    }
+
+    /// Writes whose extents entered the activity log wait until its file holds them. One commit
+    /// (one `fdatasync`) covers every write waiting when it starts; writes to extents already in the
+    /// file go on meanwhile.
+    struct LogCommit {
+        /// Counts the admissions that changed the log.
+        var generation: UInt64 = 0
+        /// Extents in the log in memory but not yet in its file, with the generation that added them.
+        var undurable: [UInt64: UInt64] = [:]
+        /// An extent left the log since the last commit began: the bitmap may need writing first.
+        var dropped = false
+        /// Writes waiting for the next commit, resumed with its error (`nil`: their extents are durable).
+        var waiting: [@Sendable (StorageError?) -> Void] = []
+        /// A commit is running; it takes up whatever waits when it ends.
+        var running = false
+        /// Log writes made, and writes that waited for one (for status).
+        var writes: UInt64 = 0
+        var waits: UInt64 = 0
     }
 
     struct ResyncState {
@@ -293,7 +314,7 @@ public final class ReplicatedVolume: Sendable {
         var events: [ReplicationEvent] = []
         if let error = persistBitmap() { events.append(ReplicationEvent(description: "\(error)")) }
         let cleared = state.withLock { state -> Bool in
-            guard state.pending.isEmpty else { return false }
+            guard state.pending.isEmpty, state.logCommit.waiting.isEmpty, !state.logCommit.running else { return false }
             state.activityLog.clear()
             return true
         }
@@ -322,6 +343,10 @@ public final class ReplicatedVolume: Sendable {
         public var lastVerify: VerifyProgress?
         public var peerRole: VolumeRole?
         public var peerDisk: DiskState?
+        /// Writes of the activity log's file since the volume opened, and client writes that
+        /// waited for one (their extent was not in the file).
+        public var activityLogWrites: UInt64
+        public var activityLogWaits: UInt64
     }
 
     /// The current status.
@@ -334,7 +359,8 @@ public final class ReplicatedVolume: Sendable {
                 lastResync: state.lastResync, resyncedBytesTotal: state.resyncedBytesTotal,
                 splitBrain: state.splitBrain, verify: state.verify?.progress, lastVerify: state.lastVerify,
                 peerRole: state.peerState.map { $0.role == 1 ? .primary : .secondary },
-                peerDisk: state.peerState.map { DiskState(code: $0.diskState) })
+                peerDisk: state.peerState.map { DiskState(code: $0.diskState) },
+                activityLogWrites: state.logCommit.writes, activityLogWaits: state.logCommit.waits)
         }
     }
 
@@ -447,7 +473,7 @@ public final class ReplicatedVolume: Sendable {
         replicate(
             offset: offset, length: UInt64(payload.count), flags: fua ? PeerWriteFlags.fua : 0, payload: payload,
             completion: completion
-        ) { () throws(StorageError) in
+        ) { [store] () throws(StorageError) in
             var position = offset
             for piece in payload.pieces {
                 try piece.withUnsafeReadableBytes { (bytes) throws(StorageError) in try store.write(bytes, at: position)
@@ -464,7 +490,7 @@ public final class ReplicatedVolume: Sendable {
         replicate(
             offset: offset, length: length, flags: (fua ? PeerWriteFlags.fua : 0) | PeerWriteFlags.zeroes,
             payload: NBDPayload(lengthField), completion: completion
-        ) { () throws(StorageError) in
+        ) { [store] () throws(StorageError) in
             if trim {
                 try store.trim(offset: offset, length: length)
             } else {
@@ -500,16 +526,43 @@ public final class ReplicatedVolume: Sendable {
 
     /// Applies `change` locally and queues it for the peer as one step: with a peer, writes from
     /// all connections pass one at a time, so both copies apply overlapping writes in the same order.
+    ///
+    /// A write whose extents must first enter the activity log's file waits for the group commit
+    /// and goes on from the thread that made it; if this node stopped being primary meanwhile, it
+    /// fails without touching the copy.
     private func replicate(
         offset: UInt64, length: UInt64, flags: UInt8, payload: NBDPayload, completion: @escaping Completion,
-        change: () throws(StorageError) -> Void
+        change: @escaping @Sendable () throws(StorageError) -> Void
     ) {
-        let fua = flags & PeerWriteFlags.fua != 0
         if peerConfigured {
             lastClientWrite.store(
                 max(1, Self.nanoseconds(Self.leaseOrigin.duration(to: .now))), ordering: .relaxed)
         }
-        if let error = beginActivity(offset: offset, length: length) { return completion(.failure(error)) }
+        let ready = beginActivity(
+            offset: offset, length: length,
+            resume: { [self] error in
+                if let error {
+                    endActivity(offset: offset, length: length)
+                    return completion(.failure(error))
+                }
+                guard state.withLock({ $0.role == .primary }) else {
+                    endActivity(offset: offset, length: length)
+                    return completion(
+                        .failure(StorageError(path: store.path, operation: "write", reason: "no longer primary")))
+                }
+                apply(offset: offset, length: length, flags: flags, payload: payload, completion: completion, change)
+            })
+        if ready {
+            apply(offset: offset, length: length, flags: flags, payload: payload, completion: completion, change)
+        }
+    }
+
+    /// The rest of `replicate`, once the write's extents are durable in the activity log.
+    private func apply(
+        offset: UInt64, length: UInt64, flags: UInt8, payload: NBDPayload, completion: @escaping Completion,
+        _ change: () throws(StorageError) -> Void
+    ) {
+        let fua = flags & PeerWriteFlags.fua != 0
         let sent: UInt64?
         do throws(StorageError) {
             if peerConfigured {
@@ -680,7 +733,12 @@ public final class ReplicatedVolume: Sendable {
     public var heldWrites: Int { state.withLock { $0.held.count } }
 
     /// Requests in flight (sent to the peer and not yet answered).
-    public var writesInFlight: Int { state.withLock { $0.pending.values.filter { $0.completion != nil }.count } }
+    public var writesInFlight: Int {
+        state.withLock { state in
+            state.pending.values.filter { $0.completion != nil }.count + state.logCommit.waiting.count
+                + (state.logCommit.running ? 1 : 0)
+        }
+    }
 
     /// Refuses replicated writes from epochs before `epoch` from now on.
     public func observeEpoch(_ epoch: UInt64) {
@@ -737,19 +795,68 @@ public final class ReplicatedVolume: Sendable {
 
     // MARK: Activity log
 
-    /// Puts the extents of a write into the activity log, durably, before the write starts.
-    func beginActivity(offset: UInt64, length: UInt64) -> StorageError? {
-        guard peerConfigured else { return nil }
-        let admission = state.withLock { $0.activityLog.begin(offset: offset, length: length) }
-        guard !admission.added.isEmpty || !admission.dropped.isEmpty else { return nil }
-        // A dropped extent's marks must be durable before the log stops covering it. Only a bit set
-        // since the bitmap's last write needs one: a pair in sync evicts extents without writing it.
-        if !admission.dropped.isEmpty, state.withLock({ $0.bitmap.markCount != $0.persistedMarkCount }),
-            let error = persistBitmap()
-        {
-            return error
+    /// Puts the extents of a write into the activity log. Returns `true` when they are all in the
+    /// log's file already, so that the write may start now. Otherwise `resume` runs once a commit has
+    /// made them durable (or with the error that kept it from doing so), from the thread that ran
+    /// the commit; one commit covers every write waiting when it starts.
+    func beginActivity(
+        offset: UInt64, length: UInt64, resume: @autoclosure () -> @Sendable (StorageError?) -> Void
+    ) -> Bool {
+        guard peerConfigured else { return true }
+        let startCommit = state.withLock { state -> Bool? in
+            let admission = state.activityLog.begin(offset: offset, length: length)
+            if !admission.added.isEmpty || !admission.dropped.isEmpty {
+                state.logCommit.generation += 1
+                for extent in admission.added { state.logCommit.undurable[extent] = state.logCommit.generation }
+                for extent in admission.dropped { state.logCommit.undurable[extent] = nil }
+                if !admission.dropped.isEmpty { state.logCommit.dropped = true }
+            }
+            guard !state.logCommit.undurable.isEmpty,
+                state.activityLog.extents(offset: offset, length: length).contains(where: {
+                    state.logCommit.undurable[$0] != nil
+                })
+            else { return nil }
+            state.logCommit.waiting.append(resume())
+            state.logCommit.waits += 1
+            defer { state.logCommit.running = true }
+            return !state.logCommit.running
         }
-        return persistActivityLog()
+        guard let startCommit else { return true }
+        if startCommit { runBlocking { [self] in commitActivityLog() } }
+        return false
+    }
+
+    /// Writes the activity log for every write waiting, then resumes them; again while more wait.
+    /// The log is taken when a commit starts: an extent that left it by then has its bitmap marks
+    /// made durable first, and one that entered it later waits for the next commit.
+    func commitActivityLog() {
+        while true {
+            let batch = state.withLock {
+                state -> (
+                    waiting: [@Sendable (StorageError?) -> Void], generation: UInt64, log: ActivityLog, bitmap: Bool
+                )?
+                in
+                guard !state.logCommit.waiting.isEmpty else {
+                    state.logCommit.running = false
+                    return nil
+                }
+                defer {
+                    state.logCommit.waiting.removeAll()
+                    state.logCommit.dropped = false
+                }
+                let bitmap = state.logCommit.dropped && state.bitmap.markCount != state.persistedMarkCount
+                return (state.logCommit.waiting, state.logCommit.generation, state.activityLog, bitmap)
+            }
+            guard let batch else { return }
+            var error = batch.bitmap ? persistBitmap() : nil
+            if error == nil { error = persistActivityLog(batch.log) }
+            if error == nil {
+                state.withLock { state in
+                    state.logCommit.undurable = state.logCommit.undurable.filter { $0.value > batch.generation }
+                }
+            }
+            for resume in batch.waiting { resume(error) }
+        }
     }
 
     func endActivity(offset: UInt64, length: UInt64) {
@@ -757,9 +864,10 @@ public final class ReplicatedVolume: Sendable {
         state.withLock { $0.activityLog.end(offset: offset, length: length) }
     }
 
-    func persistActivityLog() -> StorageError? {
+    /// Writes `log` (by default, the log as it is now) into the file's older slot.
+    func persistActivityLog(_ taken: ActivityLog? = nil) -> StorageError? {
         activityLogWrite.withLock { slots -> StorageError? in
-            let log = state.withLock { $0.activityLog }
+            let log = taken ?? state.withLock { $0.activityLog }
             let sequence = slots.sequence + 1
             do {
                 if ActivityLog.slotBytes(extentCount: log.extents.count) <= slots.slotBytes {
@@ -776,6 +884,7 @@ public final class ReplicatedVolume: Sendable {
                     slots.slotBytes = larger
                 }
                 slots.sequence = sequence
+                state.withLock { $0.logCommit.writes += 1 }
                 return nil
             } catch {
                 return StorageError(path: activityLogPath, operation: "store activity log", reason: "\(error)")

@@ -233,6 +233,17 @@ private func mutated(_ old: String, _ new: String) -> String {
         #expect(found.first?.message.contains("at most resync-rate") == true)
     }
 
+    @Test func activityLogExtents_defaultsTo1024_andIsBounded() throws {
+        #expect(try Configuration.parse(text: validConfig, file: "t").volumes[0].activityLogExtents == 1024)
+        let set = try Configuration.parse(
+            text: mutated("nbd-export = \"vol0\"", "nbd-export = \"vol0\"\nactivity-log-extents = 64"), file: "t")
+        #expect(set.volumes[0].activityLogExtents == 64)
+        let found = issues(mutated("nbd-export = \"vol0\"", "activity-log-extents = 4"))
+        #expect(found.map(\.key) == ["volume[0].activity-log-extents"])
+        #expect(found.first?.message == "expected an integer from 16 to 65536, found 4")
+        #expect(found.first?.line != nil)
+    }
+
     @Test func badListenAddress_isReported() {
         let found = issues(mutated("nbd-listen = [\"[::1]:10810\"", "nbd-listen = [\"host:99999\""))
         #expect(found.map(\.key) == ["node[1].nbd-listen"])

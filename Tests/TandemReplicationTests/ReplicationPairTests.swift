@@ -51,7 +51,8 @@ struct Pair {
         protocol replication: Configuration.ReplicationProtocol, sizeBytes: UInt64 = 16 << 20,
         policy: SplitBrainPolicy = .disconnect, asyncWindowBytes: UInt64 = 64 << 20, resyncMinRate: UInt64? = nil,
         activityLog: ActivityLog = ActivityLog(),
-        scheduleAfter: @escaping @Sendable (Duration, @escaping @Sendable () -> Void) -> Void = { _, work in work() }
+        scheduleAfter: @escaping @Sendable (Duration, @escaping @Sendable () -> Void) -> Void = { _, work in work() },
+        runBlocking: @escaping BlockingRunner = { $0() }
     ) throws {
         let directory = self.directory
         func open(_ name: String) throws -> ReplicatedVolume {
@@ -62,7 +63,7 @@ struct Pair {
             let local = try LocalVolume.open(
                 volume, stateDirectory: directory.path, newGeneration: { DataGenerations.created }, newVolumeID: { 1 })
             return try ReplicatedVolume(
-                index: 0, local: local, preferredInTies: name == "a", runBlocking: { $0() },
+                index: 0, local: local, preferredInTies: name == "a", runBlocking: runBlocking,
                 scheduleAfter: scheduleAfter, asyncWindowBytes: asyncWindowBytes, activityLog: activityLog)
         }
         a = try open("a")
@@ -337,6 +338,58 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(try pair.identical())
     }
 
+    @Test func activityLogGroupCommit_oneLogWriteForEveryWaitingWrite_durableExtentsGoOn() throws {
+        let blocking = HeldWork()
+        let pair = try Pair(
+            protocol: .c, activityLog: ActivityLog(extentBytes: 1 << 20, capacity: 16), runBlocking: blocking.submit)
+        try pair.a.setRole(.primary)
+        let results = Mutex<[Int: Result<Void, StorageError>]>([:])
+        func write(_ number: Int, extent: UInt64) {
+            pair.a.write(offset: extent << 20, payload: payload(UInt8(number)), fua: false) { result in
+                results.withLock { $0[number] = result }
+            }
+        }
+        /// The extents in the log's file; `nil` when it cannot be read or decoded.
+        func logged() -> Set<UInt64>? {
+            guard let bytes = try? AtomicFile.read(path: pair.a.activityLogPath) else { return nil }
+            return ActivityLog.decodeExtents(bytes).map { Set($0.extents) }
+        }
+        func firstByte(extent: UInt64) throws -> UInt8 {
+            var byte: UInt8 = 0
+            try withUnsafeMutableBytes(of: &byte) { try pair.a.store.read(into: $0, at: extent << 20) }
+            return byte
+        }
+        let recordsBefore = pair.a.activityLogWrite.withLock { $0.sequence }
+
+        // Eight extents enter the log, and a second write to the first of them: all wait for one commit.
+        for extent in 0..<8 { write(extent + 1, extent: UInt64(extent)) }
+        write(9, extent: 0)
+        #expect(results.withLock { $0.isEmpty }, "nothing completes before its extent is durable in the log")
+        #expect(try firstByte(extent: 0) == 0, "and nothing reaches the copy")
+        #expect(logged() == [])
+        #expect(pair.a.writesInFlight == 10, "nine writes wait and one commit is on its way (a drain counts them)")
+        #expect(blocking.count == 1, "one commit for all of them")
+        blocking.runAll()
+        #expect(pair.a.activityLogWrite.withLock { $0.sequence } == recordsBefore + 1, "one log write for nine writes")
+        #expect(pair.a.status.activityLogWrites == 1 && pair.a.status.activityLogWaits == 9)
+        #expect(logged() == Set(0..<8))
+        #expect(results.withLock { $0.count == 9 && $0.values.allSatisfy { (try? $0.get()) != nil } })
+        #expect(try firstByte(extent: 7) == 8)
+
+        // An extent already in the file does not wait.
+        write(10, extent: 3)
+        #expect(results.withLock { $0[10] != nil } && blocking.count == 0)
+
+        // A write that waited while this node stopped being primary fails and leaves the copy alone.
+        write(11, extent: 12)
+        try pair.a.setRole(.secondary)
+        blocking.runAll()
+        let failed = results.withLock { $0[11] }
+        #expect(failed.map { (try? $0.get()) == nil } == true, "\(String(describing: failed))")
+        #expect(try firstByte(extent: 12) == 0)
+        #expect(pair.a.writesInFlight == 0)
+    }
+
     @Test func primaryCrashWithWritesInFlight_activityLogMarksThem_andResyncMakesCopiesIdentical() throws {
         var pair = try connectedPair(.c)
         for block in 0..<8 {
@@ -490,5 +543,19 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         var byte = [UInt8](repeating: 0, count: 1)
         try byte.withUnsafeMutableBytes { try loser.store.read(into: $0, at: offset) }
         #expect(byte == [survivor], "the loser now holds the survivor's data")
+    }
+}
+
+/// A blocking runner that holds its work until the test runs it.
+final class HeldWork: Sendable {
+    private let work = Mutex<[@Sendable () -> Void]>([])
+
+    var count: Int { work.withLock { $0.count } }
+
+    func submit(_ item: @escaping @Sendable () -> Void) { work.withLock { $0.append(item) } }
+
+    /// Runs what is held, and what that work submits, until nothing is left.
+    func runAll() {
+        while let item = work.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) { item() }
     }
 }

@@ -277,6 +277,8 @@ public final class ControlServer: Service, Sendable {
             ("protocol", .string(status.protocolName)), ("outOfSyncBytes", .integer(Int64(status.outOfSyncBytes))),
             ("generations", .string(status.generations.description)), ("epoch", .integer(Int64(status.epoch))),
             ("resyncedBytesTotal", .integer(Int64(status.resyncedBytesTotal))),
+            ("activityLogWrites", .integer(Int64(status.activityLogWrites))),
+            ("activityLogWaits", .integer(Int64(status.activityLogWaits))),
             ("peerRole", status.peerRole.map { .string($0.rawValue) } ?? .null),
             ("peerDisk", status.peerDisk.map { .string($0.rawValue) } ?? .null),
         ]

@@ -129,9 +129,16 @@ public struct Configuration: Sendable, Equatable {
         /// Most bytes per second a resync may send while clients write to the volume: client
         /// writes come first, and the resync takes the rest of the link once they pause.
         public var resyncMinRateBytesPerSecond: UInt64? = Volume.defaultResyncMinRate
+        /// Extents of 4 MiB the activity log keeps (`activity-log-extents`). More extents: fewer log
+        /// writes for writes spread wide, and more to resync after a primary's crash.
+        public var activityLogExtents: Int = Volume.defaultActivityLogExtents
 
         /// `resync-min-rate` when the config does not set it.
         public static let defaultResyncMinRate: UInt64 = 64 << 20
+        /// `activity-log-extents` when the config does not set it: 4 GiB.
+        public static let defaultActivityLogExtents = 1024
+        /// The values `activity-log-extents` may take.
+        public static let activityLogExtentsRange = 16...65536
     }
 
     /// `[[group]]`: resources that run together on one node.

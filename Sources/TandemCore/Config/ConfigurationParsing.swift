@@ -214,7 +214,7 @@ struct ConfigReader {
             table, path: path,
             allowed: [
                 "name", "protocol", "size", "backing", "metadata", "nbd-export", "read-only", "split-brain",
-                "resync-rate", "resync-min-rate",
+                "resync-rate", "resync-min-rate", "activity-log-extents",
             ])
         let name = string(table, "name", path: path, required: true)
         let protocolText = string(table, "protocol", path: path, required: false) ?? "C"
@@ -244,6 +244,8 @@ struct ConfigReader {
                 "expected at most resync-rate (\(Units.formatByteCount(resyncRate))/s), found "
                     + "\(Units.formatByteCount(resyncMinRate))/s")
         }
+        let activityLogExtents = integer(
+            table, "activity-log-extents", path: path, range: Configuration.Volume.activityLogExtentsRange)
         let policyText = string(table, "split-brain", path: path, required: false) ?? "disconnect"
         let policy = SplitBrainPolicy(rawValue: policyText)
         if policy == nil {
@@ -259,7 +261,8 @@ struct ConfigReader {
             name: name, protocol: replication, sizeBytes: size, backing: backing, metadata: metadata,
             nbdExport: export ?? name, readOnly: readOnly, splitBrainPolicy: policy ?? .disconnect,
             resyncRateBytesPerSecond: resyncRate,
-            resyncMinRateBytesPerSecond: resyncMinRate ?? Configuration.Volume.defaultResyncMinRate
+            resyncMinRateBytesPerSecond: resyncMinRate ?? Configuration.Volume.defaultResyncMinRate,
+            activityLogExtents: activityLogExtents ?? Configuration.Volume.defaultActivityLogExtents
         )
     }
 
