@@ -9,6 +9,9 @@
 # many log writes (each one fdatasync) served them.
 #
 #   benchmarks/activity-log.sh [--runtime SECONDS] [--size SIZE] [--extents N] [--depth N] [--rounds N]
+#                              [--tandem BINARY]
+#
+# --tandem runs another build of tandem (for example an older commit's) instead of building this one.
 #
 # Every server, both agents of each pair and fio share this machine's cores and disk.
 set -euo pipefail
@@ -18,6 +21,7 @@ size=2G
 extents=32
 depth=16
 rounds=1
+tandem=
 while [ $# -gt 0 ]; do
   case "$1" in
     --runtime) runtime=$2; shift 2 ;;
@@ -25,6 +29,7 @@ while [ $# -gt 0 ]; do
     --extents) extents=$2; shift 2 ;;
     --depth) depth=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
+    --tandem) tandem=$2; shift 2 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -35,15 +40,13 @@ done
 top=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benchmarks/lib.sh
 . "$top/benchmarks/lib.sh"
-swift build -c release --package-path "$top" --product tandem >&2
-tandem="$top/.build/release/tandem"
+if [ -z "$tandem" ]; then
+  swift build -c release --package-path "$top" --product tandem >&2
+  tandem="$top/.build/release/tandem"
+fi
 dir=$(mktemp -d /var/tmp/tandem-activity-log.XXXXXX)
 pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
+cleanup() { stop_and_remove "${pids[@]}"; }
 trap cleanup EXIT
 echo "0123456789abcdef0123456789abcdef" > "$dir/secret"
 
@@ -74,12 +77,14 @@ for round in $(seq 1 "$rounds"); do
   writes_before=$(field small a activityLogWrites)
   waits_before=$(field small a activityLogWaits)
   small=$(measure nbd://127.0.0.1:10968/vol0 randwrite 4k "$depth" iops)
-  writes=$(($(field small a activityLogWrites) - writes_before))
-  waits=$(($(field small a activityLogWaits) - waits_before))
+  writes_after=$(field small a activityLogWrites)
+  waits_after=$(field small a activityLogWaits)
   python3 -c "
 base, wide, small = $base, $wide, $small
 print('| %d | %.0f IOPS | %.0f IOPS | %.2f | %.0f IOPS | %.2f |' % ($round, base, wide, wide / base, small, small / base))"
-  python3 -c "
-writes, waits = $writes, $waits
+  if [ "$writes_after" != None ]; then
+    python3 -c "
+writes, waits = $writes_after - $writes_before, $waits_after - $waits_before
 print('  round $round, small log: %d writes waited for %d log writes (%.1f per log write)' % (waits, writes, waits / max(writes, 1)))"
+  fi
 done

@@ -95,3 +95,17 @@ wait_for_socket() { # CLUSTER NODE
   for _ in $(seq 1 200); do [ -S "$dir/$1/$2/$2.control" ] && return 0; sleep 0.05; done
   echo "agent $2 of $1 did not start" >&2; exit 1
 }
+
+# stop_and_remove PID...: ends the servers and, once they are gone, removes $dir. (Agents started
+# through start_agent are not this shell's children, so `wait` does not wait for them.)
+stop_and_remove() {
+  for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 100); do
+    local alive=0
+    for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}

@@ -35,11 +35,7 @@ swift build -c release --package-path "$top" --product tandem >&2
 tandem="$top/.build/release/tandem"
 dir=$(mktemp -d /var/tmp/tandem-replication.XXXXXX)
 pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
+cleanup() { stop_and_remove "${pids[@]}"; }
 trap cleanup EXIT
 echo "0123456789abcdef0123456789abcdef" > "$dir/secret"
 

@@ -210,7 +210,7 @@ public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
             let (_, flags, type, cookie, offset, length) = buffer.getMultipleIntegers(
                 at: start, as: (UInt32, UInt16, UInt16, UInt64, UInt64, UInt32).self)
         else { return nil }
-        var request = NBDRequest(
+        let request = NBDRequest(
             flags: NBD.CommandFlags(rawValue: flags), rawType: type, cookie: cookie, offset: offset, length: length)
         guard type == NBD.CommandType.write.rawValue else {
             buffer.moveReaderIndex(forwardBy: 28)
