@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TandemTestSupport
 import Testing
 
@@ -19,7 +20,7 @@ final class TwoNodeCluster: @unchecked Sendable {
     /// their HA reset.
     init(
         protocol replication: String, size: String, witness: Bool = false, deadTime: String = "2s", extra: String = "",
-        clusterExtra: String = ""
+        clusterExtra: String = "", volumeExtra: String = ""
     ) throws {
         let ports = try (0..<5).map { _ in try freeLoopbackPort() }
         nbdPorts = ["a": ports[2], "b": ports[3]]
@@ -65,6 +66,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         protocol = "\(replication)"
         size = "\(size)"
         backing = "\(directory.path)/{node}/vol0.img"
+        \(volumeExtra)
         \(witnessSection)
         \(extra)
         """.write(toFile: config, atomically: true, encoding: .utf8)
@@ -80,6 +82,23 @@ final class TwoNodeCluster: @unchecked Sendable {
         try Tools.launch(process)
         witnessProcess = process
         logs["witness"] = DataCollector(errors.fileHandleForReading)
+        // Its port open, or the reason it is not: a test that went on without its witness would
+        // fail later for a reason it never names.
+        let deadline = Date().addingTimeInterval(10)
+        while !Self.udpListening(port: witnessPort ?? 0) {
+            guard process.isRunning, Date() < deadline else {
+                throw Tools.Failure(
+                    description: "the witness did not open UDP 127.0.0.1:\(witnessPort ?? 0): \(log("witness"))")
+            }
+            usleep(20_000)
+        }
+    }
+
+    /// Whether a UDP socket is bound to 127.0.0.1:`port` (from /proc/net/udp).
+    static func udpListening(port: Int) -> Bool {
+        guard let table = try? String(contentsOfFile: "/proc/net/udp", encoding: .utf8) else { return false }
+        let local = String(format: "0100007F:%04X", port)
+        return table.split(separator: "\n").contains { $0.split(separator: " ").dropFirst().first == Substring(local) }
     }
 
     func stopWitness() {
@@ -271,21 +290,42 @@ final class TwoNodeCluster: @unchecked Sendable {
     }
 }
 
-/// A free TCP port on loopback, chosen by the kernel.
+/// Ports handed out in this test process: none is handed out twice.
+private let handedOutPorts = Mutex<Set<Int>>([])
+
+/// A loopback port free for both TCP and UDP, below the kernel's ephemeral range: a port the kernel
+/// chose would be free only until it handed the same number to an outgoing connection, or to
+/// another test asking the same way, before this test's agent bound it.
 func freeLoopbackPort() throws -> Int {
-    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))?
+        .split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { Int($0) }
+    let ephemeralStart = range?.first ?? 32768
+    let candidates = 10000..<max(10001, min(ephemeralStart, 65536))
+    for _ in 0..<2000 {
+        let port = Int.random(in: candidates)
+        guard handedOutPorts.withLock({ $0.insert(port).inserted }) else { continue }
+        if canBindLoopback(port: port, type: Int32(SOCK_STREAM.rawValue)),
+            canBindLoopback(port: port, type: Int32(SOCK_DGRAM.rawValue))
+        {
+            return port
+        }
+    }
+    throw Tools.Failure(description: "no free loopback port in \(candidates)")
+}
+
+private func canBindLoopback(port: Int, type: Int32) -> Bool {
+    let descriptor = socket(AF_INET, type, 0)
+    guard descriptor >= 0 else { return false }
     defer { close(descriptor) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-            bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
+    address.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
         }
     }
-    guard bound else { throw Tools.Failure(description: "no free port") }
-    return Int(UInt16(bigEndian: address.sin_port))
 }
 
 @Suite(.serialized) struct ReplicationProcessTests {
@@ -343,8 +383,13 @@ func freeLoopbackPort() throws -> Int {
         #expect(try cluster.stopBothAndCompare())
     }
 
-    @Test func primaryKilledMidStream_afterRestartAndResync_copiesAreIdentical() throws {
-        let cluster = try TwoNodeCluster(protocol: "C", size: "256MiB")
+    /// With 16 extents the activity log reaches 64 MiB of the 256: most writes wait for a log write,
+    /// and a crash then finds whatever the group commits had made durable.
+    @Test(arguments: [nil, 16])
+    func primaryKilledMidStream_afterRestartAndResync_copiesAreIdentical(activityLogExtents: Int?) throws {
+        let cluster = try TwoNodeCluster(
+            protocol: "C", size: "256MiB",
+            volumeExtra: activityLogExtents.map { "activity-log-extents = \($0)" } ?? "")
         try cluster.startInSyncWithPrimaryA()
         let stream = Process()
         stream.executableURL = URL(fileURLWithPath: try Tools.path(of: "fio"))
@@ -357,8 +402,12 @@ func freeLoopbackPort() throws -> Int {
         try Tools.launch(stream)
         try cluster.waitFor("writes to be flowing") { (Int(cluster.field("a", "epoch") ?? "0") ?? 0) > 0 }
         usleep(1_500_000)
+        let waits = Int(cluster.field("a", "activityLogWaits") ?? "") ?? -1
         cluster.crash("a")
         Tools.wait(stream)
+        if activityLogExtents != nil {
+            #expect(waits > 1000, "writes beyond the log's reach should have waited for log writes, counted \(waits)")
+        }
         try cluster.start("a")
         try cluster.waitInSync()
         #expect(cluster.log("a").contains("marked for resync"), "the activity log must be replayed after a crash")
