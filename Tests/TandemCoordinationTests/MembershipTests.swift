@@ -137,7 +137,11 @@ struct Cluster {
     var witness: WitnessController?
     var now = Duration.zero
     var facts = NodeController.LocalFacts(dataReady: true, peerInSync: true)
+    /// Facts of one node that differ from `facts`.
+    var factsOf: [String: NodeController.LocalFacts] = [:]
     var down: Set<String> = []
+    /// The path between a and b is cut (each still reaches the witness).
+    var cut = false
     var log: [String] = []
     var promotions: [(String, UInt64)] = []
     var resets: [String] = []
@@ -174,7 +178,8 @@ struct Cluster {
         while now < end {
             now += .milliseconds(50)
             for name in ["a", "b"] where !down.contains(name) {
-                let actions = name == "a" ? a.tick(now: now, facts: facts) : b.tick(now: now, facts: facts)
+                let mine = factsOf[name] ?? facts
+                let actions = name == "a" ? a.tick(now: now, facts: mine) : b.tick(now: now, facts: mine)
                 route(actions, from: name)
             }
         }
@@ -204,6 +209,7 @@ struct Cluster {
 
     mutating func deliver(_ message: MembershipMessage, to target: String, from sender: String) {
         guard !down.contains(target), !down.contains(sender) else { return }
+        if cut, Set([target, sender]) == ["a", "b"] { return }
         if target == "w" {
             guard var witness else { return }
             let actions = witness.receive(message, now: now)
@@ -383,6 +389,45 @@ struct DeciderTests {
         cluster.run(for: .seconds(3))
         #expect(cluster.primaries == ["a"])
         #expect(cluster.a.leaseUntil! > cluster.now)
+    }
+
+    @Test("a peer that returns cut off from a primary in single mode is refused by the witness, even one that slept")
+    func returningPeerMeetsTheWitness() {
+        // The witness dies first, while a and b are in sync: it never learns that b falls behind.
+        var cluster = Cluster()
+        cluster.run(for: .seconds(4))
+        #expect(cluster.primaries == ["a"])
+        cluster.down.insert("w")
+        cluster.down.insert("b")
+        cluster.facts.peerInSync = false
+        cluster.run(for: .seconds(1))
+        // The administrator certifies b down and runs a alone: no voter renews a's lease now.
+        cluster.route(cluster.a.setMode(.single), from: "a")
+        cluster.run(for: .seconds(10))
+        #expect(cluster.primaries == ["a"])
+        #expect(cluster.witness?.voter.record.outdated.contains("b") == false, "the witness slept through it")
+
+        // The witness restarts from its record; b restarts from its own, cut off from a.
+        let witnessRecord = cluster.witness!.voter.record
+        cluster.witness = WitnessController(
+            name: "w", nodes: ["a", "b"], leaseTime: .seconds(2), record: witnessRecord, now: cluster.now)
+        cluster.b = NodeController(
+            settings: cluster.b.settings, record: cluster.b.voter.record, standby: false, now: cluster.now)
+        cluster.cut = true
+        cluster.down.remove("w")
+        cluster.down.remove("b")
+        // As far as b can tell its data is whole and its peer in sync.
+        cluster.factsOf["b"] = NodeController.LocalFacts(dataReady: true, peerInSync: true)
+        cluster.run(for: .seconds(20))
+        #expect(cluster.primaries == ["a"], "b must not become primary beside a")
+        #expect(cluster.promotions.allSatisfy { $0.0 == "a" })
+        #expect(
+            cluster.witness?.voter.record.outdated.contains("b") == true,
+            "a's first renewal tells the restarted witness that b is outdated")
+        // The witness refuses b first for a's lease, which a renews there although it no longer binds a.
+        #expect(
+            cluster.log.contains { $0.contains("w refused its vote") && $0.contains("the lease of a is still valid") },
+            "\(cluster.log.suffix(5))")
     }
 
     @Test("automatic failback returns the role after the delay, at most once per cooldown")
