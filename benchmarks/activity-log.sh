@@ -33,17 +33,12 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
-for tool in fio nbdkit nbdinfo python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install fio nbdkit libnbd-bin)" >&2; exit 1; }
-done
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benchmarks/lib.sh
 . "$top/benchmarks/lib.sh"
-if [ -z "$tandem" ]; then
-  swift build -c release --package-path "$top" --product tandem >&2
-  tandem="$top/.build/release/tandem"
-fi
+require_tools
+build_tandem "$top"
 dir=$(mktemp -d /var/tmp/tandem-activity-log.XXXXXX)
 pids=()
 cleanup() { stop_and_remove "${pids[@]}"; }

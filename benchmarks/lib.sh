@@ -1,5 +1,20 @@
 # Shared by the benchmark scripts; sourced, not run.
 
+# require_tools: stops with what to install when fio, nbdkit, nbdinfo or python3 is missing.
+require_tools() {
+  for tool in fio nbdkit nbdinfo python3; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install fio nbdkit libnbd-bin)" >&2; exit 1; }
+  done
+}
+
+# build_tandem TOP: builds the release tandem and sets $tandem to it, unless $tandem is set already.
+build_tandem() {
+  if [ -z "${tandem:-}" ]; then
+    swift build -c release --package-path "$1" --product tandem >&2
+    tandem="$1/.build/release/tandem"
+  fi
+}
+
 # measure URI RW BS DEPTH METRIC: one fio run with the nbd engine; prints MiB/s (METRIC=bw) or IOPS.
 # Reads $size, $runtime, $dir and, if set, $client_cpus (fio's --cpus_allowed).
 measure() {

@@ -26,15 +26,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-for tool in fio nbdkit nbdinfo python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install fio nbdkit libnbd-bin)" >&2; exit 1; }
-done
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benchmarks/lib.sh
 . "$top/benchmarks/lib.sh"
-swift build -c release --package-path "$top" --product tandem >&2
-tandem="$top/.build/release/tandem"
+require_tools
+build_tandem "$top"
 
 server_cpus=""
 client_cpus=""
@@ -47,11 +44,7 @@ fi
 tandem_port=10901
 nbdkit_port=10902
 pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$dir"
-}
+cleanup() { stop_and_remove "${pids[@]}"; }
 trap cleanup EXIT
 
 fallocate -l "$size" "$dir/tandem.img"
