@@ -528,8 +528,8 @@ public final class ReplicatedVolume: Sendable {
     /// all connections pass one at a time, so both copies apply overlapping writes in the same order.
     ///
     /// A write whose extents must first enter the activity log's file waits for the group commit
-    /// and goes on from the thread that made it; if this node stopped being primary meanwhile, it
-    /// fails without touching the copy.
+    /// and goes on from the thread that ran the commit; if this node stopped being primary
+    /// meanwhile, it fails without touching the copy.
     private func replicate(
         offset: UInt64, length: UInt64, flags: UInt8, payload: NBDPayload, completion: @escaping Completion,
         change: @escaping @Sendable () throws(StorageError) -> Void
