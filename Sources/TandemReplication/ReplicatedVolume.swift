@@ -826,37 +826,37 @@ public final class ReplicatedVolume: Sendable {
         return false
     }
 
-    /// Writes the activity log for every write waiting, then resumes them; again while more wait.
-    /// The log is taken when a commit starts: an extent that left it by then has its bitmap marks
-    /// made durable first, and one that entered it later waits for the next commit.
+    /// Writes the activity log for every write waiting, then resumes them. Writes that came
+    /// meanwhile get the next commit, from a task of its own: blocking work queued behind this one
+    /// (a flush for a FUA write) runs first, however long misses keep coming. The log is taken
+    /// when a commit starts: an extent that left it by then has its bitmap marks made durable first,
+    /// and one that entered it later waits for the next commit.
     func commitActivityLog() {
-        while true {
-            let batch = state.withLock {
-                state -> (
-                    waiting: [@Sendable (StorageError?) -> Void], generation: UInt64, log: ActivityLog, bitmap: Bool
-                )?
-                in
-                guard !state.logCommit.waiting.isEmpty else {
-                    state.logCommit.running = false
-                    return nil
-                }
-                defer {
-                    state.logCommit.waiting.removeAll()
-                    state.logCommit.dropped = false
-                }
-                let bitmap = state.logCommit.dropped && state.bitmap.markCount != state.persistedMarkCount
-                return (state.logCommit.waiting, state.logCommit.generation, state.activityLog, bitmap)
+        let batch = state.withLock {
+            state -> (waiting: [@Sendable (StorageError?) -> Void], generation: UInt64, log: ActivityLog, bitmap: Bool)?
+            in
+            guard !state.logCommit.waiting.isEmpty else {
+                state.logCommit.running = false
+                return nil
             }
-            guard let batch else { return }
-            var error = batch.bitmap ? persistBitmap() : nil
-            if error == nil { error = persistActivityLog(batch.log) }
-            if error == nil {
-                state.withLock { state in
-                    state.logCommit.undurable = state.logCommit.undurable.filter { $0.value > batch.generation }
-                }
+            defer {
+                state.logCommit.waiting.removeAll()
+                state.logCommit.dropped = false
             }
-            for resume in batch.waiting { resume(error) }
+            let bitmap = state.logCommit.dropped && state.bitmap.markCount != state.persistedMarkCount
+            return (state.logCommit.waiting, state.logCommit.generation, state.activityLog, bitmap)
         }
+        guard let batch else { return }
+        var error = batch.bitmap ? persistBitmap() : nil
+        if error == nil { error = persistActivityLog(batch.log) }
+        if error == nil {
+            state.withLock { state in
+                state.logCommit.undurable = state.logCommit.undurable.filter { $0.value > batch.generation }
+            }
+        }
+        for resume in batch.waiting { resume(error) }
+        // Ends the commits if nothing waits by then (`running` stays set until that task looks).
+        runBlocking { [self] in commitActivityLog() }
     }
 
     func endActivity(offset: UInt64, length: UInt64) {
