@@ -541,14 +541,9 @@ public final class ReplicatedVolume: Sendable {
         let ready = beginActivity(
             offset: offset, length: length,
             resume: { [self] error in
-                if let error {
+                if let refusal = error ?? (state.withLock { $0.role == .primary } ? nil : noLongerPrimary) {
                     endActivity(offset: offset, length: length)
-                    return completion(.failure(error))
-                }
-                guard state.withLock({ $0.role == .primary }) else {
-                    endActivity(offset: offset, length: length)
-                    return completion(
-                        .failure(StorageError(path: store.path, operation: "write", reason: "no longer primary")))
+                    return completion(.failure(refusal))
                 }
                 apply(offset: offset, length: length, flags: flags, payload: payload, completion: completion, change)
             })
@@ -725,8 +720,12 @@ public final class ReplicatedVolume: Sendable {
             defer { state.held.removeAll() }
             return state.held
         }
-        let failure = StorageError(path: store.path, operation: "write", reason: "no longer primary")
-        for (completion, result) in released { completion(failing ? .failure(failure) : result) }
+        for (completion, result) in released { completion(failing ? .failure(noLongerPrimary) : result) }
+    }
+
+    /// Why a write that this node took as primary fails after it stopped being one.
+    var noLongerPrimary: StorageError {
+        StorageError(path: store.path, operation: "write", reason: "no longer primary")
     }
 
     /// Writes held until they may complete without the peer.
