@@ -83,8 +83,10 @@ ${7:-}
 TOML
 }
 
-start_agent() { # CLUSTER NODE
-  "$tandem" agent --config "$dir/$1/tandem.toml" --node "$2" --log-level warning >/dev/null 2>>"$dir/$1/$2.log" &
+start_agent() { # CLUSTER NODE [CPUS]: CPUS (a taskset list) pins the agent and every thread it starts
+  local pin=()
+  [ -n "${3:-}" ] && pin=(taskset -c "$3")
+  "${pin[@]}" "$tandem" agent --config "$dir/$1/tandem.toml" --node "$2" --log-level warning >/dev/null 2>>"$dir/$1/$2.log" &
   echo $!
 }
 

@@ -8,19 +8,25 @@
 # one stream of that run; the "2x nbdkit" column is that stream against nbdkit alone.
 # Then the resync of a 1% dirty region against the full sync of the same volume.
 #
-#   benchmarks/replication.sh [--runtime SECONDS] [--size SIZE] [--rounds N]
+#   benchmarks/replication.sh [--runtime SECONDS] [--size SIZE] [--rounds N] [--split-cores]
 #
-# Every server, both agents of a pair and fio share this machine's cores and disk; nothing is pinned.
+# By default every server, both agents of a pair and fio share this machine's cores and disk; nothing
+# is pinned. --split-cores stands in for two machines: fio and the server it drives (nbdkit, the single
+# node, a pair's primary) run on CPU 0, a pair's secondary on the other CPUs. The targets presume a
+# secondary with cores of its own; this is the nearest one machine comes to that. (The two-stream
+# ceiling does not apply then and is not measured.)
 set -euo pipefail
 
 runtime=10
 size=1G
 rounds=1
+split=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --runtime) runtime=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
+    --split-cores) split=yes; shift ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -36,9 +42,25 @@ cleanup() { stop_and_remove "${pids[@]}"; }
 trap cleanup EXIT
 echo "0123456789abcdef0123456789abcdef" > "$dir/secret"
 
+# Where servers run: near (fio's CPU, for every server fio drives) and far (a pair's secondary).
+near=()
+near_cpu=""
+far_cpu=""
+client_cpus=""
+placement="nothing pinned"
+if [ "$split" = yes ]; then
+  last_cpu=$(($(nproc) - 1))
+  [ "$last_cpu" -gt 0 ] || { echo "--split-cores needs at least two CPUs" >&2; exit 1; }
+  near_cpu=0
+  far_cpu="1-$last_cpu"
+  near=(taskset -c "$near_cpu")
+  client_cpus="--cpus_allowed=$near_cpu"
+  placement="fio and the servers it drives on CPU $near_cpu, each pair's secondary on CPUs $far_cpu"
+fi
+
 # nbdkit and a single Tandem node
 fallocate -l "$size" "$dir/nbdkit.img"
-nbdkit --foreground --port 10931 --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/nbdkit.img" &
+"${near[@]}" nbdkit --foreground --port 10931 --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/nbdkit.img" &
 pids+=($!)
 fallocate -l "$size" "$dir/nbdkit2.img"
 nbdkit --foreground --port 10930 --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/nbdkit2.img" &
@@ -59,13 +81,14 @@ nbd-listen = ["127.0.0.1:10932"]
 name = "vol0"
 backing = "$dir/single/vol0.img"
 TOML
-"$tandem" agent --config "$dir/single/tandem.toml" --node a --log-level warning &
+"${near[@]}" "$tandem" agent --config "$dir/single/tandem.toml" --node a --log-level warning &
 pids+=($!)
 
 pair_config pairc C 10941 10942 10943 10944
 pair_config paira A 10951 10952 10953 10954
 for cluster in pairc paira; do
-  for node in a b; do pids+=("$(start_agent "$cluster" "$node")"); done
+  pids+=("$(start_agent "$cluster" a "$near_cpu")")
+  pids+=("$(start_agent "$cluster" b "$far_cpu")")
   wait_for_socket "$cluster" a
   wait_for_socket "$cluster" b
   sleep 0.5
@@ -78,7 +101,7 @@ for uri in nbd://127.0.0.1:10930/ nbd://127.0.0.1:10931/ nbd://127.0.0.1:10932/v
 done
 
 
-echo "runtime ${runtime}s per figure after 2s ramp; volumes $size, preallocated; nothing pinned;" \
+echo "runtime ${runtime}s per figure after 2s ramp; volumes $size, preallocated; $placement;" \
   "every backing file written back and dropped from the page cache before each figure"
 # measure_two RW BS DEPTH METRIC: fio against both nbdkit servers at once; prints the mean of the two.
 measure_two() {
@@ -109,13 +132,15 @@ for workload in "seq-write-1M-qd8 write 1M 8 bw MiB/s" "rand-write-4K-qd16 randw
   read -r name rw bs depth metric unit <<<"$workload"
   n=$(measure nbd://127.0.0.1:10931/ "$rw" "$bs" "$depth" "$metric")
   s=$(measure nbd://127.0.0.1:10932/vol0 "$rw" "$bs" "$depth" "$metric")
-  t=$(measure_two "$rw" "$bs" "$depth" "$metric")
+  t=0
+  [ "$split" = no ] && t=$(measure_two "$rw" "$bs" "$depth" "$metric")
   c=$(measure nbd://127.0.0.1:10943/vol0 "$rw" "$bs" "$depth" "$metric")
   a=$(measure nbd://127.0.0.1:10953/vol0 "$rw" "$bs" "$depth" "$metric")
   python3 -c "
 n, s, t, c, a = $n, $s, $t, $c, $a
 u = '$unit'[:4]
-print('%-20s %8.0f %-4s %8.0f %-4s %5.2f %8.0f %-4s %5.2f %8.0f %-4s %5.2f %8.0f %-4s %5.2f' % ('$name', n, u, s, u, s/n, t, u, t/n, c, u, c/n, a, u, a/n))"
+two = '%8.0f %-4s %5.2f' % (t, u, t/n) if t else '%8s %-4s %5s' % ('-', '', '-')
+print('%-20s %8.0f %-4s %8.0f %-4s %5.2f %s %8.0f %-4s %5.2f %8.0f %-4s %5.2f' % ('$name', n, u, s, u, s/n, two, c, u, c/n, a, u, a/n))"
   # A protocol A pair that fell behind resyncs after its run: let it finish before the next figure.
   behind=$(field paira a outOfSyncBytes)
   caught_up_from=$(date +%s.%N)
@@ -132,7 +157,7 @@ bytes=$(python3 -c "import sys; s='$size'; m={'G':1<<30,'M':1<<20}; print(int(s[
 dirty=$(( (bytes / 100 + 65535) / 65536 * 65536 ))
 fio --name=dirty --ioengine=nbd --uri=nbd://127.0.0.1:10943/vol0 --rw=randwrite --bs=64k --iodepth=8 \
   --size="$size" --io_size="$dirty" --randrepeat=0 >/dev/null 2>&1
-pids+=("$(start_agent pairc b)")
+pids+=("$(start_agent pairc b "$far_cpu")")
 wait_for_socket pairc b
 wait_in_sync pairc
 partial_seconds=$(field pairc a lastResync seconds)

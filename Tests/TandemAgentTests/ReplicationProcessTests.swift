@@ -8,6 +8,8 @@ final class TwoNodeCluster: @unchecked Sendable {
     let directory = TemporaryDirectory()
     let config: String
     let nbdPorts: [String: Int]
+    /// Each node's peer-link port.
+    let peerPorts: [String: Int]
     private var processes: [String: Process] = [:]
     /// Every agent process started, restarts included.
     private var started: [Int32] = []
@@ -24,6 +26,7 @@ final class TwoNodeCluster: @unchecked Sendable {
     ) throws {
         let ports = try (0..<5).map { _ in try freeLoopbackPort() }
         nbdPorts = ["a": ports[2], "b": ports[3]]
+        peerPorts = ["a": ports[0], "b": ports[1]]
         witnessPort = witness ? ports[4] : nil
         let witnessSection =
             witness
@@ -224,6 +227,18 @@ final class TwoNodeCluster: @unchecked Sendable {
         Tools.wait(process)
     }
 
+    /// The TCP congestion control of every established peer-link socket on this machine (both
+    /// ends of the link), as `ss` reports it.
+    func peerLinkCongestionControls() throws -> [String] {
+        let filter = peerPorts.values.sorted().map { "sport = :\($0) or dport = :\($0)" }.joined(separator: " or ")
+        let listing = try Tools.check("ss", ["-tinH", "state", "established", "( \(filter) )"]).standardOutput
+        // Each socket is a line of addresses, then an indented line of its TCP details that starts
+        // with the congestion control's name.
+        return listing.split(separator: "\n").filter { $0.first == " " || $0.first == "\t" }.compactMap {
+            $0.split(whereSeparator: \.isWhitespace).first.map(String.init)
+        }
+    }
+
     /// What the node's agent logged so far.
     func log(_ node: String) -> String { logs[node]?.snapshot() ?? "" }
 
@@ -352,6 +367,36 @@ private func canBindLoopback(port: Int, type: Int32) -> Bool {
         let refused = try Tools.run("qemu-io", ["-f", "raw", "-c", "write -P 1 0 4k", cluster.uri("b")])
         #expect(refused.status != 0, "the secondary must refuse client writes")
         #expect(try cluster.stopBothAndCompare())
+    }
+
+    @Test func peerLink_takesTheConfiguredCongestionControl_oneTheKernelRefusesLeavesItsDefault() throws {
+        let systemDefault = try String(contentsOfFile: "/proc/sys/net/ipv4/tcp_congestion_control", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let available = try String(
+            contentsOfFile: "/proc/sys/net/ipv4/tcp_available_congestion_control", encoding: .utf8
+        ).split(whereSeparator: \.isWhitespace).map(String.init)
+        // One other than the default, so the check below cannot pass by the default alone.
+        guard let other = available.first(where: { $0 != systemDefault }) else {
+            Issue.record("this kernel offers no TCP congestion control but \(systemDefault); the test needs two")
+            return
+        }
+        let configured = try TwoNodeCluster(
+            protocol: "C", size: "16MiB", clusterExtra: "peer-congestion-control = \"\(other)\"")
+        try configured.startInSyncWithPrimaryA()
+        #expect(try configured.peerLinkCongestionControls() == [other, other])
+
+        let refused = try TwoNodeCluster(
+            protocol: "C", size: "16MiB", clusterExtra: "peer-congestion-control = \"no_such_control\"")
+        try refused.startInSyncWithPrimaryA()
+        #expect(try refused.peerLinkCongestionControls() == [systemDefault, systemDefault])
+        for node in ["a", "b"] {
+            #expect(
+                refused.log(node).contains("refused TCP congestion control \"no_such_control\""),
+                "\(node) logged: \(refused.log(node))")
+        }
+        // The link works on the default.
+        try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0x3d 0 1M", refused.uri("a")])
+        #expect(try refused.stopBothAndCompare())
     }
 
     @Test func secondaryStopped_onePercentWritten_resyncMovesAtMostTwiceTheDirtiedBytes() throws {

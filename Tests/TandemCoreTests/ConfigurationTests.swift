@@ -244,6 +244,27 @@ private func mutated(_ old: String, _ new: String) -> String {
         #expect(found.first?.line != nil)
     }
 
+    @Test func peerCongestionControl_defaultsToCubic_systemKeepsTheKernels_badNamesAreReported() throws {
+        #expect(try Configuration.parse(text: validConfig, file: "t").cluster.peerCongestionControl == "cubic")
+        let secretLine = "secret-file = \"/etc/tandem/secret\""
+        func set(_ value: String) -> String {
+            mutated(secretLine, "\(secretLine)\npeer-congestion-control = \"\(value)\"")
+        }
+        #expect(try Configuration.parse(text: set("reno"), file: "t").cluster.peerCongestionControl == "reno")
+        #expect(try Configuration.parse(text: set("system"), file: "t").cluster.peerCongestionControl == nil)
+        for bad in ["", "cubic; reboot", "a-name-far-too-long", "../bbr"] {
+            let found = issues(set(bad))
+            #expect(found.map(\.key) == ["cluster.peer-congestion-control"], "\(bad)")
+            #expect(found.first?.line == 4)
+            #expect(
+                found.first?.message
+                    == (bad.isEmpty
+                        ? "must not be empty"
+                        : "expected \"system\" or a TCP congestion control's name (such as \"cubic\"), found \"\(bad)\"")
+            )
+        }
+    }
+
     @Test func badListenAddress_isReported() {
         let found = issues(mutated("nbd-listen = [\"[::1]:10810\"", "nbd-listen = [\"host:99999\""))
         #expect(found.map(\.key) == ["node[1].nbd-listen"])

@@ -65,6 +65,17 @@ struct ChannelPeerSender: PeerSender {
     }
 }
 
+/// A `TCP_CONGESTION` option value: the name, NUL-terminated, in the kernel's 16 bytes.
+private struct CongestionControlName: Sendable {
+    private var bytes: (UInt64, UInt64) = (0, 0)
+
+    init(_ name: String) {
+        withUnsafeMutableBytes(of: &bytes) { raw in
+            for (index, byte) in name.utf8.prefix(15).enumerated() { raw[index] = byte }
+        }
+    }
+}
+
 /// The link to the peer node: listens for it, dials it (the node whose name sorts first dials),
 /// authenticates it, and connects every replicated volume to it while the link is up.
 public final class PeerLink: Service, PeerLinkDelegate, Sendable {
@@ -82,6 +93,10 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     private let listener = Mutex<(any Channel)?>(nil)
     /// When the last frame arrived, in nanoseconds after `ReplicatedVolume.leaseOrigin` (0: never).
     private let lastFrame = Atomic<Int64>(0)
+    /// `cluster.peer-congestion-control`; nil keeps the system's default.
+    private let congestionControl: String?
+    /// Whether the kernel refused `congestionControl` once already (it is logged once).
+    private let congestionRefused = Atomic<Bool>(false)
 
     /// When the peer last sent a frame on the link, if it ever did: the failure detector counts the
     /// replication connection as one more link.
@@ -109,6 +124,7 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
         }
         self.group = group
         self.logger = logger
+        self.congestionControl = configuration.cluster.peerCongestionControl
         self.maximumFrameBytes = max(configuration.limits.nbdMaxRequestBytes, 64 << 20) + (64 << 10)
     }
 
@@ -142,6 +158,25 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder))
                 try channel.pipeline.syncOperations.addHandler(
                     PeerLinkHandler(settings: settings, isDialer: isDialer, delegate: self, logger: logger))
+            }.flatMap { self.setCongestionControl(channel) }
+        }
+    }
+
+    /// Gives the connection the configured TCP congestion control (`peer-congestion-control`). One
+    /// the kernel refuses leaves the system's default, said once in the log: the link works either
+    /// way.
+    private func setCongestionControl(_ channel: any Channel) -> EventLoopFuture<Void> {
+        guard let name = congestionControl, let socket = channel as? any SocketOptionProvider else {
+            return channel.eventLoop.makeSucceededVoidFuture()
+        }
+        return socket.unsafeSetSocketOption(
+            level: .init(rawValue: CInt(IPPROTO_TCP)), name: .init(rawValue: TCP_CONGESTION),
+            value: CongestionControlName(name)
+        ).flatMapErrorThrowing { error in
+            if !self.congestionRefused.exchange(true, ordering: .relaxed) {
+                self.logger.warning(
+                    "peer link: the kernel refused TCP congestion control \"\(name)\" (\(error)); the link uses the system's default"
+                )
             }
         }
     }

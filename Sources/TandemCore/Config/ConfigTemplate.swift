@@ -12,6 +12,7 @@ public enum ConfigTemplate {
         state-dir = "\(stateDirectory)"       # modes, journal, metadata of block-device volumes
         # ha-reset = "reboot"                 # what a node that cannot prove it stopped does ("exit" in labs)
         # fence-command = "/usr/local/sbin/fence-peer"  # without a witness: `CMD NODE ADDRESS`, exit 0 = off
+        # peer-congestion-control = "cubic"   # the peer link's TCP congestion control; "system" keeps the kernel's
 
         [[node]]
         name = "box-a"                        # `tandem agent --node box-a` (default: the host name)

@@ -41,6 +41,10 @@ public struct Configuration: Sendable, Equatable {
         /// Run as `COMMAND NODE ADDRESS` to power a silent primary off; exit status 0 means the node
         /// is certainly off. Stands in for the witness: without one, a fenced peer is replaced.
         public var fenceCommand: String? = nil
+        /// The TCP congestion control of the peer link's connections (`TCP_CONGESTION`); nil keeps
+        /// the system's default. BBR, the default of some distributions, paces every send with a
+        /// timer, which a dedicated replication link pays for and gains nothing from.
+        public var peerCongestionControl: String? = "cubic"
     }
 
     /// The HA reset's action.

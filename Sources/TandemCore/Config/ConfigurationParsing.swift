@@ -103,7 +103,11 @@ struct ConfigReader {
 
     private mutating func readCluster(_ table: TOMLTable?) -> Configuration.Cluster? {
         guard let table else { return nil }
-        checkKeys(table, path: "cluster", allowed: ["name", "secret-file", "state-dir", "ha-reset", "fence-command"])
+        checkKeys(
+            table, path: "cluster",
+            allowed: [
+                "name", "secret-file", "state-dir", "ha-reset", "fence-command", "peer-congestion-control",
+            ])
         let fenceCommand = string(table, "fence-command", path: "cluster", required: false)
         if let fenceCommand, !fenceCommand.hasPrefix("/") {
             report(
@@ -119,13 +123,21 @@ struct ConfigReader {
             report(
                 table["ha-reset"]?.line, "cluster.ha-reset", "expected \"reboot\" or \"exit\", found \"\(resetText)\"")
         }
+        let congestionText = string(table, "peer-congestion-control", path: "cluster", required: false) ?? "cubic"
+        // The kernel's names are at most 15 characters (TCP_CA_NAME_MAX less the terminator).
+        if congestionText.count > 15 || !isName(congestionText) || congestionText.contains(".") {
+            report(
+                table["peer-congestion-control"]?.line, "cluster.peer-congestion-control",
+                "expected \"system\" or a TCP congestion control's name (such as \"cubic\"), found \"\(congestionText)\""
+            )
+        }
         guard let name else { return nil }
         if let name = Optional(name), !isName(name) {
             report(table["name"]?.line, "cluster.name", "expected letters, digits, '-', '_' or '.', found \"\(name)\"")
         }
         return Configuration.Cluster(
             name: name, secretFile: secretFile, stateDirectory: stateDirectory, haReset: reset ?? .reboot,
-            fenceCommand: fenceCommand)
+            fenceCommand: fenceCommand, peerCongestionControl: congestionText == "system" ? nil : congestionText)
     }
 
     private mutating func readNode(_ table: TOMLTable, path: String) -> Configuration.Node? {
