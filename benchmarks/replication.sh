@@ -140,7 +140,8 @@ for workload in "seq-write-1M-qd8 write 1M 8 bw MiB/s" "rand-write-4K-qd16 randw
 n, s, t, c, a = $n, $s, $t, $c, $a
 u = '$unit'[:4]
 two = '%8.0f %-4s %5.2f' % (t, u, t/n) if t else '%8s %-4s %5s' % ('-', '', '-')
-print('%-20s %8.0f %-4s %8.0f %-4s %5.2f %s %8.0f %-4s %5.2f %8.0f %-4s %5.2f' % ('$name', n, u, s, u, s/n, two, c, u, c/n, a, u, a/n))"
+print('%-20s %8.0f %-4s %8.0f %-4s %5.2f %s %8.0f %-4s %5.2f %8.0f %-4s %5.2f' % ('$name', n, u, s, u, s/n, two, c, u, c/n, a, u, a/n))
+with open('$dir/ratios', 'a') as f: print('$name', s/n, t/n, c/n, a/n, file=f)"
   # A protocol A pair that fell behind resyncs after its run: let it finish before the next figure.
   behind=$(field paira a outOfSyncBytes)
   caught_up_from=$(date +%s.%N)
@@ -148,6 +149,21 @@ print('%-20s %8.0f %-4s %8.0f %-4s %5.2f %s %8.0f %-4s %5.2f %8.0f %-4s %5.2f' %
   python3 -c "print('  protocol A: %d bytes out of sync when its run ended, in sync %.1f s later' % ($behind, $(date +%s.%N) - $caught_up_from))"
 done
 done
+if [ "$rounds" -gt 1 ]; then
+  # The median of each ratio over the rounds: one round's nbdkit figure can be off by half.
+  python3 - "$dir/ratios" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, *ratios = line.split()
+    rows.setdefault(name, []).append([float(r) for r in ratios])
+for name, rounds in rows.items():
+    s, t, c, a = (statistics.median(column) for column in zip(*rounds))
+    two = '%.2f' % t if t else '-'
+    print('%-20s median of %d rounds: single %.2f, 2x nbdkit %s, protocol C %.2f, protocol A %.2f'
+          % (name, len(rounds), s, two, c, a))
+PY
+fi
 
 # Resync of 1% against the full sync of the same volume.
 wait_in_sync pairc
