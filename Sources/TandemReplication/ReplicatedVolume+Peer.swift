@@ -305,7 +305,17 @@ extension ReplicatedVolume {
         }
         if let error = outcome.error { return [event(error)] }
         guard outcome.finished != nil else { return [] }
-        state.withLock { $0.resync = nil }
+        let extentsDone = state.withLock { state in
+            defer { state.resync = nil }
+            return state.resync?.extentsDone
+        }
+        if let extentsDone {
+            scheduleAfter(.seconds(1)) { [store] in
+                for range in extentsDone.dirtyRanges {
+                    store.dropCachedPages(offset: range.lowerBound, length: range.upperBound - range.lowerBound)
+                }
+            }
+        }
         let errors = [persistBitmap(), persistMetadata()].compactMap { $0 }
         let last = state.withLock { $0.lastResync }
         let seconds = last.flatMap { progress in progress.finishedAt.map { $0 - progress.startedAt } }
@@ -352,6 +362,11 @@ extension ReplicatedVolume {
             state.withLock { state in
                 state.resync?.progress.doneBytes += UInt64(write.payload.count)
                 state.resyncedBytesTotal += UInt64(write.payload.count)
+                if state.resyncWritten == nil {
+                    state.resyncWritten = WriteIntentBitmap(
+                        volumeBytes: store.sizeBytes, regionBytes: state.bitmap.regionBytes)
+                }
+                _ = state.resyncWritten?.mark(offset: write.offset, length: UInt64(write.payload.count))
             }
         } catch {
             kind = .refused
@@ -360,8 +375,9 @@ extension ReplicatedVolume {
     }
 
     private func onResyncDone(_ generations: [UInt64]) -> [ReplicationEvent] {
-        let done = state.withLock { state -> ResyncProgress? in
-            guard state.connection == .syncTarget, let first = generations.first else { return nil }
+        let (done, written) = state.withLock { state -> (ResyncProgress?, WriteIntentBitmap?) in
+            guard state.connection == .syncTarget, let first = generations.first else { return (nil, nil) }
+            defer { state.resyncWritten = nil }
             state.generations = DataGenerations(
                 current: first, bitmap: generations.dropFirst().first ?? 0,
                 history: Array(generations.dropFirst(2).filter { $0 != 0 }.prefix(2)))
@@ -373,13 +389,17 @@ extension ReplicatedVolume {
             progress?.finishedAt = .now
             state.lastResync = progress
             state.resync = nil
-            return progress
+            return (progress, state.resyncWritten)
         }
         guard let done else { return [event("resync-done from the peer while not a resync target: ignored")] }
         let flushError: StorageError?
         do {
             try store.flush()
             flushError = nil
+            // Durable, hence clean: what the resync wrote leaves the cache, as on the source.
+            for range in written?.dirtyRanges ?? [] {
+                store.dropCachedPages(offset: range.lowerBound, length: range.upperBound - range.lowerBound)
+            }
         } catch {
             flushError = error
         }
@@ -488,25 +508,55 @@ extension ReplicatedVolume {
     }
 
     private func onResyncAck(_ ack: PeerAck) -> [ReplicationEvent] {
-        let persist = state.withLock { state -> Bool in
+        let (persist, drop) = state.withLock { state -> (Bool, Range<UInt64>?) in
             guard var resync = state.resync, let region = resync.inFlight.removeValue(forKey: ack.sequence) else {
-                return false
+                return (false, nil)
             }
             defer { state.resync = resync }
             let markedAgain = resync.markedAgain.remove(region) != nil
-            guard ack.kind == .resynced else { return false }
+            guard ack.kind == .resynced else { return (false, nil) }
             let range = state.bitmap.range(ofRegion: region)
             if !markedAgain { state.bitmap.clear(region: region) }
             resync.progress.doneBytes += range.upperBound - range.lowerBound
             state.resyncedBytesTotal += range.upperBound - range.lowerBound
             resync.clearedSincePersist += 1
-            guard resync.clearedSincePersist >= 256 else { return false }
+            // The extent's last block to send reached the peer: the one done before it may leave
+            // the cache.
+            var drop: Range<UInt64>?
+            let extent = cacheExtent(containing: range.lowerBound)
+            let regions =
+                Int(
+                    extent.lowerBound / state.bitmap.regionBytes)..<Int(
+                    (extent.upperBound + state.bitmap.regionBytes - 1) / state.bitmap.regionBytes)
+            if state.bitmap.isClear(regions: regions), resync.extentToDrop != extent {
+                drop = resync.extentToDrop
+                resync.extentToDrop = extent
+                if resync.extentsDone == nil {
+                    resync.extentsDone = WriteIntentBitmap(
+                        volumeBytes: store.sizeBytes, regionBytes: Self.cacheExtentBytes)
+                }
+                _ = resync.extentsDone?.mark(offset: extent.lowerBound, length: 1)
+            }
+            guard resync.clearedSincePersist >= 256 else { return (false, drop) }
             resync.clearedSincePersist = 0
-            return true
+            return (true, drop)
         }
+        if let drop { store.dropCachedPages(offset: drop.lowerBound, length: drop.upperBound - drop.lowerBound) }
         var events: [ReplicationEvent] = []
         if persist, let error = persistBitmap() { events.append(event("\(error)")) }
         return events + pumpResync()
+    }
+
+    /// Resync and verify pass whole copies through the page cache and drop their pages again a
+    /// cache extent at a time. The kernel caches a file in naturally aligned folios (at most 2 MiB
+    /// on x86-64), and a drop leaves alone every folio that crosses its ends: an aligned 4 MiB
+    /// extent holds whole folios.
+    static let cacheExtentBytes: UInt64 = 4 << 20
+
+    /// The cache extent holding `offset`, clipped to the volume.
+    func cacheExtent(containing offset: UInt64) -> Range<UInt64> {
+        let start = offset / Self.cacheExtentBytes * Self.cacheExtentBytes
+        return start..<min(start + Self.cacheExtentBytes, store.sizeBytes)
     }
 
     func event(_ text: String) -> ReplicationEvent {

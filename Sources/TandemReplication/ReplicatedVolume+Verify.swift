@@ -157,7 +157,9 @@ extension ReplicatedVolume {
         return known ? pumpVerify() : []
     }
 
-    /// The digest of a byte range of the local copy, or `nil` if it cannot be read.
+    /// The digest of a byte range of the local copy, or `nil` if it cannot be read. A range that
+    /// ends a cache extent drops that extent's clean pages: a verify reads the whole copy in order,
+    /// and would otherwise leave it cached in read-ahead's large folios.
     private func digestOfRange(_ range: Range<UInt64>) -> [UInt8]? {
         let length = Int(range.upperBound - range.lowerBound)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 4096)
@@ -166,6 +168,10 @@ extension ReplicatedVolume {
             try store.read(into: buffer, at: range.lowerBound)
         } catch {
             return nil
+        }
+        let extent = cacheExtent(containing: range.upperBound - 1)
+        if range.upperBound == extent.upperBound {
+            store.dropCachedPages(offset: extent.lowerBound, length: extent.upperBound - extent.lowerBound)
         }
         return digest(UnsafeRawBufferPointer(buffer))
     }

@@ -166,6 +166,9 @@ public final class ReplicatedVolume: Sendable {
         var activityLog: ActivityLog
         var splitBrain: SplitBrainReport?
         var resyncedBytesTotal: UInt64 = 0
+        /// Regions this node wrote as a resync target since its last resync ended, kept across
+        /// disconnections: their pages leave the cache once the resync is durable.
+        var resyncWritten: WriteIntentBitmap?
         /// The bitmap's `markCount` when its file was last written: at the same count, every set
         /// bit is durable.
         var persistedMarkCount: UInt64 = 0
@@ -217,6 +220,13 @@ public final class ReplicatedVolume: Sendable {
         var tokens: Double = 0
         var refilledAt: ContinuousClock.Instant = .now
         var wakeScheduled = false
+        /// The cache extent whose blocks all reached the peer last: its pages leave the cache when
+        /// the next one is done. (When the last block's acknowledgement arrives, the kernel may
+        /// still hold the pages `sendfile` gave the socket, and a page in use is not dropped.)
+        var extentToDrop: Range<UInt64>?
+        /// Every extent done, one bit each: dropped once more a second after the resync ends, for
+        /// pages that were still in use when their extent was dropped.
+        var extentsDone: WriteIntentBitmap?
     }
 
     /// Progress of a resync.

@@ -221,6 +221,17 @@ public final class BackingStore: Sendable {
         }
     }
 
+    /// Drops a range's clean pages from the page cache and starts writing back its dirty ones.
+    ///
+    /// For what a resync or verify read or wrote in bulk: the kernel caches a file read ahead, or
+    /// written in large pieces, in large folios, and every later 4 KiB write into such a folio walks
+    /// all its blocks (on Linux 6.18 with ext4, a copy just fully synced took 4 KiB random writes at
+    /// half the rate of a cold one). It is advice: nothing is lost, and a failure changes nothing.
+    public func dropCachedPages(offset: UInt64, length: UInt64) {
+        guard length > 0 else { return }
+        _ = posix_fadvise(descriptor.rawValue, off_t(offset), off_t(length), POSIX_FADV_DONTNEED)
+    }
+
     /// Discards a range. Where the file system cannot punch holes the range is left as it is,
     /// which the NBD protocol allows: a trimmed range's contents are unspecified.
     public func trim(offset: UInt64, length: UInt64) throws(StorageError) {

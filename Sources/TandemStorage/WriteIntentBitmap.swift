@@ -96,6 +96,25 @@ public struct WriteIntentBitmap: Sendable, Equatable {
         return regions
     }
 
+    /// The byte ranges of the set regions, adjacent regions joined, in ascending order.
+    public var dirtyRanges: [Range<UInt64>] {
+        var ranges: [Range<UInt64>] = []
+        for region in dirtyRegions {
+            let range = self.range(ofRegion: region)
+            if let last = ranges.last, last.upperBound == range.lowerBound {
+                ranges[ranges.count - 1] = last.lowerBound..<range.upperBound
+            } else {
+                ranges.append(range)
+            }
+        }
+        return ranges
+    }
+
+    /// Whether no region in `regions` is set.
+    public func isClear(regions: Range<Int>) -> Bool {
+        regions.clamped(to: 0..<regionCount).allSatisfy { !isDirty(region: $0) }
+    }
+
     /// The first set region at or after `start`.
     public func nextDirtyRegion(from start: Int) -> Int? {
         var region = start

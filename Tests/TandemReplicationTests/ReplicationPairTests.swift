@@ -256,6 +256,13 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         pair.connect()
         try pair.a.setRole(.primary)
         pair.deliver()
+        // The first primary's full sync left one piece of work for later: its last cache sweep.
+        let sweep = wakes.withLock { wakes in
+            defer { wakes = [] }
+            return wakes
+        }
+        #expect(sweep.count == 1)
+        for work in sweep { work() }
         pair.disconnect()
         for block in 0..<64 {
             pair.a.write(offset: UInt64(block) * 65536, payload: payload(0x44), fua: false, completion: { _ in })
@@ -481,6 +488,31 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(pair.b.status.disk == .upToDate)
         #expect(pair.aToB.resyncBytes.load(ordering: .relaxed) == 16 << 20, "a never-synced peer gets a full resync")
         #expect(try pair.identical())
+    }
+
+    /// A full sync and a verify pass both copies through the page cache; they must not leave them
+    /// there (the kernel would keep them in large folios that slow every later small write).
+    @Test func fullSyncAndVerify_leaveNeitherCopyInThePageCache() throws {
+        let pair = try Pair(protocol: .c)
+        try pair.a.setRole(.primary)
+        let written = Outcome()
+        pair.a.write(offset: 0, payload: payload(0x5A, count: 1 << 20), fua: true, completion: written.completion)
+        #expect(written.succeeded)
+        let paths = ["\(pair.directory.path)/a.img", "\(pair.directory.path)/b.img"]
+        // Both copies wholly cached to begin with: what the resync does not drop stays.
+        try pair.a.store.flush()
+        _ = try pair.identical()
+        #expect(paths.map(residentPages) == [4096, 4096], "a 16 MiB copy read whole is 4096 pages")
+        pair.connect()
+        #expect(pair.b.status.disk == .upToDate)
+        #expect(pair.aToB.resyncBytes.load(ordering: .relaxed) == 16 << 20)
+        // (On tmpfs no page can leave the cache; the test directory must be on a disk file system.)
+        #expect(paths.map(residentPages) == [0, 0], "pages the full sync left cached (source, target)")
+        _ = try pair.identical()
+        _ = try pair.a.startVerify()
+        pair.deliver()
+        #expect(pair.a.status.lastVerify?.outOfSyncRegions == [])
+        #expect(paths.map(residentPages) == [0, 0], "pages the verify left cached (primary, secondary)")
     }
 
     @Test func twoPrimaries_onAConnectedPair_areRefused() throws {

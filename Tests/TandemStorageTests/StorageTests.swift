@@ -27,6 +27,22 @@ private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size
         nbdExport: name, readOnly: false)
 }
 
+@Suite struct WriteIntentBitmapTests {
+    @Test func dirtyRanges_joinAdjacentRegions_andIsClearLooksOnlyAtItsRegions() {
+        var bitmap = WriteIntentBitmap(volumeBytes: 10 << 16 + 100, regionBytes: 1 << 16)
+        _ = bitmap.mark(offset: 1 << 16, length: 2 << 16)
+        _ = bitmap.mark(offset: 5 << 16, length: 1)
+        _ = bitmap.mark(offset: 10 << 16, length: 1)
+        let expected: [Range<UInt64>] = [1 << 16..<3 << 16, 5 << 16..<6 << 16, 10 << 16..<10 << 16 + 100]
+        #expect(bitmap.dirtyRanges == expected)
+        #expect(bitmap.isClear(regions: 3..<5))
+        #expect(!bitmap.isClear(regions: 3..<6))
+        #expect(bitmap.isClear(regions: 11..<20), "regions past the end are clear")
+        bitmap.clearAll()
+        #expect(bitmap.dirtyRanges.isEmpty)
+    }
+}
+
 @Suite struct BackingStoreTests {
     @Test func open_missingFile_createsItAtTheConfiguredSize() throws {
         let directory = TemporaryDirectory()
