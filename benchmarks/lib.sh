@@ -16,9 +16,10 @@ build_tandem() {
 }
 
 # measure URI RW BS DEPTH METRIC: one fio run with the nbd engine; prints MiB/s (METRIC=bw) or IOPS.
-# Reads $size, $runtime, $dir and, if set, $client_cpus (fio's --cpus_allowed).
+# Reads $size, $runtime, $dir and, if set, $client_cpus (fio's --cpus_allowed). Settles the page
+# cache first unless $keep_cache is set.
 measure() {
-  settle
+  [ -n "${keep_cache:-}" ] || settle
   # shellcheck disable=SC2086
   fio --name=bench --ioengine=nbd ${client_cpus:-} --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="$size" \
     --time_based --runtime="$runtime" --ramp_time=2 --output-format=json --output="$dir/fio.json" >/dev/null 2>&1
