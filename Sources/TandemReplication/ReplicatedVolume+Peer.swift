@@ -524,11 +524,7 @@ extension ReplicatedVolume {
             // the cache.
             var drop: Range<UInt64>?
             let extent = cacheExtent(containing: range.lowerBound)
-            let regions =
-                Int(
-                    extent.lowerBound / state.bitmap.regionBytes)..<Int(
-                    (extent.upperBound + state.bitmap.regionBytes - 1) / state.bitmap.regionBytes)
-            if state.bitmap.isClear(regions: regions), resync.extentToDrop != extent {
+            if state.bitmap.isClear(overlapping: extent), resync.extentToDrop != extent {
                 drop = resync.extentToDrop
                 resync.extentToDrop = extent
                 if resync.extentsDone == nil {

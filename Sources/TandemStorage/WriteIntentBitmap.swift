@@ -110,9 +110,11 @@ public struct WriteIntentBitmap: Sendable, Equatable {
         return ranges
     }
 
-    /// Whether no region in `regions` is set.
-    public func isClear(regions: Range<Int>) -> Bool {
-        regions.clamped(to: 0..<regionCount).allSatisfy { !isDirty(region: $0) }
+    /// Whether no region that holds a byte of `bytes` is set.
+    public func isClear(overlapping bytes: Range<UInt64>) -> Bool {
+        guard !bytes.isEmpty else { return true }
+        let regions = Int(bytes.lowerBound / regionBytes)..<Int((bytes.upperBound - 1) / regionBytes + 1)
+        return regions.clamped(to: 0..<regionCount).allSatisfy { !isDirty(region: $0) }
     }
 
     /// The first set region at or after `start`.

@@ -28,16 +28,18 @@ private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size
 }
 
 @Suite struct WriteIntentBitmapTests {
-    @Test func dirtyRanges_joinAdjacentRegions_andIsClearLooksOnlyAtItsRegions() {
+    @Test func dirtyRanges_joinAdjacentRegions_andIsClearLooksOnlyAtTheRegionsItOverlaps() {
         var bitmap = WriteIntentBitmap(volumeBytes: 10 << 16 + 100, regionBytes: 1 << 16)
         _ = bitmap.mark(offset: 1 << 16, length: 2 << 16)
         _ = bitmap.mark(offset: 5 << 16, length: 1)
         _ = bitmap.mark(offset: 10 << 16, length: 1)
         let expected: [Range<UInt64>] = [1 << 16..<3 << 16, 5 << 16..<6 << 16, 10 << 16..<10 << 16 + 100]
         #expect(bitmap.dirtyRanges == expected)
-        #expect(bitmap.isClear(regions: 3..<5))
-        #expect(!bitmap.isClear(regions: 3..<6))
-        #expect(bitmap.isClear(regions: 11..<20), "regions past the end are clear")
+        #expect(bitmap.isClear(overlapping: 3 << 16..<5 << 16))
+        #expect(!bitmap.isClear(overlapping: 3 << 16..<5 << 16 + 1), "one byte of region 5")
+        #expect(!bitmap.isClear(overlapping: 3 << 16 - 1..<4 << 16), "the last byte of region 2")
+        #expect(bitmap.isClear(overlapping: 11 << 16..<20 << 16), "regions past the end are clear")
+        #expect(bitmap.isClear(overlapping: 5 << 16..<5 << 16), "an empty range")
         bitmap.clearAll()
         #expect(bitmap.dirtyRanges.isEmpty)
     }
