@@ -312,7 +312,7 @@ extension ReplicatedVolume {
         if let extentsDone {
             scheduleAfter(.seconds(1)) { [store] in
                 for range in extentsDone.dirtyRanges {
-                    store.dropCachedPages(offset: range.lowerBound, length: range.upperBound - range.lowerBound)
+                    store.dropCachedPages(in: range)
                 }
             }
         }
@@ -398,7 +398,7 @@ extension ReplicatedVolume {
             flushError = nil
             // Durable, hence clean: what the resync wrote leaves the cache, as on the source.
             for range in written?.dirtyRanges ?? [] {
-                store.dropCachedPages(offset: range.lowerBound, length: range.upperBound - range.lowerBound)
+                store.dropCachedPages(in: range)
             }
         } catch {
             flushError = error
@@ -537,7 +537,7 @@ extension ReplicatedVolume {
             resync.clearedSincePersist = 0
             return (true, drop)
         }
-        if let drop { store.dropCachedPages(offset: drop.lowerBound, length: drop.upperBound - drop.lowerBound) }
+        if let drop { store.dropCachedPages(in: drop) }
         var events: [ReplicationEvent] = []
         if persist, let error = persistBitmap() { events.append(event("\(error)")) }
         return events + pumpResync()

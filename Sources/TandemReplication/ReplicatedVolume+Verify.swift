@@ -171,7 +171,7 @@ extension ReplicatedVolume {
         }
         let extent = cacheExtent(containing: range.upperBound - 1)
         if range.upperBound == extent.upperBound {
-            store.dropCachedPages(offset: extent.lowerBound, length: extent.upperBound - extent.lowerBound)
+            store.dropCachedPages(in: extent)
         }
         return digest(UnsafeRawBufferPointer(buffer))
     }

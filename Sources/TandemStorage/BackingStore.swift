@@ -227,9 +227,10 @@ public final class BackingStore: Sendable {
     /// written in large pieces, in large folios, and every later 4 KiB write into such a folio walks
     /// all its blocks (on Linux 6.18 with ext4, a copy just fully synced took 4 KiB random writes at
     /// half the rate of a cold one). It is advice: nothing is lost, and a failure changes nothing.
-    public func dropCachedPages(offset: UInt64, length: UInt64) {
-        guard length > 0 else { return }
-        _ = posix_fadvise(descriptor.rawValue, off_t(offset), off_t(length), POSIX_FADV_DONTNEED)
+    public func dropCachedPages(in range: Range<UInt64>) {
+        guard !range.isEmpty else { return }
+        _ = posix_fadvise(
+            descriptor.rawValue, off_t(range.lowerBound), off_t(range.count), POSIX_FADV_DONTNEED)
     }
 
     /// Discards a range. Where the file system cannot punch holes the range is left as it is,
