@@ -28,7 +28,8 @@ extension ReplicatedVolume {
     /// The link is gone: everything the peer may not have is marked, waiting requests complete
     /// (the data is on this node), and a primary starts a new generation.
     public func peerDisconnected() -> [ReplicationEvent] {
-        let (sequences, startedGeneration) = state.withLock { state -> ([UInt64], Bool) in
+        let (sequences, startedGeneration, extentsDone) = state.withLock {
+            state -> ([UInt64], Bool, WriteIntentBitmap?) in
             state.peer = nil
             state.connection = .connecting
             state.peerState = nil
@@ -48,6 +49,8 @@ extension ReplicatedVolume {
                 state.lastVerify = verify.progress
                 state.verify = nil
             }
+            // A source's finished extents leave the cache as they would have at the end.
+            let extentsDone = state.resync?.extentsDone
             if state.resync != nil {
                 state.resync = nil
                 if state.disk == .inconsistent { state.connection = .connecting }
@@ -56,9 +59,10 @@ extension ReplicatedVolume {
             if startsGeneration {
                 state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
             }
-            return (sequences, startsGeneration)
+            return (sequences, startsGeneration, extentsDone)
         }
         for sequence in sequences { completeIfReady(sequence: sequence) }
+        if let extentsDone { dropCachedExtentsLater(extentsDone) }
         let bitmapError = persistBitmap()
         let metadataError = startedGeneration ? persistMetadata() : nil
         var events = [ReplicationEvent(description: "\(configuration.name): peer disconnected")]
@@ -309,13 +313,7 @@ extension ReplicatedVolume {
             defer { state.resync = nil }
             return state.resync?.extentsDone
         }
-        if let extentsDone {
-            scheduleAfter(.seconds(1)) { [store] in
-                for range in extentsDone.dirtyRanges {
-                    store.dropCachedPages(in: range)
-                }
-            }
-        }
+        if let extentsDone { dropCachedExtentsLater(extentsDone) }
         let errors = [persistBitmap(), persistMetadata()].compactMap { $0 }
         let last = state.withLock { $0.lastResync }
         let seconds = last.flatMap { progress in progress.finishedAt.map { $0 - progress.startedAt } }
@@ -541,6 +539,16 @@ extension ReplicatedVolume {
         var events: [ReplicationEvent] = []
         if persist, let error = persistBitmap() { events.append(event("\(error)")) }
         return events + pumpResync()
+    }
+
+    /// Drops every extent a resync source finished, a second from now: by then the sockets have
+    /// let go of the pages `sendfile` gave them.
+    private func dropCachedExtentsLater(_ extentsDone: WriteIntentBitmap) {
+        scheduleAfter(.seconds(1)) { [store] in
+            for range in extentsDone.dirtyRanges {
+                store.dropCachedPages(in: range)
+            }
+        }
     }
 
     /// Resync and verify pass whole copies through the page cache and drop their pages again a

@@ -224,8 +224,8 @@ public final class ReplicatedVolume: Sendable {
         /// the next one is done. (When the last block's acknowledgement arrives, the kernel may
         /// still hold the pages `sendfile` gave the socket, and a page in use is not dropped.)
         var extentToDrop: Range<UInt64>?
-        /// Every extent done, one bit each: dropped once more a second after the resync ends, for
-        /// pages that were still in use when their extent was dropped.
+        /// Every extent done, one bit each: dropped once more a second after the resync ends or
+        /// its link breaks, for pages that were still in use when their extent was dropped.
         var extentsDone: WriteIntentBitmap?
     }
 

@@ -515,6 +515,36 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(paths.map(residentPages) == [0, 0], "pages the verify left cached (primary, secondary)")
     }
 
+    @Test func fullSyncCutOff_leavesOnlyTheUnfinishedExtentsInTheSourcesCache() throws {
+        let pair = try Pair(protocol: .c)
+        try pair.a.setRole(.primary)
+        let written = Outcome()
+        pair.a.write(offset: 0, payload: payload(0x5A, count: 1 << 20), fua: true, completion: written.completion)
+        #expect(written.succeeded)
+        let source = "\(pair.directory.path)/a.img"
+        try pair.a.store.flush()
+        _ = try pair.identical()
+        #expect(residentPages(source) == 4096, "a 16 MiB copy read whole is 4096 pages")
+        pair.a.peerConnected(pair.aToB)
+        pair.b.peerConnected(pair.bToA)
+        // Exchange until more than one of the four 4 MiB extents reached the peer, then cut the link.
+        var done: UInt64 = 0
+        for _ in 0..<100 where done < 6 << 20 {
+            for frame in pair.aToB.take() { _ = pair.b.receive(frame) }
+            for frame in pair.bToA.take() { _ = pair.a.receive(frame) }
+            done = pair.a.status.resync?.doneBytes ?? 0
+        }
+        #expect(done >= 6 << 20 && done < 12 << 20, "the resync was cut off in its second or third extent")
+        pair.disconnect()
+        let finishedExtents = Int(done / (4 << 20))
+        #expect(
+            residentPages(source) == 4096 - finishedExtents * 1024,
+            "only the \(finishedExtents) finished extents leave the cache; the others were not done")
+        pair.connect()
+        #expect(pair.b.status.disk == .upToDate)
+        #expect(try pair.identical())
+    }
+
     @Test func twoPrimaries_onAConnectedPair_areRefused() throws {
         let pair = try connectedPair(.c)
         #expect(throws: RoleError.self) { try pair.b.setRole(.primary) }
