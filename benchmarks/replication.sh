@@ -176,22 +176,34 @@ after, settled, nbdkit = $after_sync, $c, $n
 print('protocol C 4 KiB random writes right after the full sync, cache as the sync left it: %.0f IOPS,'
       ' %.2f of the settled figure, %.2f of nbdkit' % (after, after / settled, after / nbdkit))"
 
-# Resync of 1% against the full sync of the same volume.
-wait_in_sync pairc
-kill "$(pgrep -f "pairc/tandem.toml --node b")"
-for _ in $(seq 1 100); do [ "$(field pairc a connection)" = connecting ] && break; sleep 0.1; done
+# Resync of 1% against the full sync of the same volume, three times (a partial resync takes a few
+# tens of milliseconds, and one figure of that size moves with whatever else the machine does).
 bytes=$(python3 -c "import sys; s='$size'; m={'G':1<<30,'M':1<<20}; print(int(s[:-1])*m[s[-1]])")
 dirty=$(( (bytes / 100 + 65535) / 65536 * 65536 ))
-fio --name=dirty --ioengine=nbd --uri=nbd://127.0.0.1:10943/vol0 --rw=randwrite --bs=64k --iodepth=8 \
-  --size="$size" --io_size="$dirty" --randrepeat=0 >/dev/null 2>&1
-# Like the initial full sync, the resync then runs with no client writing: for half a second after a
-# client's last write a resync keeps to resync-min-rate (64 MiB/s), which would time that instead.
-sleep 1
-pids+=("$(start_agent pairc b "$far_cpu")")
-wait_for_socket pairc b
-wait_in_sync pairc
-partial_seconds=$(field pairc a lastResync seconds)
-moved=$(field pairc b resyncedBytesTotal)
+partials=()
+for attempt in 1 2 3; do
+  wait_in_sync pairc
+  kill "$(pgrep -f "pairc/tandem.toml --node b")"
+  for _ in $(seq 1 100); do [ "$(field pairc a connection)" = connecting ] && break; sleep 0.1; done
+  fio --name=dirty --ioengine=nbd --uri=nbd://127.0.0.1:10943/vol0 --rw=randwrite --bs=64k --iodepth=8 \
+    --size="$size" --io_size="$dirty" --randrepeat=0 >/dev/null 2>&1
+  # Like the initial full sync, the resync then runs with no client writing (for half a second after a
+  # client's last write a resync keeps to resync-min-rate, 64 MiB/s, which would time that instead)
+  # and with nothing left for the kernel to write back (the table's runs leave gigabytes dirty).
+  sleep 1
+  sync
+  pids+=("$(start_agent pairc b "$far_cpu")")
+  wait_for_socket pairc b
+  wait_in_sync pairc
+  partial=$(field pairc a lastResync seconds)
+  moved=$(field pairc b resyncedBytesTotal)
+  partials+=("$partial")
+  python3 -c "
+full, partial = $full_seconds, $partial
+print('resync %d: full sync %.3f s; after %d bytes dirtied, resync moved %d bytes in %.3f s (%.1f%% of the full sync)' % ($attempt, full, $dirty, $moved, partial, partial / full * 100))"
+done
 python3 -c "
-full, partial = $full_seconds, $partial_seconds
-print('resync: full sync %.3f s; after %d bytes dirtied, resync moved %d bytes in %.3f s (%.1f%% of the full sync)' % (full, $dirty, $moved, partial, partial / full * 100))"
+import statistics
+full, partials = $full_seconds, [${partials[*]// /, }]
+median = statistics.median(partials)
+print('resync median: %.3f s, %.1f%% of the full sync (target at most 5%%)' % (median, median / full * 100))"
