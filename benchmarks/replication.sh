@@ -204,6 +204,6 @@ print('resync %d: full sync %.3f s; after %d bytes dirtied, resync moved %d byte
 done
 python3 -c "
 import statistics
-full, partials = $full_seconds, [${partials[*]// /, }]
+full, partials = $full_seconds, [$(IFS=,; echo "${partials[*]}")]
 median = statistics.median(partials)
 print('resync median: %.3f s, %.1f%% of the full sync (target at most 5%%)' % (median, median / full * 100))"
