@@ -879,7 +879,7 @@ public final class ReplicatedVolume: Sendable {
             let log = taken ?? state.withLock { $0.activityLog }
             let sequence = slots.sequence + 1
             do {
-                if ActivityLog.slotBytes(extentCount: log.extents.count) <= slots.slotBytes {
+                if ActivityLog.slotBytes(extentCount: log.count) <= slots.slotBytes {
                     // The older slot is overwritten: torn, it leaves the newer one whole.
                     try DurableFile.overwrite(
                         path: activityLogPath,
@@ -887,7 +887,7 @@ public final class ReplicatedVolume: Sendable {
                         bytes: log.encodedSlot(sequence: sequence, slotBytes: slots.slotBytes))
                 } else {
                     // More extents than a slot holds (all of them busy): a new file, larger slots.
-                    let larger = ActivityLog.slotBytes(extentCount: 2 * log.extents.count)
+                    let larger = ActivityLog.slotBytes(extentCount: 2 * log.count)
                     try AtomicFile.replace(
                         path: activityLogPath, bytes: log.encodedFile(sequence: sequence, slotBytes: larger))
                     slots.slotBytes = larger

@@ -217,6 +217,65 @@ private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size
     }
 }
 
+@Suite struct ActivityLogTests {
+    @Test func extentsAreKeptByLastUse_andTheLeastRecentlyUsedIdleOneIsDropped() {
+        var log = ActivityLog(extentBytes: 1 << 20, capacity: 3)
+        #expect(log.begin(offset: 0, length: 1) == .init(added: [0]))
+        #expect(log.begin(offset: 1 << 20, length: 2 << 20) == .init(added: [1, 2]), "a write across two extents")
+        #expect(log.begin(offset: 0, length: 1) == .init(), "an extent already in the log costs nothing")
+        #expect(log.extents == [1, 2, 0], "least recently used first")
+        #expect(log.count == 3)
+        log.end(offset: 1 << 20, length: 2 << 20)
+        // Extent 0 has two writes in flight and 1, 2 none: the oldest idle extent goes.
+        #expect(log.begin(offset: 3 << 20, length: 1) == .init(added: [3], dropped: [1]))
+        #expect(log.extents == [2, 0, 3])
+        #expect(log.begin(offset: 4 << 20, length: 1) == .init(added: [4], dropped: [2]))
+        // Nothing idle: the log grows past its capacity rather than drop an extent in use.
+        #expect(log.begin(offset: 5 << 20, length: 1) == .init(added: [5]))
+        #expect(log.extents == [0, 3, 4, 5])
+        log.end(offset: 0, length: 1)
+        #expect(log.begin(offset: 0, length: 1) == .init(), "one write still in flight on extent 0")
+        log.end(offset: 0, length: 1)
+        log.end(offset: 0, length: 1)
+        for extent in [3, 4, 5] as [UInt64] { log.end(offset: extent << 20, length: 1) }
+        #expect(log.extents == [3, 4, 5, 0])
+        #expect(log.begin(offset: 6 << 20, length: 1) == .init(added: [6], dropped: [3, 4]), "back to its capacity")
+        #expect(log.extents == [5, 0, 6])
+        log.end(offset: 6 << 20, length: 1)
+        var same = ActivityLog(extentBytes: 1 << 20, capacity: 3)
+        for extent in [5, 0, 6] as [UInt64] {
+            _ = same.begin(offset: extent << 20, length: 1)
+            same.end(offset: extent << 20, length: 1)
+        }
+        #expect(log == same, "equal by extents, order and writes in flight, whatever their slots")
+        _ = same.begin(offset: 6 << 20, length: 1)
+        #expect(log != same)
+        log.clear()
+        #expect(log.extents.isEmpty && log.count == 0)
+        #expect(log.begin(offset: 7 << 20, length: 1) == .init(added: [7]))
+        #expect(log.extents == [7])
+    }
+
+    @Test func aLargeLog_keepsItsOrderOverManyWrites() {
+        // Against a plain array model of the same rules, over writes that hit, miss and evict.
+        var log = ActivityLog(extentBytes: 1, capacity: 512)
+        var model: [UInt64] = []
+        var state: UInt64 = 7
+        for _ in 0..<20_000 {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            let extent = (state >> 33) % 700
+            let admission = log.begin(offset: extent, length: 1)
+            log.end(offset: extent, length: 1)
+            var expected = ActivityLog.Admission()
+            if let index = model.firstIndex(of: extent) { model.remove(at: index) } else { expected.added = [extent] }
+            model.append(extent)
+            if model.count > 512 { expected.dropped = [model.removeFirst()] }
+            #expect(admission == expected)
+        }
+        #expect(log.extents == model)
+    }
+}
+
 @Suite struct ActivityLogFileTests {
     /// A log holding `extents` (1 MiB each, room for four).
     func log(_ extents: [UInt64]) -> ActivityLog {
