@@ -490,19 +490,25 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(try pair.identical())
     }
 
-    /// A full sync and a verify pass both copies through the page cache; they must not leave them
-    /// there (the kernel would keep them in large folios that slow every later small write).
-    @Test func fullSyncAndVerify_leaveNeitherCopyInThePageCache() throws {
+    /// A pair that never synced, `a` primary with 1 MiB written, and both 16 MiB copies wholly in the
+    /// page cache (checked): what a resync does not drop stays. Returns the copies' paths, `a`'s first.
+    private func unsyncedPairWhollyCached() throws -> (Pair, [String]) {
         let pair = try Pair(protocol: .c)
         try pair.a.setRole(.primary)
         let written = Outcome()
         pair.a.write(offset: 0, payload: payload(0x5A, count: 1 << 20), fua: true, completion: written.completion)
         #expect(written.succeeded)
         let paths = ["\(pair.directory.path)/a.img", "\(pair.directory.path)/b.img"]
-        // Both copies wholly cached to begin with: what the resync does not drop stays.
         try pair.a.store.flush()
         _ = try pair.identical()
         #expect(paths.map(residentPages) == [4096, 4096], "a 16 MiB copy read whole is 4096 pages")
+        return (pair, paths)
+    }
+
+    /// A full sync and a verify pass both copies through the page cache; they must not leave them
+    /// there (the kernel would keep them in large folios that slow every later small write).
+    @Test func fullSyncAndVerify_leaveNeitherCopyInThePageCache() throws {
+        let (pair, paths) = try unsyncedPairWhollyCached()
         pair.connect()
         #expect(pair.b.status.disk == .upToDate)
         #expect(pair.aToB.resyncBytes.load(ordering: .relaxed) == 16 << 20)
@@ -516,15 +522,8 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
     }
 
     @Test func fullSyncCutOff_leavesOnlyTheUnfinishedExtentsInTheSourcesCache() throws {
-        let pair = try Pair(protocol: .c)
-        try pair.a.setRole(.primary)
-        let written = Outcome()
-        pair.a.write(offset: 0, payload: payload(0x5A, count: 1 << 20), fua: true, completion: written.completion)
-        #expect(written.succeeded)
-        let source = "\(pair.directory.path)/a.img"
-        try pair.a.store.flush()
-        _ = try pair.identical()
-        #expect(residentPages(source) == 4096, "a 16 MiB copy read whole is 4096 pages")
+        let (pair, paths) = try unsyncedPairWhollyCached()
+        let source = paths[0]
         pair.a.peerConnected(pair.aToB)
         pair.b.peerConnected(pair.bToA)
         // Exchange until more than one of the four 4 MiB extents reached the peer, then cut the link.
