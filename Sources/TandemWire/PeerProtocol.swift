@@ -224,8 +224,45 @@ public enum PeerCodec {
     public static func encode(_ frame: PeerFrame, allocator: ByteBufferAllocator = ByteBufferAllocator())
         -> [ByteBuffer]
     {
-        var body = allocator.buffer(capacity: 64)
-        var trailing: [ByteBuffer] = []
+        var buffer = allocator.buffer(capacity: 64)
+        let trailing = encode(frame, appendingTo: &buffer)
+        return [buffer] + trailing
+    }
+
+    /// Appends `frame`'s header and body to `buffer` and returns the write payload's pieces, which
+    /// must follow in the stream (passed through, not copied). Many frames can share one buffer,
+    /// and so one write.
+    public static func encode(_ frame: PeerFrame, appendingTo buffer: inout ByteBuffer) -> [ByteBuffer] {
+        let trailing = frame.write?.payload.pieces ?? []
+        appendFrame(frame, to: &buffer, trailingBytes: trailing.reduce(0) { $0 + $1.readableBytes })
+        return trailing
+    }
+
+    /// Encodes a `data` or `resyncData` frame without its payload: the caller sends the
+    /// `payloadBytes` bytes (taken from elsewhere, such as the local copy) right after it. The
+    /// write's own payload is ignored.
+    public static func encodeHead(
+        of frame: PeerFrame, payloadBytes: Int, allocator: ByteBufferAllocator = ByteBufferAllocator()
+    )
+        -> ByteBuffer
+    {
+        var buffer = allocator.buffer(capacity: 64)
+        encodeHead(of: frame, payloadBytes: payloadBytes, appendingTo: &buffer)
+        return buffer
+    }
+
+    /// `encodeHead(of:payloadBytes:allocator:)`, appended to `buffer`.
+    public static func encodeHead(of frame: PeerFrame, payloadBytes: Int, appendingTo buffer: inout ByteBuffer) {
+        guard frame.write != nil else {
+            preconditionFailure("only write frames have a payload to send apart: \(frame)")
+        }
+        appendFrame(frame, to: &buffer, trailingBytes: payloadBytes)
+    }
+
+    /// The header, then the body; the header's length counts the body and `trailingBytes`.
+    private static func appendFrame(_ frame: PeerFrame, to body: inout ByteBuffer, trailingBytes: Int) {
+        let start = body.writerIndex
+        body.writeMultipleIntegers(magic, frame.typeCode, UInt8(0), UInt16(0), UInt32(0))
         switch frame {
         case .hello(let hello):
             body.writeInteger(hello.version)
@@ -245,7 +282,6 @@ public enum PeerCodec {
             body.writeMultipleIntegers(state.role, state.diskState, state.outOfSyncBytes, state.epoch)
         case .data(let write), .resyncData(let write):
             body.writeMultipleIntegers(write.volume, write.sequence, write.epoch, write.offset, write.flags)
-            trailing = write.payload.pieces
         case .ack(let ack):
             body.writeMultipleIntegers(ack.volume, ack.sequence, ack.kind.rawValue)
         case .flush(let volume, let sequence):
@@ -266,36 +302,8 @@ public enum PeerCodec {
         case .verifyReply(let volume, let sequence, let equal):
             body.writeMultipleIntegers(volume, sequence, UInt8(equal ? 1 : 0))
         }
-        return [
-            frameHead(
-                typeCode: frame.typeCode, body: &body, trailingBytes: trailing.reduce(0) { $0 + $1.readableBytes },
-                allocator: allocator)
-        ] + trailing
-    }
-
-    /// Encodes a `data` or `resyncData` frame without its payload: the caller sends the
-    /// `payloadBytes` bytes (taken from elsewhere, such as the local copy) right after it. The
-    /// write's own payload is ignored.
-    public static func encodeHead(
-        of frame: PeerFrame, payloadBytes: Int, allocator: ByteBufferAllocator = ByteBufferAllocator()
-    )
-        -> ByteBuffer
-    {
-        guard let write = frame.write else {
-            preconditionFailure("only write frames have a payload to send apart: \(frame)")
-        }
-        var body = allocator.buffer(capacity: 32)
-        body.writeMultipleIntegers(write.volume, write.sequence, write.epoch, write.offset, write.flags)
-        return frameHead(typeCode: frame.typeCode, body: &body, trailingBytes: payloadBytes, allocator: allocator)
-    }
-
-    private static func frameHead(
-        typeCode: UInt8, body: inout ByteBuffer, trailingBytes: Int, allocator: ByteBufferAllocator
-    ) -> ByteBuffer {
-        var header = allocator.buffer(capacity: headerBytes + body.readableBytes)
-        header.writeMultipleIntegers(magic, typeCode, UInt8(0), UInt16(0), UInt32(body.readableBytes + trailingBytes))
-        header.writeBuffer(&body)
-        return header
+        let bodyBytes = body.writerIndex - start - headerBytes
+        body.setInteger(UInt32(bodyBytes + trailingBytes), at: start + 8)
     }
 }
 

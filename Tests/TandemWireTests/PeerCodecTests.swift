@@ -54,6 +54,22 @@ import Testing
         }
     }
 
+    @Test func framesAppendedToOneBuffer_withTheirPayloadsAfterEach_areTheSameStream() throws {
+        // A buffer that already holds bytes: each frame's length is set where its header went.
+        var shared = ByteBuffer(string: "prefix")
+        var stream = ByteBuffer()
+        for frame in Self.frames {
+            let pieces = PeerCodec.encode(frame, appendingTo: &shared)
+            guard !pieces.isEmpty else { continue }
+            stream.writeImmutableBuffer(shared)
+            shared.clear()
+            for piece in pieces { stream.writeImmutableBuffer(piece) }
+        }
+        stream.writeImmutableBuffer(shared)
+        #expect(stream.readString(length: 6) == "prefix")
+        #expect(stream == Self.encoded(Self.frames))
+    }
+
     @Test func badMagic_unknownType_andOversizedFrames_throw() {
         var decoder = PeerFrameDecoder(maximumBodyBytes: 1024)
         var badMagic = ByteBuffer(bytes: Array("GET / HTTP/1.1\r\n".utf8))

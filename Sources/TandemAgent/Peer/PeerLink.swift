@@ -13,18 +13,61 @@ import TandemWire
 /// Frames from client threads, the resync pump and the link's own loop go into one outbox in the
 /// order the volume's lock gave them; one task on the channel's loop writes everything the outbox
 /// holds and flushes once. Frames queued while that task waits to run leave with it: at depth 16 a
-/// batch of acknowledgements or writes is one `writev` instead of sixteen.
+/// batch of acknowledgements or writes is one `writev` instead of sixteen. Frames are encoded
+/// straight into one open buffer until a payload follows (payloads are passed through, not
+/// copied): a batch of acknowledgements is one buffer on its way through the channel, not one per
+/// frame.
 final class PeerOutbox: Sendable {
     let channel: any Channel
-    private let queue = Mutex<(items: [IOData], drainScheduled: Bool)>(([], false))
+    private let queue = Mutex<Queue>(Queue())
+
+    private struct Queue {
+        var items: [IOData] = []
+        /// Where the next frames are encoded; it joins `items` when a payload follows, or when the
+        /// outbox drains.
+        var open: ByteBuffer?
+        var drainScheduled = false
+
+        mutating func closeOpen() {
+            if let open, open.readableBytes > 0 { items.append(.byteBuffer(open)) }
+            open = nil
+        }
+    }
 
     init(channel: any Channel) {
         self.channel = channel
     }
 
-    func enqueue(_ items: [IOData]) {
+    /// Queues `frames`, each with its payload.
+    func enqueue(_ frames: [PeerFrame]) {
+        enqueue { queue, allocator in
+            for frame in frames {
+                var open = queue.open ?? allocator.buffer(capacity: 1024)
+                let pieces = PeerCodec.encode(frame, appendingTo: &open)
+                queue.open = open
+                if !pieces.isEmpty {
+                    queue.closeOpen()
+                    queue.items += pieces.map(IOData.byteBuffer)
+                }
+            }
+        }
+    }
+
+    /// Queues a write frame whose payload is `region` of a file.
+    func enqueue(_ frame: PeerFrame, payload region: FileRegion) {
+        enqueue { queue, allocator in
+            var open = queue.open ?? allocator.buffer(capacity: 1024)
+            PeerCodec.encodeHead(of: frame, payloadBytes: region.readableBytes, appendingTo: &open)
+            queue.open = open
+            queue.closeOpen()
+            queue.items.append(.fileRegion(region))
+        }
+    }
+
+    private func enqueue(_ add: (inout Queue, ByteBufferAllocator) -> Void) {
+        let allocator = channel.allocator
         let schedule = queue.withLock { queue -> Bool in
-            queue.items.append(contentsOf: items)
+            add(&queue, allocator)
             defer { queue.drainScheduled = true }
             return !queue.drainScheduled
         }
@@ -35,6 +78,7 @@ final class PeerOutbox: Sendable {
     private func drain() {
         let items = queue.withLock { queue -> [IOData] in
             queue.drainScheduled = false
+            queue.closeOpen()
             defer { queue.items.removeAll(keepingCapacity: true) }
             return queue.items
         }
@@ -50,8 +94,7 @@ struct ChannelPeerSender: PeerSender {
     let files: [UInt16: NIOFileHandle]
 
     func send(_ frames: [PeerFrame]) {
-        let allocator = outbox.channel.allocator
-        outbox.enqueue(frames.flatMap { PeerCodec.encode($0, allocator: allocator) }.map(IOData.byteBuffer))
+        outbox.enqueue(frames)
     }
 
     /// Sends the payload straight from the file with `sendfile`: no copy through this process.
@@ -59,9 +102,7 @@ struct ChannelPeerSender: PeerSender {
         guard let write = frame.write, let file = files[write.volume], let start = Int(exactly: write.offset) else {
             return send([try frame.withPayload(from: store, length: length)])
         }
-        let head = PeerCodec.encodeHead(of: frame, payloadBytes: length, allocator: outbox.channel.allocator)
-        let region = FileRegion(fileHandle: file, readerIndex: start, endIndex: start + length)
-        outbox.enqueue([.byteBuffer(head), .fileRegion(region)])
+        outbox.enqueue(frame, payload: FileRegion(fileHandle: file, readerIndex: start, endIndex: start + length))
     }
 }
 
