@@ -260,50 +260,50 @@ public enum PeerCodec {
     }
 
     /// The header, then the body; the header's length counts the body and `trailingBytes`.
-    private static func appendFrame(_ frame: PeerFrame, to body: inout ByteBuffer, trailingBytes: Int) {
-        let start = body.writerIndex
-        body.writeMultipleIntegers(magic, frame.typeCode, UInt8(0), UInt16(0), UInt32(0))
+    private static func appendFrame(_ frame: PeerFrame, to buffer: inout ByteBuffer, trailingBytes: Int) {
+        let start = buffer.writerIndex
+        buffer.writeMultipleIntegers(magic, frame.typeCode, UInt8(0), UInt16(0), UInt32(0))
         switch frame {
         case .hello(let hello):
-            body.writeInteger(hello.version)
-            body.writePeerString(hello.clusterName)
-            body.writePeerString(hello.nodeName)
-            body.writePeerBytes(hello.nonce)
+            buffer.writeInteger(hello.version)
+            buffer.writePeerString(hello.clusterName)
+            buffer.writePeerString(hello.nodeName)
+            buffer.writePeerBytes(hello.nonce)
         case .authenticate(let proof):
-            body.writePeerBytes(proof)
+            buffer.writePeerBytes(proof)
         case .welcome:
             break
         case .volumeState(let state):
-            body.writeInteger(state.volume)
-            body.writePeerString(state.name)
-            body.writeInteger(state.sizeBytes)
-            body.writeInteger(UInt8(state.generations.count))
-            for generation in state.generations { body.writeInteger(generation) }
-            body.writeMultipleIntegers(state.role, state.diskState, state.outOfSyncBytes, state.epoch)
+            buffer.writeInteger(state.volume)
+            buffer.writePeerString(state.name)
+            buffer.writeInteger(state.sizeBytes)
+            buffer.writeInteger(UInt8(state.generations.count))
+            for generation in state.generations { buffer.writeInteger(generation) }
+            buffer.writeMultipleIntegers(state.role, state.diskState, state.outOfSyncBytes, state.epoch)
         case .data(let write), .resyncData(let write):
-            body.writeMultipleIntegers(write.volume, write.sequence, write.epoch, write.offset, write.flags)
+            buffer.writeMultipleIntegers(write.volume, write.sequence, write.epoch, write.offset, write.flags)
         case .ack(let ack):
-            body.writeMultipleIntegers(ack.volume, ack.sequence, ack.kind.rawValue)
+            buffer.writeMultipleIntegers(ack.volume, ack.sequence, ack.kind.rawValue)
         case .flush(let volume, let sequence):
-            body.writeMultipleIntegers(volume, sequence)
+            buffer.writeMultipleIntegers(volume, sequence)
         case .resyncDone(let volume, let generations):
-            body.writeInteger(volume)
-            body.writeInteger(UInt8(generations.count))
-            for generation in generations { body.writeInteger(generation) }
+            buffer.writeInteger(volume)
+            buffer.writeInteger(UInt8(generations.count))
+            for generation in generations { buffer.writeInteger(generation) }
         case .ping(let value), .pong(let value):
-            body.writeInteger(value)
+            buffer.writeInteger(value)
         case .bitmap(let volume, let bytes):
-            body.writeInteger(volume)
-            body.writeInteger(UInt32(bytes.count))
-            body.writeBytes(bytes)
+            buffer.writeInteger(volume)
+            buffer.writeInteger(UInt32(bytes.count))
+            buffer.writeBytes(bytes)
         case .verifyRequest(let verify):
-            body.writeMultipleIntegers(verify.volume, verify.sequence, verify.offset, verify.length)
-            body.writePeerBytes(verify.digest)
+            buffer.writeMultipleIntegers(verify.volume, verify.sequence, verify.offset, verify.length)
+            buffer.writePeerBytes(verify.digest)
         case .verifyReply(let volume, let sequence, let equal):
-            body.writeMultipleIntegers(volume, sequence, UInt8(equal ? 1 : 0))
+            buffer.writeMultipleIntegers(volume, sequence, UInt8(equal ? 1 : 0))
         }
-        let bodyBytes = body.writerIndex - start - headerBytes
-        body.setInteger(UInt32(bodyBytes + trailingBytes), at: start + 8)
+        let bodyBytes = buffer.writerIndex - start - headerBytes
+        buffer.setInteger(UInt32(bodyBytes + trailingBytes), at: start + 8)
     }
 }
 

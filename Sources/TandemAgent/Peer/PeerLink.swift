@@ -28,6 +28,15 @@ final class PeerOutbox: Sendable {
         var open: ByteBuffer?
         var drainScheduled = false
 
+        /// Runs `write` on the open buffer (a new one if none is open), in place: a copy taken out
+        /// of the queue would share its storage, and the first write would copy it.
+        mutating func withOpen<Result>(
+            allocator: ByteBufferAllocator, _ write: (inout ByteBuffer) -> Result
+        ) -> Result {
+            if open == nil { open = allocator.buffer(capacity: 1024) }
+            return write(&open!)
+        }
+
         mutating func closeOpen() {
             if let open, open.readableBytes > 0 { items.append(.byteBuffer(open)) }
             open = nil
@@ -42,9 +51,7 @@ final class PeerOutbox: Sendable {
     func enqueue(_ frames: [PeerFrame]) {
         enqueue { queue, allocator in
             for frame in frames {
-                var open = queue.open ?? allocator.buffer(capacity: 1024)
-                let pieces = PeerCodec.encode(frame, appendingTo: &open)
-                queue.open = open
+                let pieces = queue.withOpen(allocator: allocator) { PeerCodec.encode(frame, appendingTo: &$0) }
                 if !pieces.isEmpty {
                     queue.closeOpen()
                     queue.items += pieces.map(IOData.byteBuffer)
@@ -56,9 +63,9 @@ final class PeerOutbox: Sendable {
     /// Queues a write frame whose payload is `region` of a file.
     func enqueue(_ frame: PeerFrame, payload region: FileRegion) {
         enqueue { queue, allocator in
-            var open = queue.open ?? allocator.buffer(capacity: 1024)
-            PeerCodec.encodeHead(of: frame, payloadBytes: region.readableBytes, appendingTo: &open)
-            queue.open = open
+            queue.withOpen(allocator: allocator) {
+                PeerCodec.encodeHead(of: frame, payloadBytes: region.readableBytes, appendingTo: &$0)
+            }
             queue.closeOpen()
             queue.items.append(.fileRegion(region))
         }
