@@ -81,7 +81,14 @@ public enum ProcessRunner {
             for pointer in envp { free(pointer) }
         }
         var pid: pid_t = 0
-        let spawned = posix_spawnp(&pid, executable, &actions, &attributes, argv, envp)
+        var spawned = posix_spawnp(&pid, executable, &actions, &attributes, argv, envp)
+        // ETXTBSY: some process still holds the program open for writing, typically a child another
+        // thread forked while the file was being written, which lets go of it when it execs. It
+        // passes within milliseconds: try again a few times before reporting it.
+        for _ in 0..<20 where spawned == ETXTBSY {
+            usleep(10_000)
+            spawned = posix_spawnp(&pid, executable, &actions, &attributes, argv, envp)
+        }
         close(pipe[1])
         guard spawned == 0 else {
             close(pipe[0])

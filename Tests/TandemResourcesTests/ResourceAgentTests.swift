@@ -54,6 +54,27 @@ struct ResourceTestFailure: Error, CustomStringConvertible {
         #expect(ContinuousClock.now - started < .seconds(2))
     }
 
+    @Test func aProgramStillOpenForWritingBriefly_runsOnceItIsClosed() throws {
+        // As when another thread forks while the program is being written: the child holds a
+        // writable descriptor until it execs, and the kernel refuses to run the file (ETXTBSY).
+        let directory = TemporaryDirectory()
+        let program = "\(directory.path)/busy"
+        let writer = open(program, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        try #require(writer >= 0)
+        let script = Array("#!/bin/sh\necho ran\n".utf8)
+        #expect(write(writer, script, script.count) == script.count)
+        let closer = Thread {
+            usleep(30_000)
+            close(writer)
+        }
+        closer.start()
+        let outcome = ProcessRunner.runBlocking(
+            program, [], environment: ProcessRunner.defaultEnvironment, timeout: .seconds(5))
+        #expect(outcome.spawnError == nil, "\(outcome.spawnError ?? "")")
+        #expect(outcome.status == 0)
+        #expect(outcome.output == "ran\n")
+    }
+
     @Test func missingProgram_isReportedNotCrashed() async {
         let outcome = await ProcessRunner.run(
             "/nonexistent/agent", [], environment: [:], timeout: .seconds(1))
