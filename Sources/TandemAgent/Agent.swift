@@ -62,6 +62,7 @@ public struct Agent: Sendable {
         let peer = configuration.nodes.first { $0.name != nodeName }
         let secret = try peer.map { _ throws(AgentError) in try readSecret(configuration) }
         try makeDirectory(configuration.cluster.stateDirectory)
+        try NodeLock.acquire(directory: configuration.cluster.stateDirectory, node: node.name)
         let journal = try EventJournal(directory: configuration.cluster.stateDirectory, node: node.name, logger: logger)
         journal.append(.agent, "agent starting", durable: false)
         let volumes = try openVolumes(configuration, node: node, peer: peer, journal: journal, logger: logger)

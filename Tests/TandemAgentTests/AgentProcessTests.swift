@@ -105,6 +105,52 @@ import Testing
             output.standardError.contains("metadata file \(metadata) is torn or corrupt"), "\(output.standardError)")
     }
 
+    @Test func aSecondAgentForTheSameNode_refusesToStart_andTheFirstKeepsServing() throws {
+        let directory = TemporaryDirectory()
+        let port = try freeLoopbackPort()
+        let config = try writeConfig(directory, port: port, size: "16MiB")
+        let (first, errors) = try startAgent(config: config)
+        defer { if first.isRunning { first.terminate() } }
+        let uri = "nbd://127.0.0.1:\(port)/vol0"
+        try waitUntilServing(uri, process: first)
+        let second = try Tools.run(
+            try Tools.tandemBinary(), ["agent", "--config", config, "--node", "node-a"], timeout: .seconds(30))
+        #expect(second.status == 1)
+        #expect(
+            second.standardError.contains(
+                "another agent for node node-a is running (process \(first.processIdentifier) holds \(directory.path)/node-a.lock)"
+            ), "\(second.standardError)")
+        // The refused agent touched nothing: the first still has its control socket and clients.
+        try Tools.check(try Tools.tandemBinary(), ["volume", "status", "--config", config, "--node", "node-a"])
+        try Tools.check("nbdinfo", ["--size", uri])
+        first.terminate()
+        Tools.wait(first)
+        #expect(Tools.status(first) == 0, "exit status after SIGTERM; stderr:\n\(errors.text())")
+        // The lock goes with its process: the node starts again.
+        let (again, _) = try startAgent(config: config)
+        defer {
+            again.terminate()
+            Tools.wait(again)
+        }
+        try waitUntilServing(uri, process: again)
+    }
+
+    @Test func anAgentWhoseNBDAddressIsTaken_exitsNamingTheAddress() throws {
+        let directory = TemporaryDirectory()
+        let port = try freeLoopbackPort()
+        guard let taken = boundLoopbackSocket(port: port, type: Int32(SOCK_STREAM.rawValue)), listen(taken, 1) == 0
+        else { throw Tools.Failure(description: "cannot listen on 127.0.0.1:\(port)") }
+        defer { close(taken) }
+        let config = try writeConfig(directory, port: port, size: "16MiB")
+        let output = try Tools.run(
+            try Tools.tandemBinary(), ["agent", "--config", config, "--node", "node-a"], timeout: .seconds(30))
+        #expect(output.status == 1)
+        #expect(
+            output.standardError.contains("cannot listen for NBD clients on 127.0.0.1:\(port): "),
+            "\(output.standardError)")
+        #expect(output.standardError.contains("Address already in use"), "\(output.standardError)")
+    }
+
     @Test func configCheck_badFile_namesFileLineAndKey_andExitsNonZero() throws {
         let directory = TemporaryDirectory()
         let config = try writeConfig(directory, port: 10809, size: "1 gig", extra: "colour = \"blue\"")

@@ -329,18 +329,29 @@ func freeLoopbackPort() throws -> Int {
 }
 
 private func canBindLoopback(port: Int, type: Int32) -> Bool {
+    guard let descriptor = boundLoopbackSocket(port: port, type: type) else { return false }
+    close(descriptor)
+    return true
+}
+
+/// A socket of `type` bound to 127.0.0.1:`port`, or nil when the port is taken.
+func boundLoopbackSocket(port: Int, type: Int32) -> CInt? {
     let descriptor = socket(AF_INET, type, 0)
-    guard descriptor >= 0 else { return false }
-    defer { close(descriptor) }
+    guard descriptor >= 0 else { return nil }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     address.sin_port = UInt16(port).bigEndian
-    return withUnsafePointer(to: &address) {
+    let bound = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
             bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
         }
     }
+    guard bound else {
+        close(descriptor)
+        return nil
+    }
+    return descriptor
 }
 
 @Suite(.serialized) struct ReplicationProcessTests {

@@ -76,6 +76,18 @@ final class Recorder: Sendable {
         #expect(recorder.failovers.withLock { $0 }.isEmpty)
     }
 
+    @Test(.timeLimit(.minutes(1))) func requestsAfterTheLoopHasFinished_areAnsweredAtOnce() async throws {
+        let manager = GroupManager(agents: [], hooks: Recorder().hooks)
+        let runner = Task { await manager.run() }
+        manager.finish()
+        await runner.value
+        // Before, each of these waited forever for a loop that would never take it.
+        await manager.stopAll()
+        await manager.setRole(.primary)
+        await manager.refresh()
+        #expect(await manager.cleanup(nil) == "the resource manager has stopped")
+    }
+
     @Test func monitorFailure_restartsInPlace_thenFailsOverPastMaxRestarts() async throws {
         let directory = TemporaryDirectory()
         let recorder = Recorder()

@@ -113,12 +113,21 @@ public final class NBDServer: Service, Sendable {
                         NBDServerHandler(exports: exports, settings: settings, logger: logger))
                 }
             }
-        switch address {
-        case .tcp(let host, let port):
-            return try await bootstrap.bind(host: host, port: port).get()
-        case .unix(let path):
-            unlink(path)
-            return try await bootstrap.bind(unixDomainSocketPath: path).get()
+        do {
+            switch address {
+            case .tcp(let host, let port):
+                return try await bootstrap.bind(host: host, port: port).get()
+            case .unix(let path):
+                unlink(path)
+                return try await bootstrap.bind(unixDomainSocketPath: path).get()
+            }
+        } catch {
+            let place: String
+            switch address {
+            case .tcp(let host, let port): place = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            case .unix(let path): place = path
+            }
+            throw AgentError.io("cannot listen for NBD clients on \(place): \(error)")
         }
     }
 }

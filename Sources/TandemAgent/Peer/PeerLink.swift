@@ -184,7 +184,12 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
 
     /// Listens, dials if this node dials, and keeps the link up until graceful shutdown.
     public func run() async throws {
-        let server = try await bindListener()
+        let server: any Channel
+        do {
+            server = try await bindListener()
+        } catch {
+            throw AgentError.io("cannot listen for the peer link on \(local.address):\(local.port): \(error)")
+        }
         listener.withLock { $0 = server }
         logger.info("peer link listening on \(server.localAddress.map { "\($0)" } ?? "?") for \(peer.name)")
         await withTaskGroup(of: Void.self) { tasks in

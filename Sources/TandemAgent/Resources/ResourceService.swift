@@ -87,12 +87,15 @@ public final class ResourceService: Service, Sendable {
     }
 
     public func run() async throws {
-        async let loop: Void = manager.run()
+        // The manager's loop is not this task's child: when the service group cancels its
+        // services (another one failed to start), the loop must still be there to stop the
+        // resources, else `stopAll()` would wait for it forever.
+        let loop = Task { await manager.run() }
         if startAsPrimary { manager.requestRole(.primary) }
         try? await gracefulShutdown()
         await manager.stopAll()
         manager.finish()
-        await loop
+        await loop.value
     }
 }
 
