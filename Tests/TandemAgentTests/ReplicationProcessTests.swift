@@ -519,6 +519,21 @@ func boundLoopbackSocket(port: Int, type: Int32) -> CInt? {
         #expect(try cluster.stopBothAndCompare())
     }
 
+    @Test func anAgentWhosePeerPortIsTaken_exitsNamingTheAddress() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
+        let port = cluster.peerPorts["a"]!
+        guard let taken = boundLoopbackSocket(port: port, type: Int32(SOCK_STREAM.rawValue)), listen(taken, 1) == 0
+        else { throw Tools.Failure(description: "cannot listen on 127.0.0.1:\(port)") }
+        defer { close(taken) }
+        // With the peer link and membership running, the failed listener must still end the agent.
+        let output = try Tools.run(
+            try Tools.tandemBinary(), ["agent", "--config", cluster.config, "--node", "a"], timeout: .seconds(30))
+        #expect(output.status == 1)
+        #expect(
+            output.standardError.contains("cannot listen for the peer link on 127.0.0.1:\(port): "),
+            "\(output.standardError)")
+    }
+
     @Test func wrongSharedSecret_isRefusedWithTheReason_andNothingReplicates() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
         try cluster.start("a")
