@@ -112,9 +112,24 @@ extension ReplicatedVolume {
     // MARK: Deciding on connect
 
     private func onPeerState(_ peerState: PeerVolumeState) -> [ReplicationEvent] {
-        guard peerState.sizeBytes == store.sizeBytes else {
+        // Each node reads its own copy of the config, and volumes are matched by their place in
+        // it: two copies that differ must not pair one volume's bytes with another's.
+        let differences = [
+            peerState.name == configuration.name
+                ? nil
+                : "the peer's config has volume \"\(peerState.name)\" in this place, this node's \"\(configuration.name)\"",
+            peerState.sizeBytes == store.sizeBytes
+                ? nil : "the peer's copy is \(peerState.sizeBytes) bytes, this one \(store.sizeBytes)",
+            peerState.replicationProtocol == configuration.protocol.rawValue
+                ? nil
+                : "the peer's config replicates with protocol \(peerState.replicationProtocol), this node's with \(configuration.protocol.rawValue)",
+        ].compactMap { $0 }
+        guard differences.isEmpty else {
             state.withLock { $0.connection = .standAlone }
-            return [event("peer's copy is \(peerState.sizeBytes) bytes, this one \(store.sizeBytes): not replicating")]
+            let refusal = event(
+                "not replicating: \(differences.joined(separator: "; ")) (the two nodes' configs must agree)")
+            report(refusal)
+            return []
         }
         let outcome = state.withLock { state -> (SyncDecision, [ReplicationEvent]) in
             state.peerState = peerState

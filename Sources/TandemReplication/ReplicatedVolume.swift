@@ -458,7 +458,8 @@ public final class ReplicatedVolume: Sendable {
             volume: index, name: configuration.name, sizeBytes: store.sizeBytes,
             generations: [generations.current, generations.bitmap] + generations.history,
             role: state.role == .primary ? 1 : 0, diskState: state.disk.code,
-            outOfSyncBytes: state.bitmap.dirtyBytes, epoch: state.epoch)
+            outOfSyncBytes: state.bitmap.dirtyBytes, epoch: state.epoch,
+            replicationProtocol: configuration.protocol.rawValue)
     }
 
     // MARK: Client I/O

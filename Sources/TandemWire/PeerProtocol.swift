@@ -81,7 +81,7 @@ public enum PeerFrame: Equatable, Sendable {
 /// The `hello` frame.
 public struct PeerHello: Equatable, Sendable {
     /// The peer-protocol version this build speaks.
-    public static let currentVersion: UInt16 = 1
+    public static let currentVersion: UInt16 = 2
 
     public var version: UInt16
     public var clusterName: String
@@ -113,11 +113,14 @@ public struct PeerVolumeState: Equatable, Sendable {
     public var outOfSyncBytes: UInt64
     /// The sender's promotion epoch.
     public var epoch: UInt64
+    /// The replication protocol the sender's config names for the volume ("A", "B" or "C").
+    public var replicationProtocol: String
 
     public init(
         volume: UInt16, name: String, sizeBytes: UInt64, generations: [UInt64], role: UInt8, diskState: UInt8,
-        outOfSyncBytes: UInt64, epoch: UInt64
+        outOfSyncBytes: UInt64, epoch: UInt64, replicationProtocol: String
     ) {
+        self.replicationProtocol = replicationProtocol
         self.volume = volume
         self.name = name
         self.sizeBytes = sizeBytes
@@ -280,6 +283,7 @@ public enum PeerCodec {
             buffer.writeInteger(UInt8(state.generations.count))
             for generation in state.generations { buffer.writeInteger(generation) }
             buffer.writeMultipleIntegers(state.role, state.diskState, state.outOfSyncBytes, state.epoch)
+            buffer.writePeerString(state.replicationProtocol)
         case .data(let write), .resyncData(let write):
             buffer.writeMultipleIntegers(write.volume, write.sequence, write.epoch, write.offset, write.flags)
         case .ack(let ack):
@@ -401,12 +405,13 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
         case 4:
             guard let volume = body.readInteger(as: UInt16.self), let name = body.readPeerString(),
                 let size = body.readInteger(as: UInt64.self), let generations = body.readGenerations(),
-                let (role, disk, outOfSync, epoch) = body.readMultipleIntegers(as: (UInt8, UInt8, UInt64, UInt64).self)
+                let (role, disk, outOfSync, epoch) = body.readMultipleIntegers(as: (UInt8, UInt8, UInt64, UInt64).self),
+                let replicationProtocol = body.readPeerString()
             else { return nil }
             return .volumeState(
                 PeerVolumeState(
                     volume: volume, name: name, sizeBytes: size, generations: generations, role: role,
-                    diskState: disk, outOfSyncBytes: outOfSync, epoch: epoch))
+                    diskState: disk, outOfSyncBytes: outOfSync, epoch: epoch, replicationProtocol: replicationProtocol))
         case 5, 8:
             guard
                 let (volume, sequence, epoch, offset, flags) = body.readMultipleIntegers(

@@ -52,19 +52,24 @@ struct Pair {
         policy: SplitBrainPolicy = .disconnect, asyncWindowBytes: UInt64 = 64 << 20, resyncMinRate: UInt64? = nil,
         activityLog: ActivityLog = ActivityLog(),
         scheduleAfter: @escaping @Sendable (Duration, @escaping @Sendable () -> Void) -> Void = { _, work in work() },
-        runBlocking: @escaping BlockingRunner = { $0() }
+        runBlocking: @escaping BlockingRunner = { $0() },
+        configOfB: (name: String, protocol: Configuration.ReplicationProtocol)? = nil,
+        report: @escaping @Sendable (ReplicationEvent) -> Void = { _ in }
     ) throws {
         let directory = self.directory
         func open(_ name: String) throws -> ReplicatedVolume {
+            let config = name == "b" ? configOfB : nil
             let volume = Configuration.Volume(
-                name: "vol0", protocol: replication, sizeBytes: sizeBytes, backing: "\(directory.path)/\(name).img",
+                name: config?.name ?? "vol0", protocol: config?.protocol ?? replication, sizeBytes: sizeBytes,
+                backing: "\(directory.path)/\(name).img",
                 metadata: nil, nbdExport: "vol0", readOnly: false, splitBrainPolicy: policy,
                 resyncMinRateBytesPerSecond: resyncMinRate)
             let local = try LocalVolume.open(
                 volume, stateDirectory: directory.path, newGeneration: { DataGenerations.created }, newVolumeID: { 1 })
             return try ReplicatedVolume(
                 index: 0, local: local, preferredInTies: name == "a", runBlocking: runBlocking,
-                scheduleAfter: scheduleAfter, asyncWindowBytes: asyncWindowBytes, activityLog: activityLog)
+                scheduleAfter: scheduleAfter, report: report, asyncWindowBytes: asyncWindowBytes,
+                activityLog: activityLog)
         }
         a = try open("a")
         b = try open("b")
@@ -169,6 +174,33 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(zero.succeeded && flushed.succeeded)
         #expect(try pair.identical())
         #expect(pair.a.status.outOfSyncBytes == 0)
+    }
+
+    @Test(arguments: [
+        ("vol1", Configuration.ReplicationProtocol.c, "volume \"vol1\" in this place, this node's \"vol0\""),
+        ("vol0", .a, "replicates with protocol A, this node's with C"),
+    ])
+    func nodesWhoseConfigsDisagreeOnAVolume_doNotReplicateIt(
+        nameOfB: String, protocolOfB: Configuration.ReplicationProtocol, said: String
+    ) throws {
+        let events = Mutex<[String]>([])
+        let pair = try Pair(
+            protocol: .c, configOfB: (nameOfB, protocolOfB),
+            report: { event in events.withLock { $0.append(event.description) } })
+        try pair.a.setRole(.primary)
+        pair.connect()
+        #expect(pair.a.status.connection == .standAlone)
+        #expect(pair.b.status.connection == .standAlone)
+        #expect(
+            events.withLock { $0 }.contains {
+                $0.hasPrefix("vol0: not replicating: the peer's config ") && $0.contains(said)
+            },
+            "\(events.withLock { $0 })")
+        let written = Outcome()
+        pair.a.write(offset: 0, payload: payload(0x33), fua: false, completion: written.completion)
+        let sent = pair.aToB.take()
+        #expect(!sent.contains { if case .data = $0 { true } else { false } }, "a data frame crossed: \(sent)")
+        #expect(pair.a.status.outOfSyncBytes > 0, "the write is marked for a later resync")
     }
 
     /// A protocol A pair whose window holds three 4 KiB writes, after ten writes to regions 0–9:

@@ -12,7 +12,7 @@ import Testing
         .volumeState(
             PeerVolumeState(
                 volume: 1, name: "vol0", sizeBytes: 1 << 30, generations: [9, 8, 7, 6], role: 1, diskState: 0,
-                outOfSyncBytes: 65536, epoch: 3)),
+                outOfSyncBytes: 65536, epoch: 3, replicationProtocol: "B")),
         .data(
             PeerWrite(
                 volume: 0, sequence: 42, epoch: 3, offset: 4096, flags: 1,
