@@ -12,7 +12,7 @@ import Synchronization
 /// owner's process id for an administrator to read. The kernel drops it when the process ends,
 /// however it ends, so a crashed agent never leaves a stale lock behind. Record locks belong to the
 /// process, so one process that prepares the same node twice (a test) does not refuse itself.
-enum NodeLock {
+public enum NodeLock {
     /// Lock files this process holds, by path, with their descriptors (kept open: closing any
     /// descriptor of the file would drop the process's lock).
     private static let held = Mutex<[String: CInt]>([:])
@@ -42,6 +42,16 @@ enum NodeLock {
             _ = text.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
             held[path] = descriptor
         }
+    }
+
+    /// The process that holds the lock of `node` in `directory`, if another process holds it.
+    public static func holder(directory: String, node: String) -> pid_t? {
+        let descriptor = open("\(directory)/\(node).lock", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var probe = wholeFile(F_WRLCK)
+        guard fcntl(descriptor, F_GETLK, &probe) == 0, probe.l_type != Int16(F_UNLCK) else { return nil }
+        return probe.l_pid
     }
 
     private static func wholeFile(_ type: CInt) -> flock {

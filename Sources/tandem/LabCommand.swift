@@ -31,6 +31,15 @@ struct LabCommand: AsyncParsableCommand {
             throw fail("--size: expected a size such as 1GiB, found \(size)")
         }
         let directory = URL(fileURLWithPath: self.directory).standardizedFileURL.path
+        // A lab left running in this folder (its agents outlive a killed `tandem lab`) would answer
+        // this one's status polls while this one's agents exit at once.
+        for name in ["lab-a", "lab-b"] {
+            if let pid = NodeLock.holder(directory: "\(directory)/state/\(name)", node: name) {
+                throw fail(
+                    "lab: \(name) of a lab in \(directory) is still running (process \(pid)); stop that lab's "
+                        + "processes (`pkill -f \(directory)/tandem.toml`) or use another --directory")
+            }
+        }
         let files = FileManager.default
         for folder in [directory, "\(directory)/lab-a", "\(directory)/lab-b"] {
             try files.createDirectory(atPath: folder, withIntermediateDirectories: true)
@@ -97,6 +106,10 @@ struct LabCommand: AsyncParsableCommand {
         while Date() < deadline {
             if let (name, process) = children.first(where: { !$0.1.isRunning }) {
                 print("lab: \(name) stopped with status \(process.terminationStatus) before the pair was in sync")
+                let log = (try? String(contentsOfFile: "\(directory)/\(name).log", encoding: .utf8)) ?? ""
+                if let last = log.split(separator: "\n").last(where: { !$0.allSatisfy(\.isWhitespace) }) {
+                    print("lab: its last words: \(last)")
+                }
                 return nil
             }
             for name in ["lab-a", "lab-b"] {

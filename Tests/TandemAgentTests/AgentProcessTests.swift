@@ -201,6 +201,15 @@ import Testing
         try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0x5a 0 1M", "-c", "read -P 0x5a 0 1M", uri])
         // The secondary serves the same data, read-only.
         try Tools.check("qemu-io", ["-r", "-f", "raw", "-c", "read -P 0x5a 0 1M", "nbd://127.0.0.2:\(port)/vol0"])
+        // A second lab in the same folder refuses to start while this one's agents run.
+        let second = try Tools.run(
+            try Tools.tandemBinary(),
+            ["lab", "--directory", "\(directory.path)/lab", "--size", "64MiB", "--port", "\(port)"],
+            timeout: .seconds(30))
+        #expect(second.status == 1)
+        #expect(
+            second.combined.contains("lab: lab-a of a lab in \(directory.path)/lab is still running (process "),
+            "\(second.combined)")
         process.interrupt()
         Tools.wait(process)
         #expect(Tools.status(process) == 0)
