@@ -6,7 +6,7 @@ import Synchronization
 
 /// Keeps a second agent for the same node from starting while one runs: both would open the same
 /// volumes, the second would take over the first's control socket, and both would answer the
-/// peer's heartbeats.
+/// peer's heartbeats. The witness takes one too.
 ///
 /// The lock is a POSIX record lock (`fcntl(F_SETLK)`) on `<state-dir>/<node>.lock`, which holds the
 /// owner's process id for an administrator to read. The kernel drops it when the process ends,
@@ -17,8 +17,9 @@ public enum NodeLock {
     /// descriptor of the file would drop the process's lock).
     private static let held = Mutex<[String: CInt]>([:])
 
-    /// Takes the lock of `node` in `directory`, or says which process holds it.
-    static func acquire(directory: String, node: String) throws(AgentError) {
+    /// Takes the lock of `node` in `directory`, or says which process holds it; `what` names the
+    /// program in that message (by default "agent for node NODE").
+    static func acquire(directory: String, node: String, what: String? = nil) throws(AgentError) {
         let path = "\(directory)/\(node).lock"
         try held.withLock { (held) throws(AgentError) in
             guard held[path] == nil else { return }
@@ -34,8 +35,8 @@ public enum NodeLock {
                     throw .io("cannot lock \(path): \(String(cString: strerror(error)))")
                 }
                 let owner = known ? "process \(holder.l_pid)" : "another process"
-                throw .io(
-                    "another agent for node \(node) is running (\(owner) holds \(path)); stop it before starting one")
+                let program = what ?? "agent for node \(node)"
+                throw .io("another \(program) is running (\(owner) holds \(path)); stop it before starting one")
             }
             let text = Array("\(getpid())\n".utf8)
             _ = ftruncate(descriptor, 0)

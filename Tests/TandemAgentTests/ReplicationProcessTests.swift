@@ -519,6 +519,18 @@ func boundLoopbackSocket(port: Int, type: Int32) -> CInt? {
         #expect(try cluster.stopBothAndCompare())
     }
 
+    @Test func aSecondWitnessOnTheSameRecord_refusesToStart() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB", witness: true)
+        try cluster.startWitness()
+        defer { cluster.stopWitness() }
+        let second = try Tools.run(
+            try Tools.tandemBinary(), ["witness", "--config", cluster.config], timeout: .seconds(30))
+        #expect(second.status == 1)
+        #expect(
+            second.standardError.contains("another witness is running (process ")
+                && second.standardError.contains("/witness/witness.lock)"), "\(second.standardError)")
+    }
+
     @Test func anAgentWhosePeerPortIsTaken_exitsNamingTheAddress() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
         let port = cluster.peerPorts["a"]!

@@ -26,6 +26,8 @@ public final class WitnessService: Service, Sendable {
         self.configuration = configuration
         let secret = try Agent.readSecret(configuration)
         try Agent.makeDirectory(configuration.cluster.stateDirectory)
+        // Two witnesses with one record would each vote from their own memory of it.
+        try NodeLock.acquire(directory: configuration.cluster.stateDirectory, node: "witness", what: "witness")
         self.transport = MembershipTransport(
             cluster: configuration.cluster.name, secret: secret,
             incarnation: try MembershipTransport.nextIncarnation(
