@@ -74,6 +74,9 @@ public final class MembershipService: Service, Sendable {
     private let witnessAddress: SocketAddress?
     private let inputs: AsyncStream<Input>
     private let continuation: AsyncStream<Input>.Continuation
+    /// What of `inputs` may pile up is bounded here, not by the stream: a stream that dropped its
+    /// oldest input could drop a request whose caller then waits forever, or a fence's outcome.
+    private let backlog = InputBacklog()
     private let channels = Mutex<[any Channel]>([])
     /// One sender per link, bound to the link's local address.
     private let senders: [DatagramSender]
@@ -117,7 +120,7 @@ public final class MembershipService: Service, Sendable {
         }
         self.senders = try links.map { link throws(AgentError) in try DatagramSender(host: link.localHost) }
         self.witnessAddress = configuration.witness.flatMap { try? SocketAddress(ipAddress: $0.address, port: $0.port) }
-        (inputs, continuation) = AsyncStream.makeStream(of: Input.self, bufferingPolicy: .bufferingNewest(4096))
+        (inputs, continuation) = AsyncStream.makeStream(of: Input.self, bufferingPolicy: .unbounded)
         initialState = try MembershipState.load(path: statePath)
         initialModes = try Self.loadModes(path: modesPath)
     }
@@ -231,14 +234,20 @@ public final class MembershipService: Service, Sendable {
         if Self.holdsBack(modes, standby: standby) { groups?.requestStopAll() } else { groups?.requestRole(.secondary) }
         groups?.setMonitoring(modes.mode != .config)
         let tickEvery = min(configuration.timing.heartbeatInterval / 4, .milliseconds(50))
-        let ticker = Task { [continuation] in
+        let ticker = Task { [continuation, backlog] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: tickEvery)
-                continuation.yield(.tick)
+                // One tick waiting is enough: a loop held up (a resource's stop) catches up with one.
+                if !backlog.tickQueued.exchange(true, ordering: .acquiringAndReleasing) { continuation.yield(.tick) }
             }
         }
         await withGracefulShutdownHandler {
             for await input in inputs {
+                switch input {
+                case .tick: backlog.tickQueued.store(false, ordering: .releasing)
+                case .datagram: backlog.datagrams.subtract(1, ordering: .relaxed)
+                default: break
+                }
                 let now = Self.now()
                 let facts = facts()
                 var actions: [MembershipAction] = []
@@ -436,9 +445,15 @@ public final class MembershipService: Service, Sendable {
         let linkName: String? = links[index].name
         return try await MembershipTransport.bind(
             host: links[index].localHost, port: local.port, group: MultiThreadedEventLoopGroup.singleton
-        ) { [transport, continuation, logger] bytes, source in
+        ) { [transport, continuation, backlog, logger] bytes, source in
             switch transport.open(bytes) {
             case .success(let message):
+                guard backlog.datagrams.add(1, ordering: .relaxed).newValue <= InputBacklog.datagramLimit else {
+                    backlog.datagrams.subtract(1, ordering: .relaxed)
+                    logger.debug(
+                        "membership datagram from \(source) dropped: \(InputBacklog.datagramLimit) wait already")
+                    return
+                }
                 let fromWitness = message.sender == Self.witnessName
                 continuation.yield(.datagram(message, link: fromWitness ? nil : linkName))
             case .failure(let error):
@@ -585,4 +600,13 @@ public final class MembershipService: Service, Sendable {
         snapshot.modes = view(controller, modes, now: now)
         current.withLock { $0 = snapshot }
     }
+}
+
+/// How many datagrams wait in the membership loop's inputs, and whether a tick does.
+final class InputBacklog: Sendable {
+    /// Datagrams past this many waiting are dropped on arrival, as the network might have: the
+    /// next heartbeat says the same.
+    static let datagramLimit = 4096
+    let datagrams = Atomic<Int>(0)
+    let tickQueued = Atomic<Bool>(false)
 }
