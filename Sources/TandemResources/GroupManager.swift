@@ -198,6 +198,8 @@ public final class GroupManager: Sendable {
             }
             publish(entries)
         }
+        // However the loop ended, a command asked from now on is answered at once.
+        continuation.finish()
         monitors.cancel()
     }
 
