@@ -86,7 +86,7 @@ public final class GroupManager: Sendable {
 
     /// Starts and stops resources for `role`; returns when done.
     public func setRole(_ role: ClusterRole) async {
-        await ask(()) { done in .role(role, done: { done(()) }) }
+        await continuation.request(orWhenEnded: ()) { done in .role(role, done: { done(()) }) }
     }
 
     /// Queues a role change without waiting for it: for callers that must not block, such as
@@ -102,30 +102,20 @@ public final class GroupManager: Sendable {
 
     /// Stops every resource (the agent is shutting down or the node hands its role over).
     public func stopAll() async {
-        await ask(()) { done in .stopAll(done: { done(()) }) }
+        await continuation.request(orWhenEnded: ()) { done in .stopAll(done: { done(()) }) }
     }
 
     /// Forgets the failures of `resource` (every resource when `nil`) and starts what may run
     /// again; `nil` on success, else why not.
     public func cleanup(_ resource: String?) async -> String? {
-        await ask("the resource manager has stopped") { done in .cleanup(resource, reply: done) }
+        await continuation.request(orWhenEnded: "the resource manager has stopped") { done in
+            .cleanup(resource, reply: done)
+        }
     }
 
     /// Probes every resource with its monitor and records what it finds.
     public func refresh() async {
-        await ask(()) { done in .refresh(reply: { done(()) }) }
-    }
-
-    /// Queues `command` and waits for its answer; answers `ended` at once when the loop has
-    /// finished (a command it never takes would otherwise wait forever).
-    private func ask<Answer: Sendable>(
-        _ ended: Answer, _ command: (@escaping @Sendable (Answer) -> Void) -> Command
-    ) async -> Answer {
-        await withCheckedContinuation { answer in
-            if case .terminated = continuation.yield(command { answer.resume(returning: $0) }) {
-                answer.resume(returning: ended)
-            }
-        }
+        await continuation.request(orWhenEnded: ()) { done in .refresh(reply: { done(()) }) }
     }
 
     /// Validates every agent, then serves commands until `finish()`.

@@ -130,19 +130,7 @@ public final class MembershipService: Service, Sendable {
 
     /// Carries out a mode command (`nil`: only report); the modes of both nodes afterwards.
     public func mode(_ command: ModeCommand?) async -> Result<ModeView, ModeRefusal> {
-        await ask(.failure(ModeRefusal(Self.stopped))) { .mode(command, reply: $0) }
-    }
-
-    /// Queues `input` and waits for its reply; replies `ended` at once when the loop has finished
-    /// (the agent is shutting down), which would otherwise never take it.
-    private func ask<Reply: Sendable>(
-        _ ended: Reply, _ input: (@escaping @Sendable (Reply) -> Void) -> Input
-    ) async -> Reply {
-        await withCheckedContinuation { done in
-            if case .terminated = continuation.yield(input { done.resume(returning: $0) }) {
-                done.resume(returning: ended)
-            }
-        }
+        await continuation.request(orWhenEnded: .failure(ModeRefusal(Self.stopped))) { .mode(command, reply: $0) }
     }
 
     static let stopped = "the membership service has stopped (the agent is shutting down)"
@@ -161,14 +149,14 @@ public final class MembershipService: Service, Sendable {
 
     /// Puts this node in standby (handing the primary role over) or back online; `nil` on success.
     public func setStandby(_ standby: Bool) async -> String? {
-        await ask(Self.stopped) { .standby(standby, reply: $0) }
+        await continuation.request(orWhenEnded: Self.stopped) { .standby(standby, reply: $0) }
     }
 
     /// Asks the peer to go to standby or back online, and waits until its heartbeat shows it
     /// (the request is repeated every heartbeat interval, for at most `peerRequestTimeout`);
     /// `nil` on success. This is what `tandem node standby PEER` runs on this node.
     public func setPeerStandby(_ standby: Bool) async -> String? {
-        await ask(Self.stopped) { .peerStandby(standby, reply: $0) }
+        await continuation.request(orWhenEnded: Self.stopped) { .peerStandby(standby, reply: $0) }
     }
 
     /// How long a standby or online asked of the peer may take to show in its heartbeat.
@@ -176,7 +164,7 @@ public final class MembershipService: Service, Sendable {
 
     /// Promotes without quorum (no witness only); `nil` on success.
     public func forcePromote() async -> String? {
-        await ask(Self.stopped) { .force(reply: $0) }
+        await continuation.request(orWhenEnded: Self.stopped) { .force(reply: $0) }
     }
 
     static func now() -> Duration { ReplicatedVolume.leaseOrigin.duration(to: .now) }
