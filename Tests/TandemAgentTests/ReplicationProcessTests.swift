@@ -334,10 +334,15 @@ private func canBindLoopback(port: Int, type: Int32) -> Bool {
     return true
 }
 
-/// A socket of `type` bound to 127.0.0.1:`port`, or nil when the port is taken.
-func boundLoopbackSocket(port: Int, type: Int32) -> CInt? {
+/// A socket of `type` bound to 127.0.0.1:`port`, or nil when the port is taken; with
+/// `reuseAddress`, SO_REUSEADDR is set first.
+func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> CInt? {
     let descriptor = socket(AF_INET, type, 0)
     guard descriptor >= 0 else { return nil }
+    if reuseAddress {
+        var one: CInt = 1
+        setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))
+    }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -517,6 +522,23 @@ func boundLoopbackSocket(port: Int, type: Int32) -> CInt? {
         try cluster.waitInSync()
         #expect(cluster.log("a").contains("online verify finished"))
         #expect(try cluster.stopBothAndCompare())
+    }
+
+    @Test func anAgentWhoseHeartbeatPortIsTaken_exitsNamingIt() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
+        let port = cluster.peerPorts["a"]!
+        // A UDP socket on the port that allows sharing it, as another agent's did: the agent must
+        // not share it (each would get only some of the heartbeats).
+        guard let taken = boundLoopbackSocket(port: port, type: Int32(SOCK_DGRAM.rawValue), reuseAddress: true) else {
+            throw Tools.Failure(description: "cannot bind UDP 127.0.0.1:\(port)")
+        }
+        defer { close(taken) }
+        let output = try Tools.run(
+            try Tools.tandemBinary(), ["agent", "--config", cluster.config, "--node", "a"], timeout: .seconds(30))
+        #expect(output.status == 1)
+        #expect(
+            output.standardError.contains("cannot listen for membership datagrams on UDP 127.0.0.1:\(port): "),
+            "\(output.standardError)")
     }
 
     @Test func aSecondWitnessOnTheSameRecord_refusesToStart() throws {

@@ -104,14 +104,19 @@ final class MembershipTransport: Sendable {
         host: String, port: Int, group: any EventLoopGroup,
         receive: @escaping @Sendable ([UInt8], SocketAddress) -> Void
     ) async throws -> any Channel {
-        try await DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(DatagramReceiver(receive: receive))
+        // No SO_REUSEADDR: for UDP it would let a second socket (a second agent, another program)
+        // share the port and take some of the datagrams; a port in use is an error to report.
+        do {
+            return try await DatagramBootstrap(group: group)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(DatagramReceiver(receive: receive))
+                    }
                 }
-            }
-            .bind(host: host, port: port).get()
+                .bind(host: host, port: port).get()
+        } catch {
+            throw AgentError.io("cannot listen for membership datagrams on UDP \(host):\(port): \(error)")
+        }
     }
 }
 
