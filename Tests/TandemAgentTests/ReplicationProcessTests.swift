@@ -524,23 +524,6 @@ func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> 
         #expect(try cluster.stopBothAndCompare())
     }
 
-    @Test func anAgentWhoseHeartbeatPortIsTaken_exitsNamingIt() throws {
-        let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
-        let port = cluster.peerPorts["a"]!
-        // A UDP socket on the port that allows sharing it, as another agent's did: the agent must
-        // not share it (each would get only some of the heartbeats).
-        guard let taken = boundLoopbackSocket(port: port, type: Int32(SOCK_DGRAM.rawValue), reuseAddress: true) else {
-            throw Tools.Failure(description: "cannot bind UDP 127.0.0.1:\(port)")
-        }
-        defer { close(taken) }
-        let output = try Tools.run(
-            try Tools.tandemBinary(), ["agent", "--config", cluster.config, "--node", "a"], timeout: .seconds(30))
-        #expect(output.status == 1)
-        #expect(
-            output.standardError.contains("cannot listen for membership datagrams on UDP 127.0.0.1:\(port): "),
-            "\(output.standardError)")
-    }
-
     @Test func aSecondWitnessOnTheSameRecord_refusesToStart() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB", witness: true)
         try cluster.startWitness()
@@ -553,19 +536,25 @@ func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> 
                 && second.standardError.contains("/witness/witness.lock)"), "\(second.standardError)")
     }
 
-    @Test func anAgentWhosePeerPortIsTaken_exitsNamingTheAddress() throws {
+    /// The node's port taken over TCP (the peer link's listener) or over UDP by a socket that allows
+    /// sharing it, as another agent's did (the heartbeats: sharing would split them between the
+    /// two). With the peer link and membership running, the failure must still end the agent.
+    @Test(arguments: [
+        (Int32(SOCK_STREAM.rawValue), "cannot listen for the peer link on 127.0.0.1:"),
+        (Int32(SOCK_DGRAM.rawValue), "cannot listen for membership datagrams on UDP 127.0.0.1:"),
+    ])
+    func anAgentWhosePortIsTaken_exitsNamingIt(type: Int32, said: String) throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
         let port = cluster.peerPorts["a"]!
-        guard let taken = boundLoopbackSocket(port: port, type: Int32(SOCK_STREAM.rawValue)), listen(taken, 1) == 0
-        else { throw Tools.Failure(description: "cannot listen on 127.0.0.1:\(port)") }
+        let stream = type == Int32(SOCK_STREAM.rawValue)
+        guard let taken = boundLoopbackSocket(port: port, type: type, reuseAddress: !stream),
+            !stream || listen(taken, 1) == 0
+        else { throw Tools.Failure(description: "cannot take 127.0.0.1:\(port)") }
         defer { close(taken) }
-        // With the peer link and membership running, the failed listener must still end the agent.
         let output = try Tools.run(
             try Tools.tandemBinary(), ["agent", "--config", cluster.config, "--node", "a"], timeout: .seconds(30))
         #expect(output.status == 1)
-        #expect(
-            output.standardError.contains("cannot listen for the peer link on 127.0.0.1:\(port): "),
-            "\(output.standardError)")
+        #expect(output.standardError.contains("\(said)\(port): "), "\(output.standardError)")
     }
 
     @Test func wrongSharedSecret_isRefusedWithTheReason_andNothingReplicates() throws {
