@@ -2,6 +2,10 @@
 # Replication cost, measured in one run with fio's nbd engine against:
 #   nbdkit on a local file (the bar), Tandem on a single node, Tandem protocol C with a connected
 #   peer, Tandem protocol A with a connected peer.
+# And the same replicated work done by a replicator written by others: qemu-storage-daemon serving the
+# file over NBD with a blockdev-mirror job to an nbdkit on the other "node", in copy-mode
+# write-blocking (a write completes once the target has it too: protocol C's promise) and background
+# (the target is written behind the client: protocol A's).
 # And the machine's ceiling for a write that is stored twice: two fio jobs at once, each against its
 # own nbdkit. A replicated write costs at least what two such writes cost (the client's bytes are
 # received, and written, on both nodes), so when both nodes share this machine the pair cannot beat
@@ -37,6 +41,8 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benchmarks/lib.sh
 . "$top/benchmarks/lib.sh"
 require_tools
+command -v qemu-storage-daemon >/dev/null ||
+  { echo "missing qemu-storage-daemon (apt-get install qemu-system-common)" >&2; exit 1; }
 build_tandem "$top"
 dir=$(mktemp -d /var/tmp/tandem-replication.XXXXXX)
 pids=()
@@ -86,6 +92,31 @@ TOML
 "${near[@]}" "$tandem" agent --config "$dir/single/tandem.toml" --node a --log-level warning &
 pids+=($!)
 
+# qemu-storage-daemon mirrors: source served on EXPORT_PORT, target an nbdkit on TARGET_PORT, placed
+# like a pair's primary and secondary.
+start_mirror() { # NAME COPY_MODE TARGET_PORT EXPORT_PORT
+  mkdir -p "$dir/$1"
+  fallocate -l "$size" "$dir/$1/source.img"
+  fallocate -l "$size" "$dir/$1/target.img"
+  local far=()
+  [ -n "$far_cpu" ] && far=(taskset -c "$far_cpu")
+  "${far[@]}" nbdkit --foreground --port "$3" --ipaddr 127.0.0.1 --exit-with-parent file file="$dir/$1/target.img" &
+  pids+=($!)
+  for _ in $(seq 1 100); do nbdinfo --size "nbd://127.0.0.1:$3/" >/dev/null 2>&1 && break; sleep 0.1; done
+  "${near[@]}" qemu-storage-daemon \
+    --blockdev driver=file,node-name=src-file,filename="$dir/$1/source.img" \
+    --blockdev driver=raw,node-name=src,file=src-file \
+    --blockdev driver=nbd,node-name=tgt,server.type=inet,server.host=127.0.0.1,server.port="$3" \
+    --nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port="$4" \
+    --export type=nbd,id=export0,node-name=src,name=vol0,writable=on \
+    --chardev socket,id=qmp,path="$dir/$1/qmp.sock",server=on,wait=off --monitor chardev=qmp \
+    >"$dir/$1/qsd.log" 2>&1 &
+  pids+=($!)
+  python3 "$top/benchmarks/qemu_mirror.py" start "$dir/$1/qmp.sock" "$2"
+}
+start_mirror mirrorc write-blocking 10961 10962
+start_mirror mirrora background 10971 10972
+
 pair_config pairc C 10941 10942 10943 10944
 pair_config paira A 10951 10952 10953 10954
 for cluster in pairc paira; do
@@ -133,6 +164,7 @@ PY
 
 printf '%-20s %12s %12s %8s %12s %8s %12s %8s %12s %8s\n' workload nbdkit single ratio "2x nbdkit" ratio \
   "protocol C" ratio "protocol A" ratio
+echo "  (each ratio is to nbdkit; the line below a row: qemu's mirrors, protocol C to write-blocking, A to background)"
 for _ in $(seq 1 "$rounds"); do
 for workload in "seq-write-1M-qd8 write 1M 8 bw MiB/s" "rand-write-4K-qd16 randwrite 4k 16 iops IOPS"; do
   read -r name rw bs depth metric unit <<<"$workload"
@@ -142,12 +174,21 @@ for workload in "seq-write-1M-qd8 write 1M 8 bw MiB/s" "rand-write-4K-qd16 randw
   [ "$split" = no ] && t=$(measure_two "$rw" "$bs" "$depth" "$metric")
   c=$(measure nbd://127.0.0.1:10943/vol0 "$rw" "$bs" "$depth" "$metric")
   a=$(measure nbd://127.0.0.1:10953/vol0 "$rw" "$bs" "$depth" "$metric")
+  qc=$(measure nbd://127.0.0.1:10962/vol0 "$rw" "$bs" "$depth" "$metric")
+  qa=$(measure nbd://127.0.0.1:10972/vol0 "$rw" "$bs" "$depth" "$metric")
+  # A mirror that failed or fell out of ready during its run did not do the replicated work.
+  for mirror in mirrorc mirrora; do
+    python3 "$top/benchmarks/qemu_mirror.py" check "$dir/$mirror/qmp.sock" ||
+      { echo "$mirror: the figure above is not a replicated one" >&2; exit 1; }
+  done
   python3 -c "
-n, s, t, c, a = $n, $s, $t, $c, $a
+n, s, t, c, a, qc, qa = $n, $s, $t, $c, $a, $qc, $qa
 u = '$unit'[:4]
 two = '%8.0f %-4s %5.2f' % (t, u, t/n) if t else '%8s %-4s %5s' % ('-', '', '-')
 print('%-20s %8.0f %-4s %8.0f %-4s %5.2f %s %8.0f %-4s %5.2f %8.0f %-4s %5.2f' % ('$name', n, u, s, u, s/n, two, c, u, c/n, a, u, a/n))
-with open('$dir/ratios', 'a') as f: print('$name', s/n, t/n, c/n, a/n, file=f)"
+print('  qemu mirror: write-blocking %.0f %s (%.2f of nbdkit; protocol C %.2fx it), background %.0f %s (%.2f; protocol A %.2fx it)'
+      % (qc, u, qc/n, c/qc, qa, u, qa/n, a/qa))
+with open('$dir/ratios', 'a') as f: print('$name', s/n, t/n, c/n, a/n, c/qc, a/qa, file=f)"
   # A protocol A pair that fell behind resyncs after its run: let it finish before the next figure.
   behind=$(field paira a outOfSyncBytes)
   caught_up_from=$(date +%s.%N)
@@ -155,6 +196,13 @@ with open('$dir/ratios', 'a') as f: print('$name', s/n, t/n, c/n, a/n, file=f)"
   python3 -c "print('  protocol A: %d bytes out of sync when its run ended, in sync %.1f s later' % ($behind, $(date +%s.%N) - $caught_up_from))"
 done
 done
+# The mirrors did the work they were timed for: each target ends identical to its source.
+for mirror in mirrorc mirrora; do
+  python3 "$top/benchmarks/qemu_mirror.py" check "$dir/$mirror/qmp.sock"
+  cmp -s "$dir/$mirror/source.img" "$dir/$mirror/target.img" ||
+    { echo "$mirror: target differs from source" >&2; exit 1; }
+done
+echo "qemu mirrors: each target identical to its source after the runs"
 if [ "$rounds" -gt 1 ]; then
   # The median of each ratio over the rounds: one round's nbdkit figure can be off by half.
   python3 - "$dir/ratios" <<'PY'
@@ -164,10 +212,11 @@ for line in open(sys.argv[1]):
     name, *ratios = line.split()
     rows.setdefault(name, []).append([float(r) for r in ratios])
 for name, rounds in rows.items():
-    s, t, c, a = (statistics.median(column) for column in zip(*rounds))
+    s, t, c, a, qc, qa = (statistics.median(column) for column in zip(*rounds))
     two = '%.2f' % t if t else '-'
-    print('%-20s median of %d rounds: single %.2f, 2x nbdkit %s, protocol C %.2f, protocol A %.2f'
-          % (name, len(rounds), s, two, c, a))
+    print('%-20s median of %d rounds: single %.2f, 2x nbdkit %s, protocol C %.2f, protocol A %.2f;'
+          ' protocol C / qemu write-blocking %.2f, protocol A / qemu background %.2f'
+          % (name, len(rounds), s, two, c, a, qc, qa))
 PY
 fi
 
