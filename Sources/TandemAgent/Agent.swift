@@ -65,7 +65,8 @@ public struct Agent: Sendable {
         try NodeLock.acquire(directory: configuration.cluster.stateDirectory, node: node.name)
         let journal = try EventJournal(directory: configuration.cluster.stateDirectory, node: node.name, logger: logger)
         journal.append(.agent, "agent starting", durable: false)
-        let volumes = try openVolumes(configuration, node: node, peer: peer, journal: journal, logger: logger)
+        let volumeEvents = VolumeEvents(journal: journal, logger: logger)
+        let volumes = try openVolumes(configuration, node: node, peer: peer, events: volumeEvents, logger: logger)
         // Exports that an nbd-export resource manages appear only while it runs.
         let managed = Set(
             configuration.groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node.name) }.flatMap(\.resources)
@@ -80,7 +81,7 @@ public struct Agent: Sendable {
         let link = peer.map { peer in
             PeerLink(
                 configuration: configuration, local: node, peer: peer, secret: secret ?? [], volumes: volumes,
-                group: dataThread, logger: logger)
+                group: dataThread, events: volumeEvents, logger: logger)
         }
         let reset = HAReset(
             path: "\(configuration.cluster.stateDirectory)/\(node.name).reset-log",
@@ -125,14 +126,14 @@ public struct Agent: Sendable {
                     journal.append(.failover, "fail counts cleared: \(node.name) is online again", durable: true)
                 }
             },
-            logger: logger)
+            events: volumeEvents, logger: logger)
         return Agent(
             node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control, peerLink: link,
             membership: membership, resources: resources, journal: journal, logger: logger)
     }
 
     private static func openVolumes(
-        _ configuration: Configuration, node: Configuration.Node, peer: Configuration.Node?, journal: EventJournal,
+        _ configuration: Configuration, node: Configuration.Node, peer: Configuration.Node?, events: VolumeEvents,
         logger: Logger
     ) throws(AgentError) -> [ReplicatedVolume] {
         var volumes: [ReplicatedVolume] = []
@@ -156,12 +157,9 @@ public struct Agent: Sendable {
                             work()
                         }
                     },
-                    report: { event in
-                        logger.info("\(event)")
-                        journal.append(.volume, "\(event)")
-                    },
+                    report: { event in events.record([event]) },
                     activityLog: ActivityLog(capacity: volume.activityLogExtents))
-                for event in replicated.openingEvents { logger.warning("\(event)") }
+                events.record(replicated.openingEvents, level: .warning)
                 if peer == nil {
                     // A lone node has nobody to contend with: it serves its volumes.
                     try replicated.setRole(.primary)
@@ -221,9 +219,8 @@ public struct Agent: Sendable {
         let group = ServiceGroup(
             configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
-        for volume in volumes {
-            for event in volume.close() { logger.error("\(event)") }
-        }
+        let events = VolumeEvents(journal: journal, logger: logger)
+        for volume in volumes { events.record(volume.close(), level: .error) }
     }
 
     /// Runs `services` as one group until SIGTERM or SIGINT.

@@ -242,6 +242,11 @@ final class TwoNodeCluster: @unchecked Sendable {
     /// What the node's agent logged so far.
     func log(_ node: String) -> String { logs[node]?.snapshot() ?? "" }
 
+    /// The node's event journal, as `tandem events` prints it.
+    func events(_ node: String) throws -> String {
+        try Tools.check(try Tools.tandemBinary(), ["events", "--config", config, "--node", node]).standardOutput
+    }
+
     /// Runs `tandem volume …` against a node.
     @discardableResult
     func volume(_ node: String, _ arguments: [String]) throws -> Tools.Output {
@@ -500,6 +505,15 @@ func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> 
         #expect(try cluster.volume("a", ["resolve", "vol0"]).status != 0, "resolve needs --discard-local")
         try cluster.volume("a", ["resolve", "vol0", "--discard-local"])
         try cluster.waitInSync()
+        // The journal keeps what was found and what was discarded, in that order.
+        let journal = try cluster.events("a")
+        let found = journal.range(of: "vol0: split brain: this node changed 1048576 bytes, the peer 2097152 bytes")
+        let resolved = journal.range(
+            of: "split brain on vol0 resolved by discarding this node's changes: 1048576 bytes changed here, "
+                + "2097152 on the peer")
+        #expect(found != nil && resolved != nil, "\(journal)")
+        if let found, let resolved { #expect(found.lowerBound < resolved.lowerBound, "\(journal)") }
+        #expect(try cluster.events("b").contains("vol0: resync as source"), "the survivor's journal shows its resync")
         #expect(try cluster.stopBothAndCompare())
     }
 
@@ -520,7 +534,10 @@ func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> 
         let result = try cluster.status("a")["lastVerify"] as? [String: Any]
         #expect(result?["outOfSyncOffsets"] as? [Int] == [5 * 65536], "exactly the corrupted 64 KiB region")
         try cluster.waitInSync()
-        #expect(cluster.log("a").contains("online verify finished"))
+        let finished =
+            "vol0: online verify finished: 1024 of 1024 regions compared, 1 out of sync (offset+length: 327680+65536)"
+        #expect(cluster.log("a").contains(finished))
+        #expect(try cluster.events("a").contains(finished), "the verify's result belongs in the event journal too")
         #expect(try cluster.stopBothAndCompare())
     }
 

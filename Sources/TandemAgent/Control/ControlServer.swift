@@ -25,6 +25,7 @@ public final class ControlServer: Service, Sendable {
     private let reset: HAReset?
     private let afterCleanup: @Sendable () async -> Void
     private let group: any EventLoopGroup
+    private let volumeEvents: VolumeEvents
     private let logger: Logger
 
     /// The socket path for `node` under the config's state directory.
@@ -36,7 +37,7 @@ public final class ControlServer: Service, Sendable {
     public init(
         path: String, nodeName: String, volumes: [ReplicatedVolume], membership: MembershipService? = nil,
         groups: GroupManager? = nil, reset: HAReset? = nil, afterCleanup: @escaping @Sendable () async -> Void = {},
-        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, events: VolumeEvents, logger: Logger
     ) {
         self.path = path
         self.nodeName = nodeName
@@ -46,6 +47,7 @@ public final class ControlServer: Service, Sendable {
         self.reset = reset
         self.afterCleanup = afterCleanup
         self.group = group
+        self.volumeEvents = events
         self.logger = logger
     }
 
@@ -190,19 +192,23 @@ public final class ControlServer: Service, Sendable {
             case "secondary":
                 try volume.setRole(.secondary)
             case "verify-start":
-                for event in try volume.startVerify() { logger.notice("\(event)") }
+                volumeEvents.record(try volume.startVerify(), level: .notice)
             case "verify-stop":
-                for event in try volume.stopVerify() { logger.notice("\(event)") }
+                volumeEvents.record(try volume.stopVerify(), level: .notice)
             case "resolve":
                 let report = try volume.resolveSplitBrain()
                 let name = volume.configuration.name
-                logger.notice(
-                    "split brain on \(name) resolved by discarding this node's changes: \(report.localChangedBytes) bytes changed here, \(report.peerChangedBytes) on the peer"
-                )
+                volumeEvents.record(
+                    "split brain on \(name) resolved by discarding this node's changes: "
+                        + "\(report.localChangedBytes) bytes changed here, \(report.peerChangedBytes) on the peer",
+                    level: .notice, durable: true)
             default:
                 return "unknown command \"\(command)\""
             }
-            logger.notice("\(volume.configuration.name): \(command) by administrator")
+            // A role or a resolve matters after a crash; a verify's start or stop does not.
+            volumeEvents.record(
+                "\(volume.configuration.name): \(command) by administrator", level: .notice,
+                durable: !command.hasPrefix("verify"))
             return nil
         } catch {
             return error.description

@@ -134,6 +134,7 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     /// Each volume's local copy opened a second time, for `sendfile`; closed when the link ends.
     private let files: [UInt16: NIOFileHandle]
     private let group: any EventLoopGroup
+    private let events: VolumeEvents
     private let logger: Logger
     private let maximumFrameBytes: Int
     /// The established link and the node that dialed it.
@@ -156,7 +157,8 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     /// Creates the link; `secret` is the cluster's shared secret.
     public init(
         configuration: Configuration, local: Configuration.Node, peer: Configuration.Node, secret: [UInt8],
-        volumes: [ReplicatedVolume], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger
+        volumes: [ReplicatedVolume], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        events: VolumeEvents, logger: Logger
     ) {
         self.local = local
         self.peer = peer
@@ -171,6 +173,7 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
             }
         }
         self.group = group
+        self.events = events
         self.logger = logger
         self.congestionControl = configuration.cluster.peerCongestionControl
         self.maximumFrameBytes = max(configuration.limits.nbdMaxRequestBytes, 64 << 20) + (64 << 10)
@@ -331,7 +334,7 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
 
     private func disconnectVolumes() {
         for volume in volumes.values {
-            for event in volume.peerDisconnected() { logger.info("\(event)") }
+            events.record(volume.peerDisconnected())
         }
     }
 
@@ -350,7 +353,7 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
             logger.warning("peer sent a frame for unknown volume \(frame.volumeIndex.map(String.init) ?? "-")")
             return
         }
-        for event in volume.receive(frame) { logger.info("\(event)") }
+        events.record(volume.receive(frame))
     }
 
     func linkClosed(_ channel: any Channel) {
