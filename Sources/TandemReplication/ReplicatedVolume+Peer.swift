@@ -331,9 +331,21 @@ extension ReplicatedVolume {
         if let extentsDone { dropCachedExtentsLater(extentsDone) }
         let errors = [persistBitmap(), persistMetadata()].compactMap { $0 }
         let last = state.withLock { $0.lastResync }
-        let seconds = last.flatMap { progress in progress.finishedAt.map { $0 - progress.startedAt } }
-        return [event("resync finished: \(last?.doneBytes ?? 0) bytes in \(seconds.map { "\($0)" } ?? "?")")]
+        let bytes = last?.doneBytes ?? 0
+        let took = last.flatMap { progress in progress.finishedAt.map { progress.startedAt.duration(to: $0) } }
+        let moved = bytes < 1024 ? "\(bytes) bytes" : "\(Units.formatByteCount(bytes)) (\(bytes) bytes)"
+        return [event("resync finished: \(moved)\(took.map { Self.rate(bytes, $0) } ?? "")")]
             + errors.map { event("\($0)") }
+    }
+
+    /// " in 0.601 s, 426 MiB/s": a resync's time and rate for the log and the journal.
+    static func rate(_ bytes: UInt64, _ took: Duration) -> String {
+        let microseconds = took.components.seconds * 1_000_000 + took.components.attoseconds / 1_000_000_000_000
+        let milliseconds = (microseconds + 500) / 1000
+        let fraction = String(milliseconds % 1000)
+        let perSecond = UInt64(Double(bytes) * 1_000_000 / Double(max(1, microseconds)))
+        return " in \(milliseconds / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction) s, "
+            + "\(Units.formatByteCount(perSecond))/s"
     }
 
     /// The resync's rate limit: takes `bytes` of budget, or sets `wake` (for the caller to schedule

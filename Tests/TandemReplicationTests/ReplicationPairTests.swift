@@ -203,6 +203,13 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(pair.a.status.outOfSyncBytes > 0, "the write is marked for a later resync")
     }
 
+    @Test func aFinishedResync_saysItsTimeInMilliseconds_andItsRateInBinaryUnits() {
+        #expect(ReplicatedVolume.rate(256 << 20, .milliseconds(601)) == " in 0.601 s, 426 MiB/s")
+        #expect(ReplicatedVolume.rate(64 << 10, .microseconds(2_229)) == " in 0.002 s, 28 MiB/s")
+        #expect(ReplicatedVolume.rate(1 << 30, .seconds(12) + .milliseconds(5)) == " in 12.005 s, 85.3 MiB/s")
+        #expect(ReplicatedVolume.rate(4096, .zero) == " in 0.000 s, 3.8 GiB/s", "no division by zero")
+    }
+
     /// A protocol A pair whose window holds three 4 KiB writes, after ten writes to regions 0–9:
     /// three queued for the peer, seven marked. Returns the writes' outcomes.
     private func protocolAPairPastItsWindow() throws -> (Pair, [Outcome]) {
