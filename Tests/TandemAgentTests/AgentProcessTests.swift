@@ -4,9 +4,9 @@ import Testing
 
 /// The `tandem` binary as an administrator runs it.
 @Suite struct AgentProcessTests {
-    private func writeConfig(_ directory: TemporaryDirectory, port: Int, size: String, extra: String = "") throws
-        -> String
-    {
+    private func writeConfig(
+        _ directory: TemporaryDirectory, port: Int, size: String, backing: String? = nil, extra: String = ""
+    ) throws -> String {
         let path = "\(directory.path)/tandem.toml"
         try """
         [cluster]
@@ -21,7 +21,7 @@ import Testing
         [[volume]]
         name = "vol0"
         size = "\(size)"
-        backing = "\(directory.path)/vol0.img"
+        backing = "\(backing ?? "\(directory.path)/vol0.img")"
         \(extra)
         """.write(toFile: path, atomically: true, encoding: .utf8)
         return path
@@ -149,6 +149,45 @@ import Testing
             output.standardError.contains("cannot listen for NBD clients on 127.0.0.1:\(port): "),
             "\(output.standardError)")
         #expect(output.standardError.contains("Address already in use"), "\(output.standardError)")
+    }
+
+    /// A backing file system that fills up: the client is told `ENOSPC`, which it can tell from a
+    /// failing disk (QEMU's default `werror=enospc` pauses the guest until space is freed, where
+    /// `EIO` reaches the guest's file system), and the agent serves on.
+    @Test func aFullBackingFileSystem_isReportedAsNoSpace_andTheAgentServesOn() throws {
+        guard getuid() == 0 else {
+            throw Tools.Failure(description: "this test needs root: it mounts a tmpfs in a mount namespace")
+        }
+        let directory = TemporaryDirectory()
+        let port = try freeLoopbackPort()
+        let full = "\(directory.path)/full"
+        try FileManager.default.createDirectory(atPath: full, withIntermediateDirectories: false)
+        let config = try writeConfig(directory, port: port, size: "32MiB", backing: "\(full)/vol0.img")
+        // An 8 MiB tmpfs in a mount namespace of the agent's own: nothing outside sees it, and it
+        // goes with the agent (unshare and sh exec, so the agent keeps this process's pid).
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        process.arguments = [
+            "--mount", "--propagation", "private", "sh", "-c",
+            "mount -t tmpfs -o size=8m tmpfs \"$0\" && exec \"$1\" agent --config \"$2\" --node node-a",
+            full, try Tools.tandemBinary(), config,
+        ]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try Tools.launch(process)
+        defer { if process.isRunning { process.terminate() } }
+        let log = DataCollector(errors.fileHandleForReading)
+        let uri = "nbd://127.0.0.1:\(port)/vol0"
+        try waitUntilServing(uri, process: process)
+        let tooMuch = try Tools.run("qemu-io", ["-f", "raw", "-c", "write -P 0x5a 0 16M", uri])
+        #expect(tooMuch.status != 0)
+        #expect(tooMuch.combined.contains("write failed: No space left on device"), "\(tooMuch.combined)")
+        // Space that was allocated before the file system filled up still takes writes.
+        try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0x77 0 64k", "-c", "read -P 0x77 0 64k", uri])
+        process.terminate()
+        Tools.wait(process)
+        #expect(log.text().contains("write failed: pwrite \(full)/vol0.img: No space left on device"), "\(log.text())")
     }
 
     @Test func configCheck_badFile_namesFileLineAndKey_andExitsNonZero() throws {

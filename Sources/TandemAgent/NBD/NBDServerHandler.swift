@@ -332,7 +332,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
                 self.sendRead(reply, cookie: request.cookie, export: export, context: context)
             case .failure(let error):
                 self.logger.error("read failed: \(error)")
-                self.reply(error: .io, cookie: request.cookie, context: context)
+                self.reply(error: Self.nbdError(for: error), cookie: request.cookie, context: context)
             }
             self.flushLater(context: context)
         }
@@ -364,7 +364,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
                 self.reply(error: .none, cookie: cookie, context: context)
             case .failure(let error):
                 self.logger.error("write failed: \(error)")
-                self.reply(error: .io, cookie: cookie, context: context)
+                self.reply(error: Self.nbdError(for: error), cookie: cookie, context: context)
             }
             self.flushLater(context: context)
         }
@@ -389,6 +389,18 @@ final class NBDServerHandler: ChannelDuplexHandler {
             return
         }
         releaseHeldRead(context: context)
+    }
+
+    /// The NBD error a failed request is answered with. A full file system is `ENOSPC`, which a
+    /// client can tell from a failing disk (QEMU's default `werror=enospc` pauses the guest until
+    /// space is freed, where `EIO` reaches the guest's file system); a read-only one is `EPERM`;
+    /// anything else `EIO`.
+    static func nbdError(for error: any Error) -> NBD.ErrorCode {
+        switch (error as? StorageError)?.errno?.rawValue {
+        case ENOSPC?, EDQUOT?: .noSpace
+        case EROFS?, EPERM?, EACCES?: .notPermitted
+        default: .io
+        }
     }
 
     private func reply(error: NBD.ErrorCode, cookie: UInt64, context: ChannelHandlerContext) {
