@@ -28,14 +28,23 @@ import Testing
     }
 
     private func startAgent(config: String) throws -> (Process, DataCollector) {
+        try launch(try Tools.tandemBinary(), ["agent", "--config", config, "--node", "node-a"], collecting: .error)
+    }
+
+    private enum Stream { case output, error }
+
+    /// Launches a program, collecting one of its streams and discarding the other.
+    private func launch(_ executable: String, _ arguments: [String], collecting: Stream) throws
+        -> (Process, DataCollector)
+    {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: try Tools.tandemBinary())
-        process.arguments = ["agent", "--config", config, "--node", "node-a"]
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = collecting == .output ? pipe : FileHandle.nullDevice
+        process.standardError = collecting == .error ? pipe : FileHandle.nullDevice
         try Tools.launch(process)
-        return (process, DataCollector(errors.fileHandleForReading))
+        return (process, DataCollector(pipe.fileHandleForReading))
     }
 
     /// Polls `nbdinfo` until the agent answers, for at most 20 seconds.
@@ -165,19 +174,15 @@ import Testing
         let config = try writeConfig(directory, port: port, size: "32MiB", backing: "\(full)/vol0.img")
         // An 8 MiB tmpfs in a mount namespace of the agent's own: nothing outside sees it, and it
         // goes with the agent (unshare and sh exec, so the agent keeps this process's pid).
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
-        process.arguments = [
-            "--mount", "--propagation", "private", "sh", "-c",
-            "mount -t tmpfs -o size=8m tmpfs \"$0\" && exec \"$1\" agent --config \"$2\" --node node-a",
-            full, try Tools.tandemBinary(), config,
-        ]
-        let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
-        try Tools.launch(process)
+        let (process, log) = try launch(
+            "/usr/bin/unshare",
+            [
+                "--mount", "--propagation", "private", "sh", "-c",
+                "mount -t tmpfs -o size=8m tmpfs \"$0\" && exec \"$1\" agent --config \"$2\" --node node-a",
+                full, try Tools.tandemBinary(), config,
+            ],
+            collecting: .error)
         defer { if process.isRunning { process.terminate() } }
-        let log = DataCollector(errors.fileHandleForReading)
         let uri = "nbd://127.0.0.1:\(port)/vol0"
         try waitUntilServing(uri, process: process)
         let tooMuch = try Tools.run("qemu-io", ["-f", "raw", "-c", "write -P 0x5a 0 16M", uri])
@@ -220,15 +225,11 @@ import Testing
     @Test func lab_servesItsVolume_printsTheGuide_andStopsOnCtrlC() throws {
         let directory = TemporaryDirectory()
         let port = try freeLoopbackPort()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try Tools.tandemBinary())
-        process.arguments = ["lab", "--directory", "\(directory.path)/lab", "--size", "64MiB", "--port", "\(port)"]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try Tools.launch(process)
+        let (process, printed) = try launch(
+            try Tools.tandemBinary(),
+            ["lab", "--directory", "\(directory.path)/lab", "--size", "64MiB", "--port", "\(port)"],
+            collecting: .output)
         defer { if process.isRunning { process.terminate() } }
-        let printed = DataCollector(output.fileHandleForReading)
         let uri = "nbd://127.0.0.1:\(port)/vol0"
         let deadline = Date().addingTimeInterval(90)
         while !printed.snapshot().contains("Tandem lab is running"), process.isRunning, Date() < deadline {
