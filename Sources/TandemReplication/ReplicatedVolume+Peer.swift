@@ -83,8 +83,7 @@ extension ReplicatedVolume {
             return bitmap == nil
                 ? [ReplicationEvent(description: "\(configuration.name): peer sent an unreadable bitmap")] : []
         case .data(let write):
-            applyReplicated(write)
-            return []
+            return applyReplicated(write)
         case .ack(let ack):
             return onAck(ack)
         case .flush(_, let sequence):
@@ -95,8 +94,7 @@ extension ReplicatedVolume {
             }
             return []
         case .resyncData(let write):
-            applyResync(write)
-            return []
+            return applyResync(write)
         case .resyncDone(_, let generations):
             return onResyncDone(generations)
         case .verifyRequest(let request):
@@ -279,6 +277,19 @@ extension ReplicatedVolume {
                 return (nil, nil)
             }
             defer { state.resync = resync }
+            if let until = resync.pausedUntil {
+                let now = ContinuousClock.now
+                guard now >= until else {
+                    if !resync.wakeScheduled {
+                        resync.wakeScheduled = true
+                        wake = until - now
+                    }
+                    return (nil, nil)
+                }
+                // The refused regions are behind the cursor: start again from the first marked.
+                resync.pausedUntil = nil
+                resync.nextRegion = 0
+            }
             var wrapped = false
             while resync.inFlight.count < resyncWindow {
                 guard let region = state.bitmap.nextDirtyRegion(from: resync.nextRegion) else {
@@ -379,11 +390,13 @@ extension ReplicatedVolume {
         }
     }
 
-    private func applyResync(_ write: PeerWrite) {
+    private func applyResync(_ write: PeerWrite) -> [ReplicationEvent] {
         let peer = state.withLock { $0.peer }
         var kind = PeerAck.Kind.resynced
+        var events: [ReplicationEvent] = []
         do {
             try applyLocally(write)
+            events = peerWriteSucceeded()
             state.withLock { state in
                 state.resync?.progress.doneBytes += UInt64(write.payload.count)
                 state.resyncedBytesTotal += UInt64(write.payload.count)
@@ -395,8 +408,35 @@ extension ReplicatedVolume {
             }
         } catch {
             kind = .refused
+            events = peerWriteFailed(error, resync: true)
         }
         peer?.send([.ack(PeerAck(volume: index, sequence: write.sequence, kind: kind))])
+        return events
+    }
+
+    /// Reports a failure to write the peer's data here, unless the same failure was reported last.
+    private func peerWriteFailed(_ error: StorageError, resync: Bool) -> [ReplicationEvent] {
+        let text = "\(error)"
+        let isNew = state.withLock { state in
+            defer { state.peerWriteFailure = text }
+            return state.peerWriteFailure != text
+        }
+        guard isNew else { return [] }
+        return [
+            event(
+                "cannot write the peer's \(resync ? "resync data" : "writes"): \(text); the peer keeps those regions "
+                    + "marked and tries again")
+        ]
+    }
+
+    /// After a failure was reported: a write of the peer's data went through again.
+    private func peerWriteSucceeded() -> [ReplicationEvent] {
+        guard state.withLock({ $0.peerWriteFailure != nil }) else { return [] }
+        let was = state.withLock { state in
+            defer { state.peerWriteFailure = nil }
+            return state.peerWriteFailure
+        }
+        return was == nil ? [] : [event("writes of the peer's data go through again")]
     }
 
     private func onResyncDone(_ generations: [UInt64]) -> [ReplicationEvent] {
@@ -436,7 +476,7 @@ extension ReplicatedVolume {
 
     // MARK: Secondary side
 
-    private func applyReplicated(_ write: PeerWrite) {
+    private func applyReplicated(_ write: PeerWrite) -> [ReplicationEvent] {
         let (peer, refuse) = state.withLock { state -> ((any PeerSender)?, Bool) in
             let stale = write.epoch < max(state.peerState?.epoch ?? 0, state.fenceEpoch)
             return (state.peer, state.role == .primary || stale)
@@ -447,7 +487,7 @@ extension ReplicatedVolume {
         }
         if refuse {
             ack(.refused)
-            return
+            return []
         }
         let fua = write.flags & PeerWriteFlags.fua != 0
         if configuration.protocol == .b && !fua { ack(.received) }
@@ -455,13 +495,15 @@ extension ReplicatedVolume {
             try applyLocally(write)
         } catch {
             ack(.refused)
-            return
+            return peerWriteFailed(error, resync: false)
         }
+        let events = peerWriteSucceeded()
         guard fua else {
             ack(.written)
-            return
+            return events
         }
         runBlocking { [store] in ack((try? store.flush()) == nil ? .refused : .written) }
+        return events
     }
 
     private func applyLocally(_ write: PeerWrite) throws(StorageError) {
@@ -513,14 +555,33 @@ extension ReplicatedVolume {
             return [event("\(error)")]
         }
         if ready { completeIfReady(sequence: ack.sequence) }
-        var events =
-            ack.kind == .refused ? [event("peer refused write \(ack.sequence); its region is marked for resync")] : []
+        var events = ack.kind == .refused ? refusalReport(sequence: ack.sequence) : []
         if catchUpDue() {
             events.append(
                 event("regions marked while connected (protocol A fell behind, or refused writes) are resynced"))
             events += startResyncSource(full: false, unite: false)
         }
         return events
+    }
+
+    /// The line for a refused write: the first at once, then one every ten seconds at most that
+    /// counts the refusals since the last.
+    private func refusalReport(sequence: UInt64) -> [ReplicationEvent] {
+        let now = ContinuousClock.now
+        let earlier = state.withLock { state -> Int? in
+            if let last = state.refusalReportedAt, now - last < .seconds(10) {
+                state.refusalsUnreported += 1
+                return nil
+            }
+            defer {
+                state.refusalsUnreported = 0
+                state.refusalReportedAt = now
+            }
+            return state.refusalsUnreported
+        }
+        guard let earlier else { return [] }
+        let more = earlier > 0 ? " (and \(earlier) more refused since the last report)" : ""
+        return [event("peer refused write \(sequence)\(more); the regions are marked for resync")]
     }
 
     /// Whether a primary that marked regions while connected should resync them now: no
@@ -533,14 +594,34 @@ extension ReplicatedVolume {
     }
 
     private func onResyncAck(_ ack: PeerAck) -> [ReplicationEvent] {
+        var news: ReplicationEvent?
         let (persist, drop) = state.withLock { state -> (Bool, Range<UInt64>?) in
             guard var resync = state.resync, let region = resync.inFlight.removeValue(forKey: ack.sequence) else {
                 return (false, nil)
             }
             defer { state.resync = resync }
             let markedAgain = resync.markedAgain.remove(region) != nil
-            guard ack.kind == .resynced else { return (false, nil) }
             let range = state.bitmap.range(ofRegion: region)
+            guard ack.kind == .resynced else {
+                // The peer could not write it (its disk failed, or is full): the region stays
+                // marked, and the resync waits before it tries again instead of sending the same
+                // blocks round and round. Refusals of blocks already in flight add nothing.
+                let now = ContinuousClock.now
+                guard resync.pausedUntil.map({ now >= $0 }) ?? true else { return (false, nil) }
+                resync.pause = min(max(resync.pause * 2, .seconds(1)), .seconds(60))
+                resync.pausedUntil = now + resync.pause
+                let reason =
+                    "the peer could not write the block at offset \(range.lowerBound) (see its log); next try in "
+                    + "\(resync.pause.components.seconds) s"
+                resync.progress.stalled = reason
+                news = event("resync waits: \(reason)")
+                return (false, nil)
+            }
+            if resync.progress.stalled != nil, resync.pausedUntil == nil {
+                resync.progress.stalled = nil
+                resync.pause = .zero
+                news = event("resync goes on: the peer writes its blocks again")
+            }
             if !markedAgain { state.bitmap.clear(region: region) }
             resync.progress.doneBytes += range.upperBound - range.lowerBound
             state.resyncedBytesTotal += range.upperBound - range.lowerBound
@@ -563,7 +644,7 @@ extension ReplicatedVolume {
             return (true, drop)
         }
         if let drop { store.dropCachedPages(in: drop) }
-        var events: [ReplicationEvent] = []
+        var events = news.map { [$0] } ?? []
         if persist, let error = persistBitmap() { events.append(event("\(error)")) }
         return events + pumpResync()
     }

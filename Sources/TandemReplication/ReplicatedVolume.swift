@@ -183,6 +183,13 @@ public final class ReplicatedVolume: Sendable {
         var held: [(Completion, Result<Void, StorageError>)] = []
         /// The newest epoch known in the cluster: replicated writes from older ones are refused.
         var fenceEpoch: UInt64 = 0
+        /// The failure of this node's last write of the peer's data, once reported: the same failure
+        /// again is not reported again until a write succeeds.
+        var peerWriteFailure: String?
+        /// The peer's refusals of replicated writes not yet reported, and when the last report went
+        /// out: a peer whose disk fails refuses every write, and one line every ten seconds says so.
+        var refusalsUnreported = 0
+        var refusalReportedAt: ContinuousClock.Instant?
         /// Set while a planned switchover drains writes in flight.
         var draining = false
         /// The activity log's group commit (see `beginActivity`).
@@ -227,6 +234,10 @@ public final class ReplicatedVolume: Sendable {
         /// Every extent done, one bit each: dropped once more a second after the resync ends or
         /// its link breaks, for pages that were still in use when their extent was dropped.
         var extentsDone: WriteIntentBitmap?
+        /// After the peer refused a block (its disk could not write it): no block leaves before
+        /// this, and the wait doubles with each refusal, from a second up to a minute.
+        var pausedUntil: ContinuousClock.Instant?
+        var pause: Duration = .zero
     }
 
     /// Progress of a resync.
@@ -241,6 +252,8 @@ public final class ReplicatedVolume: Sendable {
         public var startedAt: ContinuousClock.Instant
         /// When it finished, if it did.
         public var finishedAt: ContinuousClock.Instant?
+        /// Why it is not moving, while it waits after the peer refused a block.
+        public var stalled: String?
 
         /// Percent done.
         public var percent: Double { totalBytes == 0 ? 100 : Double(doneBytes) * 100 / Double(totalBytes) }

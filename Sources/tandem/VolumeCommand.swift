@@ -174,6 +174,7 @@ struct NodeOptions: ParsableArguments {
         }
         print("node \(answer["node"] as? String ?? "?")")
         var rows = [["NAME", "ROLE", "CONNECTION", "DISK", "PROTO", "OUT-OF-SYNC", "SYNC", "PEER-ROLE", "PEER-DISK"]]
+        var notes: [String] = []
         for volume in volumes {
             let text = { (key: String) in volume[key] as? String ?? "-" }
             let outOfSync = Units.formatByteCount(UInt64((volume["outOfSyncBytes"] as? Int) ?? 0))
@@ -182,6 +183,10 @@ struct NodeOptions: ParsableArguments {
                 let left = Units.formatByteCount(UInt64((resync["bytesLeft"] as? Int) ?? 0))
                 let eta = (resync["etaSeconds"] as? Double).map { " eta \(Int($0))s" } ?? ""
                 sync = "\(resync["percent"] as? Double ?? 0)% (\(left) left\(eta))"
+                if let stalled = resync["stalled"] as? String {
+                    sync = "\(resync["percent"] as? Double ?? 0)% (\(left) left, waiting)"
+                    notes.append("\(text("name")): resync waits: \(stalled)")
+                }
             } else if let verify = volume["verify"] as? [String: Any] {
                 let found = (verify["outOfSyncOffsets"] as? [Any])?.count ?? 0
                 sync = "verify \(verify["percent"] as? Double ?? 0)% (\(found) out of sync)"
@@ -199,6 +204,7 @@ struct NodeOptions: ParsableArguments {
             print(
                 zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  "))
         }
+        for note in notes { print(note) }
     }
 }
 

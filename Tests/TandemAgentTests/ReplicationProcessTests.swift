@@ -17,13 +17,16 @@ final class TwoNodeCluster: @unchecked Sendable {
 
     let witnessPort: Int?
     private var witnessProcess: Process?
+    /// Each node's backing file, `{node}` standing for its name.
+    private let backingPattern: String
 
     /// With `witness`, the config has a witness (start it with `startWitness()`) and agents exit as
     /// their HA reset.
     init(
         protocol replication: String, size: String, witness: Bool = false, deadTime: String = "2s", extra: String = "",
-        clusterExtra: String = "", volumeExtra: String = ""
+        clusterExtra: String = "", volumeExtra: String = "", backing: String? = nil
     ) throws {
+        backingPattern = backing ?? "\(directory.path)/{node}/vol0.img"
         let ports = try (0..<5).map { _ in try freeLoopbackPort() }
         nbdPorts = ["a": ports[2], "b": ports[3]]
         peerPorts = ["a": ports[0], "b": ports[1]]
@@ -68,7 +71,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         name = "vol0"
         protocol = "\(replication)"
         size = "\(size)"
-        backing = "\(directory.path)/{node}/vol0.img"
+        backing = "\(backingPattern)"
         \(volumeExtra)
         \(witnessSection)
         \(extra)
@@ -197,12 +200,24 @@ final class TwoNodeCluster: @unchecked Sendable {
     }
 
     func uri(_ node: String) -> String { "nbd://127.0.0.1:\(nbdPorts[node]!)/vol0" }
-    func backing(_ node: String) -> String { "\(directory.path)/\(node)/vol0.img" }
+    func backing(_ node: String) -> String { backingPattern.replacingOccurrences(of: "{node}", with: node) }
 
-    func start(_ node: String) throws {
+    /// Starts a node's agent; with `tmpfs`, in a mount namespace of its own where a tmpfs of
+    /// `tmpfs.size` is mounted on `tmpfs.directory` (nothing outside sees it; it goes with the
+    /// agent, whose pid stays the launched process's, for unshare and sh exec).
+    func start(_ node: String, tmpfs: (directory: String, size: String)? = nil) throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: try Tools.tandemBinary())
-        process.arguments = ["agent", "--config", config, "--node", node]
+        if let tmpfs {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+            process.arguments = [
+                "--mount", "--propagation", "private", "sh", "-c",
+                "mount -t tmpfs -o size=$0 tmpfs \"$1\" && exec \"$2\" agent --config \"$3\" --node \"$4\"",
+                tmpfs.size, tmpfs.directory, try Tools.tandemBinary(), config, node,
+            ]
+        } else {
+            process.executableURL = URL(fileURLWithPath: try Tools.tandemBinary())
+            process.arguments = ["agent", "--config", config, "--node", node]
+        }
         let errors = Pipe()
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
@@ -539,6 +554,66 @@ func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> 
         #expect(cluster.log("a").contains(finished))
         #expect(try cluster.events("a").contains(finished), "the verify's result belongs in the event journal too")
         #expect(try cluster.stopBothAndCompare())
+    }
+
+    /// The secondary's file system fills up during the initial full sync. The resync waits (a
+    /// second, then two, four... up to a minute) with the reason in the status and the journal,
+    /// rather than sending the refused blocks round and round; once there is room it goes on.
+    @Test func aSecondaryWhoseDiskIsFull_makesTheResyncWaitWithTheReason_andItEndsOnceThereIsRoom() throws {
+        guard getuid() == 0 else {
+            throw Tools.Failure(description: "this test needs root: it mounts a tmpfs in a mount namespace")
+        }
+        let disks = TemporaryDirectory()
+        let cluster = try TwoNodeCluster(
+            protocol: "C", size: "32MiB", backing: "\(disks.path)/{node}-disk/vol0.img")
+        for node in ["a", "b"] {
+            try FileManager.default.createDirectory(
+                atPath: "\(disks.path)/\(node)-disk", withIntermediateDirectories: true)
+        }
+        try cluster.start("a")
+        try cluster.start("b", tmpfs: (directory: "\(disks.path)/b-disk", size: "8m"))
+        try cluster.volume("a", ["primary", "vol0"])
+        var reason = ""
+        try cluster.waitFor("the resync to wait") {
+            reason = ((try cluster.status("a"))["resync"] as? [String: Any])?["stalled"] as? String ?? ""
+            return !reason.isEmpty
+        }
+        #expect(reason.hasPrefix("the peer could not write the block at offset "), "\(reason)")
+        #expect(
+            cluster.log("b").contains(
+                "cannot write the peer's resync data: pwrite \(cluster.backing("b")): No space left on device"),
+            "\(cluster.log("b"))")
+        // Waiting, not spinning: over three seconds the two agents use a fraction of a core.
+        let pids = try ["a", "b"].map { node in
+            try #require(cluster.pid(node), "\(node)'s agent is not running")
+        }
+        let before = try pids.map(cpuTicks).reduce(0, +)
+        usleep(3_000_000)
+        let spent = try pids.map(cpuTicks).reduce(0, +) - before
+        #expect(spent < Int(sysconf(Int32(_SC_CLK_TCK))), "the agents spent \(spent) clock ticks in 3 s")
+        let journal = try cluster.events("a")
+        #expect(journal.contains("vol0: resync waits: the peer could not write the block at offset "), "\(journal)")
+        // Room again (the tmpfs grown from inside b's mount namespace): the next try goes on.
+        try Tools.check(
+            "nsenter", ["-t", "\(pids[1])", "-m", "mount", "-o", "remount,size=64m", "\(disks.path)/b-disk"])
+        try cluster.waitInSync()
+        #expect(try cluster.events("a").contains("vol0: resync goes on: the peer writes its blocks again"))
+        #expect(cluster.log("b").contains("vol0: writes of the peer's data go through again"))
+        let copyOfB = "/proc/\(pids[1])/root\(cluster.backing("b"))"
+        #expect(FileManager.default.contentsEqual(atPath: cluster.backing("a"), andPath: copyOfB))
+    }
+
+    /// User and system time of a process so far, in clock ticks (from /proc/PID/stat).
+    private func cpuTicks(_ pid: Int32) throws -> Int {
+        let stat = try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)
+        // The fields after the command's closing parenthesis; utime and stime are the 14th and
+        // 15th of the line, the 12th and 13th after it.
+        guard let close = stat.lastIndex(of: ")") else { throw Tools.Failure(description: "unreadable \(stat)") }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let user = Int(fields[11]), let system = Int(fields[12]) else {
+            throw Tools.Failure(description: "unreadable /proc/\(pid)/stat: \(stat)")
+        }
+        return user + system
     }
 
     @Test func aSecondWitnessOnTheSameRecord_refusesToStart() throws {

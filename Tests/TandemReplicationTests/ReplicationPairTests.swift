@@ -203,6 +203,24 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(pair.a.status.outOfSyncBytes > 0, "the write is marked for a later resync")
     }
 
+    /// A peer that refuses every write (here: it knows a newer epoch; in life, also a failing
+    /// disk) would put a line per write in the log and the journal: the first is reported at once,
+    /// the rest are counted into the next report, ten seconds later at the earliest.
+    @Test func refusedWrites_areReportedOnce_thenCounted() throws {
+        let pair = try connectedPair(.c)
+        pair.b.observeEpoch(.max)
+        var events: [String] = []
+        for block in 0..<5 {
+            pair.a.write(offset: UInt64(block) * 65536, payload: payload(0x44), fua: false, completion: { _ in })
+            for frame in pair.aToB.take() { _ = pair.b.receive(frame) }
+            for frame in pair.bToA.take() { events += pair.a.receive(frame).map(\.description) }
+        }
+        let refusals = events.filter { $0.contains("peer refused write") }
+        #expect(refusals.count == 1, "\(events)")
+        #expect(refusals.first?.hasSuffix("; the regions are marked for resync") == true, "\(events)")
+        #expect(pair.a.status.outOfSyncBytes >= 5 * 4096, "every refused write is marked")
+    }
+
     @Test func aFinishedResync_saysItsTimeInMilliseconds_andItsRateInBinaryUnits() {
         #expect(ReplicatedVolume.rate(256 << 20, .milliseconds(601)) == " in 0.601 s, 426 MiB/s")
         #expect(ReplicatedVolume.rate(64 << 10, .microseconds(2_229)) == " in 0.002 s, 28 MiB/s")

@@ -334,6 +334,7 @@ public final class ControlServer: Service, Sendable {
             ("doneBytes", .integer(Int64(progress.doneBytes))), ("totalBytes", .integer(Int64(progress.totalBytes))),
             ("bytesLeft", .integer(Int64(left))), ("seconds", .number((seconds * 1000).rounded() / 1000)),
             ("etaSeconds", rate > 0 && progress.finishedAt == nil ? .number((Double(left) / rate).rounded()) : .null),
+            ("stalled", progress.stalled.map { .string($0) } ?? .null),
         ])
     }
 }
