@@ -536,8 +536,12 @@ extension ReplicatedVolume {
             case .received:
                 if pending.completesOn == .received { pending.peerDone = true }
             case .written, .flushed, .refused:
-                if ack.kind == .refused, pending.length > 0 {
-                    mark(offset: pending.offset, length: pending.length, in: &state)
+                if ack.kind == .refused {
+                    if pending.length > 0 { mark(offset: pending.offset, length: pending.length, in: &state) }
+                    // The peer does not have it, as if it had gone away: where the peer may take
+                    // over on its own, the write waits until a voter has recorded it outdated (or
+                    // a resync brings it the write), lest it be acknowledged and missing there.
+                    pending.alone = true
                 }
                 if configuration.protocol == .a {
                     state.asyncBytesInFlight -= min(state.asyncBytesInFlight, pending.length)

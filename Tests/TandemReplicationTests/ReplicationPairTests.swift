@@ -221,6 +221,23 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(pair.a.status.outOfSyncBytes >= 5 * 4096, "every refused write is marked")
     }
 
+    /// Where the peer may take over on its own (a witness or a fence command), a write the peer
+    /// refused waits, as one it never got does, until a voter has recorded the peer outdated:
+    /// acknowledged at once, it would be missing from the next primary if this one died now.
+    @Test func aRefusedWrite_waitsUntilThePeerIsRecordedOutdated_whereThePeerMayTakeOver() throws {
+        let pair = try connectedPair(.c)
+        pair.a.setCompletesWithoutPeer(false)
+        pair.b.observeEpoch(.max)
+        let written = Outcome()
+        pair.a.write(offset: 0, payload: payload(0x45), fua: false, completion: written.completion)
+        for frame in pair.aToB.take() { _ = pair.b.receive(frame) }
+        for frame in pair.bToA.take() { _ = pair.a.receive(frame) }
+        #expect(!written.done, "acknowledged while the peer lacks it and could still be promoted")
+        #expect(pair.a.heldWrites == 1)
+        pair.a.setCompletesWithoutPeer(true)
+        #expect(written.succeeded)
+    }
+
     @Test func aFinishedResync_saysItsTimeInMilliseconds_andItsRateInBinaryUnits() {
         #expect(ReplicatedVolume.rate(256 << 20, .milliseconds(601)) == " in 0.601 s, 426 MiB/s")
         #expect(ReplicatedVolume.rate(64 << 10, .microseconds(2_229)) == " in 0.002 s, 28 MiB/s")
