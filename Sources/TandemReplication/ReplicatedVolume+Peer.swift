@@ -407,11 +407,23 @@ extension ReplicatedVolume {
                 _ = state.resyncWritten?.mark(offset: write.offset, length: UInt64(write.payload.count))
             }
         } catch {
+            markFailed(write)
             kind = .refused
             events = peerWriteFailed(error, resync: true)
         }
         peer?.send([.ack(PeerAck(volume: index, sequence: write.sequence, kind: kind))])
         return events
+    }
+
+    /// Marks the region of a write of the peer's data that could not be stored here.
+    private func markFailed(_ write: PeerWrite) {
+        let zeroes = write.flags & PeerWriteFlags.zeroes != 0
+        let length =
+            zeroes
+            ? write.payload.contiguous.getInteger(at: write.payload.contiguous.readerIndex, as: UInt64.self) ?? 0
+            : UInt64(write.payload.count)
+        guard length > 0, write.offset < store.sizeBytes else { return }
+        state.withLock { mark(offset: write.offset, length: min(length, store.sizeBytes - write.offset), in: &$0) }
     }
 
     /// Reports a failure to write the peer's data here, unless the same failure was reported last.
@@ -494,6 +506,9 @@ extension ReplicatedVolume {
         do {
             try applyLocally(write)
         } catch {
+            // This copy lacks the write now: marked here too, it no longer counts as in sync with
+            // the primary (which marks it as well) until a resync brings the region.
+            markFailed(write)
             ack(.refused)
             return peerWriteFailed(error, resync: false)
         }
@@ -530,6 +545,7 @@ extension ReplicatedVolume {
 
     private func onAck(_ ack: PeerAck) -> [ReplicationEvent] {
         if state.withLock({ $0.resync?.inFlight[ack.sequence] != nil }) { return onResyncAck(ack) }
+        var startsGeneration = false
         let ready = state.withLock { state -> Bool in
             guard var pending = state.pending[ack.sequence] else { return false }
             switch ack.kind {
@@ -542,6 +558,13 @@ extension ReplicatedVolume {
                     // over on its own, the write waits until a voter has recorded it outdated (or
                     // a resync brings it the write), lest it be acknowledged and missing there.
                     pending.alone = true
+                    // This copy now holds a write the peer lacks, as after a disconnection: a new
+                    // generation says so durably, or two copies with equal generations would let
+                    // the marked side be overwritten from the peer after both restart.
+                    if state.role == .primary, state.generations.bitmap == 0 {
+                        state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
+                        startsGeneration = true
+                    }
                 }
                 if configuration.protocol == .a {
                     state.asyncBytesInFlight -= min(state.asyncBytesInFlight, pending.length)
@@ -554,7 +577,7 @@ extension ReplicatedVolume {
             state.pending[ack.sequence] = pending
             return true
         }
-        if ack.kind == .refused, let error = persistBitmap() {
+        if ack.kind == .refused, let error = persistBitmap() ?? (startsGeneration ? persistMetadata() : nil) {
             fail(sequence: ack.sequence, result: .failure(error))
             return [event("\(error)")]
         }

@@ -23,7 +23,9 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
 
 /// A cluster of two nodes and a witness in simulated time, with seeded faults: crashes and restarts,
 /// stalls (as SIGSTOP), lost, delayed and reordered messages, one-way and two-way partitions between
-/// any two of the three voters, a cut cable, and planned switchovers. The nodes run the real
+/// any two of the three voters, a cut cable, planned switchovers, and a disk that for a while
+/// cannot store the peer's writes (full or failing: the write is refused, and the copy falls
+/// behind until a resync). The nodes run the real
 /// `NodeController` and `WitnessController`; the data path is a model of protocol C (a write is
 /// acknowledged when the peer applied it, or alone once a voter recorded the peer as outdated),
 /// including the volume's lease gate and the epoch check on replicated writes.
@@ -48,6 +50,9 @@ public struct Simulation {
         /// A broken shell that never stops serving once promoted: it breaks safety on purpose, to
         /// show that the checker notices.
         public var shellIgnoresDemotion = false
+        /// A broken shell that acknowledges a write the peer refused at once, as if the peer had
+        /// it: the checker must find the acknowledged write missing from the next primary.
+        public var shellAcknowledgesRefusedWrites = false
 
         public init() {}
     }
@@ -64,7 +69,7 @@ public struct Simulation {
     }
 
     enum Fault: String, CaseIterable {
-        case crash, stall, partitionTwoWay, partitionOneWay, cutCable, witnessCrash, loss, standby
+        case crash, stall, partitionTwoWay, partitionOneWay, cutCable, witnessCrash, loss, standby, diskRefuses
     }
 
     struct Message {
@@ -79,7 +84,7 @@ public struct Simulation {
     enum Content {
         case membership(MembershipMessage)
         case replicate(write: Int, epoch: UInt64)
-        case replicateAck(write: Int, epoch: UInt64)
+        case replicateAck(write: Int, epoch: UInt64, stored: Bool)
     }
 
     struct Node {
@@ -102,6 +107,8 @@ public struct Simulation {
         var waiting: [Int] = []
         var syncingUntil: Duration?
         var inSync = false
+        /// Until then this node's disk cannot store the peer's writes (nor a resync).
+        var refusesUntil: Duration?
 
         var running: Bool { crashedUntil == nil && stalledUntil == nil }
         var up: Bool { crashedUntil == nil }
@@ -238,6 +245,10 @@ public struct Simulation {
             nodes[idx(node)].standby = standby
             note("\(node) standby=\(standby)")
             perform(actions, at: node)
+        case .diskRefuses:
+            let length = random.milliseconds(200...5000)
+            nodes[idx(node)].refusesUntil = now + length
+            note("\(node)'s disk refuses the peer's writes for \(length)")
         }
     }
 
@@ -351,7 +362,11 @@ public struct Simulation {
                 let actions = witness.receive(membership, now: now)
                 for action in actions {
                     switch action {
-                    case .persist(let record): witnessRecord = record
+                    case .persist(let record):
+                        if record.outdated != witnessRecord.outdated {
+                            note("w records outdated \(record.outdated.sorted())")
+                        }
+                        witnessRecord = record
                     case .send(let reply, .node(let target)):
                         recordGrant(reply, voter: witnessName)
                         send(.membership(reply), from: witnessName, to: target, link: "w")
@@ -368,15 +383,27 @@ public struct Simulation {
         case .replicate(let write, let epoch):
             let node = nodes[idx(message.to)]
             guard replicationUp, !node.serving, epoch >= node.fenceEpoch else { return }
-            nodes[idx(message.to)].disk.insert(write)
-            send(.replicateAck(write: write, epoch: epoch), from: message.to, to: message.from, link: "peer")
-        case .replicateAck(let write, let epoch):
+            let stored = node.refusesUntil.map { now >= $0 } ?? true
+            if stored { nodes[idx(message.to)].disk.insert(write) }
+            send(
+                .replicateAck(write: write, epoch: epoch, stored: stored), from: message.to, to: message.from,
+                link: "peer")
+        case .replicateAck(let write, let epoch, let stored):
             let node = nodes[idx(message.to)]
             guard node.serving, node.servingEpoch == epoch, let index = node.waiting.firstIndex(of: write) else {
                 return
             }
             nodes[idx(message.to)].waiting.remove(at: index)
-            acknowledge(write, at: message.to)
+            guard !stored else { return acknowledge(write, at: message.to) }
+            // The peer lacks it: both copies are out of sync until a resync, and the write waits
+            // like one the peer never got, unless the peer is recorded outdated already.
+            note("\(message.from) refused write \(write)")
+            for name in names { nodes[idx(name)].inSync = false }
+            if node.completesWithoutPeer || options.shellAcknowledgesRefusedWrites {
+                acknowledge(write, at: message.to)
+            } else {
+                nodes[idx(message.to)].waiting.append(write)
+            }
         }
     }
 
@@ -424,6 +451,9 @@ public struct Simulation {
                     send(.membership(message), from: name, to: witnessName, link: "w")
                 }
             case .persist(let record):
+                if record.outdated != nodes[idx(name)].record.outdated {
+                    note("\(name) records outdated \(record.outdated.sorted())")
+                }
                 nodes[idx(name)].record = record
             case .promote(let epoch):
                 promote(name, epoch: epoch)
@@ -479,6 +509,18 @@ public struct Simulation {
     mutating func acknowledge(_ write: Int, at name: String) {
         guard mayComplete(name) else { return }
         acknowledged.insert(write)
+        // A write the peer lacks may be acknowledged only once the peer cannot win an election:
+        // two of the three voters' records hold it outdated.
+        let peer = name == "a" ? "b" : "a"
+        if !nodes[idx(peer)].disk.contains(write) {
+            let records = [nodes[idx(name)].record, nodes[idx(peer)].record, witnessRecord]
+            let holding = records.filter { $0.outdated.contains(peer) }.count
+            if holding < 2 {
+                violations.append(
+                    "\(now) \(name) acknowledged write \(write), which \(peer) lacks, while only \(holding) voter records "
+                        + "hold \(peer) outdated \(records.map(\.outdated))")
+            }
+        }
         let epoch = nodes[idx(name)].servingEpoch
         if let last = ackLog.last, last.node != name, last.epoch >= epoch {
             violations.append(
@@ -532,6 +574,11 @@ public struct Simulation {
         // Only a running primary with a valid lease is a resync source (in Tandem the generations
         // decide; a frozen former primary's data is never newer than its successor's).
         for (source, target) in [("a", "b"), ("b", "a")] where mayComplete(source) && !nodes[idx(target)].serving {
+            // A disk that refuses writes takes no resync either; the resync starts over after.
+            if let until = nodes[idx(target)].refusesUntil, now < until {
+                nodes[idx(target)].syncingUntil = nil
+                continue
+            }
             if nodes[idx(target)].syncingUntil == nil, !nodes[idx(target)].inSync {
                 nodes[idx(target)].syncingUntil = now + random.milliseconds(100...800)
             }

@@ -106,10 +106,16 @@ struct VoterTests {
         #expect(!voter.vote(VoteRequest(sender: "x", epoch: 9, id: 8), at: .seconds(20)).granted)
     }
 
-    @Test("an outdated node gets no vote until a primary says its peer is in sync")
-    func outdated() {
+    /// A witness that gave epoch 1 to a, at 3 s (after its quiet start).
+    private func witnessThatElectedA() -> Voter {
         var voter = Voter(name: "w", nodes: ["a", "b"], leaseTime: .seconds(2), record: VoterRecord(), now: .zero)
         #expect(voter.vote(VoteRequest(sender: "a", epoch: 1, id: 1), at: .seconds(3)).granted)
+        return voter
+    }
+
+    @Test("an outdated node gets no vote until a primary says its peer is in sync")
+    func outdated() {
+        var voter = witnessThatElectedA()
         let lone = voter.renew(LeaseRequest(sender: "a", epoch: 1, id: 2, peerInSync: false), at: .seconds(3))
         #expect(lone.granted && lone.peerOutdatedRecorded)
         #expect(voter.isOutdated("b"))
@@ -120,10 +126,23 @@ struct VoterTests {
         #expect(voter.vote(VoteRequest(sender: "b", epoch: 2, id: 5), at: .seconds(13)).granted)
     }
 
+    @Test("a renewal overtaken by a newer one does not undo its outdated mark")
+    func reorderedRenewals() {
+        var voter = witnessThatElectedA()
+        // Sent as 2 (in sync) then 3 (not in sync); the datagrams arrive the other way round.
+        let newer = voter.renew(LeaseRequest(sender: "a", epoch: 1, id: 3, peerInSync: false), at: .seconds(3))
+        #expect(newer.granted && newer.peerOutdatedRecorded)
+        let older = voter.renew(LeaseRequest(sender: "a", epoch: 1, id: 2, peerInSync: true), at: .seconds(3))
+        #expect(older.granted && !older.peerOutdatedRecorded)
+        #expect(voter.isOutdated("b"), "the older renewal's 'in sync' undid the newer mark")
+        // A newer renewal that says in sync clears it.
+        _ = voter.renew(LeaseRequest(sender: "a", epoch: 1, id: 5, peerInSync: true), at: .seconds(10))
+        #expect(!voter.isOutdated("b"))
+    }
+
     @Test("a release ends the promise at once, and a late renewal does not revive it")
     func release() {
-        var voter = Voter(name: "w", nodes: ["a", "b"], leaseTime: .seconds(2), record: VoterRecord(), now: .zero)
-        #expect(voter.vote(VoteRequest(sender: "a", epoch: 1, id: 1), at: .seconds(3)).granted)
+        var voter = witnessThatElectedA()
         voter.release(sender: "a", epoch: 1)
         #expect(!voter.renew(LeaseRequest(sender: "a", epoch: 1, id: 2, peerInSync: true), at: .seconds(3)).granted)
         #expect(voter.vote(VoteRequest(sender: "b", epoch: 2, id: 3), at: .seconds(3)).granted)
@@ -335,6 +354,26 @@ struct DeciderTests {
         cluster.run(for: .seconds(5))
         #expect(cluster.witness?.voter.isOutdated("b") == false)
         #expect(cluster.primaries == ["b"])
+    }
+
+    @Test("a late heartbeat saying 'in sync' does not clear the mark of a secondary that sees itself behind")
+    func lateHeartbeatDoesNotClearTheOutdatedMark() {
+        var cluster = Cluster()
+        cluster.facts = NodeController.LocalFacts(dataReady: true, peerInSync: false)
+        cluster.run(for: .seconds(4))
+        #expect(cluster.primaries == ["a"])
+        #expect(cluster.b.voter.isOutdated("b"))
+        // A heartbeat a sent while still in sync, overtaken by the renewal that outdated b.
+        let late = MembershipMessage.heartbeat(
+            Heartbeat(
+                sender: "a", epoch: cluster.a.epoch, isPrimary: true, standby: false, dataReady: true,
+                peerInSync: true))
+        _ = cluster.b.receive(late, link: "l1", now: cluster.now)
+        #expect(cluster.b.voter.isOutdated("b"), "the late heartbeat undid the mark")
+        // Once b sees itself in sync as well, the primary's word clears it.
+        cluster.facts = NodeController.LocalFacts(dataReady: true, peerInSync: true)
+        cluster.run(for: .seconds(1))
+        #expect(!cluster.b.voter.isOutdated("b"))
     }
 
     @Test("a mode change reaches the peer at once, not with the next periodic heartbeat")

@@ -238,6 +238,31 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(written.succeeded)
     }
 
+    /// A write the peer refused lives on the primary alone, as after a disconnection: if both
+    /// nodes then lose power before the catch-up resync, the primary's copy must still be the
+    /// source when they meet again, whichever node is preferred in ties.
+    @Test func aRefusedWrite_survivesBothNodesRestarting_beforeTheCatchUp() throws {
+        let pair = try connectedPair(.c)
+        let before = pair.a.status.generations
+        pair.b.observeEpoch(.max)
+        let written = Outcome()
+        pair.a.write(offset: 0, payload: payload(0x46), fua: false, completion: written.completion)
+        for frame in pair.aToB.take() { _ = pair.b.receive(frame) }
+        for frame in pair.bToA.take() { _ = pair.a.receive(frame) }
+        #expect(written.succeeded)
+        #expect(
+            pair.a.status.generations.current != before.current && pair.a.status.generations.bitmap == before.current)
+        // Power lost on both before the catch-up resync crossed.
+        var restarted = try pair.restartingB()
+        try restarted.restartAfterCrash()
+        restarted.connect()
+        restarted.deliver()
+        #expect(try restarted.identical())
+        var first = [UInt8](repeating: 0, count: 4096)
+        try first.withUnsafeMutableBytes { try restarted.b.store.read(into: $0, at: 0) }
+        #expect(first.allSatisfy { $0 == 0x46 }, "the acknowledged write was overwritten by the peer's older copy")
+    }
+
     @Test func aFinishedResync_saysItsTimeInMilliseconds_andItsRateInBinaryUnits() {
         #expect(ReplicatedVolume.rate(256 << 20, .milliseconds(601)) == " in 0.601 s, 426 MiB/s")
         #expect(ReplicatedVolume.rate(64 << 10, .microseconds(2_229)) == " in 0.002 s, 28 MiB/s")

@@ -58,17 +58,29 @@ struct SimulationTests {
         return result!
     }
 
-    @Test("a node that keeps serving after it lost its lease is caught as two writers")
-    func checkerCatchesAShellThatNeverStops() {
+    /// Shells broken on purpose, to show that the checker notices what each breaks.
+    enum BrokenShell: String, CaseIterable, Sendable {
+        case keepsServingAfterItsLeaseEnded, acknowledgesWritesThePeerRefused
+    }
+
+    @Test("the checker catches a broken shell", arguments: BrokenShell.allCases)
+    func checkerCatches(_ shell: BrokenShell) {
         var options = Simulation.Options()
-        options.shellIgnoresDemotion = true
-        var caught = 0
-        for seed in UInt64(1)...50 {
-            var simulation = Simulation(seed: seed, options: options)
-            let report = simulation.run()
-            if report.violations.contains(where: { $0.contains("two nodes can complete writes") }) { caught += 1 }
+        let seeds: ClosedRange<UInt64>
+        let violation: String
+        switch shell {
+        case .keepsServingAfterItsLeaseEnded:
+            options.shellIgnoresDemotion = true
+            (seeds, violation) = (1...50, "two nodes can complete writes")
+        case .acknowledgesWritesThePeerRefused:
+            options.shellAcknowledgesRefusedWrites = true
+            (seeds, violation) = (1...200, "voter records hold")
         }
-        #expect(caught > 0, "the checker never noticed two writers")
+        let caught = seeds.filter { seed in
+            var simulation = Simulation(seed: seed, options: options)
+            return simulation.run().violations.contains { $0.contains(violation) }
+        }
+        #expect(!caught.isEmpty, "the checker never caught a shell that \(shell.rawValue)")
     }
 
     @Test("the same seed gives the same run")

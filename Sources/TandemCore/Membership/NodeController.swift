@@ -251,7 +251,10 @@ public struct NodeController: Sendable {
                     &actions, reason: "\(heartbeat.sender) is primary in newer epoch \(heartbeat.epoch)",
                     drain: false, release: false)
             }
-            if heartbeat.isPrimary, heartbeat.peerInSync, voter.isOutdated(settings.name) {
+            // Only when this node sees itself in sync too: heartbeats are datagrams and may arrive
+            // out of order, and an older one saying "in sync" must not undo the mark a newer lease
+            // request set while the primary completes writes this copy lacks.
+            if heartbeat.isPrimary, heartbeat.peerInSync, facts.peerInSync, voter.isOutdated(settings.name) {
                 voter.setOutdated(settings.name, false)
                 actions.append(.persist(voter.record))
             }

@@ -34,6 +34,8 @@ public struct Voter: Sendable, Equatable {
     public private(set) var promise: (holder: String, epoch: UInt64, until: Duration)?
     /// The last holder that gave its lease up, and the epoch it gave up.
     private var released: (holder: String, epoch: UInt64)?
+    /// The newest lease request that set the outdated mark: by whom, in which epoch, its id.
+    private var newestRenewal: (holder: String, epoch: UInt64, id: UInt64)?
     /// No vote before this time.
     public let quietUntil: Duration
     /// Whether this voter also records which node is outdated (the witness does; a node records
@@ -116,12 +118,18 @@ public struct Voter: Sendable, Equatable {
         let peer = nodes.first { $0 != request.sender }
         var recorded = false
         if let peer, tracksOutdated || peer == name {
-            if request.peerInSync {
-                record.outdated.remove(peer)
-            } else {
-                record.outdated.insert(peer)
-                recorded = true
+            // Lease requests are datagrams over every link and may arrive out of order: only the
+            // newest sets the mark, lest an older "in sync" undo a newer "not in sync" while the
+            // holder completes writes its peer lacks.
+            let newest =
+                newestRenewal.map {
+                    $0.holder != request.sender || ($0.epoch, $0.id) < (request.epoch, request.id)
+                } ?? true
+            if newest {
+                newestRenewal = (request.sender, request.epoch, request.id)
+                if request.peerInSync { record.outdated.remove(peer) } else { record.outdated.insert(peer) }
             }
+            recorded = !request.peerInSync && record.outdated.contains(peer)
         }
         return reply(granted: true, recorded: recorded)
     }
