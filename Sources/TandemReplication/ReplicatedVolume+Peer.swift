@@ -89,7 +89,7 @@ extension ReplicatedVolume {
         case .flush(_, let sequence):
             let peer = state.withLock { $0.peer }
             runBlocking { [self] in
-                let kind: PeerAck.Kind = (try? store.flush()) == nil ? .refused : .flushed
+                let kind: PeerAck.Kind = (try? store.flush()) == nil ? .failed : .flushed
                 peer?.send([.ack(PeerAck(volume: index, sequence: sequence, kind: kind))])
             }
             return []
@@ -408,7 +408,7 @@ extension ReplicatedVolume {
             }
         } catch {
             markFailed(write)
-            kind = .refused
+            kind = .failed
             events = peerWriteFailed(error, resync: true)
         }
         peer?.send([.ack(PeerAck(volume: index, sequence: write.sequence, kind: kind))])
@@ -509,7 +509,7 @@ extension ReplicatedVolume {
             // This copy lacks the write now: marked here too, it no longer counts as in sync with
             // the primary (which marks it as well) until a resync brings the region.
             markFailed(write)
-            ack(.refused)
+            ack(.failed)
             return peerWriteFailed(error, resync: false)
         }
         let events = peerWriteSucceeded()
@@ -517,7 +517,7 @@ extension ReplicatedVolume {
             ack(.written)
             return events
         }
-        runBlocking { [store] in ack((try? store.flush()) == nil ? .refused : .written) }
+        runBlocking { [store] in ack((try? store.flush()) == nil ? .failed : .written) }
         return events
     }
 
@@ -551,8 +551,8 @@ extension ReplicatedVolume {
             switch ack.kind {
             case .received:
                 if pending.completesOn == .received { pending.peerDone = true }
-            case .written, .flushed, .refused:
-                if ack.kind == .refused {
+            case .written, .flushed, .refused, .failed:
+                if ack.kind == .refused || ack.kind == .failed {
                     if pending.length > 0 { mark(offset: pending.offset, length: pending.length, in: &state) }
                     // The peer does not have it, as if it had gone away: where the peer may take
                     // over on its own, the write waits until a voter has recorded it outdated (or
@@ -561,7 +561,9 @@ extension ReplicatedVolume {
                     // This copy now holds a write the peer lacks, as after a disconnection: a new
                     // generation says so durably, or two copies with equal generations would let
                     // the marked side be overwritten from the peer after both restart.
-                    if state.role == .primary, state.generations.bitmap == 0 {
+                    // (Not for a refusal: that comes from a peer in a newer epoch or primary itself,
+                    // whose data is the newer.)
+                    if ack.kind == .failed, pending.length > 0, state.role == .primary, state.generations.bitmap == 0 {
                         state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
                         startsGeneration = true
                     }
@@ -577,12 +579,13 @@ extension ReplicatedVolume {
             state.pending[ack.sequence] = pending
             return true
         }
-        if ack.kind == .refused, let error = persistBitmap() ?? (startsGeneration ? persistMetadata() : nil) {
+        let lacking = ack.kind == .refused || ack.kind == .failed
+        if lacking, let error = persistBitmap() ?? (startsGeneration ? persistMetadata() : nil) {
             fail(sequence: ack.sequence, result: .failure(error))
             return [event("\(error)")]
         }
         if ready { completeIfReady(sequence: ack.sequence) }
-        var events = ack.kind == .refused ? refusalReport(sequence: ack.sequence) : []
+        var events = lacking ? refusalReport(sequence: ack.sequence, failed: ack.kind == .failed) : []
         if catchUpDue() {
             events.append(
                 event("regions marked while connected (protocol A fell behind, or refused writes) are resynced"))
@@ -593,7 +596,7 @@ extension ReplicatedVolume {
 
     /// The line for a refused write: the first at once, then one every ten seconds at most that
     /// counts the refusals since the last.
-    private func refusalReport(sequence: UInt64) -> [ReplicationEvent] {
+    private func refusalReport(sequence: UInt64, failed: Bool) -> [ReplicationEvent] {
         let now = ContinuousClock.now
         let earlier = state.withLock { state -> Int? in
             if let last = state.refusalReportedAt, now - last < .seconds(10) {
@@ -608,7 +611,8 @@ extension ReplicatedVolume {
         }
         guard let earlier else { return [] }
         let more = earlier > 0 ? " (and \(earlier) more refused since the last report)" : ""
-        return [event("peer refused write \(sequence)\(more); the regions are marked for resync")]
+        let what = failed ? "could not store" : "refused"
+        return [event("peer \(what) write \(sequence)\(more); the regions are marked for resync")]
     }
 
     /// Whether a primary that marked regions while connected should resync them now: no

@@ -81,7 +81,7 @@ public enum PeerFrame: Equatable, Sendable {
 /// The `hello` frame.
 public struct PeerHello: Equatable, Sendable {
     /// The peer-protocol version this build speaks.
-    public static let currentVersion: UInt16 = 2
+    public static let currentVersion: UInt16 = 3
 
     public var version: UInt16
     public var clusterName: String
@@ -182,8 +182,12 @@ public struct PeerAck: Equatable, Sendable {
         case flushed = 3
         /// A resync block is written.
         case resynced = 4
-        /// The write was refused (stale epoch or I/O error); the sender marks it out of sync.
+        /// The write was refused: it came from an older epoch, or this node is primary itself. The
+        /// sender marks it out of sync.
         case refused = 5
+        /// The write could not be stored here (an I/O error, no space). The sender marks it out of
+        /// sync and, holding data this copy lacks, starts a new data generation.
+        case failed = 6
     }
 
     public var volume: UInt16

@@ -234,20 +234,24 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         for frame in pair.bToA.take() { _ = pair.a.receive(frame) }
         #expect(!written.done, "acknowledged while the peer lacks it and could still be promoted")
         #expect(pair.a.heldWrites == 1)
+        #expect(pair.a.status.generations.bitmap == 0, "a peer in a newer epoch holds the newer data")
         pair.a.setCompletesWithoutPeer(true)
         #expect(written.succeeded)
     }
 
-    /// A write the peer refused lives on the primary alone, as after a disconnection: if both
-    /// nodes then lose power before the catch-up resync, the primary's copy must still be the
+    /// A write the peer could not store lives on the primary alone, as after a disconnection: if
+    /// both nodes then lose power before the catch-up resync, the primary's copy must still be the
     /// source when they meet again, whichever node is preferred in ties.
-    @Test func aRefusedWrite_survivesBothNodesRestarting_beforeTheCatchUp() throws {
+    @Test func aWriteThePeerCouldNotStore_survivesBothNodesRestarting_beforeTheCatchUp() throws {
         let pair = try connectedPair(.c)
         let before = pair.a.status.generations
-        pair.b.observeEpoch(.max)
         let written = Outcome()
         pair.a.write(offset: 0, payload: payload(0x46), fua: false, completion: written.completion)
-        for frame in pair.aToB.take() { _ = pair.b.receive(frame) }
+        // b's store fails the write: here, by the frame pointing past the end of its copy.
+        for case .data(var write) in pair.aToB.take() {
+            write.offset = pair.b.store.sizeBytes
+            _ = pair.b.receive(.data(write))
+        }
         for frame in pair.bToA.take() { _ = pair.a.receive(frame) }
         #expect(written.succeeded)
         #expect(

@@ -18,6 +18,7 @@ import Testing
                 volume: 0, sequence: 42, epoch: 3, offset: 4096, flags: 1,
                 payload: NBDPayload(ByteBuffer(string: "data")))),
         .ack(PeerAck(volume: 0, sequence: 42, kind: .written)),
+        .ack(PeerAck(volume: 0, sequence: 44, kind: .failed)),
         .flush(volume: 0, sequence: 43),
         .resyncData(
             PeerWrite(
