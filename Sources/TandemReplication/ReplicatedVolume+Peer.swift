@@ -391,12 +391,12 @@ extension ReplicatedVolume {
     }
 
     private func applyResync(_ write: PeerWrite) -> [ReplicationEvent] {
-        let peer = state.withLock { $0.peer }
+        let (peer, failing) = state.withLock { ($0.peer, $0.peerWriteFailure != nil) }
         var kind = PeerAck.Kind.resynced
         var events: [ReplicationEvent] = []
         do {
             try applyLocally(write)
-            events = peerWriteSucceeded()
+            events = peerWriteSucceeded(failing: failing)
             state.withLock { state in
                 state.resync?.progress.doneBytes += UInt64(write.payload.count)
                 state.resyncedBytesTotal += UInt64(write.payload.count)
@@ -441,14 +441,12 @@ extension ReplicatedVolume {
         ]
     }
 
-    /// After a failure was reported: a write of the peer's data went through again.
-    private func peerWriteSucceeded() -> [ReplicationEvent] {
-        guard state.withLock({ $0.peerWriteFailure != nil }) else { return [] }
-        let was = state.withLock { state in
-            defer { state.peerWriteFailure = nil }
-            return state.peerWriteFailure
-        }
-        return was == nil ? [] : [event("writes of the peer's data go through again")]
+    /// After a failure was reported (`failing`, read under the lock the caller takes anyway, so a
+    /// write adds none): a write of the peer's data went through again.
+    private func peerWriteSucceeded(failing: Bool) -> [ReplicationEvent] {
+        guard failing else { return [] }
+        state.withLock { $0.peerWriteFailure = nil }
+        return [event("writes of the peer's data go through again")]
     }
 
     private func onResyncDone(_ generations: [UInt64]) -> [ReplicationEvent] {
@@ -489,9 +487,9 @@ extension ReplicatedVolume {
     // MARK: Secondary side
 
     private func applyReplicated(_ write: PeerWrite) -> [ReplicationEvent] {
-        let (peer, refuse) = state.withLock { state -> ((any PeerSender)?, Bool) in
+        let (peer, refuse, failing) = state.withLock { state -> ((any PeerSender)?, Bool, Bool) in
             let stale = write.epoch < max(state.peerState?.epoch ?? 0, state.fenceEpoch)
-            return (state.peer, state.role == .primary || stale)
+            return (state.peer, state.role == .primary || stale, state.peerWriteFailure != nil)
         }
         let index = self.index
         let ack: @Sendable (PeerAck.Kind) -> Void = { kind in
@@ -512,7 +510,7 @@ extension ReplicatedVolume {
             ack(.failed)
             return peerWriteFailed(error, resync: false)
         }
-        let events = peerWriteSucceeded()
+        let events = peerWriteSucceeded(failing: failing)
         guard fua else {
             ack(.written)
             return events
