@@ -83,12 +83,7 @@ public struct Agent: Sendable {
                 configuration: configuration, local: node, peer: peer, secret: secret ?? [], volumes: volumes,
                 group: dataThread, events: volumeEvents, logger: logger)
         }
-        let reset = HAReset(
-            path: "\(configuration.cluster.stateDirectory)/\(node.name).reset-log",
-            modesPath: MembershipService.modesPath(
-                stateDirectory: configuration.cluster.stateDirectory, node: node.name),
-            node: node.name,
-            action: configuration.cluster.haReset, journal: journal, logger: logger)
+        let reset = HAReset.make(configuration: configuration, node: node.name, journal: journal, logger: logger)
         // A group that fails past its restarts hands the primary role over (a planned switchover).
         let membershipBox = Mutex<MembershipService?>(nil)
         // Set when a group's failures put this node in standby; a cleanup brings it back online.
@@ -99,14 +94,21 @@ public struct Agent: Sendable {
             failover: { reason in
                 guard let membership = membershipBox.withLock({ $0 }) else {
                     journal.append(.failover, "no peer to fail over to: \(reason)", durable: true)
-                    return
+                    return "there is no peer"
+                }
+                // A group that failed here because of the peer's leftovers must not be sent to a
+                // peer that is dead: nobody would run it.
+                if let unfit = membership.peerUnfitForTakeover {
+                    journal.append(.failover, "not handed to the peer (\(unfit)): \(reason)", durable: true)
+                    return unfit
                 }
                 journal.append(.failover, "handing the primary role to the peer: \(reason)", durable: true)
                 if let refused = await membership.setStandby(true) {
                     journal.append(.failover, "the handover was refused: \(refused)", durable: true)
-                } else {
-                    standbyByFailover.withLock { $0 = true }
+                    return "the handover was refused: \(refused)"
                 }
+                standbyByFailover.withLock { $0 = true }
+                return nil
             }, startAsPrimary: peer == nil, logger: logger)
         let membership = try peer.map { peer throws(AgentError) in
             try MembershipService(
@@ -246,6 +248,7 @@ extension Configuration {
         var copy = self
         let expand = { (path: String) in path.replacing("{node}", with: name) }
         copy.cluster.stateDirectory = expand(cluster.stateDirectory)
+        copy.cluster.watchdog = cluster.watchdog.map(expand)
         copy.volumes = volumes.map { volume in
             var volume = volume
             volume.backing = expand(volume.backing)

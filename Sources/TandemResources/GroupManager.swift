@@ -13,13 +13,14 @@ public final class GroupManager: Sendable {
     public struct Hooks: Sendable {
         /// An event for the journal; `durable` when it matters after a crash.
         public var event: @Sendable (_ message: String, _ durable: Bool) -> Void
-        /// The group cannot run here any more: hand the primary role to the peer.
-        public var failover: @Sendable (_ reason: String) async -> Void
+        /// The group cannot run here any more: hand the primary role to the peer. `nil` when it
+        /// was handed over, else why not (the peer is dead, or cannot take it).
+        public var failover: @Sendable (_ reason: String) async -> String?
         /// A stop failed: the resources may still hold the volume; reset this node.
         public var reset: @Sendable (_ reason: String) -> Void
 
         public init(
-            event: @escaping @Sendable (String, Bool) -> Void, failover: @escaping @Sendable (String) async -> Void,
+            event: @escaping @Sendable (String, Bool) -> Void, failover: @escaping @Sendable (String) async -> String?,
             reset: @escaping @Sendable (String) -> Void
         ) {
             self.event = event
@@ -45,6 +46,8 @@ public final class GroupManager: Sendable {
     enum Command {
         case role(ClusterRole, done: @Sendable () -> Void)
         case monitored(index: Int, generation: UInt64, result: MonitorResult)
+        /// A restart's delay is over: start what may run.
+        case retry
         case cleanup(String?, reply: @Sendable (String?) -> Void)
         case refresh(reply: @Sendable () -> Void)
         case stopAll(done: @Sendable () -> Void)
@@ -58,6 +61,8 @@ public final class GroupManager: Sendable {
         /// Bumped on every start and stop, so that a monitor result from before is ignored.
         var generation: UInt64 = 0
         var invalidReason: String?
+        /// When a restart after a failure may start it (the manager's clock).
+        var restartAt: Duration?
         var spec: ResourceSpec { agent.spec }
     }
 
@@ -133,6 +138,7 @@ public final class GroupManager: Sendable {
             }
             entries.append(entry)
         }
+        await probeLeftovers(&entries)
         publish(entries)
         var role: ClusterRole?
         let monitors = startMonitors()
@@ -151,6 +157,8 @@ public final class GroupManager: Sendable {
                 default: reason = "monitor found it not running"
                 }
                 await failed(&entries, index: index, reason: reason, role: role)
+            case .retry:
+                if let role { await converge(&entries, role: role) }
             case .cleanup(let name, let reply):
                 let matching = entries.indices.filter { name == nil || entries[$0].spec.name == name }
                 if matching.isEmpty {
@@ -160,6 +168,7 @@ public final class GroupManager: Sendable {
                 for index in matching {
                     entries[index].policy.cleanup()
                     entries[index].lastFailure = nil
+                    entries[index].restartAt = nil
                     if entries[index].state == .failed { entries[index].state = .stopped }
                 }
                 hooks.event("fail counts cleared for \(name ?? "every resource")", false)
@@ -191,6 +200,22 @@ public final class GroupManager: Sendable {
         // However the loop ended, a command asked from now on is answered at once.
         continuation.finish()
         monitors.cancel()
+    }
+
+    /// Before the first role: whatever an earlier run left running (an agent killed with its
+    /// host alive keeps its floating addresses and mounts) is recorded as running, so that the
+    /// first role stops what must not run here. The daemon's own kinds start stopped anyway.
+    private func probeLeftovers(_ entries: inout [Entry]) async {
+        for index in entries.indices where entries[index].state == .stopped {
+            let spec = entries[index].spec
+            guard spec.type != .volume, spec.type != .nbdExport else { continue }
+            guard await entries[index].agent.monitor() == .running else { continue }
+            entries[index].state = .running
+            entries[index].generation += 1
+            hooks.event(
+                "resource \(spec.name) was found running at start (left by an earlier run); it is stopped unless "
+                    + "this node's role runs it", true)
+        }
     }
 
     /// Ends `run()`.
@@ -239,6 +264,10 @@ public final class GroupManager: Sendable {
             for index in members where entries[index].spec.runOn.runs(on: role) {
                 let state = entries[index].state
                 if state == .running { continue }
+                if let at = entries[index].restartAt, at > origin.duration(to: clock.now) {
+                    // Waiting out a restart's delay: the `.retry` at its end starts the rest.
+                    break
+                }
                 if state == .invalid || state == .failed {
                     hooks.event(
                         "group \(group) stops at \(entries[index].spec.name) (\(state.rawValue)): "
@@ -264,6 +293,7 @@ public final class GroupManager: Sendable {
     private func start(_ entries: inout [Entry], index: Int) async -> Bool {
         let spec = entries[index].spec
         entries[index].state = .starting
+        entries[index].restartAt = nil
         entries[index].generation += 1
         publish(entries)
         if let problem = await entries[index].agent.start() {
@@ -305,8 +335,8 @@ public final class GroupManager: Sendable {
         }
     }
 
-    /// A resource failed: restart it (and the resources after it in its group) in place, or, past
-    /// its limit, stop the group and hand the role to the peer.
+    /// A resource failed: restart it (and the resources after it in its group) in place after the
+    /// policy's delay, or, past its limit, stop the group and hand the role to the peer.
     private func failed(_ entries: inout [Entry], index: Int, reason: String, role: ClusterRole?) async {
         let spec = entries[index].spec
         let now = origin.duration(to: clock.now)
@@ -314,21 +344,20 @@ public final class GroupManager: Sendable {
         entries[index].lastFailure = reason
         let members = entries.indices.filter { entries[$0].spec.group == spec.group && $0 >= index }
         switch decision {
-        case .restart(let attempt):
+        case .restart(let attempt, let delay):
             hooks.event(
                 "resource \(spec.name) failed: \(reason); restart \(attempt) of \(spec.maxRestarts) within "
-                    + Units.formatDuration(spec.restartWindow), true)
+                    + "\(Units.formatDuration(spec.restartWindow)) in \(Units.formatDuration(delay))", true)
             for member in members.reversed() { await stop(&entries, index: member) }
-            guard let role else { return }
-            for member in members where entries[member].spec.runOn.runs(on: role) {
-                if entries[member].state == .failed { entries[member].state = .stopped }
-                if !(await start(&entries, index: member)) {
-                    // A failed start counts as another failure.
-                    await failed(&entries, index: member, reason: entries[member].lastFailure ?? reason, role: role)
-                    return
-                }
-            }
+            for member in members where entries[member].state == .failed { entries[member].state = .stopped }
+            entries[index].restartAt = now + delay
             publish(entries)
+            // The loop stays free for role changes meanwhile; the retry only starts what the role
+            // then wants.
+            Task { [continuation] in
+                try? await Task.sleep(for: delay)
+                continuation.yield(.retry)
+            }
         case .failover(let failures):
             let message =
                 "resource \(spec.name) failed \(failures) times within \(Units.formatDuration(spec.restartWindow)) "
@@ -337,7 +366,12 @@ public final class GroupManager: Sendable {
             await stopGroups(&entries, where: { $0 == spec.group })
             entries[index].state = .failed
             publish(entries)
-            if role == .primary { await hooks.failover(message) }
+            guard role == .primary, let refused = await hooks.failover(message) else { return }
+            let stays =
+                "group \(spec.group) stays stopped on this node: \(refused); once the cause is fixed, "
+                + "`tandem resource cleanup \(spec.name)` starts it again"
+            entries[index].lastFailure = "\(reason); \(stays)"
+            hooks.event(stays, true)
         }
     }
 

@@ -45,7 +45,7 @@ public enum ProcessRunner {
         ["PATH": String(cString: getenv("PATH") ?? strdup("/usr/sbin:/usr/bin:/sbin:/bin")), "LANG": "C"]
     }
 
-    static func runBlocking(
+    public static func runBlocking(
         _ executable: String, _ arguments: [String], environment: [String: String], timeout: Duration
     ) -> Outcome {
         var pipe: [Int32] = [-1, -1]

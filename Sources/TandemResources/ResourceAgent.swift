@@ -1,3 +1,4 @@
+import CTandemLinux
 import TandemCore
 
 #if canImport(Glibc)
@@ -27,13 +28,18 @@ public protocol ResourceAgent: Sendable {
 /// Builds the agent for a spec; built-in kinds that belong to the daemon (volume, nbd-export)
 /// come from `builtIn`.
 public enum ResourceAgents {
+    ///
+    /// `peerAddresses` are the peer node's own addresses (its node and heartbeat addresses): an
+    /// `ip` resource that finds its floating address still answered from one of their MACs takes
+    /// it over (the peer's agent died or froze with its host alive); `note` tells the journal.
     public static func make(
-        _ spec: ResourceSpec, builtIn: (ResourceSpec) -> (any ResourceAgent)?
+        _ spec: ResourceSpec, peerAddresses: [String] = [], note: @escaping @Sendable (String) -> Void = { _ in },
+        builtIn: (ResourceSpec) -> (any ResourceAgent)?
     ) -> any ResourceAgent {
         switch spec.type {
         case .ocf: return OCFAgent(spec: spec)
         case .exec: return ExecAgent(spec: spec)
-        case .ip: return IPAgent(spec: spec)
+        case .ip: return IPAgent(spec: spec, peerAddresses: peerAddresses, note: note)
         case .filesystem: return FilesystemAgent(spec: spec)
         case .systemd: return SystemdAgent(spec: spec)
         case .volume, .nbdExport:
@@ -269,8 +275,38 @@ struct Tool {
 
 /// `ip`: a floating address added to an interface and announced with gratuitous ARP (IPv4) so
 /// that switches and clients learn its new place at once.
+///
+/// Before adding an IPv4 address it asks who answers for it (duplicate address detection, 300 ms).
+/// An answer from another host refuses the start. An answer from the peer node's MAC is the
+/// peer's leftover: its agent died or froze while its kernel kept the address. The resource runs
+/// only on a primary, which quorum promoted after the peer's lease ended, so the address is taken
+/// over and announced repeatedly (as keepalived does) until the peer's host drops it (its
+/// restarted agent or its watchdog reset). IPv6 addresses are added without either step: the
+/// kernel's own duplicate address detection applies, and no unsolicited neighbour advertisement
+/// is sent yet.
 public struct IPAgent: ResourceAgent {
     public let spec: ResourceSpec
+    /// The peer node's addresses, whose MAC on `interface` identifies the peer's leftovers.
+    public var peerAddresses: [String] = []
+    /// Tells the journal what the agent found and did beyond starting (a takeover).
+    public var note: @Sendable (String) -> Void = { _ in }
+
+    public init(
+        spec: ResourceSpec, peerAddresses: [String] = [], note: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
+        self.spec = spec
+        self.peerAddresses = peerAddresses
+        self.note = note
+    }
+
+    /// How long duplicate address detection waits for an answer, and its probes.
+    static let probeTimeoutMilliseconds: Int32 = 300
+    static let probes: Int32 = 3
+    static let probeIntervalMilliseconds: Int32 = 100
+    /// Gratuitous ARP after a start: this many right away, 200 ms apart, and as many again a
+    /// second and three seconds later, while the peer's host may still answer for the address.
+    static let announcementRounds: [Duration] = [.zero, .seconds(1), .seconds(3)]
+    static let announcementsPerRound = 3
 
     /// `10.0.0.50/24` → ("10.0.0.50", 24); a bare address takes /32 (/128 for IPv6).
     var address: (host: String, prefix: Int)? {
@@ -311,6 +347,35 @@ public struct IPAgent: ResourceAgent {
         return nil
     }
 
+    /// Who answers ARP for `host` on the interface: its MAC, `nil` when nobody; a failure of the
+    /// probe itself as `.failure`.
+    func answering(_ host: String) -> Result<String?, ProbeFailure> {
+        var target = in_addr()
+        guard inet_pton(AF_INET, host, &target) == 1 else { return .success(nil) }
+        var mac: [UInt8] = Array(repeating: 0, count: 6)
+        let found = ctandem_arp_probe(
+            interface, target.s_addr, Self.probes, Self.probeIntervalMilliseconds, Self.probeTimeoutMilliseconds, &mac)
+        if found < 0 { return .failure(ProbeFailure(reason: String(cString: strerror(errno)))) }
+        return .success(found == 1 ? mac.map { byte in
+            let digits = String(byte, radix: 16)
+            return byte < 16 ? "0" + digits : digits
+        }.joined(separator: ":") : nil)
+    }
+
+    /// Why duplicate address detection could not run.
+    struct ProbeFailure: Error {
+        var reason: String
+    }
+
+    /// Whether the MAC that answers for the floating address is the peer's: the one its own
+    /// addresses answer from on the same interface.
+    func isPeer(_ mac: String) -> Bool {
+        peerAddresses.contains { peer in
+            if case .success(let peerMAC?) = answering(peer) { return peerMAC == mac }
+            return false
+        }
+    }
+
     public func start() async -> String? {
         guard let address else { return "address is not an IP address" }
         let tool = Tool(timeout: spec.startTimeout)
@@ -319,15 +384,18 @@ public struct IPAgent: ResourceAgent {
             return "\(address.host) is already in use on \(holders.joined(separator: ", ")) of this host"
         }
         let isV6 = address.host.contains(":")
-        if !isV6, spec.parameters["probe-duplicates"] != "false", ResourceAgents.which("arping") != nil {
-            // Duplicate address detection, probes for up to one second. Quiet mode prints
-            // nothing, so any output is arping's own error and not an answer.
-            let probe = await tool.run("arping", ["-D", "-q", "-c", "2", "-w", "1", "-I", interface, address.host])
-            if probe.status != 0, !probe.output.isEmpty {
-                return ResourceAgents.describe("duplicate address probe", probe, timeout: spec.startTimeout)
-            }
-            if probe.status == 1 {
-                return "\(address.host) is already in use: another host on \(interface) answers ARP for it"
+        var takenOver: String?
+        if !isV6, spec.parameters["probe-duplicates"] != "false" {
+            switch answering(address.host) {
+            case .failure(let failure):
+                return "duplicate address probe on \(interface) failed: \(failure.reason)"
+            case .success(let mac?):
+                guard isPeer(mac) else {
+                    return "\(address.host) is already in use: another host on \(interface) answers ARP for it (\(mac))"
+                }
+                takenOver = mac
+            case .success(nil):
+                break
             }
         }
         let family = isV6 ? "-6" : "-4"
@@ -336,13 +404,30 @@ public struct IPAgent: ResourceAgent {
         guard added.status == 0 else {
             return ResourceAgents.describe("ip addr add", added, timeout: spec.startTimeout)
         }
-        if !isV6, ResourceAgents.which("arping") != nil {
-            // Unsolicited ARP: neighbours and switches learn the new place at once. The address
-            // serves already; arping lingers a second after its last packet, so nothing waits for it.
-            let arguments = ["-U", "-q", "-c", "2", "-w", "1", "-I", interface, address.host]
-            Task.detached { _ = await tool.run("arping", arguments) }
+        if let takenOver {
+            note(
+                "\(address.host) was still answered by the peer's host (\(takenOver) on \(interface)) after its "
+                    + "lease ended; taken over and announced")
         }
+        if !isV6 { announce(address.host) }
         return nil
+    }
+
+    /// Gratuitous ARP in rounds: the address serves already, so nothing waits for them.
+    func announce(_ host: String) {
+        var value = in_addr()
+        guard inet_pton(AF_INET, host, &value) == 1 else { return }
+        let interface = interface
+        let raw = value.s_addr
+        Task.detached {
+            for round in Self.announcementRounds {
+                try? await Task.sleep(for: round == .zero ? .zero : round - .milliseconds(600))
+                for index in 0..<Self.announcementsPerRound {
+                    if index > 0 { try? await Task.sleep(for: .milliseconds(200)) }
+                    _ = ctandem_arp_announce(interface, raw)
+                }
+            }
+        }
     }
 
     public func stop() async -> String? {
@@ -352,6 +437,18 @@ public struct IPAgent: ResourceAgent {
         let removed = await Tool(timeout: spec.stopTimeout).run(
             "ip", ["addr", "del", "\(address.host)/\(address.prefix)", "dev", interface])
         return removed.status == 0 ? nil : ResourceAgents.describe("ip addr del", removed, timeout: spec.stopTimeout)
+    }
+
+    /// Removes the address at once, from a thread that may not return to async work (an HA reset
+    /// about to exit): `nil` when it is gone or was not there.
+    public func releaseBlocking() -> String? {
+        guard let address else { return nil }
+        let removed = ProcessRunner.runBlocking(
+            ResourceAgents.which("ip") ?? "ip", ["addr", "del", "\(address.host)/\(address.prefix)", "dev", interface],
+            environment: ProcessRunner.defaultEnvironment, timeout: .seconds(2))
+        // `ip` says "Cannot assign requested address" (exit 2) when the address was not there.
+        if removed.status == 0 || removed.output.contains("Cannot assign requested address") { return nil }
+        return ResourceAgents.describe("ip addr del", removed, timeout: .seconds(2))
     }
 
     public func monitor() async -> MonitorResult {

@@ -15,7 +15,10 @@ final class Recorder: Sendable {
     var hooks: GroupManager.Hooks {
         GroupManager.Hooks(
             event: { message, _ in self.events.withLock { $0.append(message) } },
-            failover: { reason in self.failovers.withLock { $0.append(reason) } },
+            failover: { reason in
+                self.failovers.withLock { $0.append(reason) }
+                return nil
+            },
             reset: { reason in self.resets.withLock { $0.append(reason) } })
     }
 

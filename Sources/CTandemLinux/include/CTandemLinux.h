@@ -29,4 +29,18 @@ int ctandem_enter_network_namespace(const char *path);
 /// errno EAGAIN when the first byte is not cached, EOPNOTSUPP where the file cannot say.
 ssize_t ctandem_pread_cached(int fd, void *buffer, size_t count, off_t offset);
 
+/* Asks who holds the IPv4 address `target` (network byte order) on interface `interface`, as
+   duplicate address detection does (ARP request from 0.0.0.0), `probes` times `interval_ms` apart,
+   waiting `timeout_ms` in all. Returns 1 with the responder's MAC in `mac` when someone answered,
+   0 when nobody did, -1 with errno set when the interface or the raw socket failed. */
+int ctandem_arp_probe(const char *interface, unsigned int target, int probes, int interval_ms, int timeout_ms,
+                      unsigned char mac[6]);
+
+/* Announces the IPv4 address `address` (network byte order) on `interface` with one gratuitous ARP
+   request, so that neighbours and switches learn its new place. 0, or -1 with errno set. */
+int ctandem_arp_announce(const char *interface, unsigned int address);
+
+/* The MAC of `interface` into `mac`: 0, or -1 with errno set. */
+int ctandem_interface_mac(const char *interface, unsigned char mac[6]);
+
 #endif

@@ -85,6 +85,11 @@ public final class MembershipService: Service, Sendable {
     private let events = Mutex<[String]>([])
     private let initialState: MembershipState
     static let witnessName = "witness"
+    /// Armed for as long as the loop runs, when the config names one.
+    private let watchdog: Watchdog?
+    /// The end of this node's lease while it is primary and the lease binds: the watchdog is not
+    /// fed once it is more than a heartbeat interval past (the loop did not step down in time).
+    private let leaseEnd = Mutex<Duration?>(nil)
 
     /// Reads the persisted state; an unreadable state file refuses the start (it holds votes).
     public init(
@@ -106,11 +111,7 @@ public final class MembershipService: Service, Sendable {
             logger: logger)
         self.statePath = "\(configuration.cluster.stateDirectory)/\(local.name).membership"
         self.modesPath = Self.modesPath(stateDirectory: configuration.cluster.stateDirectory, node: local.name)
-        self.haReset = HAReset(
-            path: "\(configuration.cluster.stateDirectory)/\(local.name).reset-log",
-            modesPath: Self.modesPath(stateDirectory: configuration.cluster.stateDirectory, node: local.name),
-            node: local.name,
-            action: configuration.cluster.haReset, journal: journal, logger: logger)
+        self.haReset = HAReset.make(configuration: configuration, node: local.name, journal: journal, logger: logger)
         self.logger = logger
         self.links = local.heartbeat.enumerated().map { index, host in
             let peerHost = peer.map { $0.heartbeat[min(index, $0.heartbeat.count - 1)] }
@@ -123,6 +124,22 @@ public final class MembershipService: Service, Sendable {
         (inputs, continuation) = AsyncStream.makeStream(of: Input.self, bufferingPolicy: .unbounded)
         initialState = try MembershipState.load(path: statePath)
         initialModes = try Self.loadModes(path: modesPath)
+        watchdog = try configuration.cluster.watchdog.map { path throws(AgentError) in
+            try Watchdog(
+                path: path,
+                timeoutSeconds: Watchdog.timeout(
+                    deadTime: configuration.timing.deadTime, heartbeatInterval: configuration.timing.heartbeatInterval),
+                logger: logger)
+        }
+    }
+
+    /// Why the watchdog must not be fed now: a primary whose lease ended more than a heartbeat
+    /// interval ago without stepping down.
+    private func watchdogRefusal(now: Duration) -> String? {
+        guard let end = leaseEnd.withLock({ $0 }), now - end > configuration.timing.heartbeatInterval else {
+            return nil
+        }
+        return "the lease ended \(now - end) ago and this node has not stepped down"
     }
 
     /// Where a node keeps its modes.
@@ -142,6 +159,18 @@ public final class MembershipService: Service, Sendable {
     /// only the decider sets volume roles, and `tandem volume primary|secondary` is refused.
     public var failsOverOnItsOwn: Bool {
         configuration.witness != nil || configuration.cluster.fenceCommand != nil
+    }
+
+    /// Why the peer could not take the primary role now (not heard from, in standby, its data
+    /// not up to date), or `nil` when it could.
+    public var peerUnfitForTakeover: String? {
+        let view = snapshot
+        let name = peer?.name ?? "the peer"
+        guard view.peerAlive, let heartbeat = view.peerHeartbeat else { return "\(name) is not heard from" }
+        if heartbeat.standby { return "\(name) is in standby" }
+        if heartbeat.mode != .default { return "\(name) is in \(heartbeat.mode.rawValue) mode" }
+        if !heartbeat.dataReady { return "\(name) cannot serve: its data is not up to date or it is blocked" }
+        return nil
     }
 
     /// The latest view, for status.
@@ -222,9 +251,10 @@ public final class MembershipService: Service, Sendable {
         if Self.holdsBack(modes, standby: standby) { groups?.requestStopAll() } else { groups?.requestRole(.secondary) }
         groups?.setMonitoring(modes.mode != .config)
         let tickEvery = min(configuration.timing.heartbeatInterval / 4, .milliseconds(50))
-        let ticker = Task { [continuation, backlog] in
+        let ticker = Task { [continuation, backlog, watchdog] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: tickEvery)
+                watchdog?.feed(refusal: self.watchdogRefusal(now: Self.now()))
                 // One tick waiting is enough: a loop held up (a resource's stop) catches up with one.
                 if !backlog.tickQueued.exchange(true, ordering: .acquiringAndReleasing) { continuation.yield(.tick) }
             }
@@ -407,6 +437,9 @@ public final class MembershipService: Service, Sendable {
         // Also when the loop ended by cancellation: a request made from now on is answered at once.
         continuation.finish()
         ticker.cancel()
+        // The ticker feeds the watchdog: it must be done before the descriptor closes.
+        await ticker.value
+        watchdog?.disarm()
         keepers.cancel()
         for channel in channels.withLock({ $0 }) { try? await channel.close() }
     }
@@ -502,6 +535,7 @@ public final class MembershipService: Service, Sendable {
                 }
                 groups?.requestRole(.primary)
             case .demote(let reason, let drain):
+                leaseEnd.withLock { $0 = nil }
                 // A planned switchover stops the services first, so that they release the volume;
                 // otherwise the volume stops at once and the services follow.
                 if drain { await groups?.setRole(.secondary) }
@@ -509,6 +543,7 @@ public final class MembershipService: Service, Sendable {
                 if !drain { groups?.requestRole(.secondary) }
                 logger.notice("demoted: \(reason)")
             case .leaseUntil(let until):
+                leaseEnd.withLock { $0 = until }
                 let end = until.map { ReplicatedVolume.leaseOrigin + $0 }
                 for volume in volumes { volume.setLeaseEnd(end) }
             case .completeWithoutPeer(let allowed):

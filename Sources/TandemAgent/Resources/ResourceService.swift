@@ -21,15 +21,23 @@ public final class ResourceService: Service, Sendable {
     init(
         configuration: Configuration, node: String, volumes: [ReplicatedVolume], gate: ExportGate,
         journal: EventJournal,
-        reset: HAReset, failover: @escaping @Sendable (String) async -> Void, startAsPrimary: Bool, logger: Logger
+        reset: HAReset, failover: @escaping @Sendable (String) async -> String?, startAsPrimary: Bool, logger: Logger
     ) {
         let groups = configuration.groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node) }
         var agents: [any ResourceAgent] = []
+        let peerAddresses = configuration.nodes.filter { $0.name != node }.flatMap { [$0.address] + $0.heartbeat }
+        let note: @Sendable (String) -> Void = { message in
+            logger.notice("\(message)")
+            journal.append(.resource, message, durable: true)
+        }
         for group in groups {
             for (index, resource) in group.resources.enumerated() {
                 guard let spec = try? ResourceSpec.make(group: group.name, index: index, resource: resource).get()
                 else { continue }
-                agents.append(ResourceAgents.make(spec) { spec in Self.builtIn(spec, volumes: volumes, gate: gate) })
+                agents.append(
+                    ResourceAgents.make(spec, peerAddresses: Array(Set(peerAddresses)).sorted(), note: note) { spec in
+                        Self.builtIn(spec, volumes: volumes, gate: gate)
+                    })
             }
         }
         manager = GroupManager(
@@ -99,8 +107,9 @@ public final class ResourceService: Service, Sendable {
     }
 }
 
-/// Self-fencing: the reason is appended to the reset log and the journal, both fsync'd, then the
-/// machine reboots (or, in the lab and in tests, the agent exits with status 70).
+/// Self-fencing: the node's floating addresses are dropped, the reason is appended to the reset
+/// log and the journal, both fsync'd, then the machine reboots (or, in the lab and in tests, the
+/// agent exits with status 70).
 public struct HAReset: Sendable {
     let path: String
     /// The mode file, where the reset leaves the failed-startup blocker.
@@ -109,8 +118,27 @@ public struct HAReset: Sendable {
     let action: Configuration.ResetAction
     let journal: EventJournal?
     let logger: Logger
+    /// The node's `ip` resources: dropped first, so that an agent that exits (or a reboot that
+    /// fails) leaves no address answering for a service it no longer runs.
+    var addresses: [IPAgent] = []
+
+    /// The reset of `node` as `configuration` sets it up.
+    static func make(configuration: Configuration, node: String, journal: EventJournal?, logger: Logger) -> HAReset {
+        let state = configuration.cluster.stateDirectory
+        let groups = configuration.groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node) }.map(\.name)
+        let addresses = ResourceSpec.all(in: configuration).filter { $0.type == .ip && groups.contains($0.group) }
+        return HAReset(
+            path: "\(state)/\(node).reset-log", modesPath: MembershipService.modesPath(stateDirectory: state, node: node),
+            node: node, action: configuration.cluster.haReset, journal: journal, logger: logger,
+            addresses: addresses.map { IPAgent(spec: $0) })
+    }
 
     public func reset(reason: String) -> Never {
+        for address in addresses {
+            if let problem = address.releaseBlocking() {
+                logger.error("HA reset: cannot drop \(address.spec.parameters["address"] ?? ""): \(problem)")
+            }
+        }
         let line = "\(EventJournal.timestamp()) \(node) HA reset: \(reason)\n"
         let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         if descriptor >= 0 {

@@ -13,6 +13,7 @@ public enum ConfigTemplate {
         # ha-reset = "reboot"                 # what a node that cannot prove it stopped does ("exit" in labs)
         # fence-command = "/usr/local/sbin/fence-peer"  # without a witness: `CMD NODE ADDRESS`, exit 0 = off
         # peer-congestion-control = "cubic"   # the peer link's TCP congestion control; "system" keeps the kernel's
+        # watchdog = "/dev/watchdog"          # armed and fed by the agent: a dead or frozen agent resets its host
 
         [[node]]
         name = "box-a"                        # `tandem agent --node box-a` (default: the host name)

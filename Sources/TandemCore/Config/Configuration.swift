@@ -45,6 +45,9 @@ public struct Configuration: Sendable, Equatable {
         /// the system's default. BBR, the default of some distributions, paces every send with a
         /// timer, which a dedicated replication link pays for and gains nothing from.
         public var peerCongestionControl: String? = "cubic"
+        /// The watchdog device the agent arms and feeds (`/dev/watchdog`), `nil` for none. When
+        /// the agent dies or freezes, the host resets before the peer takes over.
+        public var watchdog: String? = nil
     }
 
     /// The HA reset's action.

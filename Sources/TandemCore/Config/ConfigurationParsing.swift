@@ -107,7 +107,13 @@ struct ConfigReader {
             table, path: "cluster",
             allowed: [
                 "name", "secret-file", "state-dir", "ha-reset", "fence-command", "peer-congestion-control",
+                "watchdog",
             ])
+        let watchdog = string(table, "watchdog", path: "cluster", required: false)
+        if let watchdog, !watchdog.hasPrefix("/") {
+            report(
+                table["watchdog"]?.line, "cluster.watchdog", "expected an absolute path, found \"\(watchdog)\"")
+        }
         let fenceCommand = string(table, "fence-command", path: "cluster", required: false)
         if let fenceCommand, !fenceCommand.hasPrefix("/") {
             report(
@@ -137,7 +143,8 @@ struct ConfigReader {
         }
         return Configuration.Cluster(
             name: name, secretFile: secretFile, stateDirectory: stateDirectory, haReset: reset ?? .reboot,
-            fenceCommand: fenceCommand, peerCongestionControl: congestionText == "system" ? nil : congestionText)
+            fenceCommand: fenceCommand, peerCongestionControl: congestionText == "system" ? nil : congestionText,
+            watchdog: watchdog)
     }
 
     private mutating func readNode(_ table: TOMLTable, path: String) -> Configuration.Node? {

@@ -106,8 +106,8 @@ public struct ResourceSpecError: Error, Sendable, Equatable {
 /// `restartWindow` moves the group to the peer.
 public struct RestartPolicy: Sendable, Equatable {
     public enum Decision: Sendable, Equatable {
-        /// Stop and start it again here; `attempt` counts from 1.
-        case restart(attempt: Int)
+        /// Stop it and start it again here after `delay`; `attempt` counts from 1.
+        case restart(attempt: Int, delay: Duration)
         /// Too many failures: the group goes to the peer.
         case failover(failures: Int)
     }
@@ -124,12 +124,26 @@ public struct RestartPolicy: Sendable, Equatable {
         self.window = window
     }
 
+    /// The wait before the first restart; each further one within the window waits twice as long,
+    /// up to `maxRestartDelay`. A resource that fails because of something outside it (the peer's
+    /// address still answering, a device not yet there) gets time for that to clear, instead of
+    /// using up its restarts within milliseconds.
+    public static let firstRestartDelay = Duration.milliseconds(500)
+    public static let maxRestartDelay = Duration.seconds(30)
+
+    /// The wait before restart `attempt` (from 1).
+    public static func restartDelay(attempt: Int) -> Duration {
+        let doublings = min(max(attempt - 1, 0), 16)
+        return min(firstRestartDelay * (1 << doublings), maxRestartDelay)
+    }
+
     /// Records a failure at `now` and decides.
     public mutating func failed(at now: Duration) -> Decision {
         failures.removeAll { now - $0 >= window }
         failures.append(now)
         failCount += 1
-        return failures.count > maxRestarts ? .failover(failures: failures.count) : .restart(attempt: failures.count)
+        guard failures.count <= maxRestarts else { return .failover(failures: failures.count) }
+        return .restart(attempt: failures.count, delay: Self.restartDelay(attempt: failures.count))
     }
 
     /// Forgets every failure (`tandem resource cleanup`).
