@@ -13,6 +13,8 @@ final class NamespaceLab: @unchecked Sendable {
     let prefix: String
     let hub: String
     let hosts: [String: (namespace: String, address: String)]
+    /// The agents and the witness started, by host; a supervisor thread reads them too.
+    private let processLock = NSLock()
     private var processes: [String: Process] = [:]
     private var logs: [String: DataCollector] = [:]
     let directory = TemporaryDirectory()
@@ -33,7 +35,8 @@ final class NamespaceLab: @unchecked Sendable {
         }
     }
 
-    init() throws {
+    /// `cluster` adds lines to the config's `[cluster]` table; `{dir}` in them is the lab's directory.
+    init(cluster: String = "") throws {
         try Self.requirements()
         let serial = Self.counter.withLock { value in
             value += 1
@@ -68,6 +71,7 @@ final class NamespaceLab: @unchecked Sendable {
         secret-file = "\(directory.path)/secret"
         state-dir = "\(directory.path)/{node}"
         ha-reset = "exit"
+        \(cluster.replacing("{dir}", with: directory.path))
 
         [[node]]
         name = "a"
@@ -100,8 +104,9 @@ final class NamespaceLab: @unchecked Sendable {
     }
 
     deinit {
-        for process in processes.values where process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        for process in processes.values { Tools.wait(process) }
+        let all = processLock.withLock { Array(processes.values) }
+        for process in all where process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        for process in all { Tools.wait(process) }
         for host in hosts.values { _ = try? Tools.run("ip", ["netns", "del", host.namespace]) }
         _ = try? Tools.run("ip", ["netns", "del", hub])
     }
@@ -119,17 +124,31 @@ final class NamespaceLab: @unchecked Sendable {
         process.standardError = errors
         process.standardOutput = FileHandle.nullDevice
         try Tools.launch(process)
-        processes[name] = process
-        logs[name] = DataCollector(errors.fileHandleForReading)
+        // The log of an earlier run of the same host stays readable in front of the new one.
+        let earlier = log(name)
+        let collector = DataCollector(errors.fileHandleForReading)
+        processLock.withLock {
+            processes[name] = process
+            logs[name] = collector
+            earlierLogs[name] = earlier
+        }
     }
 
+    private var earlierLogs: [String: String] = [:]
+
     func kill9(_ name: String) {
-        guard let process = processes[name] else { return }
+        guard let process = processLock.withLock({ processes[name] }) else { return }
         kill(process.processIdentifier, SIGKILL)
         Tools.wait(process)
     }
 
-    func isRunning(_ name: String) -> Bool { processes[name]?.isRunning ?? false }
+    /// Sends `number` to the host's process (the agent itself, not `ip netns exec`, which execs it).
+    func signal(_ name: String, _ number: Int32) {
+        guard let process = processLock.withLock({ processes[name] }) else { return }
+        kill(process.processIdentifier, number)
+    }
+
+    func isRunning(_ name: String) -> Bool { processLock.withLock { processes[name] }?.isRunning ?? false }
 
     /// Takes a host off the bridge (its cable pulled) or puts it back.
     func link(_ name: String, up: Bool) throws {
@@ -169,7 +188,10 @@ final class NamespaceLab: @unchecked Sendable {
         }
     }
 
-    func log(_ name: String) -> String { logs[name]?.snapshot() ?? "" }
+    func log(_ name: String) -> String {
+        let (earlier, current) = processLock.withLock { (earlierLogs[name] ?? "", logs[name]) }
+        return earlier + (current?.snapshot() ?? "")
+    }
 
     func waitFor(_ what: String, seconds: Double = 60, _ condition: () -> Bool) throws {
         let deadline = Date().addingTimeInterval(seconds)
