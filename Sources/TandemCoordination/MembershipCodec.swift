@@ -2,13 +2,13 @@ import TandemCore
 
 /// The datagram form of membership messages.
 ///
-/// Layout: magic `TDMB`, version 2, the cluster name, the message type, then its fields (integers
+/// Layout: magic `TDMB`, version 4, the cluster name, the message type, then its fields (integers
 /// big-endian, strings as a one-byte length and UTF-8, booleans as one byte 0 or 1). The shell
 /// appends the sender's incarnation and sequence number (see `ReplayGuard`) and an HMAC over all
 /// of it; a datagram that does not parse to its last byte is refused.
 public enum MembershipCodec {
     static let magic: [UInt8] = Array("TDMB".utf8)
-    static let version: UInt8 = 3
+    static let version: UInt8 = 4
 
     /// Why a datagram was refused.
     public struct DecodeError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -51,6 +51,7 @@ public enum MembershipCodec {
             writer.string(request.sender)
             writer.integer(request.epoch)
             writer.integer(request.id)
+            writer.boolean(request.preVote)
         case .voteReply(let reply):
             writer.bytes.append(5)
             writer.string(reply.sender)
@@ -59,6 +60,7 @@ public enum MembershipCodec {
             writer.boolean(reply.granted)
             writer.integer(reply.knownEpoch)
             writer.string(reply.reason)
+            writer.boolean(reply.preVote)
         case .release(let sender, let epoch, let peerInSync):
             writer.bytes.append(6)
             writer.string(sender)
@@ -104,12 +106,15 @@ public enum MembershipCodec {
                     peerOutdatedRecorded: try reader.boolean()))
         case 4:
             message = .voteRequest(
-                VoteRequest(sender: try reader.string(), epoch: try reader.integer(), id: try reader.integer()))
+                VoteRequest(
+                    sender: try reader.string(), epoch: try reader.integer(), id: try reader.integer(),
+                    preVote: try reader.boolean()))
         case 5:
             message = .voteReply(
                 VoteReply(
                     sender: try reader.string(), epoch: try reader.integer(), id: try reader.integer(),
-                    granted: try reader.boolean(), knownEpoch: try reader.integer(), reason: try reader.string()))
+                    granted: try reader.boolean(), knownEpoch: try reader.integer(), reason: try reader.string(),
+                    preVote: try reader.boolean()))
         case 6:
             message = .release(
                 sender: try reader.string(), epoch: try reader.integer(), peerInSync: try reader.boolean())

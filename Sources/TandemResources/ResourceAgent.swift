@@ -356,10 +356,12 @@ public struct IPAgent: ResourceAgent {
         let found = ctandem_arp_probe(
             interface, target.s_addr, Self.probes, Self.probeIntervalMilliseconds, Self.probeTimeoutMilliseconds, &mac)
         if found < 0 { return .failure(ProbeFailure(reason: String(cString: strerror(errno)))) }
-        return .success(found == 1 ? mac.map { byte in
-            let digits = String(byte, radix: 16)
-            return byte < 16 ? "0" + digits : digits
-        }.joined(separator: ":") : nil)
+        return .success(
+            found == 1
+                ? mac.map { byte in
+                    let digits = String(byte, radix: 16)
+                    return byte < 16 ? "0" + digits : digits
+                }.joined(separator: ":") : nil)
     }
 
     /// Why duplicate address detection could not run.

@@ -459,6 +459,12 @@ public struct Simulation {
                 promote(name, epoch: epoch)
             case .demote(let reason, _):
                 if options.shellIgnoresDemotion { break }
+                if reason.contains("newer epoch"), let until = nodes[idx(name)].leaseUntil, until > now {
+                    // PreVote: no candidacy raises the epoch while a primary's lease holds at a
+                    // voter, so a newer epoch never reaches a primary whose lease is valid.
+                    violations.append(
+                        "\(name) was deposed by a newer epoch with \(until - now) of its lease left: \(reason)")
+                }
                 nodes[idx(name)].serving = false
                 nodes[idx(name)].waiting = []
                 note("\(name) demotes: \(reason)")

@@ -283,7 +283,10 @@ struct NemesisTests {
         let identical = try copiesIdentical(lab)
         let (_, lost) = try ledger.verify()
         let macs = try ["a", "b"].map { node in
-            (node, try Tools.check("ip", ["-n", lab.hosts[node]!.namespace, "-o", "link", "show", "eth0"]).standardOutput)
+            (
+                node,
+                try Tools.check("ip", ["-n", lab.hosts[node]!.namespace, "-o", "link", "show", "eth0"]).standardOutput
+            )
         }
         let serving = ledger.servingMACs(since: faultAt).map { mac in
             macs.first { $0.1.lowercased().contains(mac.lowercased()) }?.0 ?? mac
@@ -294,6 +297,9 @@ struct NemesisTests {
             resets: supervisor.resets, restarts: supervisor.restarts, copiesIdentical: identical,
             restartDelay: restartDelay)
         print(figures)
+        if ProcessInfo.processInfo.environment["NEMESIS_JOURNALS"] != nil {
+            print("\(name): both journals\n\(journal(lab, "a"))\n\(journal(lab, "b"))")
+        }
         #expect(lost.isEmpty, "\(name): acknowledged blocks lost: \(lost.prefix(10))")
         #expect(identical, "\(name): the two copies differ after the resync")
         // Each change of the node that served acknowledged writes needs a promotion behind it: two
@@ -451,7 +457,8 @@ struct NemesisTests {
             usleep(3_000_000)
             // The host's addresses go with it: a host that powers up has none.
             for address in [NamespaceLab.floating, NamespaceLab.second] {
-                _ = try? Tools.run("ip", ["-n", lab.hosts["a"]!.namespace, "addr", "del", "\(address)/24", "dev", "eth0"])
+                _ = try? Tools.run(
+                    "ip", ["-n", lab.hosts["a"]!.namespace, "addr", "del", "\(address)/24", "dev", "eth0"])
             }
             try lab.link("a", up: true)
             supervisor.hold("a", down: false)

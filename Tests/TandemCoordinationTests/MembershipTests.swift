@@ -161,6 +161,8 @@ struct Cluster {
     var down: Set<String> = []
     /// The path between a and b is cut (each still reaches the witness).
     var cut = false
+    /// Nodes that run but reach nobody, and whom nobody reaches.
+    var isolated: Set<String> = []
     var log: [String] = []
     var promotions: [(String, UInt64)] = []
     var resets: [String] = []
@@ -229,6 +231,7 @@ struct Cluster {
     mutating func deliver(_ message: MembershipMessage, to target: String, from sender: String) {
         guard !down.contains(target), !down.contains(sender) else { return }
         if cut, Set([target, sender]) == ["a", "b"] { return }
+        if isolated.contains(target) || isolated.contains(sender) { return }
         if target == "w" {
             guard var witness else { return }
             let actions = witness.receive(message, now: now)
@@ -312,6 +315,25 @@ struct DeciderTests {
         #expect(demotedAt != nil)
         #expect(demotedAt! <= leaseEnd + .milliseconds(50))
         #expect(leaseEnd - cluster.now < .seconds(2))
+    }
+
+    @Test("a node cut off from peer and witness raises no epoch, and does not depose the primary on its return")
+    func preVote_keepsTheEpochOfAnIsolatedNode() {
+        var cluster = Cluster()
+        cluster.run(for: .seconds(4))
+        #expect(cluster.primaries == ["a"])
+        cluster.isolated.insert("a")
+        cluster.run(for: .seconds(10))
+        #expect(cluster.primaries == ["b"])
+        let epoch = cluster.b.epoch
+        // a asked for pre-votes all along, and nobody answered: it never raised its epoch.
+        #expect(cluster.a.heartbeat().epoch < epoch)
+        cluster.isolated.remove("a")
+        let promotions = cluster.promotions.count
+        cluster.run(for: .seconds(6))
+        #expect(cluster.primaries == ["b"])
+        #expect(cluster.b.epoch == epoch)
+        #expect(cluster.promotions.count == promotions, "\(cluster.log.suffix(6))")
     }
 
     @Test("a primary that was stopped past its lease resets itself when it wakes")
@@ -465,7 +487,9 @@ struct DeciderTests {
             "a's first renewal tells the restarted witness that b is outdated")
         // The witness refuses b first for a's lease, which a renews there although it no longer binds a.
         #expect(
-            cluster.log.contains { $0.contains("w refused its vote") && $0.contains("the lease of a is still valid") },
+            cluster.log.contains {
+                $0.contains("w refused its pre-vote") && $0.contains("the lease of a is still valid")
+            },
             "\(cluster.log.suffix(5))")
     }
 

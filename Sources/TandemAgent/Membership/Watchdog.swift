@@ -48,7 +48,8 @@ final class Watchdog: Sendable {
         if ioctl(descriptor, Self.setTimeoutRequest, &timeout) != 0 {
             if isDevice {
                 let reason = String(cString: strerror(errno))
-                logger.warning("watchdog \(path) refused a timeout of \(timeoutSeconds) s (\(reason)); it keeps its own")
+                logger.warning(
+                    "watchdog \(path) refused a timeout of \(timeoutSeconds) s (\(reason)); it keeps its own")
             }
             timeout = timeoutSeconds
         }

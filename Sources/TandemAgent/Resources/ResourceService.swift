@@ -128,7 +128,8 @@ public struct HAReset: Sendable {
         let groups = configuration.groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node) }.map(\.name)
         let addresses = ResourceSpec.all(in: configuration).filter { $0.type == .ip && groups.contains($0.group) }
         return HAReset(
-            path: "\(state)/\(node).reset-log", modesPath: MembershipService.modesPath(stateDirectory: state, node: node),
+            path: "\(state)/\(node).reset-log",
+            modesPath: MembershipService.modesPath(stateDirectory: state, node: node),
             node: node, action: configuration.cluster.haReset, journal: journal, logger: logger,
             addresses: addresses.map { IPAgent(spec: $0) })
     }

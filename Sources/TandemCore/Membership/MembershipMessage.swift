@@ -100,15 +100,22 @@ public struct LeaseReply: Sendable, Equatable {
 }
 
 /// A node asks a voter to make it primary for `epoch`.
+///
+/// A pre-vote (`preVote`) asks only whether the voter would grant it: the voter answers as it
+/// would, and records nothing. A node raises its epoch only after a pre-vote won, so that a node
+/// cut off from the others does not drive the epoch up with candidacies that cannot win, and
+/// depose a primary whose lease is valid when it returns (Raft's PreVote).
 public struct VoteRequest: Sendable, Equatable {
     public var sender: String
     public var epoch: UInt64
     public var id: UInt64
+    public var preVote: Bool
 
-    public init(sender: String, epoch: UInt64, id: UInt64) {
+    public init(sender: String, epoch: UInt64, id: UInt64, preVote: Bool = false) {
         self.sender = sender
         self.epoch = epoch
         self.id = id
+        self.preVote = preVote
     }
 }
 
@@ -121,13 +128,19 @@ public struct VoteReply: Sendable, Equatable {
     public var knownEpoch: UInt64
     /// Why a vote was refused, for the log.
     public var reason: String
+    /// The answer to a pre-vote: nothing was recorded.
+    public var preVote: Bool
 
-    public init(sender: String, epoch: UInt64, id: UInt64, granted: Bool, knownEpoch: UInt64, reason: String) {
+    public init(
+        sender: String, epoch: UInt64, id: UInt64, granted: Bool, knownEpoch: UInt64, reason: String,
+        preVote: Bool = false
+    ) {
         self.sender = sender
         self.epoch = epoch
         self.id = id
         self.granted = granted
         self.knownEpoch = knownEpoch
         self.reason = reason
+        self.preVote = preVote
     }
 }

@@ -132,6 +132,11 @@ public struct NodeController: Sendable {
     private var leaseEndReported = false
     private var lastInSyncRequestID: UInt64 = 0
     private var candidacy: (id: UInt64, sentAt: Duration)?
+    /// A pre-vote asked for `epoch`: a candidacy starts only once a voter besides this node would
+    /// grant it.
+    private var preCandidacy: (id: UInt64, epoch: UInt64, sentAt: Duration, refusals: Int)?
+    /// The last pre-vote refusal reported, so that a repeat is not.
+    private var lastPreVoteRefusal: String?
     /// The epoch this node handed over in a planned step-down, and how often it has since told
     /// the voters that the peer is in sync.
     private var handedOver: (epoch: UInt64, reports: Int)?
@@ -281,6 +286,28 @@ public struct NodeController: Sendable {
             if voter.record != before { actions.append(.persist(voter.record)) }
             learnEpoch(voter.record.epoch, &actions)
             actions.append(.send(.voteReply(reply), to: .node(request.sender)))
+        case .voteReply(let reply) where reply.preVote:
+            learnEpoch(reply.knownEpoch, &actions)
+            guard role == .secondary, let pre = preCandidacy, reply.id == pre.id, reply.epoch == pre.epoch else {
+                break
+            }
+            guard reply.granted else {
+                let said = "\(reply.sender) refused its pre-vote for epoch \(reply.epoch): \(reply.reason)"
+                if said != lastPreVoteRefusal {
+                    // Said once per reason: a node cut off from the primary asks every interval.
+                    lastPreVoteRefusal = said
+                    actions.append(.event(said))
+                }
+                preCandidacy?.refusals += 1
+                if pre.refusals + 1 >= (settings.hasWitness ? 2 : 1) {
+                    // Every other voter said no: ask again soon, not after the pre-vote's timeout.
+                    preCandidacy = nil
+                    backoffUntil = now + settings.heartbeatInterval * (settings.isPreferred ? 1 : 2)
+                }
+                break
+            }
+            preCandidacy = nil
+            startCandidacy(&actions, now: now)
         case .voteReply(let reply):
             learnEpoch(reply.knownEpoch, &actions)
             guard role == .candidate, reply.epoch == epoch, let candidacy, reply.id == candidacy.id else { break }
@@ -317,6 +344,7 @@ public struct NodeController: Sendable {
             role = .secondary
             candidacy = nil
         }
+        if standby { preCandidacy = nil }
         if let peer = settings.peer { actions.append(.send(.heartbeat(heartbeat()), to: .node(peer))) }
         return actions
     }
@@ -445,10 +473,34 @@ public struct NodeController: Sendable {
         {
             return
         }
-        startCandidacy(&actions, now: now)
+        startPreVote(&actions, now: now)
+    }
+
+    /// Asks the peer and the witness whether they would vote for this node in the next epoch,
+    /// changing nothing anywhere; the candidacy follows the first yes.
+    private mutating func startPreVote(_ actions: inout [MembershipAction], now: Duration) {
+        if let pre = preCandidacy {
+            guard now - pre.sentAt > candidateTimeout else { return }
+            // Nobody would: wait as a refused candidacy does, without having raised the epoch.
+            preCandidacy = nil
+            backoffUntil = now + settings.heartbeatInterval * (settings.isPreferred ? 1 : 3)
+            return
+        }
+        let newEpoch = max(knownEpoch, voter.record.epoch) + 1
+        let id = nextID
+        nextID += 1
+        let request = VoteRequest(sender: settings.name, epoch: newEpoch, id: id, preVote: true)
+        guard voter.vote(request, at: now).granted else {
+            backoffUntil = now + settings.heartbeatInterval
+            return
+        }
+        preCandidacy = (id, newEpoch, now, 0)
+        actions.append(.send(.voteRequest(request), to: .peer))
+        if settings.hasWitness { actions.append(.send(.voteRequest(request), to: .witness)) }
     }
 
     private mutating func startCandidacy(_ actions: inout [MembershipAction], now: Duration) {
+        guard isEligible, role == .secondary else { return }
         let newEpoch = max(knownEpoch, voter.record.epoch) + 1
         let id = nextID
         nextID += 1

@@ -71,7 +71,7 @@ public struct Voter: Sendable, Equatable {
         func refuse(_ reason: String) -> VoteReply {
             VoteReply(
                 sender: name, epoch: request.epoch, id: request.id, granted: false, knownEpoch: record.epoch,
-                reason: reason)
+                reason: reason, preVote: request.preVote)
         }
         guard nodes.contains(request.sender) else { return refuse("\(request.sender) is not a node of this cluster") }
         if now < quietUntil { return refuse("\(name) started less than a lease time ago") }
@@ -86,6 +86,12 @@ public struct Voter: Sendable, Equatable {
             return refuse("the data of \(request.sender) is outdated")
         }
         guard candidateFit.ok else { return refuse(candidateFit.reason) }
+        if request.preVote {
+            // It would be granted; nothing is recorded or promised.
+            return VoteReply(
+                sender: name, epoch: request.epoch, id: request.id, granted: true, knownEpoch: record.epoch, reason: "",
+                preVote: true)
+        }
         record.epoch = request.epoch
         record.holder = request.sender
         promise = (request.sender, request.epoch, now + leaseTime)
