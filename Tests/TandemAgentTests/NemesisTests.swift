@@ -263,22 +263,26 @@ struct NemesisTests {
         try lab.waitFor("writes through the floating address") { ledger.acknowledged(after: .distantPast) >= 100 }
         let promotionsBefore = promotions(lab)
         let faultAt = Date()
+        let promoted: Int
         do {
             try fault(lab, supervisor)
             let healedAt = Date()
             try lab.waitFor("writes through the floating address after the fault", seconds: 90) {
                 ledger.acknowledged(after: healedAt) >= 100
             }
+            ledger.stop()
+            promoted = promotions(lab) - promotionsBefore
+            try lab.waitFor("both copies in sync after the fault", seconds: 120) {
+                (lab.role("a") == "primary" && inSync(lab, "a")) || (lab.role("b") == "primary" && inSync(lab, "b"))
+            }
         } catch {
             let errors = (try? String(contentsOfFile: ledger.errorsPath, encoding: .utf8)) ?? ""
             let tail = ledger.entries.suffix(3).map { "\($0.block.map(String.init) ?? "connect") at \($0.at)" }
             print("\(name): both journals\n\(journal(lab, "a"))\n\(journal(lab, "b"))\nledger: \(tail) \(errors)")
+            for node in ["a", "b"] {
+                print(lab.log(node).split(separator: "\n").map { "\(node) log: \($0)" }.joined(separator: "\n"))
+            }
             throw error
-        }
-        ledger.stop()
-        let promoted = promotions(lab) - promotionsBefore
-        try lab.waitFor("both copies in sync after the fault", seconds: 120) {
-            (lab.role("a") == "primary" && inSync(lab, "a")) || (lab.role("b") == "primary" && inSync(lab, "b"))
         }
         let identical = try copiesIdentical(lab)
         let (_, lost) = try ledger.verify()

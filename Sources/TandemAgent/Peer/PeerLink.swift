@@ -162,9 +162,22 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     ) {
         self.local = local
         self.peer = peer
-        self.settings = PeerLinkSettings(
+        var settings = PeerLinkSettings(
             clusterName: configuration.cluster.name, localName: local.name, peerName: peer.name,
             secret: secret)
+        // The link counts as a heartbeat link: it must be found dead by the dead time, as the
+        // others are, or the primary's writes wait for it (the voters cannot record the peer
+        // outdated while the link still looks connected). The silence limit ends two intervals
+        // earlier, so that the link is closed here before the kernel gives up on it at
+        // TCP_USER_TIMEOUT: a connection the kernel aborted after sends failed on a missing
+        // route reads EINVAL, which SwiftNIO treats as a bug and stops the process on.
+        let interval = configuration.timing.heartbeatInterval
+        settings.keepAliveInterval = Self.timeAmount(interval)
+        settings.silenceLimit = Self.timeAmount(max(configuration.timing.deadTime - interval * 2, interval))
+        self.settings = settings
+        self.userTimeoutMilliseconds = CInt(
+            clamping: configuration.timing.deadTime.components.seconds * 1000
+                + configuration.timing.deadTime.components.attoseconds / 1_000_000_000_000_000)
         self.volumes = Dictionary(uniqueKeysWithValues: volumes.map { ($0.index, $0) })
         // A volume whose file cannot be opened again sends its payloads from memory instead.
         self.files = volumes.reduce(into: [:]) { files, volume in
@@ -178,6 +191,14 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
         self.congestionControl = configuration.cluster.peerCongestionControl
         self.maximumFrameBytes = max(configuration.limits.nbdMaxRequestBytes, 64 << 20) + (64 << 10)
     }
+
+    static func timeAmount(_ duration: Duration) -> TimeAmount {
+        .nanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+
+    /// `TCP_USER_TIMEOUT`: data the peer has not acknowledged for the dead time ends the
+    /// connection, as the silence limit does for a link that carries nothing.
+    private let userTimeoutMilliseconds: CInt
 
     /// How long the link must be down before the node whose links lose ties dials too.
     static let fallbackDialDelay = Duration.seconds(5)
@@ -214,7 +235,19 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder))
                 try channel.pipeline.syncOperations.addHandler(
                     PeerLinkHandler(settings: settings, isDialer: isDialer, delegate: self, logger: logger))
-            }.flatMap { self.setCongestionControl(channel) }
+            }.flatMap { self.setUserTimeout(channel) }.flatMap { self.setCongestionControl(channel) }
+        }
+    }
+
+    private func setUserTimeout(_ channel: any Channel) -> EventLoopFuture<Void> {
+        guard let socket = channel as? any SocketOptionProvider else {
+            return channel.eventLoop.makeSucceededVoidFuture()
+        }
+        return socket.unsafeSetSocketOption(
+            level: .init(rawValue: CInt(IPPROTO_TCP)), name: .init(rawValue: CInt(TCP_USER_TIMEOUT)),
+            value: userTimeoutMilliseconds
+        ).flatMapErrorThrowing { error in
+            self.logger.warning("peer link: TCP_USER_TIMEOUT refused (\(error)); a dead peer is found by silence only")
         }
     }
 
