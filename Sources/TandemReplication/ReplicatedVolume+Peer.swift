@@ -55,7 +55,15 @@ extension ReplicatedVolume {
                 state.resync = nil
                 if state.disk == .inconsistent { state.connection = .connecting }
             }
-            let startsGeneration = state.role == .primary && state.generations.bitmap == 0
+            // A primary whose lease ended (frozen past it, woken now) acknowledges nothing more
+            // and must not present its copy as changed: quorum has made the peer primary already.
+            // Under protocol C, where writes wait for a voter to record the peer outdated before
+            // they complete alone, the generation starts then (`setCompletesWithoutPeer`): a
+            // primary cut off from everyone completes nothing alone, and its copy rejoins as the
+            // resync target without looking like a split brain.
+            let completesAlone = state.completesWithoutPeer || configuration.protocol != .c
+            let startsGeneration =
+                state.role == .primary && state.generations.bitmap == 0 && mayAcknowledge && completesAlone
             if startsGeneration {
                 state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
             }
@@ -152,10 +160,20 @@ extension ReplicatedVolume {
     private func act(on decision: SyncDecision, peerState: PeerVolumeState) -> [ReplicationEvent] {
         switch decision {
         case .noSync, .awaitingInitialSource:
-            let changed = state.withLock { state -> Bool in
-                guard state.connection == .connecting else { return false }
+            let (changed, current) = state.withLock { state -> (Bool, Bool) in
+                // The same data as an up-to-date peer, nothing marked on either side: nothing is missing.
+                let current =
+                    decision == .noSync && state.disk == .outdated && state.bitmap.dirtyRegionCount == 0
+                    && peerState.diskState == DiskState.upToDate.code && peerState.outOfSyncBytes == 0
+                    && state.resync == nil
+                if current { state.disk = .upToDate }
+                guard state.connection == .connecting else { return (false, current) }
                 state.connection = .connected
-                return true
+                return (true, current)
+            }
+            if current {
+                persistMetadata()
+                report(event("the same data as the peer's up-to-date copy: this copy is no longer outdated"))
             }
             return changed
                 ? [
@@ -182,7 +200,10 @@ extension ReplicatedVolume {
                 resolvable: bitmapsCover)
             state.splitBrain = report
             if state.discardLocal { return (.local, report) }
-            if peerState.diskState == DiskState.outdated.code { return (.peer, report) }
+            // A copy that quorum recorded outdated lacks acknowledged writes: it never survives.
+            let peerOutdated = peerState.diskState == DiskState.outdated.code
+            if state.disk == .outdated, !peerOutdated { return (.local, report) }
+            if peerOutdated, state.disk != .outdated { return (.peer, report) }
             let local = SplitBrainPolicy.Divergence(
                 changedBytes: report.localChangedBytes, promotedEpoch: state.epoch, isPrimary: state.role == .primary)
             let peer = SplitBrainPolicy.Divergence(
@@ -218,6 +239,13 @@ extension ReplicatedVolume {
             guard state.role == .secondary else {
                 throw RoleError(
                     description: "\(configuration.name) is primary here; make it secondary before discarding its data")
+            }
+            if state.disk != .outdated, state.peerState?.diskState == DiskState.outdated.code {
+                throw RoleError(
+                    description:
+                        "the peer's copy of \(configuration.name) is outdated (quorum recorded that it lacks "
+                        + "acknowledged writes); discarding this node's changes would keep it. Run the command on "
+                        + "the peer instead")
             }
             state.discardLocal = true
             state.disk = .outdated

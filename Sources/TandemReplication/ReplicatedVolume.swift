@@ -328,7 +328,7 @@ public final class ReplicatedVolume: Sendable {
         // A volume with a configured peer is waiting for it; a lone node's volume stands alone.
         initial.connection = peerConfigured ? .connecting : .standAlone
         // A resync target that stopped before the end stays inconsistent until a resync finishes.
-        initial.disk = local.metadata.inconsistent ? .inconsistent : .upToDate
+        initial.disk = local.metadata.inconsistent ? .inconsistent : local.metadata.outdated ? .outdated : .upToDate
         state = Mutex(initial)
     }
 
@@ -727,12 +727,27 @@ public final class ReplicatedVolume: Sendable {
     /// Whether writes the peer does not have may complete. A cluster whose peer may take over on
     /// its own closes this until a voter has recorded that the peer is outdated: before that, an
     /// acknowledged write could be missing from the next primary. Opening it completes what waited.
+    ///
+    /// A primary apart from its peer starts a new data generation here, durably, before the
+    /// first write completes without the peer: the next connection then knows this copy changed.
     public func setCompletesWithoutPeer(_ allowed: Bool) {
-        let released = state.withLock { state -> [(Completion, Result<Void, StorageError>)] in
+        let (released, startsGeneration) = state.withLock {
+            state -> ([(Completion, Result<Void, StorageError>)], Bool) in
             state.completesWithoutPeer = allowed
-            guard allowed else { return [] }
+            guard allowed else { return ([], false) }
+            let startsGeneration = state.role == .primary && state.peer == nil && state.generations.bitmap == 0
+            if startsGeneration {
+                state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
+            }
             defer { state.held.removeAll() }
-            return state.held
+            return (state.held, startsGeneration)
+        }
+        if startsGeneration, let error = persistMetadata() {
+            // Not durable: the held writes fail rather than complete on a copy whose change the
+            // next connection could not see.
+            report(event("\(error); writes that waited for the peer fail"))
+            for (completion, _) in released { completion(.failure(error)) }
+            return
         }
         for (completion, result) in released { completion(result) }
     }
@@ -761,6 +776,45 @@ public final class ReplicatedVolume: Sendable {
             state.pending.values.filter { $0.completion != nil }.count + state.logCommit.waiting.count
                 + (state.logCommit.running ? 1 : 0)
         }
+    }
+
+    /// Quorum recorded that this node lacks writes a primary acknowledged: an up-to-date copy
+    /// becomes outdated, durably, and says so to the peer. It serves no client and survives no
+    /// split brain until a resync from the peer makes it up to date again. Nothing to do on a
+    /// primary (its own lease decides), or on a copy that is inconsistent or outdated already.
+    public func markOutdated() -> [ReplicationEvent] {
+        let (changed, peer, frames) = state.withLock { state -> (Bool, PeerSender?, [PeerFrame]) in
+            guard state.role == .secondary, state.disk == .upToDate else { return (false, nil, []) }
+            state.disk = .outdated
+            return (true, state.peer, [.volumeState(volumeState(state))])
+        }
+        guard changed else { return [] }
+        var events = [
+            event(
+                "quorum recorded this copy as outdated (it lacks writes a primary acknowledged): it serves no "
+                    + "client and survives no split brain until a resync from the peer")
+        ]
+        if let error = persistMetadata() { events.append(event("\(error)")) }
+        peer?.send(frames)
+        return events
+    }
+
+    /// The node's voter no longer records it outdated (its primary said it is in sync, and it sees
+    /// itself in sync): an outdated copy connected to that primary, nothing marked on either side,
+    /// is up to date again.
+    public func clearOutdated() -> [ReplicationEvent] {
+        let (changed, peer, frames) = state.withLock { state -> (Bool, PeerSender?, [PeerFrame]) in
+            guard state.disk == .outdated, state.connection == .connected, state.peerState?.role == 1,
+                state.peerState?.outOfSyncBytes == 0, state.bitmap.dirtyRegionCount == 0
+            else { return (false, nil, []) }
+            state.disk = .upToDate
+            return (true, state.peer, [.volumeState(volumeState(state))])
+        }
+        guard changed else { return [] }
+        var events = [event("in sync with the primary: this copy is no longer outdated")]
+        if let error = persistMetadata() { events.append(event("\(error)")) }
+        peer?.send(frames)
+        return events
     }
 
     /// Refuses replicated writes from epochs before `epoch` from now on.
@@ -938,6 +992,7 @@ public final class ReplicatedVolume: Sendable {
             metadata.generations = .init(
                 current: state.generations.current, bitmap: state.generations.bitmap, history: (history[0], history[1]))
             metadata.inconsistent = state.disk == .inconsistent
+            metadata.outdated = state.disk == .outdated
             state.metadata = metadata
             return metadata
         }

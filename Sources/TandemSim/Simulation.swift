@@ -480,6 +480,8 @@ public struct Simulation {
                 return
             case .event(let text):
                 note("\(name): \(text)")
+            case .dataOutdated(let marked):
+                note("\(name)'s copy \(marked ? "is" : "is no longer") recorded outdated")
             }
         }
     }

@@ -20,16 +20,21 @@ public struct VolumeMetadata: Sendable, Equatable {
     public var generations: Generations
     /// The copy is the target of an unfinished resync: partly old, partly new, never a source.
     public var inconsistent: Bool
+    /// Quorum recorded that this copy lacks writes a primary acknowledged: it may not serve, nor
+    /// survive a split brain, until a resync from the peer.
+    public var outdated: Bool = false
 
     /// Creates metadata.
     public init(
-        volumeName: String, volumeID: UInt128, sizeBytes: UInt64, generations: Generations, inconsistent: Bool = false
+        volumeName: String, volumeID: UInt128, sizeBytes: UInt64, generations: Generations, inconsistent: Bool = false,
+        outdated: Bool = false
     ) {
         self.volumeName = volumeName
         self.volumeID = volumeID
         self.sizeBytes = sizeBytes
         self.generations = generations
         self.inconsistent = inconsistent
+        self.outdated = outdated
     }
 
     /// Data-generation identifiers (current, bitmap, history), as DRBD keeps them.
@@ -110,7 +115,7 @@ public enum MetadataFile {
         append(metadata.generations.bitmap, to: &payload)
         append(metadata.generations.history.0, to: &payload)
         append(metadata.generations.history.1, to: &payload)
-        append(UInt64(metadata.inconsistent ? 1 : 0), to: &payload)
+        append(UInt64((metadata.inconsistent ? 1 : 0) | (metadata.outdated ? 2 : 0)), to: &payload)
         var bytes = magic
         append(VolumeMetadata.currentFormat, to: &bytes)
         append(UInt32(payload.count), to: &bytes)
@@ -156,7 +161,7 @@ public enum MetadataFile {
             volumeID: UInt128(idHigh) << 64 | UInt128(idLow),
             sizeBytes: size,
             generations: .init(current: current, bitmap: bitmap, history: (history0, history1)),
-            inconsistent: flags & 1 != 0
+            inconsistent: flags & 1 != 0, outdated: flags & 2 != 0
         )
     }
 

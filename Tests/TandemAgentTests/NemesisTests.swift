@@ -309,6 +309,9 @@ struct NemesisTests {
         // Each change of the node that served acknowledged writes needs a promotion behind it: two
         // nodes acknowledging at once would show as a change without one.
         #expect(max(0, serving.count - 1) <= promoted, "\(name): served by \(serving), promotions \(promoted)")
+        for node in ["a", "b"] {
+            #expect(!journal(lab, node).contains("split brain:"), "\(name): a split brain on \(node)")
+        }
         return figures
     }
 
@@ -398,11 +401,19 @@ struct NemesisTests {
 
     @Test("the primary is cut from peer and witness for 10 s, with the watchdog armed")
     func primaryPartitioned() throws {
+        var outdatedShown = false
         let figures = try run("primary partitioned 10 s", watchdog: true) { lab, _ in
             try lab.link("a", up: false)
             usleep(10_000_000)
             try lab.link("a", up: true)
+            // Back, a learns from b's lease requests that quorum recorded it outdated, and says so
+            // until the resync from b ends.
+            try lab.waitFor("a knows its copy is outdated", seconds: 30) {
+                journal(lab, "a").contains("quorum recorded this copy as outdated")
+            }
+            outdatedShown = true
         }
+        #expect(outdatedShown)
         #expect(figures.stallSeconds < Self.stallLimit)
         #expect(figures.promotions == 1)
     }
@@ -417,6 +428,19 @@ struct NemesisTests {
         #expect(figures.promotions == 0)
         #expect(figures.servingNodes == ["a"])
         #expect(figures.stallSeconds < Self.stallLimit)
+    }
+
+    @Test("the secondary's agent dies and restarts while cut from the primary: it rejoins after the heal")
+    func secondaryRestartsDuringCut() throws {
+        let figures = try run("secondary restarted during a cut", watchdog: true) { lab, _ in
+            try lab.cutBetweenNodes(true)
+            usleep(3_000_000)
+            lab.kill9("b")
+            usleep(5_000_000)
+            try lab.cutBetweenNodes(false)
+        }
+        #expect(figures.promotions == 0)
+        #expect(figures.servingNodes == ["a"])
     }
 
     @Test("the primary's link flaps every 1.5 s for 20 s: no split brain, at most a promotion per flap")

@@ -688,6 +688,56 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(try pair.identical())
     }
 
+    @Test(arguments: [SplitBrainPolicy.disconnect, .discardZeroChanges, .discardYoungerPrimary, .discardLeastChanges])
+    func outdatedCopy_neverSurvivesASplitBrain_underAnyPolicy(policy: SplitBrainPolicy) throws {
+        // a changed three times as much as b: without the outdated mark, discard-least-changes would
+        // keep a's data, and disconnect would wait for an administrator.
+        let pair = try splitBrain(policy: policy, aBytes: 3 * 65536, bBytes: 65536)
+        try pair.a.setRole(.secondary)
+        #expect(!pair.a.markOutdated().isEmpty)
+        #expect(pair.a.status.disk == .outdated)
+        #expect(throws: RoleError.self, "an outdated copy is never promoted") { try pair.a.setRole(.primary) }
+        pair.connect()
+        #expect(pair.a.status.connection == .connected, "\(policy): the outdated copy becomes the resync target")
+        #expect(pair.a.status.disk == .upToDate)
+        #expect(pair.b.status.splitBrain == nil || pair.b.status.connection == .connected)
+        #expect(try pair.identical())
+        var byte = [UInt8](repeating: 0, count: 1)
+        try byte.withUnsafeMutableBytes { try pair.a.store.read(into: $0, at: 8 << 20) }
+        #expect(byte == [0xBB], "a holds b's acknowledged data now")
+    }
+
+    @Test func primaryCutOffThatCompletedNothingAlone_rejoinsAsTheResyncTarget_withoutASplitBrain() throws {
+        let pair = try connectedPair(.c)
+        // A witness guards the cluster: writes wait for a voter to record the peer outdated.
+        pair.a.setCompletesWithoutPeer(false)
+        pair.disconnect()
+        let waiting = Mutex<Int>(0)
+        pair.a.write(offset: 0, payload: payload(0xAA), fua: true) { _ in waiting.withLock { $0 += 1 } }
+        #expect(waiting.withLock { $0 } == 0, "held: nobody recorded b outdated")
+        // Quorum moves on without a: b is promoted and writes.
+        try pair.a.setRole(.secondary)
+        pair.a.releaseHeldWrites(failing: true)
+        try pair.b.setRole(.primary, epoch: 5)
+        pair.b.write(offset: 8 << 20, payload: payload(0xBB), fua: false, completion: { _ in })
+        pair.connect()
+        #expect(pair.a.status.splitBrain == nil && pair.b.status.splitBrain == nil)
+        #expect(pair.a.status.connection == .connected && pair.a.status.disk == .upToDate)
+        #expect(try pair.identical())
+    }
+
+    @Test func outdatedMark_isDurable_andARestartedCopyStaysOutdated() throws {
+        let pair = try connectedPair(.c)
+        pair.disconnect()
+        _ = pair.b.markOutdated()
+        let restarted = try pair.restartingB()
+        #expect(restarted.b.status.disk == .outdated)
+        #expect(throws: RoleError.self) { try restarted.b.setRole(.primary) }
+        // Back with the primary, which wrote nothing meanwhile: the same data, no longer outdated.
+        restarted.connect()
+        #expect(restarted.b.status.disk == .upToDate)
+    }
+
     @Test(arguments: [
         (SplitBrainPolicy.discardZeroChanges, 0, 65536, UInt8(0xBB)),
         (.discardYoungerPrimary, 65536, 65536, 0xAA),

@@ -552,6 +552,14 @@ public final class MembershipService: Service, Sendable {
                 for volume in volumes { volume.observeEpoch(epoch) }
             case .reset(let reason):
                 reset(reason: reason)
+            case .dataOutdated(let marked):
+                for volume in volumes {
+                    let changes = marked ? volume.markOutdated() : volume.clearOutdated()
+                    for change in changes {
+                        logger.notice("\(change.description)")
+                        journal?.append(.volume, change.description, durable: true)
+                    }
+                }
             case .event(let text):
                 logger.notice("\(text)")
                 journal?.append(.membership, text, durable: true)

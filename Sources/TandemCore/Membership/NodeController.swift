@@ -86,6 +86,10 @@ public enum MembershipAction: Sendable, Equatable {
     case reset(reason: String)
     /// Something an administrator wants to see.
     case event(String)
+    /// Quorum records this node's copy as outdated (`true`: it lacks writes a primary
+    /// acknowledged), or no longer (`false`: its primary says it is in sync, and it sees itself in
+    /// sync). The shell marks or clears the volumes' disk state, durably.
+    case dataOutdated(Bool)
 }
 
 /// The role of this node in the cluster.
@@ -243,6 +247,22 @@ public struct NodeController: Sendable {
     public mutating func receive(_ message: MembershipMessage, link: String?, now: Duration) -> [MembershipAction] {
         var actions: [MembershipAction] = []
         if resetIfStalled(&actions, now: now, stalled: now - lastTick) { return actions }
+        let markedBefore = voter.isOutdated(settings.name)
+        actions += handle(message, link: link, now: now)
+        let marked = voter.isOutdated(settings.name)
+        if marked != markedBefore {
+            actions.append(.dataOutdated(marked))
+            if marked {
+                actions.append(
+                    .event("\(message.sender) records \(settings.name) as outdated: its copy lacks acknowledged writes")
+                )
+            }
+        }
+        return actions
+    }
+
+    private mutating func handle(_ message: MembershipMessage, link: String?, now: Duration) -> [MembershipAction] {
+        var actions: [MembershipAction] = []
         let fromPeer = message.sender == settings.peer
         if fromPeer, let link { detector.heard(on: link, at: now) }
         if !fromPeer, message.sender != settings.name { witnessHeardAt = now }
