@@ -75,22 +75,25 @@ final class Supervisor: @unchecked Sendable {
 
     private func look(at name: String) {
         let held = lock.withLock { heldDown.contains(name) }
-        if held { return }
         let now = Date()
-        guard lab.isRunning(name) else {
-            let since = lock.withLock {
-                if stoppedAt[name] == nil { stoppedAt[name] = now }
-                return stoppedAt[name]!
-            }
-            if now.timeIntervalSince(since) >= restartDelay {
-                lock.withLock {
-                    stoppedAt[name] = nil
-                    restarts.append("\(name) at \(now.timeIntervalSince1970)")
-                }
-                try? start(name)
-            }
-            return
+        resetIfStarved(name, now: now)
+        if held { return }
+        guard !lab.isRunning(name) else { return }
+        let since = lock.withLock {
+            if stoppedAt[name] == nil { stoppedAt[name] = now }
+            return stoppedAt[name]!
         }
+        guard now.timeIntervalSince(since) >= restartDelay else { return }
+        lock.withLock {
+            stoppedAt[name] = nil
+            restarts.append("\(name) at \(now.timeIntervalSince1970)")
+        }
+        try? start(name)
+    }
+
+    /// The emulated watchdog: an agent that fed its file and then stopped for longer than the
+    /// timeout (killed, frozen, exited) has its host reset, once per start of the agent.
+    private func resetIfStarved(_ name: String, now: Date) {
         guard watchdog, name != "w", let started = lock.withLock({ startedAt[name] }),
             let fed = (try? FileManager.default.attributesOfItem(atPath: watchdogPath(name)))?[.modificationDate]
                 as? Date,
@@ -101,7 +104,11 @@ final class Supervisor: @unchecked Sendable {
         for address in [NamespaceLab.floating, NamespaceLab.second] {
             _ = try? Tools.run("ip", ["-n", lab.hosts[name]!.namespace, "addr", "del", "\(address)/24", "dev", "eth0"])
         }
-        lock.withLock { resets.append("\(name) at \(now.timeIntervalSince1970)") }
+        lock.withLock {
+            resets.append("\(name) at \(now.timeIntervalSince1970)")
+            // Armed again only by the next start.
+            startedAt[name] = .distantFuture
+        }
     }
 }
 
@@ -357,6 +364,35 @@ struct NemesisTests {
             try lab.waitFor("a back, no longer holding the address", seconds: 30) {
                 lab.isRunning("a") && lab.floatingHolders() == ["b"]
             }
+        }
+        #expect(figures.stallSeconds < Self.stallLimit)
+        #expect(figures.promotions == 1)
+    }
+
+    @Test("the primary's agent is killed with the watchdog armed: its host resets, b takes over")
+    func agentKilled_watchdogResetsItsHost() throws {
+        let figures = try run("agent killed, watchdog armed, restarted after 5 s", watchdog: true, restartDelay: 5) {
+            lab, supervisor in
+            lab.kill9("a")
+            try lab.waitFor("b primary with the floating address", seconds: 30) {
+                lab.role("b") == "primary" && lab.floatingHolders() == ["b"]
+            }
+            #expect(supervisor.resets.count == 1, "the watchdog reset a's host")
+        }
+        #expect(figures.stallSeconds < Self.stallLimit)
+        #expect(figures.promotions == 1)
+    }
+
+    @Test("the primary is frozen past dead-time with the watchdog armed: its host resets, b takes over")
+    func primaryFrozen_watchdogResetsItsHost() throws {
+        let figures = try run("frozen 5 s, watchdog armed", watchdog: true) { lab, supervisor in
+            lab.signal("a", SIGSTOP)
+            usleep(5_000_000)
+            lab.signal("a", SIGCONT)
+            try lab.waitFor("b primary with the floating address", seconds: 30) {
+                lab.role("b") == "primary" && lab.floatingHolders() == ["b"]
+            }
+            #expect(supervisor.resets.count == 1, "the watchdog reset a's host")
         }
         #expect(figures.stallSeconds < Self.stallLimit)
         #expect(figures.promotions == 1)
