@@ -778,13 +778,17 @@ public final class ReplicatedVolume: Sendable {
         }
     }
 
-    /// Quorum recorded that this node lacks writes a primary acknowledged: an up-to-date copy
-    /// becomes outdated, durably, and says so to the peer. It serves no client and survives no
-    /// split brain until a resync from the peer makes it up to date again. Nothing to do on a
-    /// primary (its own lease decides), or on a copy that is inconsistent or outdated already.
+    /// Quorum recorded that this node lacks writes a primary acknowledged: an up-to-date copy apart
+    /// from its peer becomes outdated, durably. It serves no client and survives no split brain
+    /// until a resync from the peer makes it up to date again. Nothing to do on a primary (its own
+    /// lease decides), on a copy that is inconsistent or outdated already, or on one connected to
+    /// its peer: the connection's own decision brings that one up to date, and a mark that arrives
+    /// late (datagrams overtake each other) must not outdate a copy that just finished its resync.
     public func markOutdated() -> [ReplicationEvent] {
         let (changed, peer, frames) = state.withLock { state -> (Bool, PeerSender?, [PeerFrame]) in
-            guard state.role == .secondary, state.disk == .upToDate else { return (false, nil, []) }
+            guard state.role == .secondary, state.disk == .upToDate,
+                state.connection == .connecting || state.connection == .standAlone
+            else { return (false, nil, []) }
             state.disk = .outdated
             return (true, state.peer, [.volumeState(volumeState(state))])
         }

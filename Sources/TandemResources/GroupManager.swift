@@ -1,6 +1,10 @@
 import Synchronization
 import TandemCore
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// Runs the groups of one node: starts each group's resources in order where the node's role
 /// says they run, stops them in reverse, watches each with its monitor, restarts a failed one
 /// in place up to its limit and then moves the group away.
@@ -353,9 +357,11 @@ public final class GroupManager: Sendable {
             entries[index].restartAt = now + delay
             publish(entries)
             // The loop stays free for role changes meanwhile; the retry only starts what the role
-            // then wants.
-            Task { [continuation] in
-                try? await Task.sleep(for: delay)
+            // then wants. A thread of its own waits: a starved task pool must not hold a restart up.
+            let microseconds = UInt32(
+                clamping: delay.components.seconds * 1_000_000 + delay.components.attoseconds / 1_000_000_000_000)
+            ProcessRunner.startThread { [continuation] in
+                usleep(microseconds)
                 continuation.yield(.retry)
             }
         case .failover(let failures):

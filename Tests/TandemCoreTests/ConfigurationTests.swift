@@ -265,6 +265,17 @@ private func mutated(_ old: String, _ new: String) -> String {
         }
     }
 
+    @Test func watchdog_isAnAbsolutePath_namedWithItsLine() throws {
+        #expect(try Configuration.parse(text: validConfig, file: "t").cluster.watchdog == nil)
+        let secretLine = "secret-file = \"/etc/tandem/secret\""
+        let armed = mutated(secretLine, "\(secretLine)\nwatchdog = \"/dev/watchdog\"")
+        #expect(try Configuration.parse(text: armed, file: "t").cluster.watchdog == "/dev/watchdog")
+        let found = issues(mutated(secretLine, "\(secretLine)\nwatchdog = \"dev/watchdog\""))
+        #expect(found.map(\.key) == ["cluster.watchdog"])
+        #expect(found.first?.line == 4)
+        #expect(found.first?.message == "expected an absolute path, found \"dev/watchdog\"")
+    }
+
     @Test func badListenAddress_isReported() {
         let found = issues(mutated("nbd-listen = [\"[::1]:10810\"", "nbd-listen = [\"host:99999\""))
         #expect(found.map(\.key) == ["node[1].nbd-listen"])

@@ -11,13 +11,19 @@ final class Recorder: Sendable {
     let events = Mutex<[String]>([])
     let failovers = Mutex<[String]>([])
     let resets = Mutex<[String]>([])
+    /// What the failover hook answers: `nil`, handed over; else why the peer cannot take it.
+    let failoverRefusal: String?
+
+    init(failoverRefusal: String? = nil) {
+        self.failoverRefusal = failoverRefusal
+    }
 
     var hooks: GroupManager.Hooks {
         GroupManager.Hooks(
             event: { message, _ in self.events.withLock { $0.append(message) } },
             failover: { reason in
                 self.failovers.withLock { $0.append(reason) }
-                return nil
+                return self.failoverRefusal
             },
             reset: { reason in self.resets.withLock { $0.append(reason) } })
     }
@@ -130,6 +136,47 @@ final class Recorder: Sendable {
         let events = recorder.events.withLock { $0 }
         #expect(events.contains { $0.contains("resource app failed: monitor found it not running; restart 1 of 2") })
         #expect(events.contains { $0.hasPrefix("fail counts cleared for app") })
+        await manager.stopAll()
+        manager.finish()
+        await runner.value
+    }
+
+    @Test func restartDelays_doubleFromHalfASecond_upToHalfAMinute() {
+        let delays = (1...9).map { RestartPolicy.restartDelay(attempt: $0) }
+        #expect(
+            delays == [
+                .milliseconds(500), .seconds(1), .seconds(2), .seconds(4), .seconds(8), .seconds(16), .seconds(30),
+                .seconds(30), .seconds(30),
+            ])
+        var policy = RestartPolicy(maxRestarts: 2, window: .seconds(60))
+        #expect(policy.failed(at: .seconds(1)) == .restart(attempt: 1, delay: .milliseconds(500)))
+        #expect(policy.failed(at: .seconds(2)) == .restart(attempt: 2, delay: .seconds(1)))
+        #expect(policy.failed(at: .seconds(3)) == .failover(failures: 3))
+    }
+
+    @Test func aGroupThePeerCannotTake_staysStoppedHere_andSaysWhichCommandStartsIt() async throws {
+        let directory = TemporaryDirectory()
+        let recorder = Recorder(failoverRefusal: "b is not heard from")
+        let agents: [any ResourceAgent] = [
+            ExecAgent(spec: try logged("app", directory, extra: ["max-restarts": "1", "restart-window": "1m"]))
+        ]
+        let manager = GroupManager(agents: agents, hooks: recorder.hooks)
+        let runner = Task { await manager.run() }
+        await manager.setRole(.primary)
+        let started = ContinuousClock.now
+        try FileManager.default.removeItem(atPath: "\(directory.path)/app.flag")
+        try await recorder.waitFor("the restart") {
+            manager.status[0].failCount == 1 && manager.status[0].state == .running
+        }
+        #expect(ContinuousClock.now - started >= RestartPolicy.firstRestartDelay, "the restart waited its delay")
+        try FileManager.default.removeItem(atPath: "\(directory.path)/app.flag")
+        try await recorder.waitFor("the refused failover") { !recorder.failovers.withLock { $0 }.isEmpty }
+        try await recorder.waitFor("the reason in the status") {
+            manager.status[0].lastFailure?.contains("`tandem resource cleanup app`") == true
+        }
+        #expect(manager.status[0].state == .failed)
+        #expect(manager.status[0].lastFailure?.contains("b is not heard from") == true)
+        #expect(recorder.events.withLock { $0 }.contains { $0.hasPrefix("group g stays stopped on this node") })
         await manager.stopAll()
         manager.finish()
         await runner.value

@@ -276,6 +276,11 @@ public final class MembershipService: Service, Sendable {
                             link: "replication", now: ReplicatedVolume.leaseOrigin.duration(to: last))
                     }
                     actions = controller.tick(now: now, facts: facts)
+                    if controller.voter.isOutdated(local.name), controller.role == .secondary {
+                        // Marked while connected, the copy is left to the connection; once apart
+                        // from the peer it takes the mark (nothing happens when it has it).
+                        actions.append(.dataOutdated(true))
+                    }
                     if let request = peerRequest, let peerName = peer?.name {
                         if now >= request.until {
                             request.reply(
