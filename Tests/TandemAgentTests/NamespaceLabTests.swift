@@ -89,7 +89,7 @@ final class NamespaceLab: @unchecked Sendable {
         [[volume]]
         name = "vol0"
         protocol = "C"
-        size = "64MiB"
+        size = "256MiB"
         backing = "\(directory.path)/{node}/vol0.img"
 
         [[group]]
@@ -253,7 +253,7 @@ final class FloatingLedger: @unchecked Sendable {
             }
             while !lock.withLock({ stopped }) {
                 let block = lock.withLock { next }
-                guard block < 16384 else { return }
+                guard block < 65536 else { return }
                 guard let error = try? client.write(NumberedWriter.content(block), at: UInt64(block) * 4096, fua: true),
                     error == 0
                 else { break }
