@@ -803,6 +803,25 @@ public final class ReplicatedVolume: Sendable {
         return events
     }
 
+    /// `tandem failover --force`: an outdated copy is taken as up to date, by the administrator's
+    /// order. The writes the other node acknowledged after this copy fell behind are lost if that
+    /// node never returns; the event says so.
+    public func forceUpToDate() -> [ReplicationEvent] {
+        let changed = state.withLock { state -> Bool in
+            guard state.disk == .outdated else { return false }
+            state.disk = .upToDate
+            return true
+        }
+        guard changed else { return [] }
+        var events = [
+            event(
+                "this outdated copy was made up to date by `tandem failover --force`: the writes the other node "
+                    + "acknowledged after it fell behind are not here, and are lost unless that node returns")
+        ]
+        if let error = persistMetadata() { events.append(event("\(error)")) }
+        return events
+    }
+
     /// The node's voter no longer records it outdated (its primary said it is in sync, and it sees
     /// itself in sync): an outdated copy connected to that primary, nothing marked on either side,
     /// is up to date again.

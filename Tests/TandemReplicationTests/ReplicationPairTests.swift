@@ -738,6 +738,17 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(restarted.b.status.disk == .upToDate)
     }
 
+    @Test func forcedPromotion_isTheOneWayAnOutdatedCopyServes_andSaysWhatMayBeLost() throws {
+        let pair = try connectedPair(.c)
+        pair.disconnect()
+        _ = pair.b.markOutdated()
+        #expect(throws: RoleError.self) { try pair.b.setRole(.primary) }
+        let said = pair.b.forceUpToDate().map(\.description).joined()
+        #expect(said.contains("are lost unless that node returns"), "\(said)")
+        try pair.b.setRole(.primary)
+        #expect(pair.b.status.role == .primary)
+    }
+
     @Test(arguments: [
         (SplitBrainPolicy.discardZeroChanges, 0, 65536, UInt8(0xBB)),
         (.discardYoungerPrimary, 65536, 65536, 0xAA),

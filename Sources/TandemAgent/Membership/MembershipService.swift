@@ -405,6 +405,14 @@ public final class MembershipService: Service, Sendable {
                 case .force(let reply):
                     switch controller.forcePromote(now: now) {
                     case .success(let forced):
+                        // The administrator's order is the one way an outdated copy serves again;
+                        // the journal names what may be lost.
+                        for volume in volumes {
+                            for change in volume.forceUpToDate() {
+                                logger.warning("\(change.description)")
+                                journal?.append(.volume, change.description, durable: true)
+                            }
+                        }
                         actions = forced
                         reply(nil)
                     case .failure(let error):
