@@ -785,56 +785,49 @@ public final class ReplicatedVolume: Sendable {
     /// its peer: the connection's own decision brings that one up to date, and a mark that arrives
     /// late (datagrams overtake each other) must not outdate a copy that just finished its resync.
     public func markOutdated() -> [ReplicationEvent] {
-        let (changed, peer, frames) = state.withLock { state -> (Bool, PeerSender?, [PeerFrame]) in
-            guard state.role == .secondary, state.disk == .upToDate,
-                state.connection == .connecting || state.connection == .standAlone
-            else { return (false, nil, []) }
-            state.disk = .outdated
-            return (true, state.peer, [.volumeState(volumeState(state))])
+        changeDisk(
+            to: .outdated,
+            saying: "quorum recorded this copy as outdated (it lacks writes a primary acknowledged): it serves no "
+                + "client and survives no split brain until a resync from the peer"
+        ) { state in
+            state.role == .secondary && state.disk == .upToDate
+                && (state.connection == .connecting || state.connection == .standAlone)
         }
-        guard changed else { return [] }
-        var events = [
-            event(
-                "quorum recorded this copy as outdated (it lacks writes a primary acknowledged): it serves no "
-                    + "client and survives no split brain until a resync from the peer")
-        ]
-        if let error = persistMetadata() { events.append(event("\(error)")) }
-        peer?.send(frames)
-        return events
     }
 
     /// `tandem failover --force`: an outdated copy is taken as up to date, by the administrator's
     /// order. The writes the other node acknowledged after this copy fell behind are lost if that
     /// node never returns; the event says so.
     public func forceUpToDate() -> [ReplicationEvent] {
-        let changed = state.withLock { state -> Bool in
-            guard state.disk == .outdated else { return false }
-            state.disk = .upToDate
-            return true
-        }
-        guard changed else { return [] }
-        var events = [
-            event(
-                "this outdated copy was made up to date by `tandem failover --force`: the writes the other node "
-                    + "acknowledged after it fell behind are not here, and are lost unless that node returns")
-        ]
-        if let error = persistMetadata() { events.append(event("\(error)")) }
-        return events
+        changeDisk(
+            to: .upToDate,
+            saying: "this outdated copy was made up to date by `tandem failover --force`: the writes the other "
+                + "node acknowledged after it fell behind are not here, and are lost unless that node returns"
+        ) { $0.disk == .outdated }
     }
 
     /// The node's voter no longer records it outdated (its primary said it is in sync, and it sees
     /// itself in sync): an outdated copy connected to that primary, nothing marked on either side,
     /// is up to date again.
     public func clearOutdated() -> [ReplicationEvent] {
+        changeDisk(to: .upToDate, saying: "in sync with the primary: this copy is no longer outdated") { state in
+            state.disk == .outdated && state.connection == .connected && state.peerState?.role == 1
+                && state.peerState?.outOfSyncBytes == 0 && state.bitmap.dirtyRegionCount == 0
+        }
+    }
+
+    /// Sets the disk state when `allowed` holds, durably, tells the peer (if connected), and says
+    /// `text`; nothing when it does not hold.
+    private func changeDisk(
+        to disk: DiskState, saying text: String, when allowed: (State) -> Bool
+    ) -> [ReplicationEvent] {
         let (changed, peer, frames) = state.withLock { state -> (Bool, PeerSender?, [PeerFrame]) in
-            guard state.disk == .outdated, state.connection == .connected, state.peerState?.role == 1,
-                state.peerState?.outOfSyncBytes == 0, state.bitmap.dirtyRegionCount == 0
-            else { return (false, nil, []) }
-            state.disk = .upToDate
+            guard allowed(state) else { return (false, nil, []) }
+            state.disk = disk
             return (true, state.peer, [.volumeState(volumeState(state))])
         }
         guard changed else { return [] }
-        var events = [event("in sync with the primary: this copy is no longer outdated")]
+        var events = [event(text)]
         if let error = persistMetadata() { events.append(event("\(error)")) }
         peer?.send(frames)
         return events

@@ -369,15 +369,20 @@ struct NemesisTests {
         #expect(figures.promotions == 1)
     }
 
+    /// b holds the role and the address alone, and the emulated watchdog reset a's host once.
+    func bTakesOverFromAReset(_ lab: NamespaceLab, _ supervisor: Supervisor) throws {
+        try lab.waitFor("b primary with the floating address", seconds: 30) {
+            lab.role("b") == "primary" && lab.floatingHolders() == ["b"]
+        }
+        #expect(supervisor.resets.count == 1, "the watchdog reset a's host")
+    }
+
     @Test("the primary's agent is killed with the watchdog armed: its host resets, b takes over")
     func agentKilled_watchdogResetsItsHost() throws {
         let figures = try run("agent killed, watchdog armed, restarted after 5 s", watchdog: true, restartDelay: 5) {
             lab, supervisor in
             lab.kill9("a")
-            try lab.waitFor("b primary with the floating address", seconds: 30) {
-                lab.role("b") == "primary" && lab.floatingHolders() == ["b"]
-            }
-            #expect(supervisor.resets.count == 1, "the watchdog reset a's host")
+            try bTakesOverFromAReset(lab, supervisor)
         }
         #expect(figures.stallSeconds < Self.stallLimit)
         #expect(figures.promotions == 1)
@@ -389,10 +394,7 @@ struct NemesisTests {
             lab.signal("a", SIGSTOP)
             usleep(5_000_000)
             lab.signal("a", SIGCONT)
-            try lab.waitFor("b primary with the floating address", seconds: 30) {
-                lab.role("b") == "primary" && lab.floatingHolders() == ["b"]
-            }
-            #expect(supervisor.resets.count == 1, "the watchdog reset a's host")
+            try bTakesOverFromAReset(lab, supervisor)
         }
         #expect(figures.stallSeconds < Self.stallLimit)
         #expect(figures.promotions == 1)
