@@ -164,6 +164,26 @@ final class NamespaceLab: @unchecked Sendable {
         }
     }
 
+    /// Drops (or lets through again) the peer link's TCP traffic in the host's namespace, leaving
+    /// the membership datagrams on the same port alone. Needs nft (Debian's nftables).
+    func blockReplication(_ name: String, _ block: Bool) throws {
+        let namespace = hosts[name]!.namespace
+        let nft = try Tools.path(of: "nft")
+        guard block else {
+            try Tools.check("ip", ["netns", "exec", namespace, nft, "delete", "table", "inet", "tandemtest"])
+            return
+        }
+        let rules = """
+            table inet tandemtest {
+              chain input { type filter hook input priority 0; tcp dport 7789 drop; tcp sport 7789 drop; }
+              chain output { type filter hook output priority 0; tcp dport 7789 drop; tcp sport 7789 drop; }
+            }
+            """
+        let file = "\(directory.path)/block-\(name).nft"
+        try rules.write(toFile: file, atomically: true, encoding: .utf8)
+        try Tools.check("ip", ["netns", "exec", namespace, nft, "-f", file])
+    }
+
     /// The node's cluster view from `tandem status --json`, if its agent answers.
     func cluster(_ node: String) -> [String: Any]? {
         guard

@@ -456,6 +456,32 @@ struct NemesisTests {
         #expect(figures.promotions == 1)
     }
 
+    @Test("the old primary returns with only heartbeats getting through: its volume status says outdated")
+    func oldPrimaryReturns_outdatedUntilItsResync() throws {
+        var seen = ""
+        let figures = try run("old primary back, replication blocked", watchdog: true) { lab, _ in
+            try lab.link("a", up: false)
+            try lab.waitFor("b primary with the floating address", seconds: 30) {
+                lab.role("b") == "primary" && lab.floatingHolders().contains("b")
+            }
+            // Back on the network, but its replication connection cannot form: heartbeats and
+            // lease requests (UDP) pass, the peer link (TCP) does not.
+            try lab.blockReplication("a", true)
+            try lab.link("a", up: true)
+            try lab.waitFor("a's volume status to say outdated", seconds: 30) {
+                let output = try? Tools.run(
+                    try Tools.tandemBinary(),
+                    ["volume", "status", "--json", "--config", lab.config, "--node", "a"])
+                seen = output?.standardOutput ?? ""
+                return seen.contains("\"disk\":\"outdated\"") || seen.contains("\"disk\" : \"outdated\"")
+            }
+            #expect(lab.role("a") == "secondary")
+            try lab.blockReplication("a", false)
+        }
+        #expect(seen.contains("outdated"), "\(seen)")
+        #expect(figures.promotions == 1)
+    }
+
     @Test("only the nodes' link is cut: the primary serves throughout")
     func nodesLinkCut() throws {
         let figures = try run("nodes' link cut 8 s", watchdog: true) { lab, _ in
