@@ -273,9 +273,14 @@ public final class GroupManager: Sendable {
                     break
                 }
                 if state == .invalid || state == .failed {
+                    let name = entries[index].spec.name
+                    let fix =
+                        state == .invalid
+                        ? "correct its settings in the config and restart the agent"
+                        : "once the cause is fixed, `tandem resource cleanup \(name)` starts it again"
                     hooks.event(
-                        "group \(group) stops at \(entries[index].spec.name) (\(state.rawValue)): "
-                            + (entries[index].invalidReason ?? entries[index].lastFailure ?? ""), false)
+                        "group \(group) stops at \(name) (\(state.rawValue)): "
+                            + (entries[index].invalidReason ?? entries[index].lastFailure ?? "") + "; \(fix)", false)
                     break
                 }
                 if !(await start(&entries, index: index)) {
