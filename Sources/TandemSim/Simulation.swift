@@ -101,6 +101,8 @@ public struct Simulation {
         var leaseUntil: Duration?
         var completesWithoutPeer = false
         var fenceEpoch: UInt64 = 0
+        /// Whether the node last said its copy is recorded outdated.
+        var copyOutdated = false
         /// Durable data: the writes this copy holds.
         var disk: Set<Int> = []
         /// Writes waiting for the peer (or for the outdating of the peer).
@@ -481,7 +483,11 @@ public struct Simulation {
             case .event(let text):
                 note("\(name): \(text)")
             case .dataOutdated(let marked):
-                note("\(name)'s copy \(marked ? "is" : "is no longer") recorded outdated")
+                // The node offers the mark every tick while it holds it: note the changes only.
+                if nodes[idx(name)].copyOutdated != marked {
+                    nodes[idx(name)].copyOutdated = marked
+                    note("\(name)'s copy \(marked ? "is" : "is no longer") recorded outdated")
+                }
             }
         }
     }

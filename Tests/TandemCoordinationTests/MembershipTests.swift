@@ -336,6 +336,28 @@ struct DeciderTests {
         #expect(cluster.promotions.count == promotions, "\(cluster.log.suffix(6))")
     }
 
+    @Test("a failing group goes only to a peer that is heard, online, in default mode and ready")
+    func peerUnfitForTakeover() {
+        func heartbeat(standby: Bool = false, dataReady: Bool = true, mode: NodeMode = .default) -> Heartbeat {
+            Heartbeat(
+                sender: "b", epoch: 3, isPrimary: false, standby: standby, dataReady: dataReady, peerInSync: true,
+                mode: mode)
+        }
+        #expect(NodeController.peerUnfitForTakeover(peer: "b", alive: true, heartbeat: heartbeat()) == nil)
+        #expect(
+            NodeController.peerUnfitForTakeover(peer: "b", alive: false, heartbeat: heartbeat())
+                == "b is not heard from")
+        #expect(
+            NodeController.peerUnfitForTakeover(peer: "b", alive: true, heartbeat: heartbeat(standby: true))
+                == "b is in standby")
+        #expect(
+            NodeController.peerUnfitForTakeover(peer: "b", alive: true, heartbeat: heartbeat(mode: .locked))
+                == "b is in locked mode")
+        #expect(
+            NodeController.peerUnfitForTakeover(peer: "b", alive: true, heartbeat: heartbeat(dataReady: false))?
+                .hasPrefix("b cannot serve") == true)
+    }
+
     @Test("a primary that was stopped past its lease resets itself when it wakes")
     func stalledPrimaryResets() {
         var cluster = Cluster()

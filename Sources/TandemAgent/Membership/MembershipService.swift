@@ -161,16 +161,12 @@ public final class MembershipService: Service, Sendable {
         configuration.witness != nil || configuration.cluster.fenceCommand != nil
     }
 
-    /// Why the peer could not take the primary role now (not heard from, in standby, its data
-    /// not up to date), or `nil` when it could.
+    /// Why the peer could not take the primary role now, or `nil` when it could (from the last
+    /// view the loop published).
     public var peerUnfitForTakeover: String? {
         let view = snapshot
-        let name = peer?.name ?? "the peer"
-        guard view.peerAlive, let heartbeat = view.peerHeartbeat else { return "\(name) is not heard from" }
-        if heartbeat.standby { return "\(name) is in standby" }
-        if heartbeat.mode != .default { return "\(name) is in \(heartbeat.mode.rawValue) mode" }
-        if !heartbeat.dataReady { return "\(name) cannot serve: its data is not up to date or it is blocked" }
-        return nil
+        return NodeController.peerUnfitForTakeover(
+            peer: peer?.name ?? "the peer", alive: view.peerAlive, heartbeat: view.peerHeartbeat)
     }
 
     /// The latest view, for status.
@@ -276,11 +272,6 @@ public final class MembershipService: Service, Sendable {
                             link: "replication", now: ReplicatedVolume.leaseOrigin.duration(to: last))
                     }
                     actions = controller.tick(now: now, facts: facts)
-                    if controller.voter.isOutdated(local.name), controller.role == .secondary {
-                        // Marked while connected, the copy is left to the connection; once apart
-                        // from the peer it takes the mark (nothing happens when it has it).
-                        actions.append(.dataOutdated(true))
-                    }
                     if let request = peerRequest, let peerName = peer?.name {
                         if now >= request.until {
                             request.reply(

@@ -218,6 +218,11 @@ public struct NodeController: Sendable {
             completesWithoutPeer = false
             actions.append(.completeWithoutPeer(false))
         }
+        if role == .secondary, voter.isOutdated(settings.name) {
+            // Marked while connected, the copy is left to the connection; once apart from the
+            // peer it takes the mark. Said every tick: the shell does nothing when it has it.
+            actions.append(.dataOutdated(true))
+        }
         if now >= nextHeartbeat {
             nextHeartbeat = now + settings.heartbeatInterval
             if settings.peer != nil { actions.append(.send(.heartbeat(heartbeat()), to: .peer)) }
@@ -444,6 +449,17 @@ public struct NodeController: Sendable {
         Heartbeat(
             sender: settings.name, epoch: max(knownEpoch, epoch), isPrimary: role == .primary, standby: standby,
             dataReady: isEligible, peerInSync: facts.peerInSync, mode: mode)
+    }
+
+    /// Why `peer` could not take the primary role now (not heard from, in standby or another
+    /// mode, its data not up to date or blocked), or `nil` when it could: a group that fails here
+    /// is handed over only to a peer that can run it.
+    public static func peerUnfitForTakeover(peer: String, alive: Bool, heartbeat: Heartbeat?) -> String? {
+        guard alive, let heartbeat else { return "\(peer) is not heard from" }
+        if heartbeat.standby { return "\(peer) is in standby" }
+        if heartbeat.mode != .default { return "\(peer) is in \(heartbeat.mode.rawValue) mode" }
+        if !heartbeat.dataReady { return "\(peer) cannot serve: its data is not up to date or it is blocked" }
+        return nil
     }
 
     /// Whether this node could serve as primary now.
