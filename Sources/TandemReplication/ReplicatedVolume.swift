@@ -895,7 +895,8 @@ public final class ReplicatedVolume: Sendable {
     func beginActivity(
         offset: UInt64, length: UInt64, resume: @autoclosure () -> @Sendable (StorageError?) -> Void
     ) -> Bool {
-        guard peerConfigured else { return true }
+        // A write of no bytes has no extent to log (and `end` counts none for it).
+        guard peerConfigured, length > 0 else { return true }
         let startCommit = state.withLock { state -> Bool? in
             let admission = state.activityLog.begin(offset: offset, length: length)
             if !admission.added.isEmpty || !admission.dropped.isEmpty {

@@ -80,9 +80,11 @@ public struct ActivityLog: Sendable, Equatable {
         public var dropped: [UInt64] = []
     }
 
-    /// Records a write starting on `[offset, offset + length)`.
+    /// Records a write starting on `[offset, offset + length)`. A write of no bytes touches no
+    /// extent: it is neither counted here nor in `end`.
     public mutating func begin(offset: UInt64, length: UInt64) -> Admission {
         var admission = Admission()
+        guard length > 0 else { return admission }
         for extent in extents(offset: offset, length: length) {
             if let slot = slotOf[extent] {
                 slots[slot].writes += 1
@@ -121,6 +123,7 @@ public struct ActivityLog: Sendable, Equatable {
 
     /// Records a write on `[offset, offset + length)` finished (on both nodes, or marked).
     public mutating func end(offset: UInt64, length: UInt64) {
+        guard length > 0 else { return }
         for extent in extents(offset: offset, length: length) {
             guard let slot = slotOf[extent], slots[slot].writes > 0 else {
                 preconditionFailure("activity log: end without begin on extent \(extent)")

@@ -235,6 +235,12 @@ final class TwoNodeCluster: @unchecked Sendable {
         if !Tools.wait(process) { Tools.killIfOurs(process.processIdentifier) }
     }
 
+    /// The exit status of a node's agent once it has ended.
+    func exitStatus(_ node: String) -> Int32? {
+        guard let process = processes[node], !process.isRunning else { return nil }
+        return Tools.status(process)
+    }
+
     /// Kills a node with SIGKILL, as a crash does.
     func crash(_ node: String) {
         guard let process = processes[node] else { return }
@@ -433,6 +439,24 @@ func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> 
         // The link works on the default.
         try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0x3d 0 1M", refused.uri("a")])
         #expect(try refused.stopBothAndCompare())
+    }
+
+    /// Any client could send these: a write, write-zeroes or trim of length 0 was counted in the
+    /// activity log when it began and never when it ended, so the next clean stop failed the log's
+    /// precondition (SIGILL) and the node restarted as after a crash.
+    @Test func zeroLengthWriteZeroesAndTrim_leaveTheActivityLogEmpty_andTheNodeStopsCleanly() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
+        try cluster.startInSyncWithPrimaryA()
+        let client = try NBDTestClient(port: cluster.nbdPorts["a"]!)
+        try client.greet()
+        _ = try client.go(export: "vol0")
+        #expect(try client.write([], at: 4096) == 0)
+        #expect(try client.command(.writeZeroes, offset: 8192, length: 0) == 0)
+        #expect(try client.command(.trim, offset: 12288, length: 0) == 0)
+        #expect(try client.write([UInt8](repeating: 7, count: 4096), at: 0, fua: true) == 0)
+        cluster.stop("a")
+        #expect(cluster.exitStatus("a") == 0, "a clean stop; the log ends: \(cluster.log("a").suffix(1500))")
+        cluster.stop("b")
     }
 
     @Test func secondaryStopped_onePercentWritten_resyncMovesAtMostTwiceTheDirtiedBytes() throws {
