@@ -297,6 +297,32 @@ private func mutated(_ old: String, _ new: String) -> String {
         #expect(Units.parseByteCount("99999999999PiB") == nil)
     }
 
+    @Test func aThirdNode_andANanosecondHeartbeat_areRefusedByName() {
+        let third = validConfig + "\n[[node]]\nname = \"box-c\"\naddress = \"10.0.0.9\"\n"
+        let found = issues(third)
+        #expect(found.contains { $0.key == "node[2]" && $0.message.contains("between two nodes") }, "\(found)")
+        let tiny = issues(mutated("heartbeat-interval = \"200ms\"", "heartbeat-interval = \"1ns\""))
+        #expect(
+            tiny.contains { $0.key == "timing.heartbeat-interval" && $0.message.hasPrefix("must be at least 10ms") })
+    }
+
+    @Test func hostileValues_areRefused_notTrapped() {
+        // Each of these trapped (SIGILL) or overflowed the stack (SIGSEGV) in the reader before.
+        #expect(Units.parseDuration("10000000000000000000000000h") == nil)
+        #expect(Units.parseDuration("876000h") == .seconds(876_000 * 3600))
+        #expect(Units.parseDuration("876001h") == nil)
+        let deepArray = "x = " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        #expect(throws: TOMLSyntaxError.self) { try TOMLDocument.parse(deepArray) }
+        let deepTable = "x = " + String(repeating: "{a=", count: 100_000) + "1" + String(repeating: "}", count: 100_000)
+        #expect(throws: TOMLSyntaxError.self) { try TOMLDocument.parse(deepTable) }
+        let longKey = (0..<8000).map { "k\($0)" }.joined(separator: ".") + " = 1"
+        let started = ContinuousClock.now
+        #expect(throws: TOMLSyntaxError.self) { try TOMLDocument.parse(longKey) }
+        #expect(ContinuousClock.now - started < .seconds(1), "refused at once, not after quadratic work")
+        // Nesting a config needs still parses.
+        #expect((try? TOMLDocument.parse("x = [[1, 2], [{ a = { b = [3] } }]]")) != nil)
+    }
+
     @Test func durations() {
         #expect(Units.parseDuration("200ms") == .milliseconds(200))
         #expect(Units.parseDuration("2s") == .seconds(2))

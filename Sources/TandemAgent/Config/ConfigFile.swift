@@ -12,13 +12,19 @@ public enum ConfigFile {
     /// Reads and validates `path`; every problem is reported with the file, line and key.
     public static func load(path: String) throws(ConfigError) -> Configuration {
         guard let text = readText(path: path) else {
-            let reason = String(cString: strerror(errno))
+            let reason =
+                errno == EFBIG
+                ? "the file is larger than \(maximumBytes >> 20) MiB" : String(cString: strerror(errno))
             throw ConfigError(file: path, issues: [ConfigIssue(line: nil, key: "", message: "cannot read: \(reason)")])
         }
         return try Configuration.parse(text: text, file: path)
     }
 
-    /// The whole file as UTF-8 text, or `nil` when it cannot be read.
+    /// The largest config (or secret) file read.
+    static let maximumBytes = 16 << 20
+
+    /// The whole file as UTF-8 text, or `nil` when it cannot be read (`errno` says why: `EFBIG`
+    /// when it is larger than `maximumBytes`).
     static func readText(path: String) -> String? {
         guard let file = fopen(path, "rb") else { return nil }
         defer { fclose(file) }
@@ -28,7 +34,10 @@ public enum ConfigFile {
             let count = fread(&chunk, 1, chunk.count, file)
             if count > 0 { bytes += chunk[0..<count] }
             if count < chunk.count { break }
-            if bytes.count > 16 << 20 { return nil }
+            if bytes.count > maximumBytes {
+                errno = EFBIG
+                return nil
+            }
         }
         guard ferror(file) == 0 else { return nil }
         return String(decoding: bytes, as: UTF8.self)

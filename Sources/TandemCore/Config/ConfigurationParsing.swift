@@ -74,6 +74,10 @@ struct ConfigReader {
 
     // MARK: Sections
 
+    /// The shortest heartbeat interval taken: the membership loop ticks every quarter interval
+    /// (at most every 50 ms), and a nanosecond interval would only spin it.
+    static let shortestHeartbeatInterval = Duration.milliseconds(10)
+
     mutating func readConfiguration(_ root: TOMLTable) -> Configuration? {
         checkKeys(root, path: "", allowed: ["cluster", "node", "witness", "timing", "limits", "volume", "group"])
         let cluster = readCluster(table(root, "cluster", required: true))
@@ -87,6 +91,13 @@ struct ConfigReader {
         let volumes = volumeTables.enumerated().compactMap { readVolume($1, path: "volume[\($0)]") }
         let groups = groupTables.enumerated().compactMap { readGroup($1, path: "group[\($0)]") }
         checkUnique(nodeTables, section: "node", what: "node name", key: "name")
+        if nodeTables.count > 2 {
+            // Until coordination for more than two nodes exists, a third node is a mistake here,
+            // not something `tandem agent` finds out at start.
+            report(
+                nodeTables[2].line, "node[2]",
+                "this version replicates between two nodes; the config has \(nodeTables.count)")
+        }
         checkUnique(volumeTables, section: "volume", what: "volume name", key: "name")
         checkUnique(volumeTables, section: "volume", what: "NBD export", key: "nbd-export", fallbackKey: "name")
         checkUnique(groupTables, section: "group", what: "group name", key: "name")
@@ -192,8 +203,11 @@ struct ConfigReader {
         let waitForPeer = duration(table, "wait-for-peer", path: "timing") ?? .seconds(30)
         let cooldown = duration(table, "failover-cooldown", path: "timing") ?? .seconds(60)
         let failbackDelay = duration(table, "failback-delay", path: "timing") ?? .seconds(30)
-        if interval <= .zero {
-            report(table["heartbeat-interval"]?.line, "timing.heartbeat-interval", "must be greater than zero")
+        if interval < Self.shortestHeartbeatInterval {
+            report(
+                table["heartbeat-interval"]?.line, "timing.heartbeat-interval",
+                "must be at least \(Units.formatDuration(Self.shortestHeartbeatInterval)) (a datagram per link "
+                    + "per interval, and the membership loop's ticks), found \(Units.formatDuration(interval))")
         }
         if deadTime < interval * 3 {
             report(

@@ -104,8 +104,24 @@ struct TOMLParser {
         case lastElement(String)
     }
 
+    /// How deep arrays and inline tables may nest, and how many parts a dotted key may have: a
+    /// config needs a few of each, and a hostile file must not overflow the stack (nesting is
+    /// parsed by recursion) or take quadratic time (each part of a key walks the path again).
+    static let maximumNesting = 32
+    static let maximumKeyParts = 32
+    /// Arrays and inline tables open around the value being parsed.
+    private var nesting = 0
+
     init(text: String) {
         self.bytes = Array(text.utf8)
+    }
+
+    /// Counts one more level of nesting, refusing one too many.
+    private mutating func enterNesting() throws(TOMLSyntaxError) {
+        guard nesting < Self.maximumNesting else {
+            throw error("arrays and inline tables nest deeper than \(Self.maximumNesting) levels")
+        }
+        nesting += 1
     }
 
     // MARK: Document
@@ -300,6 +316,9 @@ struct TOMLParser {
             }
             advance()
             skipWhitespace()
+            guard parts.count < Self.maximumKeyParts else {
+                throw error("a dotted key has more than \(Self.maximumKeyParts) parts")
+            }
             parts.append(try parseSimpleKey())
         }
     }
@@ -357,6 +376,8 @@ struct TOMLParser {
     }
 
     private mutating func parseArray() throws(TOMLSyntaxError) -> TOMLValue {
+        try enterNesting()
+        defer { nesting -= 1 }
         advance()
         var elements: [TOMLNode] = []
         while true {
@@ -377,6 +398,8 @@ struct TOMLParser {
     }
 
     private mutating func parseInlineTable() throws(TOMLSyntaxError) -> TOMLValue {
+        try enterNesting()
+        defer { nesting -= 1 }
         let tableLine = line
         advance()
         var table = TOMLTable(line: tableLine)

@@ -32,23 +32,31 @@ public enum Units {
     public static func parseDuration(_ text: String) -> Duration? {
         var rest = Substring(text.filter { $0 != " " })
         guard !rest.isEmpty else { return nil }
-        var total = Duration.zero
-        let units: [(String, Duration)] = [
-            ("ns", .nanoseconds(1)), ("us", .microseconds(1)), ("µs", .microseconds(1)),
-            ("ms", .milliseconds(1)), ("s", .seconds(1)), ("m", .seconds(60)), ("h", .seconds(3600)),
+        // Seconds, in a Double: a value that does not fit a `Duration` (or is absurd) is refused
+        // here, before the conversion that would trap.
+        var totalSeconds = 0.0
+        let units: [(String, Double)] = [
+            ("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600),
         ]
         while !rest.isEmpty {
             let numberEnd = rest.firstIndex { !($0.isNumber || $0 == ".") } ?? rest.endIndex
-            guard let value = Double(rest[..<numberEnd]) else { return nil }
+            guard let value = Double(rest[..<numberEnd]), value.isFinite else { return nil }
             rest = rest[numberEnd...]
             let unitEnd = rest.firstIndex { $0.isNumber || $0 == "." } ?? rest.endIndex
             let unitName = String(rest[..<unitEnd])
             guard let unit = units.first(where: { $0.0 == unitName })?.1 else { return nil }
-            total += unit * value
+            totalSeconds += value * unit
+            guard totalSeconds <= longestDurationSeconds else { return nil }
             rest = rest[unitEnd...]
         }
-        return total
+        let whole = totalSeconds.rounded(.down)
+        let nanoseconds = ((totalSeconds - whole) * 1e9).rounded()
+        return .seconds(Int64(whole)) + .nanoseconds(Int64(nanoseconds))
     }
+
+    /// The longest duration the config takes: a hundred years, far beyond any timeout, far below
+    /// what `Duration` holds.
+    public static let longestDurationSeconds = 100.0 * 365 * 86_400
 
     /// Formats a byte count with a binary unit, for humans (`"1.5 GiB"`).
     public static func formatByteCount(_ bytes: UInt64) -> String {
