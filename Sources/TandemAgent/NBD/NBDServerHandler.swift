@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import TandemCore
 import TandemReplication
 import TandemStorage
 import TandemWire
@@ -205,7 +206,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
         let name = data.readString(length: data.readableBytes) ?? ""
         guard let (export, session) = exports.admit(name, channel: context.channel) else {
             // The protocol gives EXPORT_NAME no way to report an error other than closing.
-            close(context: context, reason: "client asked for unknown export \"\(name)\"")
+            close(context: context, reason: "client asked for unknown export \(UntrustedText.quoted(name))")
             return
         }
         reply.writeNBDExportNameReply(
@@ -225,7 +226,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
             : exports.export(named: request.exportName).map { ($0, nil) }
         guard let (export, session) = admitted else {
             reply.writeNBDOptionError(
-                option: option.rawType, type: .errorUnknown, message: "no export named \"\(request.exportName)\"")
+                option: option.rawType, type: .errorUnknown, message: "no export named \(UntrustedText.quoted(request.exportName))")
             return
         }
         reply.writeNBDInfoExport(
