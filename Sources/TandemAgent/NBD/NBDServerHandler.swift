@@ -226,7 +226,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
             : exports.export(named: request.exportName).map { ($0, nil) }
         guard let (export, session) = admitted else {
             reply.writeNBDOptionError(
-                option: option.rawType, type: .errorUnknown, message: "no export named \(UntrustedText.quoted(request.exportName))")
+                option: option.rawType, type: .errorUnknown,
+                message: "no export named \(UntrustedText.quoted(request.exportName))")
             return
         }
         reply.writeNBDInfoExport(

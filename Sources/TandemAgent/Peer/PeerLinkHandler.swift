@@ -151,12 +151,15 @@ final class PeerLinkHandler: ChannelInboundHandler {
         guard hello.clusterName == settings.clusterName else {
             return close(
                 context: context,
-                reason: "peer belongs to cluster \(UntrustedText.quoted(hello.clusterName)), not \"\(settings.clusterName)\"")
+                reason:
+                    "peer belongs to cluster \(UntrustedText.quoted(hello.clusterName)), not \"\(settings.clusterName)\""
+            )
         }
         guard hello.nodeName == settings.peerName else {
             return close(
                 context: context,
-                reason: "node \(UntrustedText.quoted(hello.nodeName)) is not this node's peer (\"\(settings.peerName)\")")
+                reason:
+                    "node \(UntrustedText.quoted(hello.nodeName)) is not this node's peer (\"\(settings.peerName)\")")
         }
         guard hello.nonce.count == 32 else { return close(context: context, reason: "peer sent a malformed nonce") }
         phase = .awaitingProof(peerNonce: hello.nonce)
