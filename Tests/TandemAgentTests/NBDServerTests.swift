@@ -448,5 +448,12 @@ private let errorNoSpace: UInt32 = 28
         #expect(verdict(.read, UInt64.max, 2) == .reject(.invalid))
         let unknown = NBDRequest(flags: [], rawType: 99, cookie: 0, offset: 0, length: 0)
         #expect(NBDRequestCheck.verdict(for: unknown, export: export, maximumRequestBytes: 65536) == .reject(.invalid))
+        // Flags a command does not take are refused (EINVAL), never ignored.
+        #expect(verdict(.read, 0, 4096, .dontFragment) == .reject(.invalid))
+        #expect(verdict(.read, 0, 4096, .fua) == .reject(.invalid))
+        #expect(verdict(.write, 0, 4096, .noHole) == .reject(.invalid))
+        #expect(verdict(.trim, 0, 4096, .requestOne) == .reject(.invalid))
+        #expect(verdict(.write, 0, 4096, NBD.CommandFlags(rawValue: 1 << 9)) == .reject(.invalid))
+        #expect(verdict(.flush, 0, 0, .fua) == .flush)
     }
 }

@@ -22,6 +22,10 @@ enum NBDRequestCheck {
     /// asks), changes to a read-only export `EPERM`, commands this server does not advertise `EINVAL`.
     static func verdict(for request: NBDRequest, export: NBDExport, maximumRequestBytes: Int) -> Verdict {
         guard let type = request.type else { return .reject(.invalid) }
+        // A flag the command does not take is refused as the protocol says, never ignored: a
+        // client that asked for something (DF, REQ_ONE, a flag from a later version) must not
+        // believe it got it.
+        guard allowedFlags(type).isSuperset(of: request.flags) else { return .reject(.invalid) }
         let end = request.offset.addingReportingOverflow(UInt64(request.length))
         let inRange = !end.overflow && end.partialValue <= export.sizeBytes
         let durable = request.flags.contains(.fua)
@@ -46,6 +50,17 @@ enum NBDRequestCheck {
             return inRange ? .trim(durable: durable) : .reject(.invalid)
         case .cache, .blockStatus, .resize:
             return .reject(.invalid)
+        }
+    }
+
+    /// The flags each command may carry here: FUA on the commands that change data (and on FLUSH,
+    /// where it means nothing more), NO_HOLE and FAST_ZERO on WRITE_ZEROES. DF and REQ_ONE belong
+    /// to structured replies and block status, which this server does not offer.
+    static func allowedFlags(_ type: NBD.CommandType) -> NBD.CommandFlags {
+        switch type {
+        case .write, .trim, .flush: return .fua
+        case .writeZeroes: return [.fua, .noHole, .fastZero]
+        case .read, .disconnect, .cache, .blockStatus, .resize: return []
         }
     }
 }
