@@ -61,6 +61,9 @@ public struct Agent: Sendable {
         }
         let peer = configuration.nodes.first { $0.name != nodeName }
         let secret = try peer.map { _ throws(AgentError) in try readSecret(configuration) }
+        if let path = configuration.cluster.secretFile, peer != nil {
+            warnIfOthersCanRead(secret: path, logger: logger)
+        }
         try makeDirectory(configuration.cluster.stateDirectory)
         try NodeLock.acquire(directory: configuration.cluster.stateDirectory, node: node.name)
         let journal = try EventJournal(directory: configuration.cluster.stateDirectory, node: node.name, logger: logger)
@@ -195,6 +198,16 @@ public struct Agent: Sendable {
             throw .unsupported("the shared secret in \(path) is shorter than 16 characters")
         }
         return secret
+    }
+
+    /// The shared secret authenticates every peer and datagram: a file others can read is said
+    /// at every start (the agent still runs: refusing would take a working cluster down).
+    static func warnIfOthersCanRead(secret path: String, logger: Logger) {
+        var info = stat()
+        guard stat(path, &info) == 0, info.st_mode & 0o077 != 0 else { return }
+        let mode = String(info.st_mode & 0o777, radix: 8)
+        logger.warning(
+            "the shared secret \(path) has mode \(mode): others on this host can read it (chmod 600 \(path))")
     }
 
     static func makeDirectory(_ path: String) throws(AgentError) {

@@ -169,6 +169,13 @@ struct FailoverProcessTests {
         try cluster.waitFor("a resets itself", seconds: 10) { !cluster.isRunning("a") }
         let resetLog = try String(contentsOfFile: "\(cluster.directory.path)/a/a.reset-log", encoding: .utf8)
         #expect(resetLog.contains("HA reset"))
+        // The reset log and the journal name addresses, failures and reasons: the owner's alone.
+        for file in ["a.reset-log", "a.events"] {
+            let mode =
+                try FileManager.default.attributesOfItem(atPath: "\(cluster.directory.path)/a/\(file)")[
+                    .posixPermissions] as? Int
+            #expect(mode == 0o600, "\(file) has mode \(String(mode ?? 0, radix: 8))")
+        }
         writer.stop()
         while !thread.isFinished { usleep(10_000) }
         #expect(try writer.lostBlocks(readingFrom: "b").isEmpty)

@@ -35,10 +35,13 @@ public final class EventJournal: Sendable {
         self.node = node
         self.limit = limit
         self.logger = logger
-        let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else {
             throw .io("cannot open the event journal \(path): \(String(cString: strerror(errno)))")
         }
+        // The journal names addresses, failures and reset reasons: the owner's alone, also when an
+        // earlier version created it readable by everyone.
+        fchmod(descriptor, 0o600)
         var info = stat()
         fstat(descriptor, &info)
         state = Mutex((descriptor, Int(info.st_size), 0))
@@ -75,7 +78,7 @@ public final class EventJournal: Sendable {
     private func rotate(_ state: inout (descriptor: Int32, size: Int, sequence: UInt64)) {
         fdatasync(state.descriptor)
         guard rename(path, path + ".1") == 0 else { return }
-        let fresh = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let fresh = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard fresh >= 0 else { return }
         close(state.descriptor)
         state.descriptor = fresh

@@ -141,8 +141,9 @@ public struct HAReset: Sendable {
             }
         }
         let line = "\(EventJournal.timestamp()) \(node) HA reset: \(reason)\n"
-        let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         if descriptor >= 0 {
+            fchmod(descriptor, 0o600)
             _ = Array(line.utf8).withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
             fsync(descriptor)
             close(descriptor)
