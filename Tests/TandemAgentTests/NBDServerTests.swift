@@ -13,6 +13,25 @@ private let errorInvalid: UInt32 = 22
 private let errorNoSpace: UInt32 = 28
 
 @Suite struct NBDNegotiationTests {
+    /// A client that connects and never finishes negotiating held its slot forever; now the
+    /// server closes it at the deadline, and a client that chose its export is left alone.
+    @Test func negotiationThatNeverFinishes_isClosedAtTheDeadline() async throws {
+        try await withTestServer(negotiationDeadline: .milliseconds(300)) { server in
+            let silent = try NBDTestClient(port: server.port)
+            let halfway = try NBDTestClient(port: server.port)
+            try halfway.greet()
+            let served = try NBDTestClient(port: server.port)
+            try served.greet()
+            _ = try served.go(export: "vol0")
+            let started = ContinuousClock.now
+            #expect(silent.serverClosed(), "closed after the greeting it never answered")
+            #expect(halfway.serverClosed(), "closed between options")
+            #expect(ContinuousClock.now - started < .seconds(5))
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(try served.write([1, 2, 3, 4], at: 0) == 0, "the client in transmission is served on")
+        }
+    }
+
     @Test func list_namesEveryExport() async throws {
         try await withTestServer { server in
             let client = try NBDTestClient(port: server.port)

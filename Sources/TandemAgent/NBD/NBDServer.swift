@@ -42,6 +42,7 @@ public final class NBDServer: Service, Sendable {
         limits: Configuration.Limits,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         withdrawalGrace: TimeAmount = .seconds(5),
+        negotiationDeadline: TimeAmount = .seconds(10),
         logger: Logger
     ) {
         self.listen = listen
@@ -49,6 +50,7 @@ public final class NBDServer: Service, Sendable {
         var settings = NBDServerSettings(
             maximumRequestBytes: limits.nbdMaxRequestBytes, maximumInFlight: limits.nbdMaxInFlight)
         settings.withdrawalGrace = withdrawalGrace
+        settings.negotiationDeadline = negotiationDeadline
         self.settings = settings
         self.maximumConnections = limits.nbdMaxConnections
         self.group = group

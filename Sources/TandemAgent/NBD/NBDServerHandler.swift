@@ -16,6 +16,9 @@ public struct NBDServerSettings: Sendable {
     public var maximumOptions: Int = 1024
     /// How long a withdrawn export's connection waits for its requests in flight before it closes.
     public var withdrawalGrace = TimeAmount.seconds(5)
+    /// How long a client may take from connecting to choosing its export (qemu-nbd's 10 s): one
+    /// that never finishes negotiating must not hold a connection slot (CVE-2024-7409's lesson).
+    public var negotiationDeadline = TimeAmount.seconds(10)
 
     /// Creates settings.
     public init(maximumRequestBytes: Int, maximumInFlight: Int) {
@@ -76,6 +79,15 @@ final class NBDServerHandler: ChannelDuplexHandler {
         var greeting = context.channel.allocator.buffer(capacity: 18)
         greeting.writeNBDGreeting(flags: [.fixedNewstyle, .noZeroes])
         context.writeAndFlush(wrapOutboundOut(greeting), promise: nil)
+        context.eventLoop.assumeIsolated().scheduleTask(in: settings.negotiationDeadline) {
+            switch self.phase {
+            case .greeting, .negotiating:
+                self.close(
+                    context: context, reason: "negotiation did not finish within \(self.settings.negotiationDeadline)")
+            case .transmitting, .closed:
+                break
+            }
+        }
         context.fireChannelActive()
     }
 
