@@ -72,7 +72,7 @@ public struct Agent: Sendable {
         let volumes = try openVolumes(configuration, node: node, peer: peer, events: volumeEvents, logger: logger)
         // Exports that an nbd-export resource manages appear only while it runs.
         let managed = Set(
-            configuration.groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node.name) }.flatMap(\.resources)
+            configuration.groups(on: node.name).flatMap(\.resources)
                 .filter { $0.type == .nbdExport }.compactMap { resource in
                     configuration.volume(named: resource.parameters["volume"] ?? "")?.nbdExport
                 })

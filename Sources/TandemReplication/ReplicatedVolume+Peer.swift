@@ -172,8 +172,8 @@ extension ReplicatedVolume {
                 return (true, current)
             }
             if current {
-                persistMetadata()
                 report(event("the same data as the peer's up-to-date copy: this copy is no longer outdated"))
+                if let error = persistMetadata() { report(event("\(error)")) }
             }
             return changed
                 ? [

@@ -23,7 +23,7 @@ public final class ResourceService: Service, Sendable {
         journal: EventJournal,
         reset: HAReset, failover: @escaping @Sendable (String) async -> String?, startAsPrimary: Bool, logger: Logger
     ) {
-        let groups = configuration.groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node) }
+        let groups = configuration.groups(on: node)
         var agents: [any ResourceAgent] = []
         let peerAddresses = configuration.nodes.filter { $0.name != node }.flatMap { [$0.address] + $0.heartbeat }
         let note: @Sendable (String) -> Void = { message in
@@ -125,7 +125,7 @@ public struct HAReset: Sendable {
     /// The reset of `node` as `configuration` sets it up.
     static func make(configuration: Configuration, node: String, journal: EventJournal?, logger: Logger) -> HAReset {
         let state = configuration.cluster.stateDirectory
-        let groups = configuration.groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node) }.map(\.name)
+        let groups = configuration.groups(on: node).map(\.name)
         let addresses = ResourceSpec.all(in: configuration).filter { $0.type == .ip && groups.contains($0.group) }
         return HAReset(
             path: "\(state)/\(node).reset-log",

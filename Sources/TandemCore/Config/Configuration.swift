@@ -28,6 +28,11 @@ public struct Configuration: Sendable, Equatable {
         volumes.first { $0.name == name }
     }
 
+    /// The groups that may run on `node`: those that name no nodes, and those that name it.
+    public func groups(on node: String) -> [Group] {
+        groups.filter { $0.nodes.isEmpty || $0.nodes.contains(node) }
+    }
+
     /// `[cluster]`: identity and shared settings.
     public struct Cluster: Sendable, Equatable {
         /// The cluster's name; peers with another name are refused.
