@@ -154,6 +154,8 @@ public final class GroupManager: Sendable {
                 done()
             case .monitored(let index, let generation, let result):
                 guard entries[index].generation == generation, entries[index].state == .running else { break }
+                // A monitor that ran while monitoring was turned off (config mode) is not acted on.
+                guard monitoring.withLock({ $0 }) else { break }
                 guard result != .running else { break }
                 let reason: String
                 switch result {
