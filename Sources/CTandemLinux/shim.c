@@ -179,3 +179,9 @@ int ctandem_arp_announce(const char *interface, unsigned int address) {
     errno = saved;
     return status;
 }
+
+#include <malloc.h>
+
+int ctandem_malloc_trim(void) {
+    return malloc_trim(0);
+}

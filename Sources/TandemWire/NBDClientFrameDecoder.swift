@@ -152,6 +152,10 @@ public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     private var awaitingClientFlags: Bool
     private let maximumWriteBytes: Int
+    /// Asked before a READ or WRITE is taken off the stream, with the bytes it will hold (see
+    /// `bufferCost`); when it answers false the request stays unread and decoding stops until the
+    /// owner processes the stream again. A server bounds its memory this way before it decodes.
+    public var admit: ((_ bytes: Int, _ isWrite: Bool) -> Bool)?
     /// A write whose header arrived and whose payload is still arriving.
     private var pendingWrite: PendingWrite?
 
@@ -212,18 +216,32 @@ public struct NBDClientFrameDecoder: NIOSingleStepByteToMessageDecoder {
         else { return nil }
         let request = NBDRequest(
             flags: NBD.CommandFlags(rawValue: flags), rawType: type, cookie: cookie, offset: offset, length: length)
-        guard type == NBD.CommandType.write.rawValue else {
+        let isWrite = type == NBD.CommandType.write.rawValue
+        if isWrite, Int(length) > maximumWriteBytes {
+            throw NBDWireError.writeTooLarge(length: length, limit: maximumWriteBytes)
+        }
+        let cost = Self.bufferCost(rawType: type, length: length, maximumRequestBytes: maximumWriteBytes)
+        if cost > 0, let admit, !admit(cost, isWrite) { return nil }
+        guard isWrite else {
             buffer.moveReaderIndex(forwardBy: 28)
             return .request(request)
-        }
-        guard Int(length) <= maximumWriteBytes else {
-            throw NBDWireError.writeTooLarge(length: length, limit: maximumWriteBytes)
         }
         buffer.moveReaderIndex(forwardBy: 28)
         // Take the payload as slices of whatever has arrived, so that a large write is never copied
         // into a growing buffer; the request is yielded once the last byte is in.
         pendingWrite = PendingWrite(request: request, payload: PayloadCollector(length: Int(length)))
         return continueWrite(&buffer)
+    }
+
+    /// The bytes a request holds in a server from the moment it is decoded until it is answered:
+    /// a write's payload, a read's reply. Requests over the size limit hold nothing (they are
+    /// refused), nor do commands without data.
+    public static func bufferCost(rawType: UInt16, length: UInt32, maximumRequestBytes: Int) -> Int {
+        guard Int(length) <= maximumRequestBytes else { return 0 }
+        switch NBD.CommandType(rawValue: rawType) {
+        case .read?, .write?: return Int(length)
+        default: return 0
+        }
     }
 
     private mutating func continueWrite(_ buffer: inout ByteBuffer) -> NBDClientMessage? {

@@ -315,12 +315,29 @@ public enum PeerCodec {
     }
 }
 
+/// The largest frame body a peer connection accepts now. A connection starts at the handshake's
+/// size and its handler raises it once the peer has proved it holds the cluster secret, so a host
+/// that merely reaches the port can make the node buffer no more than a few kilobytes.
+public final class PeerFrameLimit {
+    /// Bytes of the largest body accepted.
+    public var maximumBodyBytes: Int
+
+    /// Handshake frames (names, a nonce, a proof) fit in this many bytes.
+    public static let handshakeBytes = 16 << 10
+
+    /// Creates a limit.
+    public init(bytes: Int) {
+        self.maximumBodyBytes = bytes
+    }
+}
+
 /// Splits the peer byte stream into frames. Returns `nil` without moving the reader index when a
 /// frame is incomplete.
 public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
     public typealias InboundOut = PeerFrame
 
-    private let maximumBodyBytes: Int
+    private let limit: PeerFrameLimit
+    private var maximumBodyBytes: Int { limit.maximumBodyBytes }
     /// A write whose fields arrived and whose payload is still arriving.
     private var pending: PendingWrite?
 
@@ -335,7 +352,12 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     /// `maximumBodyBytes` bounds every frame (the largest write plus its header fields).
     public init(maximumBodyBytes: Int) {
-        self.maximumBodyBytes = maximumBodyBytes
+        self.limit = PeerFrameLimit(bytes: maximumBodyBytes)
+    }
+
+    /// A decoder whose limit its owner may change between frames.
+    public init(limit: PeerFrameLimit) {
+        self.limit = limit
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> PeerFrame? {

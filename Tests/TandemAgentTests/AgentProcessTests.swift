@@ -57,14 +57,6 @@ import Testing
         throw Tools.Failure(description: "the agent did not serve \(uri) within 20 seconds")
     }
 
-    private func residentBytes(of pid: Int32) throws -> Int {
-        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
-        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-            let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1])
-        else { throw Tools.Failure(description: "no VmRSS in /proc/\(pid)/status") }
-        return kib * 1024
-    }
-
     @Test func agent_servesA10GiBVolume_inUnder64MiB_andStopsCleanlyOnSIGTERM() throws {
         let directory = TemporaryDirectory()
         let port = try freeLoopbackPort()
@@ -85,7 +77,7 @@ import Testing
                 "--name=read", "--ioengine=nbd", "--uri=\(uri)", "--rw=randread", "--bs=1M", "--iodepth=8",
                 "--size=10G", "--io_size=256M",
             ])
-        let rss = try residentBytes(of: process.processIdentifier)
+        let rss = try Tools.residentBytes(of: process.processIdentifier)
         print("agent resident memory serving a 10 GiB volume after 768 MiB of I/O: \(rss / 1024) KiB")
         #expect(rss < 64 << 20, "resident memory \(rss) bytes")
         process.terminate()

@@ -32,6 +32,55 @@ private let errorNoSpace: UInt32 = 28
         }
     }
 
+    /// Finding 3: a write whose payload stops arriving is closed, which returns the memory it
+    /// reserved, and other clients are served meanwhile.
+    @Test func writePayloadThatStopsArriving_isClosed_andOthersAreServed() async throws {
+        let adjust: (inout NBDServerSettings) -> Void = { $0.payloadIdleLimit = .milliseconds(400) }
+        try await withTestServer(adjust: adjust) { server in
+            let stalled = try NBDTestClient(port: server.port)
+            try stalled.greet()
+            _ = try stalled.go(export: "vol0")
+            var header = ByteBuffer()
+            header.writeMultipleIntegers(NBD.requestMagic, UInt16(0), UInt16(1), UInt64(9), UInt64(0), UInt32(1 << 20))
+            try stalled.send(header)
+            try stalled.send(ByteBuffer(bytes: [UInt8](repeating: 1, count: 1000)))
+            let other = try NBDTestClient(port: server.port)
+            try other.greet()
+            _ = try other.go(export: "vol0")
+            #expect(try other.write([5], at: 4096) == 0)
+            #expect(stalled.closedWithin(milliseconds: 5000), "the stalled write is closed")
+            #expect(try other.read(at: 4096, length: 1).data == [5])
+        }
+    }
+
+    /// Finding 2: a client that pipelines reads and never reads the replies holds no more than its
+    /// budget and is closed at the stall deadline; others are served meanwhile.
+    @Test func readsWhoseRepliesAreNeverRead_areBoundedThenClosed() async throws {
+        var limits = Configuration.Limits.defaults
+        limits.nbdMaxRequestBytes = 1 << 20
+        limits.nbdMaxBufferedBytes = 8 << 20
+        let adjust: (inout NBDServerSettings) -> Void = { $0.replyStallDeadline = .milliseconds(500) }
+        try await withTestServer(limits: limits, adjust: adjust) { server in
+            let greedy = try NBDTestClient(port: server.port)
+            try greedy.greet()
+            _ = try greedy.go(export: "vol0")
+            var requests = ByteBuffer()
+            for cookie in 0..<64 {
+                requests.writeNBDRequest(
+                    NBDRequest(flags: [], rawType: 0, cookie: UInt64(cookie), offset: 0, length: 1 << 20))
+            }
+            try greedy.send(requests)
+            let other = try NBDTestClient(port: server.port)
+            try other.greet()
+            _ = try other.go(export: "vol0")
+            #expect(try other.write([6], at: 0) == 0)
+            try await Task.sleep(for: .seconds(2))
+            // Draining now finds the end of the stream: the server gave up on this client.
+            #expect(greedy.closedWithin(milliseconds: 5000), "the client that read no replies was closed")
+            #expect(try other.read(at: 0, length: 1).data == [6])
+        }
+    }
+
     @Test func list_namesEveryExport() async throws {
         try await withTestServer { server in
             let client = try NBDTestClient(port: server.port)
@@ -322,7 +371,7 @@ private let errorNoSpace: UInt32 = 28
         }
     }
 
-    @Test func connectionLimit_refusesTheExtraClient() async throws {
+    @Test func connectionLimit_refusesAClientPastTheLimitOfThoseTransmitting() async throws {
         var limits = Configuration.Limits.defaults
         limits.nbdMaxConnections = 2
         try await withTestServer(limits: limits) { server in
@@ -330,10 +379,35 @@ private let errorNoSpace: UInt32 = 28
             let second = try NBDTestClient(port: server.port)
             try first.greet()
             try second.greet()
-            let third = try NBDTestClient(port: server.port)
-            #expect(third.serverClosed())
             try first.go(export: "vol0")
+            try second.go(export: "vol0")
+            let third = try NBDTestClient(port: server.port)
+            try third.greet()
+            #expect(throws: NBDTestClient.Failure.self) { try third.go(export: "vol0") }
             #expect(try first.write([1], at: 0) == 0)
+            #expect(try second.read(at: 0, length: 1).data == [1])
+        }
+    }
+
+    /// Idle connections cannot lock clients out: past the cap of those negotiating, a new
+    /// connection closes the oldest one, and one that finished negotiating is never closed for it.
+    @Test func idleConnectionsPastTheNegotiatingCap_closeTheOldest_andRealClientsAreServed() async throws {
+        let adjust: (inout NBDServerSettings) -> Void = { $0.maximumNegotiating = 4 }
+        try await withTestServer(negotiationDeadline: .seconds(120), adjust: adjust) { server in
+            let settled = try NBDTestClient(port: server.port)
+            try settled.greet()
+            try settled.go(export: "vol0")
+            var idle: [NBDTestClient] = []
+            for _ in 0..<12 { idle.append(try NBDTestClient(port: server.port)) }
+            let client = try NBDTestClient(port: server.port)
+            try client.greet()
+            try client.go(export: "vol0")
+            #expect(try client.write([7], at: 0) == 0)
+            #expect(try settled.read(at: 0, length: 1).data == [7])
+            // The oldest idle connections were closed; the newest still stand (the client above
+            // arrived after them and closed none of them by finishing).
+            #expect(idle[0].closedWithin(milliseconds: 2000))
+            #expect(!idle[11].closedWithin(milliseconds: 300))
         }
     }
 }

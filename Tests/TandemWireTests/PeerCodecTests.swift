@@ -83,6 +83,22 @@ import Testing
         #expect(throws: PeerWireError.frameTooLarge(length: 4096, limit: 1024)) { try decoder.decode(buffer: &huge) }
     }
 
+    /// Finding 4: before the peer is authenticated a frame may be no larger than the handshake
+    /// needs; the owner raises the limit between frames once it has verified the peer.
+    @Test func frameLimit_startsAtTheHandshakeSize_andRisesWhenTheOwnerRaisesIt() throws {
+        let limit = PeerFrameLimit(bytes: PeerFrameLimit.handshakeBytes)
+        var decoder = PeerFrameDecoder(limit: limit)
+        var announced = ByteBuffer()
+        announced.writeMultipleIntegers(PeerCodec.magic, UInt8(5), UInt8(0), UInt16(0), UInt32(64 << 20))
+        var first = announced
+        #expect(throws: PeerWireError.frameTooLarge(length: 64 << 20, limit: PeerFrameLimit.handshakeBytes)) {
+            try decoder.decode(buffer: &first)
+        }
+        limit.maximumBodyBytes = 65 << 20
+        var second = announced
+        #expect(try decoder.decode(buffer: &second) == nil, "the write's fields have not arrived yet")
+    }
+
     @Test func bodyShorterOrLongerThanItsFields_isMalformed() {
         var decoder = PeerFrameDecoder(maximumBodyBytes: 1024)
         var short = ByteBuffer()

@@ -43,4 +43,7 @@ int ctandem_arp_announce(const char *interface, unsigned int address);
 /* The MAC of `interface` into `mac`: 0, or -1 with errno set. */
 int ctandem_interface_mac(const char *interface, unsigned char mac[6]);
 
+/// Hands freed heap memory back to the system (glibc `malloc_trim(0)`); 1 when some was returned.
+int ctandem_malloc_trim(void);
+
 #endif

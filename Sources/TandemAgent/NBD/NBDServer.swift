@@ -18,11 +18,12 @@ public final class NBDServer: Service, Sendable {
     private let listen: [ListenAddress]
     private let exports: NBDExportTable
     private let settings: NBDServerSettings
-    private let maximumConnections: Int
     private let group: any EventLoopGroup
     private let logger: Logger
     private let state = Mutex<ServerState>(ServerState())
-    private let connections = ConnectionCount()
+    private let connections: ConnectionAdmission
+    private let refusals = RateLimitedLog()
+    private let pool: NBDMemoryPool
 
     private struct ServerState {
         var listeners: [any Channel] = []
@@ -43,16 +44,21 @@ public final class NBDServer: Service, Sendable {
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         withdrawalGrace: TimeAmount = .seconds(5),
         negotiationDeadline: TimeAmount = .seconds(10),
+        adjust: (inout NBDServerSettings) -> Void = { _ in },
         logger: Logger
     ) {
         self.listen = listen
         self.exports = exports
         var settings = NBDServerSettings(
-            maximumRequestBytes: limits.nbdMaxRequestBytes, maximumInFlight: limits.nbdMaxInFlight)
+            maximumRequestBytes: limits.nbdMaxRequestBytes, maximumInFlight: limits.nbdMaxInFlight,
+            connectionBudgetBytes: limits.nbdMaxBufferedBytes / 2)
+        self.pool = NBDMemoryPool(limit: limits.nbdMaxBufferedBytes)
         settings.withdrawalGrace = withdrawalGrace
         settings.negotiationDeadline = negotiationDeadline
+        adjust(&settings)
         self.settings = settings
-        self.maximumConnections = limits.nbdMaxConnections
+        self.connections = ConnectionAdmission(
+            unsettledLimit: settings.maximumNegotiating, settledLimit: limits.nbdMaxConnections)
         self.group = group
         self.logger = logger
     }
@@ -96,23 +102,26 @@ public final class NBDServer: Service, Sendable {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
+            // At most 1 MiB per read cycle: what a connection can take before it stops for memory.
+            .childChannelOption(.maxMessagesPerRead, value: 4)
             // 256 KiB reads: large writes arrive in few pieces (taken without copying, see NBDPayload)
             // while the buffer stays small enough to be reused warm from the allocator.
             .childChannelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 256 << 10))
             .childChannelOption(.autoRead, value: true)
-            .childChannelInitializer {
-                [exports, settings, logger, connections, maximumConnections] channel in
-                guard connections.admit(channel, limit: maximumConnections) else {
-                    logger.warning("refusing NBD connection: \(maximumConnections) connections already open")
-                    return channel.close()
+            .childChannelInitializer { [exports, settings, logger, connections, pool, refusals] channel in
+                if case .admittedClosingOldest(let oldest) = connections.arrive(channel) {
+                    refusals.log(
+                        logger, .warning,
+                        "closing the oldest of \(settings.maximumNegotiating) NBD connections still negotiating to admit a new one"
+                    )
+                    oldest.close(promise: nil)
                 }
                 channel.closeFuture.whenComplete { _ in connections.remove(channel) }
                 return channel.eventLoop.makeCompletedFuture {
-                    let decoder = NBDClientFrameDecoder(maximumWriteBytes: settings.maximumRequestBytes)
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder))
                     try channel.pipeline.syncOperations.addHandler(
-                        NBDServerHandler(exports: exports, settings: settings, logger: logger))
+                        NBDServerHandler(
+                            exports: exports, settings: settings, pool: pool, admission: connections,
+                            refusals: refusals, logger: logger))
                 }
             }
         do {
@@ -130,30 +139,6 @@ public final class NBDServer: Service, Sendable {
             case .unix(let path): place = path
             }
             throw AgentError.io("cannot listen for NBD clients on \(place): \(error)")
-        }
-    }
-}
-
-/// The connections currently open, bounded.
-private final class ConnectionCount: Sendable {
-    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
-
-    func admit(_ channel: any Channel, limit: Int) -> Bool {
-        channels.withLock { channels in
-            guard channels.count < limit else { return false }
-            channels[ObjectIdentifier(channel)] = channel
-            return true
-        }
-    }
-
-    func remove(_ channel: any Channel) {
-        _ = channels.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) }
-    }
-
-    func closeAll() async {
-        let open = channels.withLock { Array($0.values) }
-        for channel in open {
-            try? await channel.close()
         }
     }
 }

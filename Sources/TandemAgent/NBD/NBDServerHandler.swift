@@ -19,11 +19,24 @@ public struct NBDServerSettings: Sendable {
     /// How long a client may take from connecting to choosing its export (qemu-nbd's 10 s): one
     /// that never finishes negotiating must not hold a connection slot (CVE-2024-7409's lesson).
     public var negotiationDeadline = TimeAmount.seconds(10)
+    /// Bytes one connection may hold for requests received and replies not yet written (at least
+    /// one request of the largest size). Past it the server stops decoding and reading.
+    public var connectionBudgetBytes: Int
+    /// How long the payload of a write may take to arrive after its header, and how long it may
+    /// go without a byte while the server is reading: a client that sends part of a write and
+    /// stops must not hold the memory reserved for it (and keep others waiting for the pool).
+    public var payloadDeadline = TimeAmount.seconds(60)
+    public var payloadIdleLimit = TimeAmount.seconds(5)
+    /// How long a connection may have replies waiting because its client does not read them.
+    public var replyStallDeadline = TimeAmount.seconds(30)
+    /// Connections still negotiating; a new one over this closes the oldest.
+    public var maximumNegotiating = 32
 
     /// Creates settings.
-    public init(maximumRequestBytes: Int, maximumInFlight: Int) {
+    public init(maximumRequestBytes: Int, maximumInFlight: Int, connectionBudgetBytes: Int? = nil) {
         self.maximumRequestBytes = maximumRequestBytes
         self.maximumInFlight = maximumInFlight
+        self.connectionBudgetBytes = max(connectionBudgetBytes ?? 2 * maximumRequestBytes, maximumRequestBytes)
     }
 }
 
@@ -33,8 +46,12 @@ public struct NBDServerSettings: Sendable {
 /// microseconds); `fdatasync` for FLUSH and FUA runs on the thread pool and its reply is sent when
 /// it completes, so replies may leave out of order. A malformed frame or a protocol violation
 /// closes this connection only, with the reason in the log.
+///
+/// The handler decodes the byte stream itself so that it can stop before a request it has no
+/// memory for: every READ and WRITE reserves its bytes from the connection's budget and the
+/// server's pool when its header is decoded, and returns them when it is answered.
 final class NBDServerHandler: ChannelDuplexHandler {
-    typealias InboundIn = NBDClientMessage
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = Never
     typealias OutboundOut = ByteBuffer
 
@@ -47,7 +64,23 @@ final class NBDServerHandler: ChannelDuplexHandler {
 
     private let exports: NBDExportTable
     private let settings: NBDServerSettings
+    private let pool: NBDMemoryPool
+    private let admission: ConnectionAdmission
+    private let refusals: RateLimitedLog
     private var logger: Logger
+    private var processor: NIOSingleStepByteToMessageProcessor<NBDClientFrameDecoder>!
+    private var context: ChannelHandlerContext?
+    /// Bytes this connection holds from the pool.
+    private var heldBytes = 0
+    /// The decoder stopped before a request it could not reserve memory for.
+    private var admissionBlocked = false
+    /// Writes whose payload was admitted, and those whose payload arrived whole.
+    private var writesAdmitted = 0
+    private var writesReceived = 0
+    /// Counts the times the channel stopped being writable (a stall check compares it).
+    private var unwritableEpisodes = 0
+    /// When bytes last arrived.
+    private var lastInbound = NIODeadline.now()
     private var phase = Phase.greeting
     private var padExportNameReply = true
     private var optionCount = 0
@@ -65,10 +98,27 @@ final class NBDServerHandler: ChannelDuplexHandler {
     /// This connection's entry in the export gate, while it transmits.
     private var session: Int?
 
-    init(exports: NBDExportTable, settings: NBDServerSettings, logger: Logger) {
+    init(
+        exports: NBDExportTable, settings: NBDServerSettings, pool: NBDMemoryPool, admission: ConnectionAdmission,
+        refusals: RateLimitedLog, logger: Logger
+    ) {
         self.exports = exports
         self.settings = settings
+        self.pool = pool
+        self.admission = admission
+        self.refusals = refusals
         self.logger = logger
+        var decoder = NBDClientFrameDecoder(maximumWriteBytes: settings.maximumRequestBytes)
+        decoder.admit = { [unowned self] bytes, isWrite in self.admit(bytes, isWrite: isWrite) }
+        processor = NIOSingleStepByteToMessageProcessor(decoder)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
     }
 
     // MARK: Channel events
@@ -92,8 +142,17 @@ final class NBDServerHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        do {
+            try processor.finishProcessing(seenEOF: true) { _ in }
+        } catch {
+            if case .closed = phase {} else { logger.notice("NBD client went away: \(error)") }
+        }
+        phase = .closed
         if let session { exports.gate.release(session) }
         session = nil
+        pool.forget(ObjectIdentifier(self))
+        pool.release(heldBytes)
+        heldBytes = 0
         context.fireChannelInactive()
     }
 
@@ -117,15 +176,105 @@ final class NBDServerHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        lastInbound = .now()
+        decode(unwrapInboundIn(data), context: context)
+    }
+
+    private func decode(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
         insideRead = true
         defer { insideRead = false }
-        switch unwrapInboundIn(data) {
-        case .clientFlags(let rawValue):
-            onClientFlags(rawValue, context: context)
-        case .option(let option):
-            onOption(option, context: context)
-        case .request(let request):
-            onRequest(request, context: context)
+        do {
+            try processor.process(buffer: bytes) { message in
+                switch message {
+                case .clientFlags(let rawValue):
+                    onClientFlags(rawValue, context: context)
+                case .option(let option):
+                    onOption(option, context: context)
+                case .request(let request):
+                    if request.type == .write, request.payload != nil { writesReceived += 1 }
+                    onRequest(request, context: context)
+                }
+            }
+        } catch {
+            close(context: context, reason: "\(error)")
+        }
+    }
+
+    // MARK: Memory
+
+    /// Asked by the decoder before it takes a READ or WRITE off the stream.
+    private func admit(_ bytes: Int, isWrite: Bool) -> Bool {
+        guard !admissionBlocked, case .transmitting = phase,
+            heldBytes == 0 || heldBytes + bytes <= settings.connectionBudgetBytes
+        else {
+            // Requests outside transmission are refused whole; nothing needs reserving for them.
+            if case .transmitting = phase {
+                admissionBlocked = true
+                return false
+            }
+            return true
+        }
+        let loopBound = NIOLoopBound(self, eventLoop: context!.eventLoop)
+        let eventLoop = context!.eventLoop
+        guard
+            pool.reserve(
+                bytes, waiter: ObjectIdentifier(self),
+                wake: { eventLoop.execute { loopBound.value.resumeDecoding() } })
+        else {
+            admissionBlocked = true
+            return false
+        }
+        heldBytes += bytes
+        if isWrite { watchPayload() }
+        return true
+    }
+
+    /// Returns a request's bytes to the pool and resumes a decoder that waited for them.
+    private func release(_ bytes: Int) {
+        guard bytes > 0, heldBytes > 0 else { return }
+        let returned = min(bytes, heldBytes)
+        heldBytes -= returned
+        pool.release(returned)
+        if admissionBlocked { resumeDecoding() }
+    }
+
+    private func cost(of request: NBDRequest) -> Int {
+        NBDClientFrameDecoder.bufferCost(
+            rawType: request.rawType, length: request.length, maximumRequestBytes: settings.maximumRequestBytes)
+    }
+
+    /// Runs the decoder again over the bytes it stopped at, then lets the socket be read again.
+    private func resumeDecoding() {
+        guard admissionBlocked, let context else { return }
+        admissionBlocked = false
+        decode(ByteBuffer(), context: context)
+        context.flush()
+        releaseHeldRead(context: context)
+    }
+
+    private func watchPayload() {
+        writesAdmitted += 1
+        checkPayload(admitted: writesAdmitted, deadline: .now() + settings.payloadDeadline)
+    }
+
+    /// Closes the connection if the write admitted `admitted`-th is still incomplete at its
+    /// deadline, or no byte came for the idle limit while the server was asking for more.
+    private func checkPayload(admitted: Int, deadline: NIODeadline) {
+        guard let context else { return }
+        context.eventLoop.assumeIsolated().scheduleTask(in: min(settings.payloadIdleLimit, .seconds(1))) {
+            guard self.writesReceived < admitted else { return }
+            let now = NIODeadline.now()
+            if now >= deadline {
+                self.close(
+                    context: context,
+                    reason: "a write's payload did not arrive within \(self.settings.payloadDeadline)")
+            } else if !self.readPending, now - self.lastInbound >= self.settings.payloadIdleLimit {
+                self.close(
+                    context: context,
+                    reason: "a write's payload stopped arriving for \(self.settings.payloadIdleLimit)")
+            } else {
+                self.checkPayload(admitted: admitted, deadline: deadline)
+            }
         }
     }
 
@@ -138,20 +287,35 @@ final class NBDServerHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        releaseHeldRead(context: context)
+        if context.channel.isWritable {
+            releaseHeldRead(context: context)
+        } else {
+            unwritableEpisodes += 1
+            let episode = unwritableEpisodes
+            context.eventLoop.assumeIsolated().scheduleTask(in: settings.replyStallDeadline) {
+                guard self.unwritableEpisodes == episode, !context.channel.isWritable else { return }
+                self.close(
+                    context: context,
+                    reason: "the client has not read its replies for \(self.settings.replyStallDeadline)")
+            }
+        }
         context.fireChannelWritabilityChanged()
     }
 
     func read(context: ChannelHandlerContext) {
-        if inFlight >= settings.maximumInFlight || !context.channel.isWritable {
-            readPending = true
-        } else {
+        if mayRead(context: context) {
             context.read()
+        } else {
+            readPending = true
         }
     }
 
+    private func mayRead(context: ChannelHandlerContext) -> Bool {
+        !admissionBlocked && inFlight < settings.maximumInFlight && context.channel.isWritable
+    }
+
     private func releaseHeldRead(context: ChannelHandlerContext) {
-        guard readPending, inFlight < settings.maximumInFlight, context.channel.isWritable else { return }
+        guard readPending, mayRead(context: context) else { return }
         readPending = false
         context.read()
     }
@@ -221,6 +385,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
             close(context: context, reason: "client asked for unknown export \(UntrustedText.quoted(name))")
             return
         }
+        guard settle(session: session, context: context) else { return }
         reply.writeNBDExportNameReply(
             sizeBytes: export.sizeBytes, flags: export.transmissionFlags, padWithZeroes: padExportNameReply)
         enterTransmission(export, session: session)
@@ -242,6 +407,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
                 message: "no export named \(UntrustedText.quoted(request.exportName))")
             return
         }
+        if let session, !settle(session: session, context: context) { return }
         reply.writeNBDInfoExport(
             option: option.rawType, sizeBytes: export.sizeBytes, flags: export.transmissionFlags)
         reply.writeNBDInfoBlockSize(
@@ -251,6 +417,18 @@ final class NBDServerHandler: ChannelDuplexHandler {
         }
         reply.writeNBDOptionReply(option: option.rawType, type: .ack, payload: ByteBuffer())
         if let session { enterTransmission(export, session: session) }
+    }
+
+    /// Counts the connection among those transmitting, or closes it when they are at their limit.
+    private func settle(session: Int, context: ChannelHandlerContext) -> Bool {
+        guard admission.settle(context.channel) else {
+            exports.gate.release(session)
+            phase = .closed
+            refusals.log(logger, .warning, "refusing an NBD client: the limit of connections transmitting is reached")
+            context.close(promise: nil)
+            return false
+        }
+        return true
     }
 
     private func enterTransmission(_ export: NBDExport, session: Int) {
@@ -268,7 +446,9 @@ final class NBDServerHandler: ChannelDuplexHandler {
             close(context: context, reason: "request sent before negotiation finished")
             return
         }
+        let cost = cost(of: request)
         guard !disconnectRequested else {
+            release(cost)
             if withdrawn, request.type != .disconnect {
                 reply(error: .shutdown, cookie: request.cookie, context: context)
             }
@@ -277,12 +457,13 @@ final class NBDServerHandler: ChannelDuplexHandler {
         switch NBDRequestCheck.verdict(for: request, export: export, maximumRequestBytes: settings.maximumRequestBytes)
         {
         case .reject(let error):
+            release(cost)
             reply(error: error, cookie: request.cookie, context: context)
         case .disconnect:
             disconnectRequested = true
             if inFlight == 0 { context.close(promise: nil) }
         case .read:
-            performRead(request, export: export, context: context)
+            performRead(request, holding: cost, export: export, context: context)
         case .writeZeroes(let durable, _):
             performUpdate(request, export: export, context: context) { completion in
                 export.volume.writeZeroes(
@@ -297,7 +478,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
             }
         case .write(let durable):
             let payload = request.payload!
-            performUpdate(request, export: export, context: context) { completion in
+            performUpdate(request, holding: cost, export: export, context: context) { completion in
                 export.volume.write(offset: request.offset, payload: payload, fua: durable, completion: completion)
             }
         case .flush:
@@ -317,7 +498,9 @@ final class NBDServerHandler: ChannelDuplexHandler {
 
     /// Answers from the page cache on the loop; what is not cached is read on `readPool` and
     /// answered when it arrives (NBD replies may come in any order).
-    private func performRead(_ request: NBDRequest, export: NBDExport, context: ChannelHandlerContext) {
+    private func performRead(
+        _ request: NBDRequest, holding cost: Int, export: NBDExport, context: ChannelHandlerContext
+    ) {
         let length = Int(request.length)
         var buffer = context.channel.allocator.buffer(capacity: 16 + length)
         buffer.writeNBDSimpleReply(error: .none, cookie: request.cookie)
@@ -325,7 +508,9 @@ final class NBDServerHandler: ChannelDuplexHandler {
             export.volume.readCached(
                 into: UnsafeMutableRawBufferPointer(rebasing: pointer[0..<length]), at: request.offset)
         }
-        if cached == length { return sendRead(buffer, cookie: request.cookie, export: export, context: context) }
+        if cached == length {
+            return sendRead(buffer, cookie: request.cookie, holding: cost, export: export, context: context)
+        }
         inFlight += 1
         let rest = length - cached
         let offset = request.offset + UInt64(cached)
@@ -343,8 +528,9 @@ final class NBDServerHandler: ChannelDuplexHandler {
             self.inFlight -= 1
             switch result {
             case .success(let reply):
-                self.sendRead(reply, cookie: request.cookie, export: export, context: context)
+                self.sendRead(reply, cookie: request.cookie, holding: cost, export: export, context: context)
             case .failure(let error):
+                self.release(cost)
                 self.logger.error("read failed: \(error)")
                 self.reply(error: Self.nbdError(for: error), cookie: request.cookie, context: context)
             }
@@ -352,16 +538,21 @@ final class NBDServerHandler: ChannelDuplexHandler {
         }
     }
 
-    private func sendRead(_ buffer: ByteBuffer, cookie: UInt64, export: NBDExport, context: ChannelHandlerContext) {
-        guard export.volume.mayAcknowledge else { return reply(error: .io, cookie: cookie, context: context) }
-        guard case .transmitting = phase else { return }
-        context.write(wrapOutboundOut(buffer), promise: nil)
+    /// Writes a read's reply; its bytes go back to the pool once the last of them has left.
+    private func sendRead(
+        _ buffer: ByteBuffer, cookie: UInt64, holding cost: Int, export: NBDExport, context: ChannelHandlerContext
+    ) {
+        guard export.volume.mayAcknowledge, case .transmitting = phase else {
+            release(cost)
+            return reply(error: .io, cookie: cookie, context: context)
+        }
+        context.write(wrapOutboundOut(buffer)).assumeIsolated().whenComplete { _ in self.release(cost) }
     }
 
     /// Starts a change on the volume and replies when its completion runs: at once when the
     /// volume completes inline, later (from another thread) when it waits for the peer or a flush.
     private func performUpdate(
-        _ request: NBDRequest, export: NBDExport, context: ChannelHandlerContext,
+        _ request: NBDRequest, holding cost: Int = 0, export: NBDExport, context: ChannelHandlerContext,
         _ start: (@escaping @Sendable (Result<Void, StorageError>) -> Void) -> Void
     ) {
         inFlight += 1
@@ -370,6 +561,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
         let cookie = request.cookie
         promise.futureResult.assumeIsolated().whenComplete { result in
             self.inFlight -= 1
+            self.release(cost)
             switch result {
             case .success where !export.volume.mayAcknowledge:
                 // The lease ended: this node may no longer be the only one serving the volume.

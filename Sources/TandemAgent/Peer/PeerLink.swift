@@ -137,6 +137,11 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     private let events: VolumeEvents
     private let logger: Logger
     private let maximumFrameBytes: Int
+    /// Connections accepted on the peer port: a few may be proving themselves at once; one
+    /// authenticated link (two while a crossing pair settles) is all a peer needs.
+    private let admission = ConnectionAdmission(unsettledLimit: PeerLink.unauthenticatedLimit, settledLimit: 4)
+    private let refusals = RateLimitedLog()
+    static let unauthenticatedLimit = 8
     /// The established link and the node that dialed it.
     private let current = Mutex<(channel: any Channel, dialer: String)?>(nil)
     private let listener = Mutex<(any Channel)?>(nil)
@@ -229,12 +234,22 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     }
 
     private func pipelineSetup(isDialer: Bool) -> @Sendable (any Channel) -> EventLoopFuture<Void> {
-        { [settings, logger, maximumFrameBytes] channel in
-            channel.eventLoop.makeCompletedFuture {
-                let decoder = PeerFrameDecoder(maximumBodyBytes: maximumFrameBytes)
-                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder))
+        { [settings, logger, maximumFrameBytes, admission, refusals] channel in
+            if !isDialer, case .admittedClosingOldest(let oldest) = admission.arrive(channel) {
+                refusals.log(
+                    logger, .warning,
+                    "peer link: closing the oldest of \(Self.unauthenticatedLimit) connections not yet authenticated to admit a new one"
+                )
+                oldest.close(promise: nil)
+            }
+            if !isDialer { channel.closeFuture.whenComplete { _ in admission.remove(channel) } }
+            return channel.eventLoop.makeCompletedFuture {
+                let limit = PeerFrameLimit(bytes: PeerFrameLimit.handshakeBytes)
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(PeerFrameDecoder(limit: limit)))
                 try channel.pipeline.syncOperations.addHandler(
-                    PeerLinkHandler(settings: settings, isDialer: isDialer, delegate: self, logger: logger))
+                    PeerLinkHandler(
+                        settings: settings, isDialer: isDialer, delegate: self, logger: logger,
+                        frameLimit: (limit, maximumFrameBytes), admission: isDialer ? nil : admission))
             }.flatMap { self.setUserTimeout(channel) }.flatMap { self.setCongestionControl(channel) }
         }
     }

@@ -82,11 +82,21 @@ final class PeerLinkHandler: ChannelInboundHandler {
     private var keepAliveTimer: Scheduled<Void>?
     private var pingCounter: UInt64 = 0
 
-    init(settings: PeerLinkSettings, isDialer: Bool, delegate: any PeerLinkDelegate, logger: Logger) {
+    /// The decoder's frame limit and what it becomes once the peer is authenticated.
+    private let frameLimit: (limit: PeerFrameLimit, authenticated: Int)?
+    /// The listener's record of its connections (for an accepted connection).
+    private let admission: ConnectionAdmission?
+
+    init(
+        settings: PeerLinkSettings, isDialer: Bool, delegate: any PeerLinkDelegate, logger: Logger,
+        frameLimit: (limit: PeerFrameLimit, authenticated: Int)? = nil, admission: ConnectionAdmission? = nil
+    ) {
         self.settings = settings
         self.isDialer = isDialer
         self.delegate = delegate
         self.logger = logger
+        self.frameLimit = frameLimit
+        self.admission = admission
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -191,6 +201,10 @@ final class PeerLinkHandler: ChannelInboundHandler {
     }
 
     private func establish(context: ChannelHandlerContext) {
+        if let admission, !admission.settle(context.channel) {
+            return close(context: context, reason: "too many authenticated peer links are open")
+        }
+        if let frameLimit { frameLimit.limit.maximumBodyBytes = frameLimit.authenticated }
         phase = .established
         logger.info("peer link to \(settings.peerName) established (\(isDialer ? "dialed" : "accepted"))")
         scheduleKeepAlive(context: context)

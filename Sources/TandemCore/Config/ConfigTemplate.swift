@@ -39,7 +39,8 @@ public enum ConfigTemplate {
         [limits]
         nbd-max-request = "32MiB"             # largest NBD request (advertised block size maximum)
         nbd-max-in-flight = 64                # requests per connection before the server stops reading
-        nbd-max-connections = 128
+        nbd-max-connections = 128             # clients in transmission at once
+        nbd-max-buffered = "64MiB"            # write payloads and read replies held, all clients together
 
         [[volume]]
         name = "vol0"

@@ -107,14 +107,18 @@ public struct Configuration: Sendable, Equatable {
         public var nbdMaxRequestBytes: Int
         /// Requests one NBD connection may have in flight before the server stops reading from it.
         public var nbdMaxInFlight: Int
-        /// NBD connections served at once; more are refused.
+        /// NBD connections transmitting at once; a client that finishes negotiating past it is closed.
         public var nbdMaxConnections: Int
+        /// Bytes all NBD connections together may hold for write payloads received and read
+        /// replies not yet sent; one connection may hold half of it (and always one request).
+        public var nbdMaxBufferedBytes: Int
 
         /// The defaults.
         public static let defaults = Limits(
             nbdMaxRequestBytes: 32 << 20,
             nbdMaxInFlight: 64,
-            nbdMaxConnections: 128
+            nbdMaxConnections: 128,
+            nbdMaxBufferedBytes: 64 << 20
         )
     }
 

@@ -222,7 +222,9 @@ struct ConfigReader {
     private mutating func readLimits(_ table: TOMLTable?) -> Configuration.Limits {
         let table = table ?? TOMLTable(line: 0)
         let defaults = Configuration.Limits.defaults
-        checkKeys(table, path: "limits", allowed: ["nbd-max-request", "nbd-max-in-flight", "nbd-max-connections"])
+        checkKeys(
+            table, path: "limits",
+            allowed: ["nbd-max-request", "nbd-max-in-flight", "nbd-max-connections", "nbd-max-buffered"])
         var maxRequest = defaults.nbdMaxRequestBytes
         if let bytes = byteCount(table, "nbd-max-request", path: "limits") {
             if bytes < 4096 || bytes > 128 << 20 || bytes & (bytes - 1) != 0 {
@@ -233,12 +235,25 @@ struct ConfigReader {
                 maxRequest = Int(bytes)
             }
         }
+        // Two requests of the largest size at least, so that one connection is never starved by
+        // the size of its own request.
+        var buffered = max(defaults.nbdMaxBufferedBytes, 2 * maxRequest)
+        if let bytes = byteCount(table, "nbd-max-buffered", path: "limits") {
+            if bytes < 2 * UInt64(maxRequest) || bytes > 1 << 40 {
+                report(
+                    table["nbd-max-buffered"]?.line, "limits.nbd-max-buffered",
+                    "expected between twice nbd-max-request (\(2 * maxRequest) bytes) and 1TiB, found \(bytes) bytes")
+            } else {
+                buffered = Int(bytes)
+            }
+        }
         return Configuration.Limits(
             nbdMaxRequestBytes: maxRequest,
             nbdMaxInFlight: integer(table, "nbd-max-in-flight", path: "limits", range: 1...4096)
                 ?? defaults.nbdMaxInFlight,
             nbdMaxConnections: integer(table, "nbd-max-connections", path: "limits", range: 1...65536)
-                ?? defaults.nbdMaxConnections
+                ?? defaults.nbdMaxConnections,
+            nbdMaxBufferedBytes: buffered
         )
     }
 

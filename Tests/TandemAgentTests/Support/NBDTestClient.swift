@@ -84,6 +84,27 @@ final class NBDTestClient {
         }
     }
 
+    /// Sends as much of `bytes` as the server takes within `limit` without blocking; returns the
+    /// count sent (a hostile client that stops when the server stops reading).
+    func push(_ bytes: [UInt8], within limit: Duration) -> Int {
+        let deadline = ContinuousClock.now + limit
+        var done = 0
+        while done < bytes.count, ContinuousClock.now < deadline {
+            let count = bytes[done...].withUnsafeBytes {
+                Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
+            if count > 0 {
+                done += count
+            } else if count < 0, errno == EAGAIN || errno == EWOULDBLOCK {
+                var descriptor = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
+                _ = poll(&descriptor, 1, 20)
+            } else {
+                break
+            }
+        }
+        return done
+    }
+
     /// Reads exactly `count` bytes; throws on timeout or end of stream.
     func receive(_ count: Int) throws -> ByteBuffer {
         var bytes = [UInt8](repeating: 0, count: count)
@@ -108,6 +129,23 @@ final class NBDTestClient {
             if got == 0 { return true }
             if got < 0 { return errno == ECONNRESET }
         }
+    }
+
+    /// Whether the server closes the connection within `milliseconds` (bytes it sends meanwhile,
+    /// such as the greeting, are read and dropped).
+    func closedWithin(milliseconds: Int) -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(milliseconds)
+        var bytes = [UInt8](repeating: 0, count: 512)
+        while ContinuousClock.now < deadline {
+            var descriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+            let left = deadline - ContinuousClock.now
+            let wait = Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)
+            guard poll(&descriptor, 1, max(wait, 1)) > 0 else { continue }
+            let got = recv(socket, &bytes, bytes.count, Int32(MSG_DONTWAIT))
+            if got == 0 { return true }
+            if got < 0, errno == ECONNRESET { return true }
+        }
+        return false
     }
 
     // MARK: Negotiation

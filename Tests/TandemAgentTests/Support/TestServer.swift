@@ -42,6 +42,7 @@ func withTestServer<Result>(
     },
     withdrawalGrace: TimeAmount = .seconds(5),
     negotiationDeadline: TimeAmount = .seconds(10),
+    adjust: (inout NBDServerSettings) -> Void = { _ in },
     _ body: (TestServer) async throws -> Result
 ) async throws -> Result {
     let directory = TemporaryDirectory()
@@ -70,7 +71,8 @@ func withTestServer<Result>(
     let unixPath = "\(directory.path)/nbd.sock"
     let server = NBDServer(
         listen: [.tcp(host: "127.0.0.1", port: 0), .unix(path: unixPath)], exports: exports, limits: limits,
-        withdrawalGrace: withdrawalGrace, negotiationDeadline: negotiationDeadline, logger: logger)
+        withdrawalGrace: withdrawalGrace, negotiationDeadline: negotiationDeadline, adjust: adjust,
+        logger: logger)
     let bound = try await server.start()
     guard let port = bound.first?.port else { throw NBDTestClient.Failure(description: "server bound no TCP port") }
     let testServer = TestServer(

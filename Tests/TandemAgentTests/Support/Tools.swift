@@ -99,6 +99,15 @@ enum Tools {
     /// The exit status of an ended process.
     static func status(_ process: Process) -> Int32 { process.terminationStatus }
 
+    /// A process's resident set size in bytes (`VmRSS`).
+    static func residentBytes(of pid: Int32) throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1])
+        else { throw Tools.Failure(description: "no VmRSS in /proc/\(pid)/status") }
+        return kib * 1024
+    }
+
     /// Runs a tool and fails unless it exits with 0.
     @discardableResult
     static func check(_ name: String, _ arguments: [String], timeout: Duration = .seconds(120)) throws -> Output {
