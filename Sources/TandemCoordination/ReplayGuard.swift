@@ -6,6 +6,10 @@
 /// start) and a sequence number that its run raises with every datagram. Per sender the guard keeps
 /// the current incarnation, the highest sequence seen and which of the 64 below it arrived, so
 /// datagrams reordered across links still pass once (as in IPsec's anti-replay window).
+///
+/// What a receiver keeps here is lost when it restarts, so the transport also makes every datagram
+/// name the receiver's incarnation as its sender last heard it: one recorded before the receiver's
+/// latest start names an older one and is refused however new it looks (see `MembershipTransport`).
 public struct ReplayGuard: Sendable {
     /// How far behind the highest sequence a datagram may arrive.
     public static let windowSize: UInt64 = 64
@@ -20,6 +24,20 @@ public struct ReplayGuard: Sendable {
     private var senders: [String: Sender] = [:]
 
     public init() {}
+
+    /// The incarnation last heard from `name`, if any.
+    public func incarnation(of name: String) -> UInt64? {
+        senders[name]?.incarnation
+    }
+
+    /// Records that `name` runs at `incarnation` without admitting any datagram of it (heard from a
+    /// datagram refused for another reason, or from a challenge); an older incarnation is ignored.
+    public mutating func note(sender name: String, incarnation: UInt64) {
+        guard let known = senders[name]?.incarnation, known >= incarnation else {
+            senders[name] = Sender(incarnation: incarnation, highest: 0, seen: 0)
+            return
+        }
+    }
 
     /// Records the datagram and returns `nil`, or returns why it is refused.
     public mutating func admit(sender name: String, incarnation: UInt64, sequence: UInt64) -> String? {

@@ -105,7 +105,7 @@ public final class MembershipService: Service, Sendable {
         self.volumes = volumes
         self.peerLink = peerLink
         self.transport = MembershipTransport(
-            cluster: configuration.cluster.name, secret: secret,
+            cluster: configuration.cluster.name, name: local.name, secret: secret,
             incarnation: try MembershipTransport.nextIncarnation(
                 path: "\(configuration.cluster.stateDirectory)/\(local.name).incarnation"),
             logger: logger)
@@ -468,10 +468,19 @@ public final class MembershipService: Service, Sendable {
     /// Binds the UDP socket of link `index`.
     private func bindLink(_ index: Int) async throws -> any Channel {
         let linkName: String? = links[index].name
+        let (linkSender, peerAddress, witnessAddress) = (senders[index], links[index].peerAddress, witnessAddress)
+        let witnessSender = senders.first
         return try await MembershipTransport.bind(
             host: links[index].localHost, port: local.port, group: MultiThreadedEventLoopGroup.singleton
         ) { [transport, continuation, backlog, logger] bytes, source in
-            switch transport.open(bytes) {
+            let opened = transport.open(bytes) { recipient, challenge in
+                if recipient == Self.witnessName {
+                    if let witnessAddress { witnessSender?.send(challenge, to: witnessAddress) }
+                } else if let peerAddress {
+                    linkSender.send(challenge, to: peerAddress)
+                }
+            }
+            switch opened {
             case .success(let message):
                 guard backlog.datagrams.add(1, ordering: .relaxed).newValue <= InputBacklog.datagramLimit else {
                     backlog.datagrams.subtract(1, ordering: .relaxed)
@@ -606,11 +615,13 @@ public final class MembershipService: Service, Sendable {
         switch destination {
         case .peer, .node(peer?.name ?? ""):
             for (link, sender) in zip(links, senders) {
-                if let address = link.peerAddress { sender.send(transport.seal(message), to: address) }
+                if let address = link.peerAddress, let peer {
+                    sender.send(transport.seal(message, to: peer.name), to: address)
+                }
             }
         case .witness, .node:
             if let witnessAddress, let sender = senders.first {
-                sender.send(transport.seal(message), to: witnessAddress)
+                sender.send(transport.seal(message, to: Self.witnessName), to: witnessAddress)
             }
         }
     }

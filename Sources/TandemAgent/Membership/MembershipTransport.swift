@@ -14,39 +14,66 @@ import TandemStorage
 /// Membership datagrams over UDP, each authenticated with an HMAC-SHA256 over the shared secret
 /// and numbered against replay.
 ///
-/// Layout: the message as `MembershipCodec` encodes it, this run's incarnation and the datagram's
-/// sequence number (8 bytes each, big-endian), then the HMAC over all of that. A datagram that is
-/// not ours, not for this cluster, whose code does not match, or that `ReplayGuard` has seen
-/// before is dropped with a logged reason; nothing else is affected.
+/// Layout: the message as `MembershipCodec` encodes it, this run's incarnation, the datagram's
+/// sequence number and the receiver's incarnation as this sender last heard it (the echo; 0 before
+/// it heard any), 8 bytes each, big-endian, then the HMAC over all of that. A datagram that is not
+/// ours, not for this cluster, whose code does not match, or that `ReplayGuard` has seen before is
+/// dropped with a logged reason; nothing else is affected.
+///
+/// The echo closes the replay window a restart would open: a receiver that starts again forgets
+/// which sequence numbers it saw, but its incarnation is raised durably at every start, so any
+/// datagram recorded before the start echoes an older one and is refused. The receiver answers
+/// such a datagram with a challenge (magic `TDMC`, its name, its trailer and code) that tells the
+/// sender its new incarnation; the sender's next datagram echoes it and is heard. A restart thus
+/// costs one round trip, and nothing recorded earlier acts again.
 final class MembershipTransport: Sendable {
     static let macBytes = 32
-    static let numberBytes = 16
+    static let numberBytes = 24
+    static let challengeMagic: [UInt8] = Array("TDMC".utf8)
+    /// A sender is challenged at most once in this long (a stream of replayed datagrams must not
+    /// become a stream of answers).
+    static let challengeInterval = Duration.milliseconds(100)
     let cluster: String
+    /// This end's name: a node's, or "witness".
+    let name: String
     let secret: [UInt8]
     let logger: Logger
     /// This run's incarnation: raised durably at every start of the sender.
     let incarnation: UInt64
     private let sequence = Atomic<UInt64>(0)
     private let replay = Mutex(ReplayGuard())
+    private let challenged = Mutex<[String: (incarnation: UInt64, at: ContinuousClock.Instant)]>([:])
 
-    init(cluster: String, secret: [UInt8], incarnation: UInt64, logger: Logger) {
+    init(cluster: String, name: String, secret: [UInt8], incarnation: UInt64, logger: Logger) {
         self.cluster = cluster
+        self.name = name
         self.secret = secret
         self.incarnation = incarnation
         self.logger = logger
     }
 
-    /// The datagram for `message`; every call takes a new sequence number, so seal once per send.
-    func seal(_ message: MembershipMessage) -> [UInt8] {
-        var body = MembershipCodec.encode(message, cluster: cluster)
+    /// The datagram for `message` to `recipient`; every call takes a new sequence number, so seal
+    /// once per send.
+    func seal(_ message: MembershipMessage, to recipient: String) -> [UInt8] {
+        sealed(MembershipCodec.encode(message, cluster: cluster), to: recipient)
+    }
+
+    private func sealed(_ encoded: [UInt8], to recipient: String) -> [UInt8] {
+        var body = encoded
         let number = sequence.add(1, ordering: .relaxed).newValue
-        for value in [incarnation, number] {
+        let echo = replay.withLock { $0.incarnation(of: recipient) } ?? 0
+        for value in [incarnation, number, echo] {
             withUnsafeBytes(of: value.bigEndian) { body.append(contentsOf: $0) }
         }
         return body + Array(HMAC<SHA256>.authenticationCode(for: body, using: SymmetricKey(data: secret)))
     }
 
-    func open(_ bytes: [UInt8]) -> Result<MembershipMessage, MembershipCodec.DecodeError> {
+    /// Opens a datagram. One refused because it was sealed before this end's latest start is
+    /// answered through `answer` with a challenge for its sender (named first), to be sent to the
+    /// sender's membership address.
+    func open(
+        _ bytes: [UInt8], answer: (String, [UInt8]) -> Void = { _, _ in }
+    ) -> Result<MembershipMessage, MembershipCodec.DecodeError> {
         guard bytes.count > Self.macBytes + Self.numberBytes else {
             return .failure(.init(description: "datagram too short"))
         }
@@ -57,20 +84,78 @@ final class MembershipTransport: Sendable {
             return .failure(.init(description: "failed authentication (wrong shared secret?)"))
         }
         let trailer = Array(body.suffix(Self.numberBytes))
-        let incarnation = trailer[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        let number = trailer[8..<16].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        func number(_ index: Int) -> UInt64 {
+            trailer[index * 8..<index * 8 + 8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        }
+        let (incarnation, sequence, echo) = (number(0), number(1), number(2))
+        let content = Array(body.dropLast(Self.numberBytes))
+        if content.starts(with: Self.challengeMagic) {
+            guard let sender = Self.challenger(content, cluster: cluster) else {
+                return .failure(.init(description: "malformed challenge"))
+            }
+            replay.withLock { $0.note(sender: sender, incarnation: incarnation) }
+            return .failure(
+                .init(description: "challenge from \(UntrustedText.quoted(sender)), now at incarnation \(incarnation)"))
+        }
         let message: MembershipMessage
         do {
-            message = try MembershipCodec.decode(Array(body.dropLast(Self.numberBytes)), cluster: cluster)
+            message = try MembershipCodec.decode(content, cluster: cluster)
         } catch {
             return .failure(error)
         }
+        guard echo == self.incarnation else {
+            replay.withLock { $0.note(sender: message.sender, incarnation: incarnation) }
+            if mayChallenge(message.sender, incarnation: incarnation) {
+                answer(message.sender, challenge(to: message.sender))
+            }
+            return .failure(
+                .init(
+                    description:
+                        "sealed before this run started (it names incarnation \(echo), this run is \(self.incarnation)); challenged"
+                ))
+        }
         if let refusal = replay.withLock({
-            $0.admit(sender: message.sender, incarnation: incarnation, sequence: number)
+            $0.admit(sender: message.sender, incarnation: incarnation, sequence: sequence)
         }) {
             return .failure(.init(description: "replayed: \(refusal)"))
         }
         return .success(message)
+    }
+
+    /// A challenge to `recipient`: this end's name and incarnation, signed and numbered.
+    func challenge(to recipient: String) -> [UInt8] {
+        var content = Self.challengeMagic
+        content.append(UInt8(min(cluster.utf8.count, 255)))
+        content.append(contentsOf: cluster.utf8.prefix(255))
+        content.append(UInt8(min(name.utf8.count, 255)))
+        content.append(contentsOf: name.utf8.prefix(255))
+        return sealed(content, to: recipient)
+    }
+
+    /// The challenger's name, if the content is a well-formed challenge for `cluster`.
+    private static func challenger(_ content: [UInt8], cluster: String) -> String? {
+        var rest = content.dropFirst(challengeMagic.count)
+        func string() -> String? {
+            guard let length = rest.first, rest.count > Int(length) else { return nil }
+            defer { rest = rest.dropFirst(1 + Int(length)) }
+            return String(validating: rest.dropFirst().prefix(Int(length)), as: UTF8.self)
+        }
+        guard string() == cluster, let sender = string(), rest.isEmpty, !sender.isEmpty else { return nil }
+        return sender
+    }
+
+    /// A sender's run is challenged at most once per interval; a new run of it at once.
+    private func mayChallenge(_ sender: String, incarnation: UInt64) -> Bool {
+        let now = ContinuousClock.now
+        return challenged.withLock { last in
+            if let previous = last[sender], previous.incarnation == incarnation,
+                now - previous.at < Self.challengeInterval
+            {
+                return false
+            }
+            last[sender] = (incarnation, now)
+            return true
+        }
     }
 
     /// Raises and returns the incarnation kept in `path` (a new file counts from 0, so the first

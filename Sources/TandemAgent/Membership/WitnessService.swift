@@ -29,7 +29,7 @@ public final class WitnessService: Service, Sendable {
         // Two witnesses with one record would each vote from their own memory of it.
         try NodeLock.acquire(directory: configuration.cluster.stateDirectory, node: "witness", what: "witness")
         self.transport = MembershipTransport(
-            cluster: configuration.cluster.name, secret: secret,
+            cluster: configuration.cluster.name, name: MembershipService.witnessName, secret: secret,
             incarnation: try MembershipTransport.nextIncarnation(
                 path: "\(configuration.cluster.stateDirectory)/witness.incarnation"),
             logger: logger)
@@ -57,7 +57,10 @@ public final class WitnessService: Service, Sendable {
             host: witness.address, port: witness.port, group: MultiThreadedEventLoopGroup.singleton
         ) { [transport, logger, statePath] bytes, source in
             let message: MembershipMessage
-            switch transport.open(bytes) {
+            let opened = transport.open(bytes) { recipient, challenge in
+                if let address = replyAddresses[recipient] { sender.send(challenge, to: address) }
+            }
+            switch opened {
             case .success(let opened): message = opened
             case .failure(let error):
                 logger.debug("datagram from \(source) refused: \(error)")
@@ -84,7 +87,7 @@ public final class WitnessService: Service, Sendable {
                         }
                     case .send(let reply, _):
                         if let address = replyAddresses[message.sender] {
-                            sender.send(transport.seal(reply), to: address)
+                            sender.send(transport.seal(reply, to: message.sender), to: address)
                         }
                     default:
                         break
