@@ -393,7 +393,7 @@ private let errorNoSpace: UInt32 = 28
     /// connection closes the oldest one, and one that finished negotiating is never closed for it.
     @Test func idleConnectionsPastTheNegotiatingCap_closeTheOldest_andRealClientsAreServed() async throws {
         let adjust: (inout NBDServerSettings) -> Void = { $0.maximumNegotiating = 4 }
-        try await withTestServer(negotiationDeadline: .seconds(120), adjust: adjust) { server in
+        try await withTestServer(negotiationDeadline: .seconds(3600), adjust: adjust) { server in
             let settled = try NBDTestClient(port: server.port)
             try settled.greet()
             try settled.go(export: "vol0")

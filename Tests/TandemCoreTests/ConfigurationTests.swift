@@ -306,6 +306,20 @@ private func mutated(_ old: String, _ new: String) -> String {
             tiny.contains { $0.key == "timing.heartbeat-interval" && $0.message.hasPrefix("must be at least 10ms") })
     }
 
+    /// Finding 7: every address is an IP address, named by key when it is not.
+    @Test func addressesThatAreNotIPAddresses_areRefusedByKey() {
+        let bad = issues(
+            mutated("address = \"10.0.0.1\"", "address = \"not an address\"")
+                .replacingOccurrences(of: "address = \"10.0.0.3\"", with: "address = \"::::::\"")
+                .replacingOccurrences(of: "\"192.168.50.1\"]", with: "\"192.168.50.300\"]")
+                .replacingOccurrences(of: "\"[::1]:10810\"", with: "\"nowhere:10810\""))
+        for key in ["node[0].address", "witness.address", "node[0].heartbeat", "node[1].nbd-listen"] {
+            #expect(bad.contains { $0.key == key && $0.message.contains("expected an IP address") }, "\(key): \(bad)")
+        }
+        let ipv6Witness = mutated("address = \"10.0.0.3\"", "address = \"fd00::3\"")
+        #expect((try? Configuration.parse(text: ipv6Witness, file: "tandem.toml")) != nil)
+    }
+
     @Test func hostileValues_areRefused_notTrapped() {
         // Each of these trapped (SIGILL) or overflowed the stack (SIGSEGV) in the reader before.
         #expect(Units.parseDuration("10000000000000000000000000h") == nil)

@@ -54,15 +54,29 @@ public final class ControlServer: Service, Sendable {
     /// Serves until graceful shutdown.
     public func run() async throws {
         unlink(path)
-        let server = try await ServerBootstrap(group: group)
+        // At most 32 administrators' connections at once; one more closes the oldest, so a stuck
+        // client cannot keep `tandem` from answering.
+        let connections = ConnectionAdmission(unsettledLimit: 32, settledLimit: 1)
+        let bootstrap = ServerBootstrap(group: group)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                if case .admittedClosingOldest(let oldest) = connections.arrive(channel) { oldest.close(promise: nil) }
+                channel.closeFuture.whenComplete { _ in connections.remove(channel) }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineDecoder()))
                     try channel.pipeline.syncOperations.addHandler(ControlHandler(server: self))
                 }
             }
-            .bind(unixDomainSocketPath: path).get()
-        chmod(path, 0o600)
+        // The socket is created owner-only: set afterwards, its mode would leave a moment in which
+        // anyone on the host could connect and command the node.
+        let previous = umask(0o177)
+        let server: any Channel
+        do {
+            server = try await bootstrap.bind(unixDomainSocketPath: path).get()
+            umask(previous)
+        } catch {
+            umask(previous)
+            throw error
+        }
         try? await gracefulShutdown()
         try? await server.close()
         unlink(path)

@@ -169,12 +169,20 @@ struct ConfigReader {
         if let name, !isName(name) {
             report(table["name"]?.line, "\(path).name", "expected letters, digits, '-', '_' or '.', found \"\(name)\"")
         }
+        checkAddresses(table, "address", [address].compactMap { $0 }, path: path)
+        checkAddresses(table, "heartbeat", heartbeat ?? [], path: path)
         var listen: [ListenAddress] = []
         for text in listenTexts ?? ["\(address ?? "127.0.0.1"):10809"] {
             guard let parsed = ListenAddress.parse(text, defaultPort: 10809) else {
                 report(
                     table["nbd-listen"]?.line, "\(path).nbd-listen",
-                    "expected \"host:port\" or \"unix:/absolute/path\", found \"\(text)\"")
+                    "expected \"host:port\" or \"unix:/absolute/path\", found \(UntrustedText.quoted(text))")
+                continue
+            }
+            if case .tcp(let host, _) = parsed, !IPAddressText.isAddress(host) {
+                report(
+                    table["nbd-listen"]?.line, "\(path).nbd-listen",
+                    "expected an IP address before the port, found \(UntrustedText.quoted(host))")
                 continue
             }
             listen.append(parsed)
@@ -186,9 +194,17 @@ struct ConfigReader {
         )
     }
 
+    /// Reports every entry of `key` that is not an IP address.
+    private mutating func checkAddresses(_ table: TOMLTable, _ key: String, _ texts: [String], path: String) {
+        for text in texts where !IPAddressText.isAddress(text) {
+            report(table[key]?.line, "\(path).\(key)", "expected an IP address, found \(UntrustedText.quoted(text))")
+        }
+    }
+
     private mutating func readWitness(_ table: TOMLTable) -> Configuration.Witness? {
         checkKeys(table, path: "witness", allowed: ["address", "port"])
         let address = string(table, "address", path: "witness", required: true)
+        checkAddresses(table, "address", [address].compactMap { $0 }, path: "witness")
         let port = integer(table, "port", path: "witness", range: 1...65535) ?? 7790
         return address.map { Configuration.Witness(address: $0, port: port) }
     }
