@@ -5,7 +5,9 @@ let package = Package(
     name: "Tandem",
     platforms: [.macOS(.v14)],
     products: [
-        .executable(name: "tandem", targets: ["tandem"])
+        .executable(name: "tandem", targets: ["tandem"]),
+        // The parsers of hostile input, for the fuzz targets in Fuzz/.
+        .library(name: "TandemParsers", targets: ["TandemCore", "TandemWire", "TandemCoordination"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
