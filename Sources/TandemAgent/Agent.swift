@@ -1,4 +1,5 @@
 import Crypto
+import Dispatch
 import Logging
 import NIOCore
 import NIOPosix
@@ -79,8 +80,19 @@ public struct Agent: Sendable {
         let gate = ExportGate(hidden: managed)
         let exports = NBDExportTable(
             volumes.map { NBDExport(name: $0.configuration.nbdExport, volume: $0) }, gate: gate)
+        let credentials =
+            node.tls == .off
+            ? nil
+            : try TLSCredentials(
+                directory: "\(configuration.cluster.tlsDirectory)/\(node.name)", node: node.name,
+                requireClientCertificates: configuration.cluster.nbdClientCertificates == .required)
+        if let credentials { reloadOnHangup(credentials, logger: logger) }
         let server = NBDServer(
-            listen: node.nbdListen, exports: exports, limits: configuration.limits, group: dataThread, logger: logger)
+            listen: node.nbdListen, exports: exports, limits: configuration.limits, group: dataThread,
+            adjust: { settings in
+                settings.tls = node.tls
+                settings.tlsCredentials = credentials
+            }, logger: logger)
         let link = peer.map { peer in
             PeerLink(
                 configuration: configuration, local: node, peer: peer, secret: secret ?? [], volumes: volumes,
@@ -255,6 +267,26 @@ public struct Agent: Sendable {
     }
 }
 
+/// `SIGHUP` reads the TLS credentials again: a renewed certificate takes effect without a restart
+/// (and without a failover). A file that cannot be read leaves the credentials in use.
+private func reloadOnHangup(_ credentials: TLSCredentials, logger: Logger) {
+    signal(SIGHUP, SIG_IGN)
+    let source = DispatchSource.makeSignalSource(signal: SIGHUP)
+    source.setEventHandler {
+        do {
+            try credentials.reload()
+            logger.notice("TLS credentials reloaded from \(credentials.directory)")
+        } catch {
+            logger.error("TLS credentials not reloaded: \(error)")
+        }
+    }
+    source.resume()
+    hangupSource = source
+}
+
+/// The signal source lives as long as the process; it is set once, while the agent is prepared.
+nonisolated(unsafe) private var hangupSource: (any DispatchSourceSignal)?
+
 extension Configuration {
     /// The config with `{node}` in paths replaced by `name`.
     func expandingNodeName(_ name: String) -> Configuration {
@@ -262,6 +294,7 @@ extension Configuration {
         let expand = { (path: String) in path.replacing("{node}", with: name) }
         copy.cluster.stateDirectory = expand(cluster.stateDirectory)
         copy.cluster.watchdog = cluster.watchdog.map(expand)
+        copy.cluster.tlsDirectory = expand(cluster.tlsDirectory)
         copy.volumes = volumes.map { volume in
             var volume = volume
             volume.backing = expand(volume.backing)

@@ -17,7 +17,7 @@ struct Tandem: AsyncParsableCommand {
             FailoverCommand.self, VolumeCommand.self, ResourceCommand.self, EventsCommand.self, ModeCommand.self,
             PeerdownCommand.self, PeerupCommand.self, ClearCommand.self, StartCommand.self, StopCommand.self,
             ForceResetCommand.self, ConfigCommand.self,
-            InitCommand.self,
+            InitCommand.self, CertCommand.self,
         ]
     )
 }
@@ -109,7 +109,8 @@ struct ConfigCommand: AsyncParsableCommand {
 
 struct InitCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "init", abstract: "Write a commented example config and a new random shared secret.")
+        commandName: "init",
+        abstract: "Write a commented example config, a new random shared secret and the cluster's TLS authority.")
 
     @Option(help: "Where to write the config.")
     var output: String = ConfigFile.defaultPath
@@ -117,20 +118,33 @@ struct InitCommand: AsyncParsableCommand {
     @Option(help: "Where to write the shared secret.")
     var secret: String = "/etc/tandem/secret"
 
-    @Flag(help: "Replace existing files.")
+    @Option(help: "Where the cluster's TLS authority goes (default: tls/ beside the config).")
+    var tlsDir: String?
+
+    @Flag(help: "Replace existing files (an existing TLS authority is kept).")
     var force = false
 
     func run() async throws {
         for path in [output, secret] where !force && access(path, F_OK) == 0 {
             throw fail("\(path) exists; pass --force to replace it")
         }
+        let folder = output.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        let tls = tlsDir ?? "\(folder.isEmpty ? "." : folder)/tls"
+        guard tls.hasPrefix("/") else { throw fail("--tls-dir must be an absolute path, found \(tls)") }
+        let created: Bool
         do {
             try SecretFile.write(path: secret)
-            try TextFile.write(ConfigTemplate.example(secretFile: secret), to: output, mode: 0o644)
+            try TextFile.write(ConfigTemplate.example(secretFile: secret, tlsDirectory: tls), to: output, mode: 0o644)
+            created = try await ClusterCA.create(in: tls, cluster: "media")
         } catch {
             throw fail("\(error)")
         }
         print("wrote \(output) (edit it, then run `tandem config check \(output)`)")
         print("wrote \(secret) (copy it to every node, mode 0600)")
+        print(
+            created
+                ? "wrote \(tls)/ca-cert.pem and ca-key.pem (the cluster's TLS authority; the key stays here, mode 0600)"
+                : "kept the TLS authority in \(tls)")
+        print("then, for each node: tandem cert issue NODE -c \(output)")
     }
 }

@@ -212,6 +212,74 @@ import Testing
         #expect(try String(contentsOfFile: secret, encoding: .utf8).count == 65)
         let again = try Tools.run(try Tools.tandemBinary(), ["init", "--output", config, "--secret", secret])
         #expect(again.status == 1, "init must not overwrite without --force")
+        // The cluster's authority beside the config, its key the owner's alone; a node's
+        // certificate names its own and its group's floating address.
+        let tls = "\(directory.path)/etc/tls"
+        let key = try FileManager.default.attributesOfItem(atPath: "\(tls)/ca-key.pem")
+        #expect((key[.posixPermissions] as? Int) == 0o600)
+        try Tools.check(try Tools.tandemBinary(), ["cert", "issue", "box-a", "-c", config])
+        let nodeKey = try FileManager.default.attributesOfItem(atPath: "\(tls)/box-a/server-key.pem")
+        #expect((nodeKey[.posixPermissions] as? Int) == 0o600)
+        let text = try Tools.check(
+            "openssl", ["x509", "-noout", "-text", "-in", "\(tls)/box-a/server-cert.pem"]
+        ).standardOutput
+        for name in ["DNS:box-a", "IP Address:10.0.0.1", "IP Address:192.168.50.1", "IP Address:10.0.0.50"] {
+            #expect(text.contains(name), "\(name) missing from the certificate: \(text)")
+        }
+        #expect(text.contains("TLS Web Server Authentication") && text.contains("CA:FALSE"), "\(text)")
+        try Tools.check(
+            "openssl", ["verify", "-CAfile", "\(tls)/ca-cert.pem", "\(tls)/box-a/server-cert.pem"])
+        let unknown = try Tools.run(try Tools.tandemBinary(), ["cert", "issue", "box-z", "-c", config])
+        #expect(unknown.status == 1 && unknown.standardError.contains("box-z"), "\(unknown.combined)")
+    }
+
+    /// The agent serves NBD over TLS with the node's certificate, refuses plaintext clients when TLS
+    /// is required, and reads its credentials again on SIGHUP.
+    @Test func agent_withTLSRequired_servesTLSClients_refusesPlaintext_andReloadsOnSIGHUP() throws {
+        let directory = TemporaryDirectory()
+        let port = try freeLoopbackPort()
+        let config = "\(directory.path)/tandem.toml"
+        try """
+        [cluster]
+        name = "test"
+        state-dir = "\(directory.path)"
+        tls-dir = "\(directory.path)/tls"
+
+        [[node]]
+        name = "node-a"
+        address = "127.0.0.1"
+        nbd-listen = ["127.0.0.1:\(port)"]
+        tls = "require"
+
+        [[volume]]
+        name = "vol0"
+        size = "16MiB"
+        backing = "\(directory.path)/vol0.img"
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        try Tools.check(
+            try Tools.tandemBinary(),
+            [
+                "init", "--output", "\(directory.path)/unused.toml", "--secret", "\(directory.path)/secret",
+                "--tls-dir", "\(directory.path)/tls",
+            ])
+        try Tools.check(try Tools.tandemBinary(), ["cert", "issue", "node-a", "-c", config])
+        try Tools.check(try Tools.tandemBinary(), ["cert", "client", "tester", "-c", config])
+        let (process, errors) = try startAgent(config: config)
+        defer { if process.isRunning { process.terminate() } }
+        let uri = "nbds://127.0.0.1:\(port)/vol0?tls-certificates=\(directory.path)/tls/clients/tester"
+        try waitUntilServing(uri, process: process)
+        let original = try writeRandomFile(path: "\(directory.path)/source.raw", bytes: 16 << 20)
+        try Tools.check("nbdcopy", ["\(directory.path)/source.raw", uri])
+        try Tools.check("nbdcopy", [uri, "\(directory.path)/copy.raw"])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: "\(directory.path)/copy.raw")) == original)
+        #expect(try Tools.run("nbdinfo", ["--size", "nbd://127.0.0.1:\(port)/vol0"]).status != 0)
+        kill(process.processIdentifier, SIGHUP)
+        let deadline = Date().addingTimeInterval(10)
+        while !errors.snapshot().contains("TLS credentials reloaded"), Date() < deadline { usleep(50_000) }
+        #expect(errors.snapshot().contains("TLS credentials reloaded"), "\(errors.snapshot())")
+        try Tools.check("nbdinfo", ["--size", uri])
+        process.terminate()
+        Tools.wait(process)
     }
 
     @Test func lab_servesItsVolume_printsTheGuide_andStopsOnCtrlC() throws {

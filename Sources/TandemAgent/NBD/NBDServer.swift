@@ -127,7 +127,12 @@ public final class NBDServer: Service, Sendable {
         do {
             switch address {
             case .tcp(let host, let port):
-                return try await bootstrap.bind(host: host, port: port).get()
+                // IP_FREEBIND: a group's floating address is listened on before the node holds it
+                // (as it does only while primary), so the server need not bind the wildcard.
+                let freeBind = ChannelOptions.Types.SocketOption(
+                    level: NIOBSDSocket.OptionLevel(rawValue: CInt(IPPROTO_IP)),
+                    name: NIOBSDSocket.Option(rawValue: CInt(IP_FREEBIND)))
+                return try await bootstrap.serverChannelOption(freeBind, value: 1).bind(host: host, port: port).get()
             case .unix(let path):
                 unlink(path)
                 return try await bootstrap.bind(unixDomainSocketPath: path).get()

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import TandemCore
 import TandemReplication
 import TandemStorage
@@ -31,6 +32,10 @@ public struct NBDServerSettings: Sendable {
     public var replyStallDeadline = TimeAmount.seconds(30)
     /// Connections still negotiating; a new one over this closes the oldest.
     public var maximumNegotiating = 32
+    /// TLS as the protocol defines it (`NBD_OPT_STARTTLS`): off, offered, or required.
+    public var tls = Configuration.TLSMode.off
+    /// The credentials the handshake uses (required unless `tls` is off).
+    public var tlsCredentials: TLSCredentials?
 
     /// Creates settings.
     public init(maximumRequestBytes: Int, maximumInFlight: Int, connectionBudgetBytes: Int? = nil) {
@@ -81,6 +86,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
     private var unwritableEpisodes = 0
     /// When bytes last arrived.
     private var lastInbound = NIODeadline.now()
+    /// Whether the connection switched to TLS (STARTTLS was acknowledged).
+    private var tlsStarted = false
     private var phase = Phase.greeting
     private var padExportNameReply = true
     private var optionCount = 0
@@ -349,7 +356,20 @@ final class NBDServerHandler: ChannelDuplexHandler {
             close(context: context, reason: "more than \(settings.maximumOptions) options")
             return
         }
+        if option.type == .startTLS { return onStartTLS(option, context: context) }
         var reply = context.channel.allocator.buffer(capacity: 64)
+        // FORCEDTLS: before TLS, nothing but STARTTLS and ABORT; EXPORT_NAME cannot be answered
+        // with an error, so it closes. No option's effect survives into the encrypted session,
+        // because none has any before it.
+        if settings.tls == .require, !tlsStarted, option.type != .abort {
+            guard option.type != .exportName else {
+                return close(context: context, reason: "EXPORT_NAME before STARTTLS, and TLS is required")
+            }
+            reply.writeNBDOptionError(
+                option: option.rawType, type: .errorTLSRequired, message: "TLS is required: send STARTTLS first")
+            context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+            return
+        }
         defer { if reply.readableBytes > 0 { context.writeAndFlush(wrapOutboundOut(reply), promise: nil) } }
         switch option.type {
         case .exportName?:
@@ -375,6 +395,40 @@ final class NBDServerHandler: ChannelDuplexHandler {
             reply.writeNBDOptionError(
                 option: option.rawType, type: .errorUnsupported, message: "option \(option.rawType) is not supported")
         }
+    }
+
+    /// STARTTLS: acknowledged in clear, then the TLS handler goes to the front of the pipeline and
+    /// negotiation goes on inside it. Bytes the client sent after STARTTLS, before the handshake,
+    /// are an injection attempt (they would be taken as sent under TLS) and close the connection.
+    private func onStartTLS(_ option: NBDOption, context: ChannelHandlerContext) {
+        var reply = context.channel.allocator.buffer(capacity: 64)
+        defer { if reply.readableBytes > 0 { context.writeAndFlush(wrapOutboundOut(reply), promise: nil) } }
+        guard settings.tls != .off, let credentials = settings.tlsCredentials else {
+            return reply.writeNBDOptionError(
+                option: option.rawType, type: .errorUnsupported, message: "TLS is not enabled on this server")
+        }
+        guard !tlsStarted else {
+            return reply.writeNBDOptionError(
+                option: option.rawType, type: .errorInvalid, message: "TLS is already in use")
+        }
+        guard option.data.readableBytes == 0 else {
+            return reply.writeNBDOptionError(
+                option: option.rawType, type: .errorInvalid, message: "STARTTLS takes no data")
+        }
+        guard processor.unprocessedBytes == 0 else {
+            return close(context: context, reason: "client sent bytes after STARTTLS before the TLS handshake")
+        }
+        reply.writeNBDOptionReply(option: option.rawType, type: .ack, payload: ByteBuffer())
+        context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
+        reply.clear()
+        do {
+            try context.pipeline.syncOperations.addHandler(
+                NIOSSLServerHandler(context: credentials.server), position: .first)
+        } catch {
+            return close(context: context, reason: "cannot start TLS: \(error)")
+        }
+        tlsStarted = true
+        logger.debug("NBD client started TLS")
     }
 
     private func onExportName(_ option: NBDOption, reply: inout ByteBuffer, context: ChannelHandlerContext) {

@@ -1,7 +1,9 @@
 /// The commented config files that `tandem init` and `tandem lab` write.
 public enum ConfigTemplate {
     /// A two-node example with a witness, to be edited by the administrator.
-    public static func example(secretFile: String, stateDirectory: String = "/var/lib/tandem") -> String {
+    public static func example(
+        secretFile: String, stateDirectory: String = "/var/lib/tandem", tlsDirectory: String = "/etc/tandem/tls"
+    ) -> String {
         """
         # Tandem cluster configuration. The same file goes on every node.
         # Check it with: tandem config check /etc/tandem/tandem.toml
@@ -14,20 +16,24 @@ public enum ConfigTemplate {
         # fence-command = "/usr/local/sbin/fence-peer"  # without a witness: `CMD NODE ADDRESS`, exit 0 = off
         # peer-congestion-control = "cubic"   # the peer link's TCP congestion control; "system" keeps the kernel's
         # watchdog = "/dev/watchdog"          # armed and fed by the agent: a dead or frozen agent resets its host
+        tls-dir = "\(tlsDirectory)"           # the cluster's authority; each node's certificate in NODE/
+        # nbd-client-certificates = "required"  # NBD clients must show a certificate from `tandem cert client`
 
         [[node]]
         name = "box-a"                        # `tandem agent --node box-a` (default: the host name)
         address = "10.0.0.1"                  # peer link
         heartbeat = ["10.0.0.1", "192.168.50.1"]   # every link carries heartbeats
         precedence = 10                       # the lowest number is the preferred primary
-        nbd-listen = ["0.0.0.0:10809"]        # "host:port" or "unix:/path"
+        nbd-listen = ["10.0.0.1:10809", "10.0.0.50:10809"]  # own and floating addresses; "unix:/path" too
+        tls = "require"                       # NBD over TLS: "off", "allow" or "require"
 
         [[node]]
         name = "box-b"
         address = "10.0.0.2"
         heartbeat = ["10.0.0.2", "192.168.50.2"]
         precedence = 20
-        nbd-listen = ["0.0.0.0:10809"]
+        nbd-listen = ["10.0.0.2:10809", "10.0.0.50:10809"]
+        tls = "require"
 
         [witness]
         address = "10.0.0.3"                  # `tandem witness` on a third machine breaks ties

@@ -53,6 +53,30 @@ public struct Configuration: Sendable, Equatable {
         /// The watchdog device the agent arms and feeds (`/dev/watchdog`), `nil` for none. When
         /// the agent dies or freezes, the host resets before the peer takes over.
         public var watchdog: String? = nil
+        /// The TLS folder (see the README): the cluster's authority and each node's certificate.
+        /// May contain `{node}`.
+        public var tlsDirectory: String = "/etc/tandem/tls"
+        /// Whether NBD clients that use TLS must present a certificate the cluster's authority signed.
+        public var nbdClientCertificates: ClientCertificates = .none
+    }
+
+    /// `[cluster] nbd-client-certificates`.
+    public enum ClientCertificates: String, Sendable, Equatable {
+        /// The server does not ask for one.
+        case none
+        /// A client without one signed by the cluster's authority is refused in the handshake.
+        case required
+    }
+
+    /// `[[node]] tls`: what the node's NBD server offers (the protocol's NOTLS, SELECTIVETLS and
+    /// FORCEDTLS).
+    public enum TLSMode: String, Sendable, Equatable {
+        /// No TLS; STARTTLS is refused as unsupported.
+        case off
+        /// Clients may start TLS or not.
+        case allow
+        /// Every option before STARTTLS is refused with NBD_REP_ERR_TLS_REQD.
+        case require
     }
 
     /// The HA reset's action.
@@ -77,6 +101,8 @@ public struct Configuration: Sendable, Equatable {
         public var precedence: Int
         /// Where this node's NBD server listens.
         public var nbdListen: [ListenAddress]
+        /// TLS on this node's NBD server.
+        public var tls: TLSMode = .off
     }
 
     /// `[witness]`: the third voter.

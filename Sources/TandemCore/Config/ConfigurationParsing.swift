@@ -118,8 +118,21 @@ struct ConfigReader {
             table, path: "cluster",
             allowed: [
                 "name", "secret-file", "state-dir", "ha-reset", "fence-command", "peer-congestion-control",
-                "watchdog",
+                "watchdog", "tls-dir", "nbd-client-certificates",
             ])
+        let tlsDirectory = string(table, "tls-dir", path: "cluster", required: false) ?? "/etc/tandem/tls"
+        if !tlsDirectory.hasPrefix("/") {
+            report(
+                table["tls-dir"]?.line, "cluster.tls-dir",
+                "expected an absolute path, found \(UntrustedText.quoted(tlsDirectory))")
+        }
+        let clientText = string(table, "nbd-client-certificates", path: "cluster", required: false) ?? "none"
+        let clientCertificates = Configuration.ClientCertificates(rawValue: clientText)
+        if clientCertificates == nil {
+            report(
+                table["nbd-client-certificates"]?.line, "cluster.nbd-client-certificates",
+                "expected \"none\" or \"required\", found \(UntrustedText.quoted(clientText))")
+        }
         let watchdog = string(table, "watchdog", path: "cluster", required: false)
         if let watchdog, !watchdog.hasPrefix("/") {
             report(
@@ -155,11 +168,19 @@ struct ConfigReader {
         return Configuration.Cluster(
             name: name, secretFile: secretFile, stateDirectory: stateDirectory, haReset: reset ?? .reboot,
             fenceCommand: fenceCommand, peerCongestionControl: congestionText == "system" ? nil : congestionText,
-            watchdog: watchdog)
+            watchdog: watchdog, tlsDirectory: tlsDirectory, nbdClientCertificates: clientCertificates ?? .none)
     }
 
     private mutating func readNode(_ table: TOMLTable, path: String) -> Configuration.Node? {
-        checkKeys(table, path: path, allowed: ["name", "address", "port", "heartbeat", "precedence", "nbd-listen"])
+        checkKeys(
+            table, path: path, allowed: ["name", "address", "port", "heartbeat", "precedence", "nbd-listen", "tls"])
+        let tlsText = string(table, "tls", path: path, required: false) ?? "off"
+        let tls = Configuration.TLSMode(rawValue: tlsText)
+        if tls == nil {
+            report(
+                table["tls"]?.line, "\(path).tls",
+                "expected \"off\", \"allow\" or \"require\", found \(UntrustedText.quoted(tlsText))")
+        }
         let name = string(table, "name", path: path, required: true)
         let address = string(table, "address", path: path, required: true)
         let port = integer(table, "port", path: path, range: 1...65535) ?? 7789
@@ -190,7 +211,7 @@ struct ConfigReader {
         guard let name, let address else { return nil }
         return Configuration.Node(
             name: name, address: address, port: port, heartbeat: heartbeat ?? [address],
-            precedence: precedence, nbdListen: listen
+            precedence: precedence, nbdListen: listen, tls: tls ?? .off
         )
     }
 
