@@ -63,6 +63,7 @@ pair_config() {
 name = "$1"
 secret-file = "$dir/secret"
 state-dir = "$dir/$1/{node}"
+${cluster_extra:-}
 
 [[node]]
 name = "a"

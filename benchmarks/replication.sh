@@ -10,6 +10,8 @@
 # own nbdkit. A replicated write costs at least what two such writes cost (the client's bytes are
 # received, and written, on both nodes), so when both nodes share this machine the pair cannot beat
 # one stream of that run; the "2x nbdkit" column is that stream against nbdkit alone.
+# And protocol C with the peer link over mutual TLS (payloads leave from memory, not with sendfile)
+# against protocol C in clear, both in the same run.
 # Before all that, 4 KiB random writes on protocol C right after its initial full sync, with the page
 # cache as the sync left it (every other figure starts from a settled cache).
 # Then the resync of a 1% dirty region against the full sync of the same volume.
@@ -119,7 +121,11 @@ start_mirror mirrora background 10971 10972
 
 pair_config pairc C 10941 10942 10943 10944
 pair_config paira A 10951 10952 10953 10954
-for cluster in pairc paira; do
+cluster_extra="peer-tls = \"on\"
+tls-dir = \"$dir/tls\"" pair_config pairt C 10981 10982 10983 10984
+"$tandem" init --output "$dir/tls/unused.toml" --secret "$dir/tls/unused.secret" --tls-dir "$dir/tls" >/dev/null
+for node in a b; do "$tandem" cert issue "$node" -c "$dir/pairt/tandem.toml" >/dev/null; done
+for cluster in pairc paira pairt; do
   pids+=("$(start_agent "$cluster" a "$near_cpu")")
   pids+=("$(start_agent "$cluster" b "$far_cpu")")
   wait_for_socket "$cluster" a
@@ -173,6 +179,7 @@ for workload in "seq-write-1M-qd8 write 1M 8 bw MiB/s" "rand-write-4K-qd16 randw
   t=0
   [ "$split" = no ] && t=$(measure_two "$rw" "$bs" "$depth" "$metric")
   c=$(measure nbd://127.0.0.1:10943/vol0 "$rw" "$bs" "$depth" "$metric")
+  ct=$(measure nbd://127.0.0.1:10983/vol0 "$rw" "$bs" "$depth" "$metric")
   a=$(measure nbd://127.0.0.1:10953/vol0 "$rw" "$bs" "$depth" "$metric")
   qc=$(measure nbd://127.0.0.1:10962/vol0 "$rw" "$bs" "$depth" "$metric")
   qa=$(measure nbd://127.0.0.1:10972/vol0 "$rw" "$bs" "$depth" "$metric")
@@ -188,7 +195,8 @@ two = '%8.0f %-4s %5.2f' % (t, u, t/n) if t else '%8s %-4s %5s' % ('-', '', '-')
 print('%-20s %8.0f %-4s %8.0f %-4s %5.2f %s %8.0f %-4s %5.2f %8.0f %-4s %5.2f' % ('$name', n, u, s, u, s/n, two, c, u, c/n, a, u, a/n))
 print('  qemu mirror: write-blocking %.0f %s (%.2f of nbdkit; protocol C %.2fx it), background %.0f %s (%.2f; protocol A %.2fx it)'
       % (qc, u, qc/n, c/qc, qa, u, qa/n, a/qa))
-with open('$dir/ratios', 'a') as f: print('$name', s/n, t/n, c/n, a/n, c/qc, a/qa, file=f)"
+print('  protocol C, peer link over mutual TLS: %.0f %s, %.2f of protocol C in clear' % ($ct, u, $ct/c))
+with open('$dir/ratios', 'a') as f: print('$name', s/n, t/n, c/n, a/n, c/qc, a/qa, $ct/c, file=f)"
   # A protocol A pair that fell behind resyncs after its run: let it finish before the next figure.
   behind=$(field paira a outOfSyncBytes)
   caught_up_from=$(date +%s.%N)
@@ -212,11 +220,11 @@ for line in open(sys.argv[1]):
     name, *ratios = line.split()
     rows.setdefault(name, []).append([float(r) for r in ratios])
 for name, rounds in rows.items():
-    s, t, c, a, qc, qa = (statistics.median(column) for column in zip(*rounds))
+    s, t, c, a, qc, qa, tls = (statistics.median(column) for column in zip(*rounds))
     two = '%.2f' % t if t else '-'
     print('%-20s median of %d rounds: single %.2f, 2x nbdkit %s, protocol C %.2f, protocol A %.2f;'
-          ' protocol C / qemu write-blocking %.2f, protocol A / qemu background %.2f'
-          % (name, len(rounds), s, two, c, a, qc, qa))
+          ' protocol C / qemu write-blocking %.2f, protocol A / qemu background %.2f; C over TLS / C %.2f'
+          % (name, len(rounds), s, two, c, a, qc, qa, tls))
 PY
 fi
 

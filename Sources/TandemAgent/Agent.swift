@@ -81,7 +81,7 @@ public struct Agent: Sendable {
         let exports = NBDExportTable(
             volumes.map { NBDExport(name: $0.configuration.nbdExport, volume: $0) }, gate: gate)
         let credentials =
-            node.tls == .off
+            node.tls == .off && !(configuration.cluster.peerTLS && peer != nil)
             ? nil
             : try TLSCredentials(
                 directory: "\(configuration.cluster.tlsDirectory)/\(node.name)", node: node.name,
@@ -96,7 +96,8 @@ public struct Agent: Sendable {
         let link = peer.map { peer in
             PeerLink(
                 configuration: configuration, local: node, peer: peer, secret: secret ?? [], volumes: volumes,
-                group: dataThread, events: volumeEvents, logger: logger)
+                group: dataThread, tls: configuration.cluster.peerTLS ? credentials : nil, events: volumeEvents,
+                logger: logger)
         }
         let reset = HAReset.make(configuration: configuration, node: node.name, journal: journal, logger: logger)
         // A group that fails past its restarts hands the primary role over (a planned switchover).

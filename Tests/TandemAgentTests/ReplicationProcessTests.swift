@@ -411,6 +411,57 @@ func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> 
         #expect(try cluster.stopBothAndCompare())
     }
 
+    /// A cluster whose peer link runs over mutual TLS, with certificates from `tandem cert issue`;
+    /// `swapped` gives node b node a's certificate.
+    private func tlsCluster(swapped: Bool = false) throws -> (TwoNodeCluster, TemporaryDirectory) {
+        let tls = TemporaryDirectory()
+        let cluster = try TwoNodeCluster(
+            protocol: "C", size: "64MiB", clusterExtra: "peer-tls = \"on\"\ntls-dir = \"\(tls.path)\"")
+        let tandem = try Tools.tandemBinary()
+        try Tools.check(
+            tandem,
+            [
+                "init", "--output", "\(tls.path)/unused.toml", "--secret", "\(tls.path)/unused.secret", "--tls-dir",
+                tls.path,
+            ])
+        for node in ["a", "b"] { try Tools.check(tandem, ["cert", "issue", node, "-c", cluster.config]) }
+        if swapped {
+            for file in ["server-cert.pem", "server-key.pem"] {
+                try FileManager.default.removeItem(atPath: "\(tls.path)/b/\(file)")
+                try FileManager.default.copyItem(atPath: "\(tls.path)/a/\(file)", toPath: "\(tls.path)/b/\(file)")
+            }
+        }
+        return (cluster, tls)
+    }
+
+    @Test func peerLinkOverMutualTLS_replicatesToIdenticalCopies() throws {
+        let (cluster, tls) = try tlsCluster()
+        try cluster.startInSyncWithPrimaryA()
+        try Tools.check(
+            "fio",
+            [
+                "--ioengine=nbd", "--uri=\(cluster.uri("a"))", "--rw=randwrite", "--size=64M", "--randrepeat=0",
+                "--name=small", "--bs=4k", "--iodepth=16", "--io_size=8M",
+                "--name=large", "--bsrange=64k-1m", "--iodepth=8", "--io_size=32M",
+            ])
+        try cluster.waitFor("identical copies over TLS", seconds: 30) { try cluster.identical() }
+        #expect(cluster.log("a").contains("over TLS"), "\(cluster.log("a").suffix(2000))")
+        #expect(try cluster.stopBothAndCompare())
+        _ = tls
+    }
+
+    @Test func peerLinkOverTLS_refusesACertificateThatNamesAnotherNode() throws {
+        let (cluster, tls) = try tlsCluster(swapped: true)
+        try cluster.start("a")
+        try cluster.start("b")
+        try cluster.waitFor("a refusing b's certificate", seconds: 30) {
+            (cluster.log("a") + cluster.log("b")).contains("does not name node")
+        }
+        // Node a never takes a link from the node that shows a's own certificate.
+        #expect(!cluster.log("a").contains("peer link to b established"), "\(cluster.log("a").suffix(2000))")
+        _ = tls
+    }
+
     @Test func peerLink_takesTheConfiguredCongestionControl_oneTheKernelRefusesLeavesItsDefault() throws {
         let systemDefault = try String(contentsOfFile: "/proc/sys/net/ipv4/tcp_congestion_control", encoding: .utf8)
             .trimmingCharacters(in: .whitespacesAndNewlines)

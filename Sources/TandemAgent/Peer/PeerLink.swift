@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import Synchronization
 import TandemCore
@@ -137,6 +138,8 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     private let events: VolumeEvents
     private let logger: Logger
     private let maximumFrameBytes: Int
+    /// Mutual TLS with the nodes' certificates (`peer-tls = "on"`), or nil for plaintext.
+    private let tls: TLSCredentials?
     /// Connections accepted on the peer port: a few may be proving themselves at once; one
     /// authenticated link (two while a crossing pair settles) is all a peer needs.
     private let admission = ConnectionAdmission(unsettledLimit: PeerLink.unauthenticatedLimit, settledLimit: 4)
@@ -163,13 +166,15 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     public init(
         configuration: Configuration, local: Configuration.Node, peer: Configuration.Node, secret: [UInt8],
         volumes: [ReplicatedVolume], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        events: VolumeEvents, logger: Logger
+        tls: TLSCredentials? = nil, events: VolumeEvents, logger: Logger
     ) {
         self.local = local
         self.peer = peer
+        self.tls = tls
         var settings = PeerLinkSettings(
             clusterName: configuration.cluster.name, localName: local.name, peerName: peer.name,
             secret: secret)
+        settings.checksPeerCertificate = tls != nil
         // The link counts as a heartbeat link: it must be found dead by the dead time, as the
         // others are, or the primary's writes wait for it (the voters cannot record the peer
         // outdated while the link still looks connected). The silence limit ends two intervals
@@ -184,8 +189,10 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
             clamping: configuration.timing.deadTime.components.seconds * 1000
                 + configuration.timing.deadTime.components.attoseconds / 1_000_000_000_000_000)
         self.volumes = Dictionary(uniqueKeysWithValues: volumes.map { ($0.index, $0) })
-        // A volume whose file cannot be opened again sends its payloads from memory instead.
+        // A volume whose file cannot be opened again sends its payloads from memory instead, as
+        // every volume does under TLS: the TLS handler takes buffers, not file regions.
         self.files = volumes.reduce(into: [:]) { files, volume in
+            guard tls == nil else { return }
             if let descriptor = try? volume.store.duplicateDescriptor() {
                 files[volume.index] = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: descriptor)
             }
@@ -234,7 +241,7 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     }
 
     private func pipelineSetup(isDialer: Bool) -> @Sendable (any Channel) -> EventLoopFuture<Void> {
-        { [settings, logger, maximumFrameBytes, admission, refusals] channel in
+        { [settings, logger, maximumFrameBytes, admission, refusals, tls] channel in
             if !isDialer, case .admittedClosingOldest(let oldest) = admission.arrive(channel) {
                 refusals.log(
                     logger, .warning,
@@ -244,6 +251,15 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
             }
             if !isDialer { channel.closeFuture.whenComplete { _ in admission.remove(channel) } }
             return channel.eventLoop.makeCompletedFuture {
+                if let tls {
+                    let contexts = tls.peer
+                    if isDialer {
+                        try channel.pipeline.syncOperations.addHandler(
+                            try NIOSSLClientHandler(context: contexts.dialing, serverHostname: nil))
+                    } else {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: contexts.accepting))
+                    }
+                }
                 let limit = PeerFrameLimit(bytes: PeerFrameLimit.handshakeBytes)
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(PeerFrameDecoder(limit: limit)))
                 try channel.pipeline.syncOperations.addHandler(

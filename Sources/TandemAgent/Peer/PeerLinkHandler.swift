@@ -41,6 +41,9 @@ struct PeerLinkSettings: Sendable {
     var keepAliveInterval: TimeAmount = .seconds(1)
     /// The link is closed when the peer has sent nothing for this long.
     var silenceLimit: TimeAmount = .seconds(6)
+    /// Under TLS: the certificate the peer presented must name the peer node (the cluster's
+    /// authority also signs NBD clients' certificates, which must not pass for a node).
+    var checksPeerCertificate = false
 }
 
 /// Receives the events of an authenticated link.
@@ -201,12 +204,19 @@ final class PeerLinkHandler: ChannelInboundHandler {
     }
 
     private func establish(context: ChannelHandlerContext) {
+        if settings.checksPeerCertificate,
+            let refusal = PeerIdentity.refusal(of: context.channel, peer: settings.peerName)
+        {
+            return close(context: context, reason: refusal)
+        }
         if let admission, !admission.settle(context.channel) {
             return close(context: context, reason: "too many authenticated peer links are open")
         }
         if let frameLimit { frameLimit.limit.maximumBodyBytes = frameLimit.authenticated }
         phase = .established
-        logger.info("peer link to \(settings.peerName) established (\(isDialer ? "dialed" : "accepted"))")
+        logger.info(
+            "peer link to \(settings.peerName) established (\(isDialer ? "dialed" : "accepted")\(settings.checksPeerCertificate ? ", over TLS" : ""))"
+        )
         scheduleKeepAlive(context: context)
         delegate.linkEstablished(context.channel, dialedHere: isDialer)
     }

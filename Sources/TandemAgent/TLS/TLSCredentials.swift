@@ -10,6 +10,7 @@ public final class TLSCredentials: Sendable {
     public let directory: String
     private let requireClientCertificates: Bool
     private let serverContext: Mutex<NIOSSLContext>
+    private let peerContexts: Mutex<(accepting: NIOSSLContext, dialing: NIOSSLContext)>
 
     /// Loads the credentials; the error names the file and how to make it.
     public init(directory: String, node: String, requireClientCertificates: Bool) throws(AgentError) {
@@ -18,6 +19,7 @@ public final class TLSCredentials: Sendable {
         self.serverContext = Mutex(
             try Self.loadServer(
                 directory: directory, node: node, requireClientCertificates: requireClientCertificates))
+        self.peerContexts = Mutex(try Self.loadPeer(directory: directory, node: node))
         self.node = node
     }
 
@@ -26,11 +28,44 @@ public final class TLSCredentials: Sendable {
     /// The context for a server-side handshake now.
     public var server: NIOSSLContext { serverContext.withLock { $0 } }
 
+    /// The contexts of the peer link: both ends present their node certificate and require the
+    /// other's, signed by the cluster's authority (the name is checked after the handshake).
+    var peer: (accepting: NIOSSLContext, dialing: NIOSSLContext) { peerContexts.withLock { $0 } }
+
     /// Reads the files again; on failure the credentials in use stay.
     public func reload() throws(AgentError) {
         let fresh = try Self.loadServer(
             directory: directory, node: node, requireClientCertificates: requireClientCertificates)
+        let peer = try Self.loadPeer(directory: directory, node: node)
         serverContext.withLock { $0 = fresh }
+        peerContexts.withLock { $0 = peer }
+    }
+
+    static func loadPeer(
+        directory: String, node: String
+    ) throws(AgentError) -> (accepting: NIOSSLContext, dialing: NIOSSLContext) {
+        do {
+            let chain = try NIOSSLCertificate.fromPEMFile("\(directory)/server-cert.pem").map {
+                NIOSSLCertificateSource.certificate($0)
+            }
+            let key = NIOSSLPrivateKeySource.privateKey(
+                try NIOSSLPrivateKey(file: "\(directory)/server-key.pem", format: .pem))
+            var accepting = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
+            var dialing = TLSConfiguration.makeClientConfiguration()
+            dialing.certificateChain = chain
+            dialing.privateKey = key
+            accepting.minimumTLSVersion = .tlsv13
+            dialing.minimumTLSVersion = .tlsv13
+            accepting.certificateVerification = .noHostnameVerification
+            dialing.certificateVerification = .noHostnameVerification
+            accepting.trustRoots = .file("\(directory)/ca-cert.pem")
+            dialing.trustRoots = .file("\(directory)/ca-cert.pem")
+            return (try NIOSSLContext(configuration: accepting), try NIOSSLContext(configuration: dialing))
+        } catch {
+            throw .unsupported(
+                "cannot load the peer link's TLS credentials of \(node) from \(directory) (\(error)); "
+                    + "`tandem cert issue \(node)` writes them, and the folder is copied to the node")
+        }
     }
 
     static func loadServer(

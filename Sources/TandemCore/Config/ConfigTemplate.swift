@@ -18,6 +18,7 @@ public enum ConfigTemplate {
         # watchdog = "/dev/watchdog"          # armed and fed by the agent: a dead or frozen agent resets its host
         tls-dir = "\(tlsDirectory)"           # the cluster's authority; each node's certificate in NODE/
         # nbd-client-certificates = "required"  # NBD clients must show a certificate from `tandem cert client`
+        peer-tls = "on"                       # replication over mutual TLS; "off" only on a dedicated link
 
         [[node]]
         name = "box-a"                        # `tandem agent --node box-a` (default: the host name)

@@ -58,6 +58,9 @@ public struct Configuration: Sendable, Equatable {
         public var tlsDirectory: String = "/etc/tandem/tls"
         /// Whether NBD clients that use TLS must present a certificate the cluster's authority signed.
         public var nbdClientCertificates: ClientCertificates = .none
+        /// Whether the peer link runs over mutual TLS with the nodes' certificates. Off, its frames
+        /// are authenticated at the handshake only and travel in clear (a dedicated back-to-back link).
+        public var peerTLS: Bool = false
     }
 
     /// `[cluster] nbd-client-certificates`.

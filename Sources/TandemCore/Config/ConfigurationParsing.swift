@@ -118,8 +118,14 @@ struct ConfigReader {
             table, path: "cluster",
             allowed: [
                 "name", "secret-file", "state-dir", "ha-reset", "fence-command", "peer-congestion-control",
-                "watchdog", "tls-dir", "nbd-client-certificates",
+                "watchdog", "tls-dir", "nbd-client-certificates", "peer-tls",
             ])
+        let peerTLSText = string(table, "peer-tls", path: "cluster", required: false) ?? "off"
+        if peerTLSText != "on", peerTLSText != "off" {
+            report(
+                table["peer-tls"]?.line, "cluster.peer-tls",
+                "expected \"on\" or \"off\", found \(UntrustedText.quoted(peerTLSText))")
+        }
         let tlsDirectory = string(table, "tls-dir", path: "cluster", required: false) ?? "/etc/tandem/tls"
         if !tlsDirectory.hasPrefix("/") {
             report(
@@ -168,7 +174,8 @@ struct ConfigReader {
         return Configuration.Cluster(
             name: name, secretFile: secretFile, stateDirectory: stateDirectory, haReset: reset ?? .reboot,
             fenceCommand: fenceCommand, peerCongestionControl: congestionText == "system" ? nil : congestionText,
-            watchdog: watchdog, tlsDirectory: tlsDirectory, nbdClientCertificates: clientCertificates ?? .none)
+            watchdog: watchdog, tlsDirectory: tlsDirectory, nbdClientCertificates: clientCertificates ?? .none,
+            peerTLS: peerTLSText == "on")
     }
 
     private mutating func readNode(_ table: TOMLTable, path: String) -> Configuration.Node? {

@@ -1,0 +1,29 @@
+import NIOCore
+import NIOSSL
+import X509
+
+/// Checks that a peer link's TLS certificate belongs to the peer node: its subject alternative
+/// names hold the node's name, as `tandem cert issue NODE` writes it. The chain itself was
+/// verified against the cluster's authority in the handshake.
+enum PeerIdentity {
+    /// Why the certificate on `channel` does not name `peer`, or nil when it does.
+    static func refusal(of channel: any Channel, peer: String) -> String? {
+        let presented: NIOSSLCertificate?
+        do {
+            presented = try channel.pipeline.syncOperations.nioSSL_peerCertificate()
+        } catch {
+            return "the peer link has no TLS session: \(error)"
+        }
+        guard let presented else { return "the peer presented no certificate" }
+        do {
+            let certificate = try Certificate(derEncoded: try presented.toDERBytes())
+            let names = try certificate.extensions.subjectAlternativeNames.map(Array.init) ?? []
+            guard names.contains(.dnsName(peer)) else {
+                return "the peer's certificate does not name node \"\(peer)\" (subject \(certificate.subject))"
+            }
+            return nil
+        } catch {
+            return "the peer's certificate cannot be read: \(error)"
+        }
+    }
+}
