@@ -126,6 +126,7 @@ private func raiseOpenFilesLimit(to count: Int) throws {
 
         #expect(reads < Self.rssLimit, "pipelined reads took the primary to \(reads >> 20) MiB")
         #expect(writes < Self.rssLimit, "half-sent writes took the primary to \(writes >> 20) MiB")
+        #expect(closing < Self.rssLimit, "closing the half writes took the primary to \(closing >> 20) MiB")
         #expect(frames < Self.rssLimit, "peer-port frames took the primary to \(frames >> 20) MiB")
         #expect(closed == stillOpen.count)
         // Nothing failed over and the pair is still in sync.

@@ -462,6 +462,19 @@ func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> 
         _ = tls
     }
 
+    /// Finding 9: an idle replication link is heard through its keep-alives, so `status` does not
+    /// show it silent for as long as no write crossed it.
+    @Test func idleReplicationLink_isHeardThroughItsKeepAlives() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
+        try cluster.startInSyncWithPrimaryA()
+        sleep(3)
+        let peer = try #require(try cluster.cluster("a")["peer"] as? [String: Any])
+        let links = try #require(peer["links"] as? [[String: Any]])
+        let ages = links.map { ($0["name"] as? String ?? "?", $0["lastHeardSecondsAgo"] as? Double ?? -1) }
+        let replication = try #require(ages.first { $0.0.contains("replication") }, "links: \(ages)")
+        #expect(replication.1 >= 0 && replication.1 < 1.5, "links: \(ages)")
+    }
+
     @Test func peerLink_takesTheConfiguredCongestionControl_oneTheKernelRefusesLeavesItsDefault() throws {
         let systemDefault = try String(contentsOfFile: "/proc/sys/net/ipv4/tcp_congestion_control", encoding: .utf8)
             .trimmingCharacters(in: .whitespacesAndNewlines)

@@ -79,9 +79,12 @@ final class NBDServerHandler: ChannelDuplexHandler {
     private var heldBytes = 0
     /// The decoder stopped before a request it could not reserve memory for.
     private var admissionBlocked = false
-    /// Writes whose payload was admitted, and those whose payload arrived whole.
-    private var writesAdmitted = 0
-    private var writesReceived = 0
+    /// Since when the payload of the write being decoded has been arriving (the stream carries one
+    /// at a time), and whether a timer watches it.
+    private var payloadSince: NIODeadline?
+    private var payloadWatched = false
+    /// What the pool calls, from any thread, when bytes come back while this connection waits.
+    private var wake: (@Sendable () -> Void)?
     /// Counts the times the channel stopped being writable (a stall check compares it).
     private var unwritableEpisodes = 0
     /// When bytes last arrived.
@@ -122,10 +125,14 @@ final class NBDServerHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        wake = { eventLoop.execute { loopBound.value.resumeDecoding() } }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        wake = nil
     }
 
     // MARK: Channel events
@@ -188,6 +195,11 @@ final class NBDServerHandler: ChannelDuplexHandler {
     }
 
     private func decode(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        // A connection waiting for memory is not read from, except that SwiftNIO drains a socket
+        // whose client hung up: what the kernel buffered (megabytes) would then pile up here.
+        if admissionBlocked, processor.unprocessedBytes + bytes.readableBytes > Self.blockedBacklogBytes {
+            return close(context: context, reason: "the client kept sending while its connection waited for memory")
+        }
         insideRead = true
         defer { insideRead = false }
         do {
@@ -198,7 +210,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
                 case .option(let option):
                     onOption(option, context: context)
                 case .request(let request):
-                    if request.type == .write, request.payload != nil { writesReceived += 1 }
+                    if request.type == .write, request.payload != nil { payloadSince = nil }
                     onRequest(request, context: context)
                 }
             }
@@ -208,6 +220,9 @@ final class NBDServerHandler: ChannelDuplexHandler {
     }
 
     // MARK: Memory
+
+    /// Bytes a connection waiting for memory may have unread (two read cycles of 4 × 256 KiB).
+    static let blockedBacklogBytes = 2 << 20
 
     /// Asked by the decoder before it takes a READ or WRITE off the stream.
     private func admit(_ bytes: Int, isWrite: Bool) -> Bool {
@@ -221,13 +236,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
             }
             return true
         }
-        let loopBound = NIOLoopBound(self, eventLoop: context!.eventLoop)
-        let eventLoop = context!.eventLoop
-        guard
-            pool.reserve(
-                bytes, waiter: ObjectIdentifier(self),
-                wake: { eventLoop.execute { loopBound.value.resumeDecoding() } })
-        else {
+        guard let wake, pool.reserve(bytes, waiter: ObjectIdentifier(self), wake: wake) else {
             admissionBlocked = true
             return false
         }
@@ -259,19 +268,27 @@ final class NBDServerHandler: ChannelDuplexHandler {
         releaseHeldRead(context: context)
     }
 
+    /// Notes that a write's payload is arriving and starts the watch if none runs. One timer per
+    /// connection at most, which stops when no payload is pending: a timer per write would cost
+    /// more than the write at tens of thousands a second.
     private func watchPayload() {
-        writesAdmitted += 1
-        checkPayload(admitted: writesAdmitted, deadline: .now() + settings.payloadDeadline)
+        payloadSince = .now()
+        guard !payloadWatched else { return }
+        payloadWatched = true
+        checkPayload()
     }
 
-    /// Closes the connection if the write admitted `admitted`-th is still incomplete at its
-    /// deadline, or no byte came for the idle limit while the server was asking for more.
-    private func checkPayload(admitted: Int, deadline: NIODeadline) {
+    /// Closes the connection if the payload being received is older than its deadline, or no byte
+    /// came for the idle limit while the server was asking for more.
+    private func checkPayload() {
         guard let context else { return }
         context.eventLoop.assumeIsolated().scheduleTask(in: min(settings.payloadIdleLimit, .seconds(1))) {
-            guard self.writesReceived < admitted else { return }
+            guard let since = self.payloadSince, case .transmitting = self.phase else {
+                self.payloadWatched = false
+                return
+            }
             let now = NIODeadline.now()
-            if now >= deadline {
+            if now - since >= self.settings.payloadDeadline {
                 self.close(
                     context: context,
                     reason: "a write's payload did not arrive within \(self.settings.payloadDeadline)")
@@ -280,7 +297,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
                     context: context,
                     reason: "a write's payload stopped arriving for \(self.settings.payloadIdleLimit)")
             } else {
-                self.checkPayload(admitted: admitted, deadline: deadline)
+                self.checkPayload()
             }
         }
     }

@@ -411,13 +411,22 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
 
     func linkReceived(_ frame: PeerFrame, on channel: any Channel) {
         guard current.withLock({ $0?.channel === channel }) else { return }
-        lastFrame.store(
-            max(1, ReplicatedVolume.nanoseconds(ReplicatedVolume.leaseOrigin.duration(to: .now))), ordering: .relaxed)
+        noteHeard()
         guard let index = frame.volumeIndex, let volume = volumes[index] else {
             logger.warning("peer sent a frame for unknown volume \(frame.volumeIndex.map(String.init) ?? "-")")
             return
         }
         events.record(volume.receive(frame))
+    }
+
+    func linkHeard(on channel: any Channel) {
+        guard current.withLock({ $0?.channel === channel }) else { return }
+        noteHeard()
+    }
+
+    private func noteHeard() {
+        lastFrame.store(
+            max(1, ReplicatedVolume.nanoseconds(ReplicatedVolume.leaseOrigin.duration(to: .now))), ordering: .relaxed)
     }
 
     func linkClosed(_ channel: any Channel) {

@@ -52,6 +52,8 @@ protocol PeerLinkDelegate: Sendable {
     func linkEstablished(_ channel: any Channel, dialedHere: Bool)
     /// A frame arrived on an established link.
     func linkReceived(_ frame: PeerFrame, on channel: any Channel)
+    /// A keep-alive arrived on an established link (the link is heard, with nothing to deliver).
+    func linkHeard(on channel: any Channel)
     /// An established link closed.
     func linkClosed(_ channel: any Channel)
 }
@@ -129,9 +131,10 @@ final class PeerLinkHandler: ChannelInboundHandler {
         lastHeard = .now()
         switch (phase, frame) {
         case (.established, .ping(let value)):
+            delegate.linkHeard(on: context.channel)
             send(.pong(value), context: context)
         case (.established, .pong):
-            break
+            delegate.linkHeard(on: context.channel)
         case (.established, .hello), (.established, .authenticate), (.established, .welcome):
             close(context: context, reason: "handshake frame on an established link")
         case (.established, _):
