@@ -46,6 +46,20 @@ import Testing
         #expect(y["z"]?.value == .string("deep"))
     }
 
+    /// Found by the differential test against tomllib: a negative number before a space was taken
+    /// for a date, and numbers TOML forbids (`3.`, `.5`, `007`, `1__0`) were accepted.
+    @Test func numbers_followTOMLsGrammar() throws {
+        let document = try TOMLDocument.parse(
+            "a = -17 # note\nb = { c = -0.25 }\nd = -9223372036854775808\ne = 0x1_F\n")
+        #expect(document.root["a"]?.value == .integer(-17))
+        #expect(document.root["d"]?.value == .integer(.min))
+        #expect(document.root["e"]?.value == .integer(31))
+        for bad in ["3.", ".5", "007", "1__0", "0x_1", "-0x1", "1e", "1._5", "+_1"] {
+            #expect(throws: TOMLSyntaxError.self, "\(bad)") { try TOMLDocument.parse("x = \(bad)\n") }
+        }
+        #expect(throws: TOMLSyntaxError.self) { try TOMLDocument.parse("x = 1979-05-27\n") }
+    }
+
     @Test func parse_arraysOfTables_appendInOrder() throws {
         let document = try TOMLDocument.parse("[[node]]\nname = \"a\"\n\n[[node]]\nname = \"b\"\n[node.extra]\nk = 1\n")
         guard case .array(let nodes)? = document.root["node"]?.value else {

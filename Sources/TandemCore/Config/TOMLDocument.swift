@@ -435,11 +435,16 @@ struct TOMLParser {
         guard !raw.isEmpty else {
             throw error("expected a value (a string needs quotes)")
         }
-        if let byte = peek(), byte == UInt8(ascii: ":") || (byte == UInt8(ascii: " ") && raw.contains("-")) {
+        // A date starts with four digits and a dash (1979-05-27), a time with two and a colon.
+        let digits = raw.prefix { $0.isASCII && $0.isNumber }
+        if (digits.count == 4 && raw.dropFirst(4).first == "-")
+            || (digits.count == 2 && raw.count == 2 && peek() == UInt8(ascii: ":"))
+        {
             throw error("dates and times are not supported here")
         }
-        if raw.count >= 5, raw.dropFirst(4).first == "-", raw.prefix(4).allSatisfy(\.isNumber) {
-            throw error("dates and times are not supported here")
+        guard Self.isTOMLNumber(Array(raw.utf8)) else {
+            index = start
+            throw error("invalid value '\(raw)' (a string needs quotes)")
         }
         let text = raw.replacingUnderscores()
         for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] where text.hasPrefix(prefix) {
@@ -459,6 +464,57 @@ struct TOMLParser {
             throw error("invalid value '\(raw)' (a string needs quotes)")
         }
         return .float(value)
+    }
+
+    /// Whether `text` is written as TOML 1.0 writes a number: decimal integers without leading
+    /// zeros, hexadecimal, octal and binary ones without a sign, floats with digits on both sides
+    /// of the point, underscores only between digits, and `inf` and `nan`.
+    static func isTOMLNumber(_ text: [UInt8]) -> Bool {
+        var rest = text[...]
+        func digits(_ isDigit: (UInt8) -> Bool) -> Bool {
+            guard let first = rest.first, isDigit(first) else { return false }
+            rest = rest.dropFirst()
+            while let byte = rest.first {
+                if byte == UInt8(ascii: "_") {
+                    guard rest.count > 1, isDigit(rest[rest.startIndex + 1]) else { return false }
+                    rest = rest.dropFirst(2)
+                } else if isDigit(byte) {
+                    rest = rest.dropFirst()
+                } else {
+                    break
+                }
+            }
+            return true
+        }
+        let decimal = { (byte: UInt8) in byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") }
+        for (prefix, isDigit) in [
+            (
+                "0x",
+                { (byte: UInt8) in
+                    decimal(byte) || (byte | 0x20 >= UInt8(ascii: "a") && byte | 0x20 <= UInt8(ascii: "f"))
+                }
+            ),
+            ("0o", { (byte: UInt8) in byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "7") }),
+            ("0b", { (byte: UInt8) in byte == UInt8(ascii: "0") || byte == UInt8(ascii: "1") }),
+        ] where text.starts(with: Array(prefix.utf8)) {
+            rest = rest.dropFirst(2)
+            return digits(isDigit) && rest.isEmpty
+        }
+        if let sign = rest.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") { rest = rest.dropFirst() }
+        if rest.elementsEqual("inf".utf8) || rest.elementsEqual("nan".utf8) { return true }
+        let integerStart = rest
+        guard digits(decimal) else { return false }
+        if integerStart.first == UInt8(ascii: "0"), integerStart.count - rest.count > 1 { return false }
+        if rest.first == UInt8(ascii: ".") {
+            rest = rest.dropFirst()
+            guard digits(decimal) else { return false }
+        }
+        if let e = rest.first, e | 0x20 == UInt8(ascii: "e") {
+            rest = rest.dropFirst()
+            if let sign = rest.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") { rest = rest.dropFirst() }
+            guard digits(decimal) else { return false }
+        }
+        return rest.isEmpty
     }
 
     private static func isNumberByte(_ byte: UInt8) -> Bool {
