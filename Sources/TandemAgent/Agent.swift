@@ -85,7 +85,8 @@ public struct Agent: Sendable {
             ? nil
             : try TLSCredentials(
                 directory: "\(configuration.cluster.tlsDirectory)/\(node.name)", node: node.name,
-                requireClientCertificates: configuration.cluster.nbdClientCertificates == .required)
+                requireClientCertificates: configuration.cluster.nbdClientCertificates == .required,
+                pskFile: configuration.cluster.nbdTLSPSKFile, peerLink: configuration.cluster.peerTLS && peer != nil)
         if let credentials { reloadOnHangup(credentials, logger: logger) }
         let server = NBDServer(
             listen: node.nbdListen, exports: exports, limits: configuration.limits, group: dataThread,

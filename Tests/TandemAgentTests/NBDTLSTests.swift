@@ -119,6 +119,41 @@ private struct Credentials {
         }
     }
 
+    /// TLS-PSK as libnbd (`tls-psk-file`) and QEMU (`tls-creds-psk`) use it: TLS 1.2, ECDHE-PSK.
+    @Test func preSharedKeys_serveNbdinfoAndQemuIO_andAWrongKeyIsRefused() async throws {
+        let directory = TemporaryDirectory()
+        let keys = "\(directory.path)/keys.psk"
+        try "tester:\(String(repeating: "5a", count: 32))\n".write(toFile: keys, atomically: true, encoding: .utf8)
+        let wrong = "\(directory.path)/wrong/keys.psk"
+        try FileManager.default.createDirectory(atPath: "\(directory.path)/wrong", withIntermediateDirectories: true)
+        try "tester:\(String(repeating: "a5", count: 32))\n".write(toFile: wrong, atomically: true, encoding: .utf8)
+        let credentials = try TLSCredentials(
+            directory: "\(directory.path)/none", node: "node", requireClientCertificates: false, pskFile: keys)
+        let adjust: (inout NBDServerSettings) -> Void = { settings in
+            settings.tls = .require
+            settings.tlsCredentials = credentials
+        }
+        try await withTestServer(sizeBytes: 16 << 20, adjust: adjust) { server in
+            let uri = "nbds://tester@127.0.0.1:\(server.port)/vol0?tls-psk-file=\(keys)"
+            let info = try Tools.check("nbdinfo", ["--size", uri])
+            #expect(info.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == "\(16 << 20)")
+            try Tools.check(
+                "qemu-io",
+                [
+                    "--object", "tls-creds-psk,id=tls0,dir=\(directory.path),username=tester,endpoint=client",
+                    "--image-opts", "driver=nbd,host=127.0.0.1,port=\(server.port),export=vol0,tls-creds=tls0",
+                    "-c", "write -P 0x3d 0 256k", "-c", "read -P 0x3d 0 256k",
+                ])
+            let refused = try Tools.run(
+                "nbdinfo", ["--size", "nbds://tester@127.0.0.1:\(server.port)/vol0?tls-psk-file=\(wrong)"])
+            #expect(refused.status != 0, "\(refused.combined)")
+        }
+        #expect(throws: AgentError.self) { try PSKFile.parse("tester:zz\n", path: "keys.psk") }
+        #expect(throws: AgentError.self) { try PSKFile.parse("tester:00\n", path: "keys.psk") }
+        #expect(
+            try PSKFile.parse("# keys\nalice:\(String(repeating: "01", count: 16))\n", path: "k")["alice"]?.count == 16)
+    }
+
     @Test func requiredClientCertificates_refuseAClientWithout() async throws {
         let credentials = try await Credentials.make()
         let adjust = try credentials.settings(.require, clientCertificates: true)

@@ -24,8 +24,8 @@ public enum ConfigFile {
     static let maximumBytes = 16 << 20
 
     /// The whole file as UTF-8 text, or `nil` when it cannot be read (`errno` says why: `EFBIG`
-    /// when it is larger than `maximumBytes`).
-    static func readText(path: String) -> String? {
+    /// when it is larger than `limit`).
+    static func readText(path: String, limit: Int = maximumBytes) -> String? {
         guard let file = fopen(path, "rb") else { return nil }
         defer { fclose(file) }
         var bytes: [UInt8] = []
@@ -34,7 +34,7 @@ public enum ConfigFile {
             let count = fread(&chunk, 1, chunk.count, file)
             if count > 0 { bytes += chunk[0..<count] }
             if count < chunk.count { break }
-            if bytes.count > maximumBytes {
+            if bytes.count > limit {
                 errno = EFBIG
                 return nil
             }

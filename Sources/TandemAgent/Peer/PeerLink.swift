@@ -251,8 +251,7 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
             }
             if !isDialer { channel.closeFuture.whenComplete { _ in admission.remove(channel) } }
             return channel.eventLoop.makeCompletedFuture {
-                if let tls {
-                    let contexts = tls.peer
+                if let contexts = tls?.peer {
                     if isDialer {
                         try channel.pipeline.syncOperations.addHandler(
                             try NIOSSLClientHandler(context: contexts.dialing, serverHostname: nil))

@@ -10,16 +10,24 @@ public final class TLSCredentials: Sendable {
     public let directory: String
     private let requireClientCertificates: Bool
     private let serverContext: Mutex<NIOSSLContext>
-    private let peerContexts: Mutex<(accepting: NIOSSLContext, dialing: NIOSSLContext)>
+    private let peerContexts: Mutex<(accepting: NIOSSLContext, dialing: NIOSSLContext)?>
+
+    /// A file of pre-shared keys the NBD server uses instead of its certificate, if any.
+    private let pskFile: String?
 
     /// Loads the credentials; the error names the file and how to make it.
-    public init(directory: String, node: String, requireClientCertificates: Bool) throws(AgentError) {
+    public init(
+        directory: String, node: String, requireClientCertificates: Bool, pskFile: String? = nil,
+        peerLink: Bool = false
+    ) throws(AgentError) {
         self.directory = directory
         self.requireClientCertificates = requireClientCertificates
+        self.pskFile = pskFile
         self.serverContext = Mutex(
-            try Self.loadServer(
-                directory: directory, node: node, requireClientCertificates: requireClientCertificates))
-        self.peerContexts = Mutex(try Self.loadPeer(directory: directory, node: node))
+            try Self.loadNBD(
+                directory: directory, node: node, requireClientCertificates: requireClientCertificates,
+                pskFile: pskFile))
+        self.peerContexts = Mutex(peerLink ? try Self.loadPeer(directory: directory, node: node) : nil)
         self.node = node
     }
 
@@ -30,15 +38,47 @@ public final class TLSCredentials: Sendable {
 
     /// The contexts of the peer link: both ends present their node certificate and require the
     /// other's, signed by the cluster's authority (the name is checked after the handshake).
-    var peer: (accepting: NIOSSLContext, dialing: NIOSSLContext) { peerContexts.withLock { $0 } }
+    var peer: (accepting: NIOSSLContext, dialing: NIOSSLContext)? { peerContexts.withLock { $0 } }
 
     /// Reads the files again; on failure the credentials in use stay.
     public func reload() throws(AgentError) {
-        let fresh = try Self.loadServer(
-            directory: directory, node: node, requireClientCertificates: requireClientCertificates)
-        let peer = try Self.loadPeer(directory: directory, node: node)
+        let fresh = try Self.loadNBD(
+            directory: directory, node: node, requireClientCertificates: requireClientCertificates, pskFile: pskFile)
+        let peer = self.peer == nil ? nil : try Self.loadPeer(directory: directory, node: node)
         serverContext.withLock { $0 = fresh }
         peerContexts.withLock { $0 = peer }
+    }
+
+    /// The NBD server's context: from the pre-shared keys if there are any, else the certificate.
+    static func loadNBD(
+        directory: String, node: String, requireClientCertificates: Bool, pskFile: String?
+    ) throws(AgentError) -> NIOSSLContext {
+        if let pskFile { return try loadPSK(file: pskFile) }
+        return try loadServer(directory: directory, node: node, requireClientCertificates: requireClientCertificates)
+    }
+
+    /// The NBD server's context for pre-shared keys: TLS 1.2 (BoringSSL offers PSK only there)
+    /// with ECDHE-PSK suites, which GnuTLS clients (libnbd, QEMU) offer too.
+    static func loadPSK(file: String) throws(AgentError) -> NIOSSLContext {
+        let keys = try PSKFile.read(path: file)
+        var configuration = TLSConfiguration.makePreSharedKeyConfiguration()
+        configuration.minimumTLSVersion = .tlsv12
+        configuration.maximumTLSVersion = .tlsv12
+        configuration.cipherSuites = "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES256-CBC-SHA:ECDHE-PSK-AES128-CBC-SHA"
+        configuration.pskHint = "tandem"
+        configuration.pskServerProvider = { context in
+            guard let key = keys[context.clientIdentity], key.count <= context.maxPSKLength else {
+                throw AgentError.unsupported("unknown PSK identity")
+            }
+            var secure = NIOSSLSecureBytes()
+            secure.append(contentsOf: key)
+            return PSKServerIdentityResponse(key: secure)
+        }
+        do {
+            return try NIOSSLContext(configuration: configuration)
+        } catch {
+            throw .unsupported("cannot make a TLS context from the keys in \(file): \(error)")
+        }
     }
 
     static func loadPeer(

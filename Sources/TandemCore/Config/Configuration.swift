@@ -61,6 +61,9 @@ public struct Configuration: Sendable, Equatable {
         /// Whether the peer link runs over mutual TLS with the nodes' certificates. Off, its frames
         /// are authenticated at the handshake only and travel in clear (a dedicated back-to-back link).
         public var peerTLS: Bool = false
+        /// A file of pre-shared keys (`identity:hexkey` lines, as GnuTLS's psktool writes them):
+        /// when set, NBD over TLS uses these keys instead of certificates, in TLS 1.2.
+        public var nbdTLSPSKFile: String? = nil
     }
 
     /// `[cluster] nbd-client-certificates`.

@@ -118,8 +118,14 @@ struct ConfigReader {
             table, path: "cluster",
             allowed: [
                 "name", "secret-file", "state-dir", "ha-reset", "fence-command", "peer-congestion-control",
-                "watchdog", "tls-dir", "nbd-client-certificates", "peer-tls",
+                "watchdog", "tls-dir", "nbd-client-certificates", "peer-tls", "nbd-tls-psk-file",
             ])
+        let pskFile = string(table, "nbd-tls-psk-file", path: "cluster", required: false)
+        if let pskFile, !pskFile.hasPrefix("/") {
+            report(
+                table["nbd-tls-psk-file"]?.line, "cluster.nbd-tls-psk-file",
+                "expected an absolute path, found \(UntrustedText.quoted(pskFile))")
+        }
         let peerTLSText = string(table, "peer-tls", path: "cluster", required: false) ?? "off"
         if peerTLSText != "on", peerTLSText != "off" {
             report(
@@ -175,7 +181,7 @@ struct ConfigReader {
             name: name, secretFile: secretFile, stateDirectory: stateDirectory, haReset: reset ?? .reboot,
             fenceCommand: fenceCommand, peerCongestionControl: congestionText == "system" ? nil : congestionText,
             watchdog: watchdog, tlsDirectory: tlsDirectory, nbdClientCertificates: clientCertificates ?? .none,
-            peerTLS: peerTLSText == "on")
+            peerTLS: peerTLSText == "on", nbdTLSPSKFile: pskFile)
     }
 
     private mutating func readNode(_ table: TOMLTable, path: String) -> Configuration.Node? {
