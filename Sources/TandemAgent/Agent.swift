@@ -93,6 +93,7 @@ public struct Agent: Sendable {
             adjust: { settings in
                 settings.tls = node.tls
                 settings.tlsCredentials = credentials
+                settings.allowedClientNames = Set(configuration.cluster.nbdClientNames)
             }, logger: logger)
         let link = peer.map { peer in
             PeerLink(

@@ -154,12 +154,28 @@ private struct Credentials {
             try PSKFile.parse("# keys\nalice:\(String(repeating: "01", count: 16))\n", path: "k")["alice"]?.count == 16)
     }
 
-    @Test func requiredClientCertificates_refuseAClientWithout() async throws {
+    @Test func requiredClientCertificates_refuseAClientWithout_andOneNotOnTheAllowList() async throws {
         let credentials = try await Credentials.make()
         let adjust = try credentials.settings(.require, clientCertificates: true)
         try await withTestServer(adjust: adjust) { server in
             let anonymous = try Tools.run("nbdinfo", ["--size", tlsURI(server, certificates: credentials.anonymous)])
             #expect(anonymous.status != 0, "\(anonymous.combined)")
+            try Tools.check("nbdinfo", ["--size", tlsURI(server, certificates: credentials.client)])
+        }
+        let base = try credentials.settings(.require, clientCertificates: true)
+        let allowOthers: (inout NBDServerSettings) -> Void = { settings in
+            base(&settings)
+            settings.allowedClientNames = ["backup"]
+        }
+        try await withTestServer(adjust: allowOthers) { server in
+            let tester = try Tools.run("nbdinfo", ["--size", tlsURI(server, certificates: credentials.client)])
+            #expect(tester.status != 0, "a client whose name is not on the list: \(tester.combined)")
+        }
+        let allowTester: (inout NBDServerSettings) -> Void = { settings in
+            base(&settings)
+            settings.allowedClientNames = ["tester"]
+        }
+        try await withTestServer(adjust: allowTester) { server in
             try Tools.check("nbdinfo", ["--size", tlsURI(server, certificates: credentials.client)])
         }
     }

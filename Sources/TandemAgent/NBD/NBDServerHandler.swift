@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
+import NIOTLS
 import TandemCore
 import TandemReplication
 import TandemStorage
@@ -36,6 +37,9 @@ public struct NBDServerSettings: Sendable {
     public var tls = Configuration.TLSMode.off
     /// The credentials the handshake uses (required unless `tls` is off).
     public var tlsCredentials: TLSCredentials?
+    /// The clients served over TLS, by their certificate's common name; empty serves every client
+    /// the handshake accepted.
+    public var allowedClientNames: Set<String> = []
 
     /// Creates settings.
     public init(maximumRequestBytes: Int, maximumInFlight: Int, connectionBudgetBytes: Int? = nil) {
@@ -171,6 +175,18 @@ final class NBDServerHandler: ChannelDuplexHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tls = event as? TLSUserEvent, case .handshakeCompleted = tls, !settings.allowedClientNames.isEmpty {
+            let name = PeerIdentity.commonName(of: context.channel)
+            guard let name, settings.allowedClientNames.contains(name) else {
+                return close(
+                    context: context,
+                    reason:
+                        "client certificate \(name.map { UntrustedText.quoted($0) } ?? "without a name") is not in nbd-client-names"
+                )
+            }
+            logger[metadataKey: "certificate"] = "\(UntrustedText.quoted(name))"
+            return
+        }
         guard event is NBDExportWithdrawn else { return context.fireUserInboundEventTriggered(event) }
         guard case .transmitting = phase, !disconnectRequested else { return }
         logger.notice("export withdrawn: closing the connection once its \(inFlight) requests in flight are answered")

@@ -6,6 +6,19 @@ import X509
 /// names hold the node's name, as `tandem cert issue NODE` writes it. The chain itself was
 /// verified against the cluster's authority in the handshake.
 enum PeerIdentity {
+    /// The common name of the certificate the other end presented on `channel`, if any.
+    static func commonName(of channel: any Channel) -> String? {
+        guard let presented = try? channel.pipeline.syncOperations.nioSSL_peerCertificate(),
+            let certificate = try? Certificate(derEncoded: try presented.toDERBytes())
+        else { return nil }
+        for name in certificate.subject {
+            for attribute in name where attribute.type == .RDNAttributeType.commonName {
+                return String(attribute.value)
+            }
+        }
+        return nil
+    }
+
     /// Why the certificate on `channel` does not name `peer`, or nil when it does.
     static func refusal(of channel: any Channel, peer: String) -> String? {
         let presented: NIOSSLCertificate?

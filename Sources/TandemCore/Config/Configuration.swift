@@ -64,6 +64,9 @@ public struct Configuration: Sendable, Equatable {
         /// A file of pre-shared keys (`identity:hexkey` lines, as GnuTLS's psktool writes them):
         /// when set, NBD over TLS uses these keys instead of certificates, in TLS 1.2.
         public var nbdTLSPSKFile: String? = nil
+        /// With client certificates required: the only clients served, by their certificate's
+        /// common name (as `tandem cert client NAME` writes it); empty serves every signed client.
+        public var nbdClientNames: [String] = []
     }
 
     /// `[cluster] nbd-client-certificates`.

@@ -118,8 +118,16 @@ struct ConfigReader {
             table, path: "cluster",
             allowed: [
                 "name", "secret-file", "state-dir", "ha-reset", "fence-command", "peer-congestion-control",
-                "watchdog", "tls-dir", "nbd-client-certificates", "peer-tls", "nbd-tls-psk-file",
+                "watchdog", "tls-dir", "nbd-client-certificates", "peer-tls", "nbd-tls-psk-file", "nbd-client-names",
             ])
+        let clientNames = stringArray(table, "nbd-client-names", path: "cluster") ?? []
+        if !clientNames.isEmpty,
+            string(table, "nbd-client-certificates", path: "cluster", required: false) != "required"
+        {
+            report(
+                table["nbd-client-names"]?.line, "cluster.nbd-client-names",
+                "takes effect only with nbd-client-certificates = \"required\"")
+        }
         let pskFile = string(table, "nbd-tls-psk-file", path: "cluster", required: false)
         if let pskFile, !pskFile.hasPrefix("/") {
             report(
@@ -181,7 +189,7 @@ struct ConfigReader {
             name: name, secretFile: secretFile, stateDirectory: stateDirectory, haReset: reset ?? .reboot,
             fenceCommand: fenceCommand, peerCongestionControl: congestionText == "system" ? nil : congestionText,
             watchdog: watchdog, tlsDirectory: tlsDirectory, nbdClientCertificates: clientCertificates ?? .none,
-            peerTLS: peerTLSText == "on", nbdTLSPSKFile: pskFile)
+            peerTLS: peerTLSText == "on", nbdTLSPSKFile: pskFile, nbdClientNames: clientNames)
     }
 
     private mutating func readNode(_ table: TOMLTable, path: String) -> Configuration.Node? {
