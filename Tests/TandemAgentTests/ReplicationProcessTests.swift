@@ -475,6 +475,51 @@ func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> 
         #expect(replication.1 >= 0 && replication.1 < 1.5, "links: \(ages)")
     }
 
+    /// Finding 9: the control socket runs the first line of a connection and nothing after it, and
+    /// closes a connection that sends no request within its deadline.
+    @Test func controlSocket_runsOnlyTheFirstLine_andClosesAnIdleConnection() throws {
+        let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
+        try cluster.startInSyncWithPrimaryA()
+        func connect() throws -> Int32 {
+            let path = "\(cluster.directory.path)/a/a.control"
+            let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var timeout = timeval(tv_sec: 15, tv_usec: 0)
+            setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+            guard connected == 0 else { throw Tools.Failure(description: "connect \(path): \(errno)") }
+            return descriptor
+        }
+        func readToEnd(_ descriptor: Int32) -> String {
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let count = recv(descriptor, &chunk, chunk.count, 0)
+                if count <= 0 { break }
+                bytes += chunk[0..<count]
+            }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        let twoLines = try connect()
+        defer { close(twoLines) }
+        _ = Array("status\nstandby\n".utf8).withUnsafeBytes { send(twoLines, $0.baseAddress, $0.count, 0) }
+        #expect(readToEnd(twoLines).contains("\"node\""))
+        sleep(1)
+        #expect(!cluster.log("a").contains("standby by administrator"), "the second line ran: \(cluster.log("a"))")
+        let idle = try connect()
+        defer { close(idle) }
+        let started = Date()
+        #expect(readToEnd(idle).isEmpty)
+        let waited = Date().timeIntervalSince(started)
+        #expect(waited > 8 && waited < 14, "closed after \(waited) s")
+    }
+
     @Test func peerLink_takesTheConfiguredCongestionControl_oneTheKernelRefusesLeavesItsDefault() throws {
         let systemDefault = try String(contentsOfFile: "/proc/sys/net/ipv4/tcp_congestion_control", encoding: .utf8)
             .trimmingCharacters(in: .whitespacesAndNewlines)

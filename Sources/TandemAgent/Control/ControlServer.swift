@@ -381,12 +381,25 @@ final class ControlHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let server: ControlServer
+    /// A request arrived: the connection carries one, and whatever follows it is not run.
+    private var requested = false
+    /// How long a connection may take to send its request.
+    static let requestDeadline = TimeAmount.seconds(10)
 
     init(server: ControlServer) {
         self.server = server
     }
 
+    func channelActive(context: ChannelHandlerContext) {
+        context.eventLoop.assumeIsolated().scheduleTask(in: Self.requestDeadline) {
+            if !self.requested { context.close(promise: nil) }
+        }
+        context.fireChannelActive()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !requested else { return }
+        requested = true
         let line = unwrapInboundIn(data).trimmingWhitespace()
         let bound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
         let promise = context.eventLoop.makePromise(of: String.self)
