@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import TandemTestSupport
 import Testing
@@ -79,6 +80,19 @@ private let errorNoSpace: UInt32 = 28
             #expect(greedy.closedWithin(milliseconds: 5000), "the client that read no replies was closed")
             #expect(try other.read(at: 0, length: 1).data == [6])
         }
+    }
+
+    /// `tandem init` listens on each group's floating address, which a node holds only while
+    /// primary: the listener binds it beforehand (IP_FREEBIND). Nothing is sent to it.
+    @Test func listener_bindsAnAddressTheHostDoesNotHoldYet() async throws {
+        var logger = Logger(label: "test.nbd")
+        logger.logLevel = .critical
+        let server = NBDServer(
+            listen: [.tcp(host: "192.0.2.77", port: 0)], exports: NBDExportTable([]), limits: .defaults,
+            logger: logger)
+        let bound = try await server.start()
+        #expect(bound.first?.ipAddress == "192.0.2.77")
+        await server.stop()
     }
 
     @Test func list_namesEveryExport() async throws {
