@@ -8,6 +8,15 @@ struct CertCommand: AsyncParsableCommand {
         commandName: "cert", abstract: "Issue TLS certificates from the cluster's authority.",
         subcommands: [Issue.self, Client.self])
 
+    /// The config, or the exit that names what is wrong in it.
+    static func load(_ path: String) throws -> Configuration {
+        do {
+            return try ConfigFile.load(path: path)
+        } catch {
+            throw fail(error.description)
+        }
+    }
+
     struct Issue: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Issue NODE's certificate (NBD server and peer link) into TLS-DIR/NODE/.",
@@ -24,12 +33,7 @@ struct CertCommand: AsyncParsableCommand {
         var node: String
 
         func run() async throws {
-            let configuration: Configuration
-            do {
-                configuration = try ConfigFile.load(path: config)
-            } catch {
-                throw fail(error.description)
-            }
+            let configuration = try CertCommand.load(config)
             guard let entry = configuration.node(named: node) else {
                 let known = configuration.nodes.map(\.name).joined(separator: ", ")
                 throw fail("node \"\(node)\" is not defined in \(config) (known: \(known))")
@@ -66,12 +70,7 @@ struct CertCommand: AsyncParsableCommand {
         var name: String
 
         func run() async throws {
-            let configuration: Configuration
-            do {
-                configuration = try ConfigFile.load(path: config)
-            } catch {
-                throw fail(error.description)
-            }
+            let configuration = try CertCommand.load(config)
             guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
                 throw fail("a client's name is letters, digits, '-', '_' or '.'")
             }

@@ -159,11 +159,22 @@ final class TwoNodeCluster: @unchecked Sendable {
     /// The agent's answer to `status` on its control socket, read directly: the polling loops ask
     /// many times a second, and a process per question is wasteful.
     func ask(_ node: String) throws -> [String: Any] {
+        let descriptor = try controlConnection(node)
+        defer { close(descriptor) }
+        _ = Array("status\n".utf8).withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let answer = Self.readToEnd(descriptor)
+        guard let root = try JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any] else {
+            throw Tools.Failure(description: "no status from \(node)")
+        }
+        return root
+    }
+
+    /// A connection to a node's control socket, reads timing out after `seconds`.
+    func controlConnection(_ node: String, seconds: Int = 10) throws -> Int32 {
         let path = "\(directory.path)/\(node)/\(node).control"
         let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard descriptor >= 0 else { throw Tools.Failure(description: "socket: \(errno)") }
-        defer { close(descriptor) }
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
         setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -173,19 +184,23 @@ final class TwoNodeCluster: @unchecked Sendable {
                 connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
-        guard connected == 0 else { throw Tools.Failure(description: "\(node)'s control socket does not answer") }
-        _ = Array("status\n".utf8).withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        var answer: [UInt8] = []
+        guard connected == 0 else {
+            close(descriptor)
+            throw Tools.Failure(description: "\(node)'s control socket does not answer")
+        }
+        return descriptor
+    }
+
+    /// Everything the other end sends until it closes (or a read times out).
+    static func readToEnd(_ descriptor: Int32) -> [UInt8] {
+        var bytes: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let count = recv(descriptor, &buffer, buffer.count, 0)
             guard count > 0 else { break }
-            answer += buffer[0..<count]
+            bytes += buffer[0..<count]
         }
-        guard let root = try JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any] else {
-            throw Tools.Failure(description: "no status from \(node)")
-        }
-        return root
+        return bytes
     }
 
     /// The node that is primary for vol0, if exactly one is.
@@ -480,42 +495,16 @@ func boundLoopbackSocket(port: Int, type: Int32, reuseAddress: Bool = false) -> 
     @Test func controlSocket_runsOnlyTheFirstLine_andClosesAnIdleConnection() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
         try cluster.startInSyncWithPrimaryA()
-        func connect() throws -> Int32 {
-            let path = "\(cluster.directory.path)/a/a.control"
-            let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var timeout = timeval(tv_sec: 15, tv_usec: 0)
-            setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    Glibc.connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
-            guard connected == 0 else { throw Tools.Failure(description: "connect \(path): \(errno)") }
-            return descriptor
-        }
-        func readToEnd(_ descriptor: Int32) -> String {
-            var bytes: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let count = recv(descriptor, &chunk, chunk.count, 0)
-                if count <= 0 { break }
-                bytes += chunk[0..<count]
-            }
-            return String(decoding: bytes, as: UTF8.self)
-        }
-        let twoLines = try connect()
+        let twoLines = try cluster.controlConnection("a", seconds: 15)
         defer { close(twoLines) }
         _ = Array("status\nstandby\n".utf8).withUnsafeBytes { send(twoLines, $0.baseAddress, $0.count, 0) }
-        #expect(readToEnd(twoLines).contains("\"node\""))
+        #expect(String(decoding: TwoNodeCluster.readToEnd(twoLines), as: UTF8.self).contains("\"node\""))
         sleep(1)
         #expect(!cluster.log("a").contains("standby by administrator"), "the second line ran: \(cluster.log("a"))")
-        let idle = try connect()
+        let idle = try cluster.controlConnection("a", seconds: 15)
         defer { close(idle) }
         let started = Date()
-        #expect(readToEnd(idle).isEmpty)
+        #expect(TwoNodeCluster.readToEnd(idle).isEmpty)
         let waited = Date().timeIntervalSince(started)
         #expect(waited > 8 && waited < 14, "closed after \(waited) s")
     }
