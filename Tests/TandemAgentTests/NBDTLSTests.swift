@@ -106,6 +106,22 @@ private struct Credentials {
         }
     }
 
+    /// CVE-2024-7409's lesson: a client that starts TLS and never finishes the handshake is closed
+    /// at the negotiation deadline like any other.
+    @Test func aTLSHandshakeThatNeverFinishes_isClosedAtTheNegotiationDeadline() async throws {
+        let credentials = try await Credentials.make()
+        let adjust = try credentials.settings(.require)
+        try await withTestServer(negotiationDeadline: .milliseconds(500), adjust: adjust) { server in
+            let stalled = try NBDTestClient(port: server.port)
+            try stalled.greet()
+            #expect(
+                try stalled.option(NBD.OptionType.startTLS.rawValue).map(\.type) == [NBD.OptionReplyType.ack.rawValue])
+            // No ClientHello follows.
+            #expect(stalled.closedWithin(milliseconds: 5000))
+            try Tools.check("nbdinfo", ["--size", tlsURI(server, certificates: credentials.anonymous)])
+        }
+    }
+
     @Test func allowMode_servesPlaintextAndTLS_andOffRefusesSTARTTLS() async throws {
         let credentials = try await Credentials.make()
         try await withTestServer(adjust: try credentials.settings(.allow)) { server in
