@@ -104,6 +104,8 @@ private func raiseOpenFilesLimit(to count: Int) throws {
         // 4. A thousand idle connections and four slowloris ones; real clients are served meanwhile.
         var crowd: [NBDTestClient] = []
         for _ in 0..<1000 { crowd.append(try NBDTestClient(port: port)) }
+        // Real clients come after the whole crowd has been taken in (see `admitted`).
+        for connection in crowd { connection.admitted() }
         let slow = try (0..<4).map { _ in try NBDTestClient(port: port) }
         let crowdStarted = Date()
         for round in 0..<3 {

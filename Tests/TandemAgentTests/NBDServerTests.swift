@@ -412,7 +412,11 @@ private let errorNoSpace: UInt32 = 28
             try settled.greet()
             try settled.go(export: "vol0")
             var idle: [NBDTestClient] = []
-            for _ in 0..<12 { idle.append(try NBDTestClient(port: server.port)) }
+            for _ in 0..<12 {
+                let connection = try NBDTestClient(port: server.port)
+                connection.admitted()
+                idle.append(connection)
+            }
             let client = try NBDTestClient(port: server.port)
             try client.greet()
             try client.go(export: "vol0")

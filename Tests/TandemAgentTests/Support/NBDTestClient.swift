@@ -84,6 +84,14 @@ final class NBDTestClient {
         }
     }
 
+    /// Waits until the server has taken this connection in: it sends its greeting once it has (or
+    /// closes the connection at once, when it had to make room). Connections are set up on several
+    /// event loops, so the server may take them in a different order from the one they were made
+    /// in; a test about which ones it closes waits for each first.
+    func admitted() {
+        _ = try? receive(18)
+    }
+
     /// Sends as much of `bytes` as the server takes within `limit` without blocking; returns the
     /// count sent (a hostile client that stops when the server stops reading).
     func push(_ bytes: [UInt8], within limit: Duration) -> Int {
