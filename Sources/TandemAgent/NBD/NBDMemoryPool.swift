@@ -21,6 +21,7 @@ final class NBDMemoryPool: Sendable {
         /// The most lent since the pool was last empty.
         var highWater = 0
         var waiters: [ObjectIdentifier: @Sendable () -> Void] = [:]
+        var lastTrim: ContinuousClock.Instant?
     }
 
     /// Once this much was lent, an empty pool hands the freed pages back to the system: glibc
@@ -62,7 +63,18 @@ final class NBDMemoryPool: Sendable {
             return (Array(state.waiters.values), trim)
         }
         for wake in waiters { wake() }
-        if trim { NIOThreadPool.singleton.submit { _ in _ = ctandem_malloc_trim() } }
+        if trim { trimSoon() }
+    }
+
+    /// Hands freed heap memory back to the system, on a pool thread, at most once a second.
+    func trimSoon() {
+        let now = ContinuousClock.now
+        let due = state.withLock { state in
+            guard state.lastTrim.map({ now - $0 >= .seconds(1) }) ?? true else { return false }
+            state.lastTrim = now
+            return true
+        }
+        if due { NIOThreadPool.singleton.submit { _ in _ = ctandem_malloc_trim() } }
     }
 
     /// Forgets a waiter whose connection closed.

@@ -169,8 +169,11 @@ final class NBDServerHandler: ChannelDuplexHandler {
         if let session { exports.gate.release(session) }
         session = nil
         pool.forget(ObjectIdentifier(self))
+        // A connection that held megabytes leaves freed heap behind: hand it back to the system.
+        let large = heldBytes + processor.unprocessedBytes >= NBDMemoryPool.trimAfterBytes / 8
         pool.release(heldBytes)
         heldBytes = 0
+        if large { pool.trimSoon() }
         context.fireChannelInactive()
     }
 
@@ -237,8 +240,8 @@ final class NBDServerHandler: ChannelDuplexHandler {
 
     // MARK: Memory
 
-    /// Bytes a connection waiting for memory may have unread (two read cycles of 4 × 256 KiB).
-    static let blockedBacklogBytes = 2 << 20
+    /// Bytes a connection waiting for memory may have unread (one read cycle of 4 × 256 KiB).
+    static let blockedBacklogBytes = 1 << 20
 
     /// Asked by the decoder before it takes a READ or WRITE off the stream.
     private func admit(_ bytes: Int, isWrite: Bool) -> Bool {

@@ -61,6 +61,11 @@ final class NBDTestClient {
         setTimeout(seconds: 10)
     }
 
+    /// Ends the connection now (the descriptor itself is closed at deinit).
+    func hangUp() {
+        Glibc.shutdown(socket, Int32(SHUT_RDWR))
+    }
+
     deinit {
         close(socket)
     }
