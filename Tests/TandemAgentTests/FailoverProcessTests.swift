@@ -93,10 +93,7 @@ struct FailoverProcessTests {
     func startCluster() throws -> TwoNodeCluster {
         let cluster = try TwoNodeCluster(protocol: "C", size: "256MiB", witness: true, deadTime: Self.deadTime)
         try cluster.startWitness()
-        try cluster.start("a")
-        try cluster.start("b")
-        try cluster.waitFor("a primary") { cluster.primary() == "a" }
-        try cluster.waitInSync()
+        try cluster.startInSyncWithPrimaryA()
         return cluster
     }
 

@@ -28,10 +28,7 @@ private func peakResidentBytes(of pid: Int32, during seconds: Double, _ body: ()
     @Test func hostileClients_boundedMemory_realClientsServed_noFailover() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "64MiB", witness: true)
         try cluster.startWitness()
-        try cluster.start("a")
-        try cluster.start("b")
-        try cluster.waitFor("a primary") { cluster.primary() == "a" }
-        try cluster.waitInSync()
+        try cluster.startInSyncWithPrimaryA()
         let pid = try #require(cluster.pid("a"))
         let port = cluster.nbdPorts["a"]!
         try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0x3c 0 4M", cluster.uri("a")])

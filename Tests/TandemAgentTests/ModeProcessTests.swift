@@ -19,10 +19,7 @@ struct ModeProcessTests {
     func startPair() throws -> TwoNodeCluster {
         let cluster = try TwoNodeCluster(protocol: "C", size: "64MiB", witness: true)
         try cluster.startWitness()
-        try cluster.start("a")
-        try cluster.start("b")
-        try cluster.waitFor("a primary") { cluster.primary() == "a" }
-        try cluster.waitInSync()
+        try cluster.startInSyncWithPrimaryA()
         usleep(1_000_000)
         return cluster
     }
