@@ -6,11 +6,16 @@ import X509
 /// names hold the node's name, as `tandem cert issue NODE` writes it. The chain itself was
 /// verified against the cluster's authority in the handshake.
 enum PeerIdentity {
+    /// The certificate the other end presented on `channel`: nil when it presented none; throws
+    /// when the channel has no TLS session or the certificate cannot be read.
+    static func presented(on channel: any Channel) throws -> Certificate? {
+        guard let presented = try channel.pipeline.syncOperations.nioSSL_peerCertificate() else { return nil }
+        return try Certificate(derEncoded: try presented.toDERBytes())
+    }
+
     /// The common name of the certificate the other end presented on `channel`, if any.
     static func commonName(of channel: any Channel) -> String? {
-        guard let presented = try? channel.pipeline.syncOperations.nioSSL_peerCertificate(),
-            let certificate = try? Certificate(derEncoded: try presented.toDERBytes())
-        else { return nil }
+        guard let certificate = try? presented(on: channel) else { return nil }
         for name in certificate.subject {
             for attribute in name where attribute.type == .RDNAttributeType.commonName {
                 return String(attribute.value)
@@ -21,22 +26,15 @@ enum PeerIdentity {
 
     /// Why the certificate on `channel` does not name `peer`, or nil when it does.
     static func refusal(of channel: any Channel, peer: String) -> String? {
-        let presented: NIOSSLCertificate?
         do {
-            presented = try channel.pipeline.syncOperations.nioSSL_peerCertificate()
-        } catch {
-            return "the peer link has no TLS session: \(error)"
-        }
-        guard let presented else { return "the peer presented no certificate" }
-        do {
-            let certificate = try Certificate(derEncoded: try presented.toDERBytes())
+            guard let certificate = try presented(on: channel) else { return "the peer presented no certificate" }
             let names = try certificate.extensions.subjectAlternativeNames.map(Array.init) ?? []
             guard names.contains(.dnsName(peer)) else {
                 return "the peer's certificate does not name node \"\(peer)\" (subject \(certificate.subject))"
             }
             return nil
         } catch {
-            return "the peer's certificate cannot be read: \(error)"
+            return "the peer's TLS certificate cannot be read: \(error)"
         }
     }
 }
