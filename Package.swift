@@ -21,13 +21,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
     ],
     targets: [
-        .target(
-            name: "TandemCore",
-            dependencies: [.product(name: "Logging", package: "swift-log")]
-        ),
+        .target(name: "TandemCore"),
         .target(
             name: "TandemWire",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["TandemCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(name: "TandemCoordination", dependencies: ["TandemCore"]),
         .target(name: "TandemResources", dependencies: ["TandemCore", "CTandemLinux"]),
@@ -89,6 +86,7 @@ let package = Package(
             name: "TandemWireTests",
             dependencies: [
                 "TandemWire",
+                "TandemCore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]

@@ -97,8 +97,9 @@ extension ReplicatedVolume {
         case .flush(_, let sequence):
             let peer = state.withLock { $0.peer }
             runBlocking { [self] in
-                let kind: PeerAck.Kind = (try? store.flush()) == nil ? .failed : .flushed
-                peer?.send([.ack(PeerAck(volume: index, sequence: sequence, kind: kind))])
+                let failure = flushFailure()
+                peer?.send([.ack(PeerAck(volume: index, sequence: sequence, kind: failure == nil ? .flushed : .failed))]
+                )
             }
             return []
         case .resyncData(let write):
@@ -146,10 +147,11 @@ extension ReplicatedVolume {
                 history: Array(peerState.generations.dropFirst(2).filter { $0 != 0 }.prefix(2)))
             let marks = Marks(
                 localDirty: state.bitmap.dirtyRegionCount > 0, peerDirty: peerState.outOfSyncBytes > 0,
-                localPrimary: state.role == .primary, peerPrimary: peerState.role == 1, localPreferred: preferredInTies)
+                localPrimary: state.role == .primary, peerPrimary: peerState.role == .primary,
+                localPreferred: preferredInTies)
             let decision = SyncDecision.decide(
                 local: state.generations, peer: peerGenerations, localInconsistent: state.disk == .inconsistent,
-                peerInconsistent: peerState.diskState == DiskState.inconsistent.code, marks: marks)
+                peerInconsistent: peerState.diskState == .inconsistent, marks: marks)
             return (decision, [])
         }
         var events = outcome.1
@@ -164,7 +166,7 @@ extension ReplicatedVolume {
                 // The same data as an up-to-date peer, nothing marked on either side: nothing is missing.
                 let current =
                     decision == .noSync && state.disk == .outdated && state.bitmap.dirtyRegionCount == 0
-                    && peerState.diskState == DiskState.upToDate.code && peerState.outOfSyncBytes == 0
+                    && peerState.diskState == .upToDate && peerState.outOfSyncBytes == 0
                     && state.resync == nil
                 if current { state.disk = .upToDate }
                 guard state.connection == .connecting else { return (false, current) }
@@ -201,13 +203,14 @@ extension ReplicatedVolume {
             state.splitBrain = report
             if state.discardLocal { return (.local, report) }
             // A copy that quorum recorded outdated lacks acknowledged writes: it never survives.
-            let peerOutdated = peerState.diskState == DiskState.outdated.code
+            let peerOutdated = peerState.diskState == .outdated
             if state.disk == .outdated, !peerOutdated { return (.local, report) }
             if peerOutdated, state.disk != .outdated { return (.peer, report) }
             let local = SplitBrainPolicy.Divergence(
                 changedBytes: report.localChangedBytes, promotedEpoch: state.epoch, isPrimary: state.role == .primary)
             let peer = SplitBrainPolicy.Divergence(
-                changedBytes: report.peerChangedBytes, promotedEpoch: peerState.epoch, isPrimary: peerState.role == 1)
+                changedBytes: report.peerChangedBytes, promotedEpoch: peerState.epoch,
+                isPrimary: peerState.role == .primary)
             return (configuration.splitBrainPolicy.victim(local: local, peer: peer), report)
         }
         let found = event(
@@ -240,7 +243,7 @@ extension ReplicatedVolume {
                 throw RoleError(
                     description: "\(configuration.name) is primary here; make it secondary before discarding its data")
             }
-            if state.disk != .outdated, state.peerState?.diskState == DiskState.outdated.code {
+            if state.disk != .outdated, state.peerState?.diskState == .outdated {
                 throw RoleError(
                     description:
                         "the peer's copy of \(configuration.name) is outdated (quorum recorded that it lacks "
@@ -254,7 +257,7 @@ extension ReplicatedVolume {
         }
         peer?.send(frames)
         if let peerState = state.withLock({ $0.peerState }) {
-            _ = onSplitBrain(peerState: peerState, bitmapsCover: report.resolvable)
+            for event in onSplitBrain(peerState: peerState, bitmapsCover: report.resolvable) { self.report(event) }
         }
         return report
     }
@@ -543,7 +546,7 @@ extension ReplicatedVolume {
             ack(.written)
             return events
         }
-        runBlocking { [store] in ack((try? store.flush()) == nil ? .failed : .written) }
+        runBlocking { [self] in ack(flushFailure() == nil ? .written : .failed) }
         return events
     }
 
@@ -726,6 +729,18 @@ extension ReplicatedVolume {
     func cacheExtent(containing offset: UInt64) -> Range<UInt64> {
         let start = offset / Self.cacheExtentBytes * Self.cacheExtentBytes
         return start..<min(start + Self.cacheExtentBytes, store.sizeBytes)
+    }
+
+    /// Flushes the local copy for the peer; a failure is reported here, since the peer's ack
+    /// carries no reason.
+    func flushFailure() -> StorageError? {
+        do {
+            try store.flush()
+            return nil
+        } catch {
+            report(event("flush for the peer failed, acknowledged as failed: \(error)"))
+            return error
+        }
     }
 
     func event(_ text: String) -> ReplicationEvent {

@@ -48,7 +48,7 @@ extension ReplicatedVolume {
             guard state.verify == nil else {
                 throw RoleError(description: "a verify of \(configuration.name) is already running")
             }
-            if state.role == .secondary, state.peerState?.role == 1 {
+            if state.role == .secondary, state.peerState?.role == .primary {
                 throw RoleError(description: "the peer is primary for \(configuration.name); start the verify there")
             }
             let progress = VerifyProgress(

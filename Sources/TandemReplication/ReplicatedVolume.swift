@@ -41,44 +41,6 @@ public typealias BlockingRunner = @Sendable (_ work: @escaping @Sendable () -> V
 /// Completion of a client request: called exactly once, from any thread.
 public typealias Completion = @Sendable (Result<Void, StorageError>) -> Void
 
-/// Role of this node for a volume.
-public enum VolumeRole: String, Sendable, Equatable {
-    case primary
-    case secondary
-}
-
-/// Connection state of a volume, as administrators know it.
-public enum ConnectionState: String, Sendable, Equatable {
-    case standAlone
-    case connecting
-    case connected
-    case syncSource
-    case syncTarget
-}
-
-/// Disk state of this node's copy.
-public enum DiskState: String, Sendable, Equatable {
-    case upToDate
-    case inconsistent
-    case outdated
-
-    var code: UInt8 {
-        switch self {
-        case .upToDate: return 0
-        case .inconsistent: return 1
-        case .outdated: return 2
-        }
-    }
-
-    init(code: UInt8) {
-        switch code {
-        case 0: self = .upToDate
-        case 1: self = .inconsistent
-        default: self = .outdated
-        }
-    }
-}
-
 /// Why a role change was refused.
 public struct RoleError: Error, Sendable, CustomStringConvertible {
     /// The reason, for the administrator.
@@ -381,8 +343,8 @@ public final class ReplicatedVolume: Sendable {
                 generations: state.generations, epoch: state.epoch, resync: state.resync?.progress,
                 lastResync: state.lastResync, resyncedBytesTotal: state.resyncedBytesTotal,
                 splitBrain: state.splitBrain, verify: state.verify?.progress, lastVerify: state.lastVerify,
-                peerRole: state.peerState.map { $0.role == 1 ? .primary : .secondary },
-                peerDisk: state.peerState.map { DiskState(code: $0.diskState) },
+                peerRole: state.peerState?.role,
+                peerDisk: state.peerState?.diskState,
                 activityLogWrites: state.logCommit.writes, activityLogWaits: state.logCommit.waits)
         }
     }
@@ -406,25 +368,30 @@ public final class ReplicatedVolume: Sendable {
     /// Refused when it would make two primaries on a connected pair, or when this copy is not up
     /// to date. A node promoted while apart from its peer starts a new data generation so that the
     /// next connection knows which copy changed.
+    ///
+    /// The metadata is stored before the new role is seen by a client or the peer. A promotion
+    /// whose metadata cannot be stored is refused and changes nothing. A demotion always takes
+    /// effect (no write completes here afterwards, which is what safety needs), but a metadata
+    /// write that failed is still thrown, for the caller to report.
     public func setRole(_ role: VolumeRole, epoch: UInt64? = nil) throws(RoleError) {
-        if role == .primary, epoch != nil, state.withLock({ $0.peerState?.role == 1 }) {
+        if role == .primary, epoch != nil, state.withLock({ $0.peerState?.role == .primary }) {
             // Membership promoted this node in a new epoch: the peer's lease has ended, whatever its
             // link still says (a frozen node keeps its connection open). Nothing more goes to it
             // until it reconnects, and its old-epoch writes are refused.
-            _ = peerDisconnected()
+            for event in peerDisconnected() { report(event) }
         }
-        let frames: [PeerFrame]
-        do {
-            frames = try state.withLock { state throws(RoleError) -> [PeerFrame] in
-                state.draining = false
-                if role == .primary, state.role == .primary, let epoch, epoch > state.epoch {
-                    // Already primary (set by hand, or in an older epoch): writes from now on carry
-                    // the new epoch, which the peer's voter has seen and fences with.
-                    state.epoch = epoch
-                    state.fenceEpoch = max(state.fenceEpoch, epoch)
-                    return state.peer == nil ? [] : [.volumeState(volumeState(state))]
-                }
-                guard role != state.role else { return [] }
+        // Held across the metadata write: a role change is rare, and no write may complete in a
+        // role that is then refused.
+        let (peer, frames) = try state.withLock { state throws(RoleError) -> (PeerSender?, [PeerFrame]) in
+            let before = state
+            state.draining = false
+            if role == .primary, state.role == .primary, let epoch, epoch > state.epoch {
+                // Already primary (set by hand, or in an older epoch): writes from now on carry
+                // the new epoch, which the peer's voter has seen and fences with.
+                state.epoch = epoch
+                state.fenceEpoch = max(state.fenceEpoch, epoch)
+            } else {
+                guard role != state.role else { return (nil, []) }
                 if role == .primary {
                     try promote(&state)
                     if let epoch {
@@ -434,15 +401,18 @@ public final class ReplicatedVolume: Sendable {
                 } else {
                     state.role = .secondary
                 }
-                return state.peer == nil ? [] : [.volumeState(volumeState(state))]
             }
+            if let error = storeMetadata(&state) {
+                if role == .primary { state = before }
+                throw RoleError(description: "\(configuration.name): role \(role.rawValue) not recorded: \(error)")
+            }
+            return (state.peer, state.peer == nil ? [] : [.volumeState(volumeState(state))])
         }
-        if !frames.isEmpty { state.withLock { $0.peer }?.send(frames) }
-        persistMetadata()
+        if !frames.isEmpty { peer?.send(frames) }
     }
 
     private func promote(_ state: inout State) throws(RoleError) {
-        if state.peer != nil, state.peerState?.role == 1 {
+        if state.peer != nil, state.peerState?.role == .primary {
             throw RoleError(
                 description:
                     "the peer is primary for \(configuration.name); demote it first (two primaries are never allowed)")
@@ -470,7 +440,7 @@ public final class ReplicatedVolume: Sendable {
         return PeerVolumeState(
             volume: index, name: configuration.name, sizeBytes: store.sizeBytes,
             generations: [generations.current, generations.bitmap] + generations.history,
-            role: state.role == .primary ? 1 : 0, diskState: state.disk.code,
+            role: state.role, diskState: state.disk,
             outOfSyncBytes: state.bitmap.dirtyBytes, epoch: state.epoch,
             replicationProtocol: configuration.protocol.rawValue)
     }
@@ -811,7 +781,7 @@ public final class ReplicatedVolume: Sendable {
     /// is up to date again.
     public func clearOutdated() -> [ReplicationEvent] {
         changeDisk(to: .upToDate, saying: "in sync with the primary: this copy is no longer outdated") { state in
-            state.disk == .outdated && state.connection == .connected && state.peerState?.role == 1
+            state.disk == .outdated && state.connection == .connected && state.peerState?.role == .primary
                 && state.peerState?.outOfSyncBytes == 0 && state.bitmap.dirtyRegionCount == 0
         }
     }
@@ -1001,20 +971,22 @@ public final class ReplicatedVolume: Sendable {
         }
     }
 
-    @discardableResult
     func persistMetadata() -> StorageError? {
-        let metadata = state.withLock { state -> VolumeMetadata in
-            var metadata = state.metadata
-            let history = state.generations.history + [0, 0]
-            metadata.generations = .init(
-                current: state.generations.current, bitmap: state.generations.bitmap, history: (history[0], history[1]))
-            metadata.inconsistent = state.disk == .inconsistent
-            metadata.outdated = state.disk == .outdated
-            state.metadata = metadata
-            return metadata
-        }
+        state.withLock { storeMetadata(&$0) }
+    }
+
+    /// Stores the metadata `state` implies, with the lock held: the file always matches the last
+    /// state stored, whichever thread stored it.
+    func storeMetadata(_ state: inout State) -> StorageError? {
+        var metadata = state.metadata
+        let history = state.generations.history + [0, 0]
+        metadata.generations = .init(
+            current: state.generations.current, bitmap: state.generations.bitmap, history: (history[0], history[1]))
+        metadata.inconsistent = state.disk == .inconsistent
+        metadata.outdated = state.disk == .outdated
         do {
             try MetadataFile.store(metadata, path: metadataPath)
+            state.metadata = metadata
             return nil
         } catch {
             return StorageError(path: metadataPath, operation: "store metadata", reason: error.description)

@@ -1,4 +1,5 @@
 import NIOCore
+import TandemCore
 
 /// Frames of the peer link between two agents.
 ///
@@ -105,10 +106,10 @@ public struct PeerVolumeState: Equatable, Sendable {
     public var sizeBytes: UInt64
     /// current, bitmap, history0, history1.
     public var generations: [UInt64]
-    /// 0 secondary, 1 primary.
-    public var role: UInt8
-    /// 0 upToDate, 1 inconsistent, 2 outdated.
-    public var diskState: UInt8
+    /// The sender's role (code 0 secondary, 1 primary on the wire).
+    public var role: VolumeRole
+    /// The sender's disk state (code 0 upToDate, 1 inconsistent, 2 outdated on the wire).
+    public var diskState: DiskState
     /// Bytes marked in the sender's write-intent bitmap.
     public var outOfSyncBytes: UInt64
     /// The sender's promotion epoch.
@@ -117,7 +118,7 @@ public struct PeerVolumeState: Equatable, Sendable {
     public var replicationProtocol: String
 
     public init(
-        volume: UInt16, name: String, sizeBytes: UInt64, generations: [UInt64], role: UInt8, diskState: UInt8,
+        volume: UInt16, name: String, sizeBytes: UInt64, generations: [UInt64], role: VolumeRole, diskState: DiskState,
         outOfSyncBytes: UInt64, epoch: UInt64, replicationProtocol: String
     ) {
         self.replicationProtocol = replicationProtocol
@@ -286,7 +287,8 @@ public enum PeerCodec {
             buffer.writeInteger(state.sizeBytes)
             buffer.writeInteger(UInt8(state.generations.count))
             for generation in state.generations { buffer.writeInteger(generation) }
-            buffer.writeMultipleIntegers(state.role, state.diskState, state.outOfSyncBytes, state.epoch)
+            buffer.writeMultipleIntegers(
+                state.role.wireCode, state.diskState.wireCode, state.outOfSyncBytes, state.epoch)
             buffer.writePeerString(state.replicationProtocol)
         case .data(let write), .resyncData(let write):
             buffer.writeMultipleIntegers(write.volume, write.sequence, write.epoch, write.offset, write.flags)
@@ -431,7 +433,9 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
         case 4:
             guard let volume = body.readInteger(as: UInt16.self), let name = body.readPeerString(),
                 let size = body.readInteger(as: UInt64.self), let generations = body.readGenerations(),
-                let (role, disk, outOfSync, epoch) = body.readMultipleIntegers(as: (UInt8, UInt8, UInt64, UInt64).self),
+                let (roleCode, diskCode, outOfSync, epoch) = body.readMultipleIntegers(
+                    as: (UInt8, UInt8, UInt64, UInt64).self),
+                let role = VolumeRole(wireCode: roleCode), let disk = DiskState(wireCode: diskCode),
                 let replicationProtocol = body.readPeerString()
             else { return nil }
             return .volumeState(

@@ -206,6 +206,31 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
     /// A peer that refuses every write (here: it knows a newer epoch; in life, also a failing
     /// disk) would put a line per write in the log and the journal: the first is reported at once,
     /// the rest are counted into the next report, ten seconds later at the earliest.
+    /// A promotion whose metadata cannot be stored changes nothing: the peer hears of no new role
+    /// and the volume serves no write. A demotion still takes effect, and says what was not stored.
+    @Test func aRoleChangeWhoseMetadataCannotBeStored_isRefusedWithTheReason_orTakesEffectForADemotion() throws {
+        let pair = try Pair(protocol: .c)
+        pair.connect()
+        let blocker = pair.a.metadataPath + ".tmp"
+        try FileManager.default.createDirectory(atPath: blocker, withIntermediateDirectories: false)
+        #expect {
+            try pair.a.setRole(.primary)
+        } throws: { error in
+            "\(error)".contains("role primary not recorded") && "\(error)".contains(blocker)
+        }
+        #expect(pair.a.status.role == .secondary)
+        #expect(!pair.a.acceptsWrites)
+        #expect(pair.aToB.take().isEmpty, "the peer heard of no new role")
+        try FileManager.default.removeItem(atPath: blocker)
+        try pair.a.setRole(.primary)
+        pair.deliver()
+        #expect(pair.b.status.peerRole == .primary)
+        try FileManager.default.createDirectory(atPath: blocker, withIntermediateDirectories: false)
+        #expect(throws: RoleError.self) { try pair.a.setRole(.secondary) }
+        #expect(pair.a.status.role == .secondary, "a demotion is never held back by a failed write")
+        #expect(!pair.a.acceptsWrites)
+    }
+
     @Test func refusedWrites_areReportedOnce_thenCounted() throws {
         let pair = try connectedPair(.c)
         pair.b.observeEpoch(.max)

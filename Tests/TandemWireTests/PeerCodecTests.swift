@@ -1,5 +1,6 @@
 import NIOCore
 import NIOTestUtils
+import TandemCore
 import Testing
 
 @testable import TandemWire
@@ -11,7 +12,8 @@ import Testing
         .welcome,
         .volumeState(
             PeerVolumeState(
-                volume: 1, name: "vol0", sizeBytes: 1 << 30, generations: [9, 8, 7, 6], role: 1, diskState: 0,
+                volume: 1, name: "vol0", sizeBytes: 1 << 30, generations: [9, 8, 7, 6], role: .primary,
+                diskState: .upToDate,
                 outOfSyncBytes: 65536, epoch: 3, replicationProtocol: "B")),
         .data(
             PeerWrite(
@@ -107,6 +109,30 @@ import Testing
         var long = ByteBuffer()
         long.writeMultipleIntegers(PeerCodec.magic, UInt8(3), UInt8(0), UInt16(0), UInt32(1), UInt8(9))
         #expect(throws: PeerWireError.malformedBody(type: 3)) { try decoder.decode(buffer: &long) }
+    }
+
+    /// Role and disk state are decoded once, into Core's enums: a code no version sends is a
+    /// malformed frame, not a guess.
+    @Test func volumeState_withAnUnknownRoleOrDiskCode_isMalformed() throws {
+        let state = PeerVolumeState(
+            volume: 0, name: "v", sizeBytes: 4096, generations: [1, 0, 0, 0], role: .secondary,
+            diskState: .outdated, outOfSyncBytes: 0, epoch: 1, replicationProtocol: "C")
+        let good = Self.encoded([.volumeState(state)])
+        // Where the codes are: the one byte that differs when only the role does.
+        var primary = state
+        primary.role = .primary
+        let other = Self.encoded([.volumeState(primary)])
+        let roleAt = try #require(
+            (0..<good.readableBytes).first {
+                good.getInteger(at: $0, as: UInt8.self) != other.getInteger(at: $0, as: UInt8.self)
+            })
+        #expect(good.getInteger(at: roleAt + 1, as: UInt8.self) == 2, "the disk code follows the role's")
+        for (offset, code) in [(roleAt, UInt8(2)), (roleAt + 1, UInt8(3))] {
+            var bad = good
+            bad.setInteger(code, at: offset)
+            var decoder = PeerFrameDecoder(maximumBodyBytes: 1024)
+            #expect(throws: PeerWireError.malformedBody(type: 4)) { try decoder.decode(buffer: &bad) }
+        }
     }
 
     @Test func randomGarbage_neverCrashes_andNeverYieldsWithoutConsuming() {
