@@ -69,7 +69,7 @@ public enum MembershipCodec {
         case .modeRequest(let sender, let request):
             writer.bytes.append(7)
             writer.string(sender)
-            writer.string(request)
+            writer.string(request.rawValue)
         }
         return writer.bytes
     }
@@ -119,7 +119,12 @@ public enum MembershipCodec {
             message = .release(
                 sender: try reader.string(), epoch: try reader.integer(), peerInSync: try reader.boolean())
         case 7:
-            message = .modeRequest(sender: try reader.string(), request: try reader.string())
+            let sender = try reader.string()
+            let name = try reader.string()
+            guard let request = ModeRequest(rawValue: name) else {
+                throw DecodeError(description: "unknown mode request \(UntrustedText.quoted(name))")
+            }
+            message = .modeRequest(sender: sender, request: request)
         default:
             throw DecodeError(description: "unknown membership message type \(type)")
         }

@@ -488,6 +488,9 @@ public struct Simulation {
                     nodes[idx(name)].copyOutdated = marked
                     note("\(name)'s copy \(marked ? "is" : "is no longer") recorded outdated")
                 }
+            case .storeModes, .runFence, .groups, .answer, .forceUpToDate, .releaseHeldWrites:
+                // The node loop's, around the controller; the controller alone never asks them.
+                violations.append("the controller of \(name) asked for \(action)")
             }
         }
     }

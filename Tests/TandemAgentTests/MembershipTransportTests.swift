@@ -11,7 +11,7 @@ import Testing
     static let secret = Array("0123456789abcdef0123456789abcdef".utf8)
     static let heartbeat = MembershipMessage.heartbeat(
         Heartbeat(sender: "a", epoch: 3, isPrimary: true, standby: false, dataReady: true, peerInSync: true))
-    static let stop = MembershipMessage.modeRequest(sender: "a", request: "stop")
+    static let stop = MembershipMessage.modeRequest(sender: "a", request: .stop)
 
     func transport(_ name: String = "a", incarnation: UInt64, secret: [UInt8] = secret) -> MembershipTransport {
         MembershipTransport(

@@ -94,7 +94,7 @@ struct ModeMatrixTests {
                 == .failure(ModeRefusal("blocked by failed-startup (HA reset: x); run `tandem clear` first")))
         #expect(try apply(.clear, blocked, remote: .default).get().record.failedStartup == nil)
         let start = try? apply(.start, remote: .locked).get()
-        #expect(start?.standby == false && start?.peerRequest == "start" && start?.record.mode == .default)
+        #expect(start?.standby == false && start?.peerRequest == .start && start?.record.mode == .default)
         // A locked node that cannot hear its peer stays locked until the peer is certified down.
         let locked = ModeRecord(mode: .locked)
         let blind = ModeRefusal(
@@ -106,7 +106,7 @@ struct ModeMatrixTests {
         #expect(try apply(.start, locked, remote: .default).get().record.mode == .default)
         #expect(try apply(.start, remote: nil, alive: false).get().record.mode == .default, "not locked: may start")
         let stop = try? apply(.stop, remote: .default).get()
-        #expect(stop?.standby == true && stop?.peerRequest == "stop" && stop?.record.mode == .config)
+        #expect(stop?.standby == true && stop?.peerRequest == .stop && stop?.record.mode == .config)
     }
 
     @Test("standby is refused in single and config mode; online is refused while failed-startup blocks")

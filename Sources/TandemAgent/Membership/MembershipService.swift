@@ -90,13 +90,18 @@ public final class MembershipService: Service, Sendable {
     /// The end of this node's lease while it is primary and the lease binds: the watchdog is not
     /// fed once it is more than a heartbeat interval past (the loop did not step down in time).
     private let leaseEnd = Mutex<Duration?>(nil)
+    /// The time on the volumes' lease clock; every reading of time in this shell goes through it.
+    private let clock: @Sendable () -> Duration
+    /// The fence command while it runs.
+    private let fence = Mutex<Task<Void, Never>?>(nil)
 
     /// Reads the persisted state; an unreadable state file refuses the start (it holds votes).
     public init(
         configuration: Configuration, local: Configuration.Node, peer: Configuration.Node?, secret: [UInt8],
         volumes: [ReplicatedVolume], peerLink: PeerLink?, journal: EventJournal? = nil, groups: GroupManager? = nil,
-        logger: Logger
+        clock: @escaping @Sendable () -> Duration = MembershipService.systemNow, logger: Logger
     ) throws(AgentError) {
+        self.clock = clock
         self.journal = journal
         self.groups = groups
         self.configuration = configuration
@@ -184,33 +189,80 @@ public final class MembershipService: Service, Sendable {
         await continuation.request(orWhenEnded: Self.stopped) { .peerStandby(standby, reply: $0) }
     }
 
-    /// How long a standby or online asked of the peer may take to show in its heartbeat.
-    static let peerRequestTimeout = Duration.seconds(15)
-
     /// Promotes without quorum (no witness only); `nil` on success.
     public func forcePromote() async -> String? {
         await continuation.request(orWhenEnded: Self.stopped) { .force(reply: $0) }
     }
 
-    static func now() -> Duration { ReplicatedVolume.leaseOrigin.duration(to: .now) }
+    /// The system's time on the volumes' lease clock: what `clock` reads outside tests.
+    public static func systemNow() -> Duration { ReplicatedVolume.leaseOrigin.duration(to: .now) }
 
+    /// Receive → decide → perform: every input goes through `NodeLoop`, which makes every
+    /// decision; this loop only carries out its actions and holds the administrators' replies.
     public func run() async throws {
-        var bound: [any Channel] = []
-        for index in links.indices {
-            bound.append(try await bindLink(index))
-            logger.info(
-                "heartbeats on \(links[index].localHost):\(local.port) (link \(index + 1): \(links[index].name))")
-        }
-        channels.withLock { $0 = bound }
-        // A send error the socket layer counts as fatal (EINVAL or ENETUNREACH while a route is
-        // gone) closes a datagram socket: bind it again, or the node would go deaf on that link.
+        try await bindLinks()
         let keepers = Task {
             await withTaskGroup(of: Void.self) { tasks in
-                for index in links.indices {
-                    tasks.addTask { await self.keepBound(index) }
-                }
+                for index in links.indices { tasks.addTask { await self.keepBound(index) } }
             }
         }
+        var loop = NodeLoop(
+            settings: settings, record: initialState.record, standby: initialState.standby, modes: initialModes,
+            now: clock())
+        var replies = Replies()
+        _ = await perform(loop.start(), standby: loop.standby, replies: &replies)
+        let ticker = startTicker()
+        await withGracefulShutdownHandler {
+            for await input in inputs {
+                var next: NodeLoop.Input? = loopInput(input, replies: &replies)
+                while let step = next {
+                    let before = loop
+                    let actions = loop.on(step, facts: facts(), now: clock())
+                    next = nil
+                    if let reason = await perform(actions, standby: loop.standby, replies: &replies) {
+                        // A mode that cannot be stored is refused: the loop forgets it decided it.
+                        loop = before
+                        next = .modesNotStored(reason: reason, input: step)
+                    }
+                }
+                publish(loop, now: clock())
+            }
+        } onGracefulShutdown: { [continuation] in
+            continuation.finish()
+        }
+        // Also when the loop ended by cancellation: a request made from now on is answered at once.
+        continuation.finish()
+        replies.answerAll(Self.stopped)
+        ticker.cancel()
+        // The ticker feeds the watchdog: it must be done before the descriptor closes.
+        await ticker.value
+        watchdog?.disarm()
+        keepers.cancel()
+        fence.withLock { $0 }?.cancel()
+        await fence.withLock { $0 }?.value
+        for channel in channels.withLock({ $0 }) { try? await channel.close() }
+    }
+
+    /// Counts `input` out of the backlog, holds its reply, and gives what the node loop is fed.
+    private func loopInput(_ input: Input, replies: inout Replies) -> NodeLoop.Input {
+        switch input {
+        case .tick:
+            backlog.tickQueued.store(false, ordering: .releasing)
+            let heardAt = peerLink?.lastActivity.map { ReplicatedVolume.leaseOrigin.duration(to: $0) }
+            return .tick(replicationHeardAt: heardAt)
+        case .datagram(let message, let link):
+            backlog.datagrams.subtract(1, ordering: .relaxed)
+            return .datagram(message, link: link)
+        case .standby(let value, let reply): return .standby(value, replies.hold(.text(reply)))
+        case .peerStandby(let value, let reply): return .peerStandby(value, replies.hold(.text(reply)))
+        case .force(let reply): return .force(replies.hold(.text(reply)))
+        case .mode(let command, let reply): return .mode(command, replies.hold(.modes(reply)))
+        case .fenced(let success, let output): return .fenced(success, output)
+        }
+    }
+
+    /// What the controller is told of this node's configuration.
+    private var settings: MembershipSettings {
         var settings = MembershipSettings(
             name: local.name, precedence: local.precedence, peer: peer?.name, peerPrecedence: peer?.precedence ?? 0,
             links: links.map(\.name) + (peer == nil ? [] : ["replication"]),
@@ -220,238 +272,37 @@ public final class MembershipService: Service, Sendable {
             failbackAuto: configuration.groups.contains { $0.failback == .auto },
             failbackDelay: configuration.timing.failbackDelay)
         settings.hasFence = configuration.cluster.fenceCommand != nil && configuration.witness == nil
-        var modes = initialModes
-        var standby = initialState.standby
-        var controller = NodeController(
-            settings: settings, record: initialState.record, standby: Self.holdsBack(modes, standby: standby),
-            now: Self.now())
-        _ = controller.setMode(modes.mode)  // the first heartbeat carries it
-        if let blocker = modes.failedStartup {
-            logger.warning("failed-startup: \(blocker); this node takes no primary role until `tandem clear`")
+        return settings
+    }
+
+    private func bindLinks() async throws {
+        var bound: [any Channel] = []
+        for index in links.indices {
+            bound.append(try await bindLink(index))
+            logger.info(
+                "heartbeats on \(links[index].localHost):\(local.port) (link \(index + 1): \(links[index].name))")
         }
-        // Set by a peer's `tandem start`: stay out of the role until that peer is primary.
-        var rejoinWhenPeerPrimary = false
-        // Set by this node's `tandem stop` until the peer is locked and stopped.
-        var finishingStop = false
-        // After a stop: until when to tell a still-locked peer to return to default mode.
-        var unlockUntil: Duration?
-        // A standby or online asked of the peer: repeated until its heartbeat shows it, or the deadline.
-        var peerRequest: (standby: Bool, sentAt: Duration, until: Duration, reply: @Sendable (String?) -> Void)?
-        // The last standby or online the peer asked of this node that was refused (logged once).
-        var refusedPeerRequest: String?
-        // When the fence command may run next (not while one runs, not again at once after a failure).
-        var fenceAllowedAt: Duration? = .zero
-        if let blocker = controller.automaticFailoverBlocker { logger.warning("\(blocker)") }
-        // Until the controller says otherwise, a primary's writes wait for the peer.
-        for volume in volumes { volume.setCompletesWithoutPeer(controller.completesWithoutPeer) }
-        if Self.holdsBack(modes, standby: standby) { groups?.requestStopAll() } else { groups?.requestRole(.secondary) }
-        groups?.setMonitoring(modes.mode != .config)
+        channels.withLock { $0 = bound }
+    }
+
+    /// Queues a tick a few times per heartbeat interval and feeds the watchdog.
+    private func startTicker() -> Task<Void, Never> {
         let tickEvery = min(configuration.timing.heartbeatInterval / 4, .milliseconds(50))
-        let ticker = Task { [continuation, backlog, watchdog] in
+        return Task { [continuation, backlog, watchdog, clock] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: tickEvery)
-                watchdog?.feed(refusal: self.watchdogRefusal(now: Self.now()))
+                watchdog?.feed(refusal: self.watchdogRefusal(now: clock()))
                 // One tick waiting is enough: a loop held up (a resource's stop) catches up with one.
                 if !backlog.tickQueued.exchange(true, ordering: .acquiringAndReleasing) { continuation.yield(.tick) }
             }
         }
-        await withGracefulShutdownHandler {
-            for await input in inputs {
-                switch input {
-                case .tick: backlog.tickQueued.store(false, ordering: .releasing)
-                case .datagram: backlog.datagrams.subtract(1, ordering: .relaxed)
-                default: break
-                }
-                let now = Self.now()
-                let facts = facts()
-                var actions: [MembershipAction] = []
-                switch input {
-                case .tick:
-                    if let peerLink, let last = peerLink.lastActivity {
-                        controller.peerLinkActive(
-                            link: "replication", now: ReplicatedVolume.leaseOrigin.duration(to: last))
-                    }
-                    actions = controller.tick(now: now, facts: facts)
-                    if let request = peerRequest, let peerName = peer?.name {
-                        if now >= request.until {
-                            request.reply(
-                                "\(peerName) did not show \(request.standby ? "standby" : "online") within "
-                                    + "\(Self.peerRequestTimeout); its events (`tandem events --node \(peerName)`) say why"
-                            )
-                            peerRequest = nil
-                        } else if now - request.sentAt >= configuration.timing.heartbeatInterval {
-                            // Datagrams get lost: ask again.
-                            peerRequest?.sentAt = now
-                            actions.append(Self.standbyRequest(request.standby, from: local.name))
-                        }
-                    }
-                    if settings.hasFence, let allowed = fenceAllowedAt, now >= allowed,
-                        controller.role != .primary, controller.isEligible, !controller.peerAlive(at: now),
-                        controller.peerHeartbeat?.isPrimary == true
-                    {
-                        fenceAllowedAt = nil
-                        actions.append(.event("\(peer?.name ?? "peer") is silent: running the fence command"))
-                        startFence()
-                    }
-                case .fenced(let success, let output):
-                    if success, controller.role != .primary, !controller.peerAlive(at: now),
-                        case .success(let forced) = controller.forcePromote(now: now)
-                    {
-                        actions = [.event("fence command powered \(peer?.name ?? "the peer") off: \(output)")] + forced
-                        fenceAllowedAt = .zero
-                    } else {
-                        actions = [.event("fence command failed, nothing moves: \(output)")]
-                        fenceAllowedAt = now + configuration.timing.deadTime
-                    }
-                case .datagram(.modeRequest(let sender, let request), _)
-                where sender == peer?.name && (request == "standby" || request == "online"):
-                    // The peer's administrator ran `tandem node standby|online` for this node there.
-                    let value = request == "standby"
-                    guard value != standby else { continue }
-                    switch changeStandby(value, modes: modes, controller: &controller, standby: &standby, now: now) {
-                    case .success(let done):
-                        refusedPeerRequest = nil
-                        actions = [.event("\(request) requested by \(sender)")] + done
-                    case .failure(let refusal):
-                        guard refusedPeerRequest != request else { continue }
-                        refusedPeerRequest = request
-                        actions = [.event("\(request) requested by \(sender) refused: \(refusal.reason)")]
-                    }
-                case .datagram(.modeRequest(let sender, let request), _) where sender == peer?.name:
-                    // The peer's administrator ran `tandem start` or `tandem stop` there: stop now
-                    // (locked while the peer stops too), and for start come back once it is primary.
-                    modes.mode = request == "stop" ? .locked : .default
-                    _ = storeModes(modes)
-                    standby = true
-                    rejoinWhenPeerPrimary = request == "start"
-                    actions = controller.setMode(modes.mode) + controller.setStandby(true, now: now)
-                    actions.append(
-                        .event(
-                            request == "unlock"
-                                ? "\(sender) finished stopping the pair: \(local.name) stopped in default mode"
-                                : "\(request) requested by \(sender): \(local.name) stops its services, mode \(modes.mode.rawValue)"
-                        ))
-                    actions.insert(.persist(controller.voter.record), at: 0)
-                    groups?.requestStopAll()
-                case .datagram(let message, let link):
-                    if case .heartbeat(let heartbeat) = message, heartbeat.sender == peer?.name {
-                        if let request = peerRequest, heartbeat.standby == request.standby {
-                            request.reply(nil)
-                            peerRequest = nil
-                        }
-                        actions += peerReturned(record: &modes, controller: &controller)
-                        if finishingStop, heartbeat.mode != .locked {
-                            // Datagrams get lost: ask again until the peer reports locked.
-                            actions.append(.send(.modeRequest(sender: local.name, request: "stop"), to: .peer))
-                        } else if finishingStop, heartbeat.standby, !heartbeat.isPrimary, controller.role != .primary {
-                            // Both stopped: back to default mode on both, still stopped.
-                            finishingStop = false
-                            unlockUntil = now + .seconds(10)
-                            modes.mode = .default
-                            actions += controller.setMode(.default)
-                            _ = storeModes(modes)
-                            actions.append(.event("stop complete: both nodes stopped in default mode"))
-                        }
-                        if let until = unlockUntil {
-                            if heartbeat.mode == .locked, now < until {
-                                actions.append(.send(.modeRequest(sender: local.name, request: "unlock"), to: .peer))
-                            } else {
-                                unlockUntil = nil
-                            }
-                        }
-                        if rejoinWhenPeerPrimary, heartbeat.isPrimary {
-                            rejoinWhenPeerPrimary = false
-                            standby = false
-                            actions += controller.setStandby(Self.holdsBack(modes, standby: false), now: now)
-                            actions.insert(.persist(controller.voter.record), at: 0)
-                            groups?.requestRole(.secondary)
-                        }
-                    }
-                    actions += controller.receive(message, link: link, now: now)
-                case .standby(let value, let reply):
-                    switch changeStandby(value, modes: modes, controller: &controller, standby: &standby, now: now) {
-                    case .success(let done):
-                        actions = done
-                        reply(nil)
-                    case .failure(let refusal):
-                        reply(refusal.reason)
-                        continue
-                    }
-                case .peerStandby(let value, let reply):
-                    guard let peerName = peer?.name, controller.peerAlive(at: now) else {
-                        reply("\(peer?.name ?? "the peer") is not heard from: run the command on that node")
-                        continue
-                    }
-                    if controller.peerHeartbeat?.standby == value {
-                        reply(nil)
-                        continue
-                    }
-                    peerRequest?.reply("superseded by a newer request")
-                    peerRequest = (value, now, now + Self.peerRequestTimeout, reply)
-                    actions = [
-                        Self.standbyRequest(value, from: local.name),
-                        .event(
-                            "\(value ? "standby" : "online") of \(peerName) asked by administrator on \(local.name)"),
-                    ]
-                case .force(let reply):
-                    switch controller.forcePromote(now: now) {
-                    case .success(let forced):
-                        // The administrator's order is the one way an outdated copy serves again;
-                        // the journal names what may be lost.
-                        for volume in volumes {
-                            for change in volume.forceUpToDate() {
-                                logger.warning("\(change.description)")
-                                journal?.append(.volume, change.description, durable: true)
-                            }
-                        }
-                        actions = forced
-                        reply(nil)
-                    case .failure(let error):
-                        reply(error.description)
-                    }
-                case .mode(let command, let reply):
-                    if let command {
-                        switch apply(command, controller: &controller, record: &modes, standby: &standby, now: now) {
-                        case .success(let done):
-                            actions = done
-                            finishingStop = command == .stop
-                            groups?.setMonitoring(modes.mode != .config)
-                            actions.insert(.persist(controller.voter.record), at: 0)
-                            if Self.holdsBack(modes, standby: standby) {
-                                groups?.requestStopAll()
-                            } else {
-                                groups?.requestRole(controller.role == .primary ? .primary : .secondary)
-                            }
-                        case .failure(let refusal):
-                            reply(.failure(refusal))
-                            continue
-                        }
-                    }
-                    await perform(actions, standby: standby, peerInSync: facts.peerInSync)
-                    publish(controller, now: now, events: events.withLock { $0 }, modes: modes)
-                    reply(.success(view(controller, modes, now: Self.now())))
-                    continue
-                }
-                await perform(actions, standby: standby, peerInSync: facts.peerInSync)
-                publish(controller, now: now, events: events.withLock { $0 }, modes: modes)
-            }
-        } onGracefulShutdown: { [continuation] in
-            continuation.finish()
-        }
-        // Also when the loop ended by cancellation: a request made from now on is answered at once.
-        continuation.finish()
-        ticker.cancel()
-        // The ticker feeds the watchdog: it must be done before the descriptor closes.
-        await ticker.value
-        watchdog?.disarm()
-        keepers.cancel()
-        for channel in channels.withLock({ $0 }) { try? await channel.close() }
     }
 
-    /// Runs `fence-command PEER ADDRESS` with a 60-second deadline and reports the outcome.
+    /// Runs `fence-command PEER ADDRESS` with a 60-second deadline and reports the outcome. The
+    /// task is owned here: the loop's end cancels it and waits for it.
     private func startFence() {
         guard let command = configuration.cluster.fenceCommand, let peer else { return }
-        Task { [continuation] in
+        let task = Task { [continuation] in
             let outcome = await ProcessRunner.run(
                 command, [peer.name, peer.address], environment: ProcessRunner.defaultEnvironment,
                 timeout: .seconds(60))
@@ -463,6 +314,7 @@ public final class MembershipService: Service, Sendable {
                     ? "no answer within 60s" : "exit \(outcome.status.map(String.init) ?? "by signal")\(said)"
             continuation.yield(.fenced(outcome.status == 0, text))
         }
+        fence.withLock { $0 = task }
     }
 
     /// Binds the UDP socket of link `index`.
@@ -524,7 +376,9 @@ public final class MembershipService: Service, Sendable {
         return NodeController.LocalFacts(dataReady: ready, peerInSync: inSync)
     }
 
-    private func perform(_ actions: [MembershipAction], standby: Bool, peerInSync: Bool) async {
+    /// Carries out `actions` in order. Returns why a mode record could not be stored, having
+    /// carried out nothing after it; `nil` when all were carried out.
+    private func perform(_ actions: [MembershipAction], standby: Bool, replies: inout Replies) async -> String? {
         for action in actions {
             switch action {
             case .send(let message, let destination):
@@ -538,12 +392,20 @@ public final class MembershipService: Service, Sendable {
                     logger.critical("cannot store \(statePath): \(error); the agent stops")
                     reset(reason: "cannot store membership state: \(error)")
                 }
+            case .storeModes(let record):
+                do {
+                    try AtomicFile.replace(path: modesPath, bytes: record.encoded())
+                } catch {
+                    let reason = "cannot store \(modesPath): \(error)"
+                    logger.error("\(reason)")
+                    return reason
+                }
             case .promote(let epoch):
                 for volume in volumes {
                     do {
                         try volume.setRole(.primary, epoch: epoch)
                     } catch {
-                        logger.error("\(volume.configuration.name): cannot become primary: \(error)")
+                        record(.volume, "\(volume.configuration.name): cannot become primary: \(error)")
                     }
                 }
                 groups?.requestRole(.primary)
@@ -567,12 +429,29 @@ public final class MembershipService: Service, Sendable {
                 reset(reason: reason)
             case .dataOutdated(let marked):
                 for volume in volumes {
-                    let changes = marked ? volume.markOutdated() : volume.clearOutdated()
-                    for change in changes {
-                        logger.notice("\(change.description)")
-                        journal?.append(.volume, change.description, durable: true)
+                    for change in marked ? volume.markOutdated() : volume.clearOutdated() {
+                        record(.volume, change.description)
                     }
                 }
+            case .forceUpToDate:
+                // The administrator's order is the one way an outdated copy serves again; the
+                // journal names what may be lost.
+                for volume in volumes {
+                    for change in volume.forceUpToDate() { record(.volume, change.description) }
+                }
+            case .releaseHeldWrites:
+                // Writes held while the peer was away are on it now: the resync brought them over.
+                for volume in volumes where volume.heldWrites > 0 { volume.releaseHeldWrites() }
+            case .runFence:
+                startFence()
+            case .groups(.stopAll):
+                groups?.requestStopAll()
+            case .groups(.role(let role)):
+                groups?.requestRole(role == .primary ? .primary : .secondary)
+            case .groups(.monitoring(let on)):
+                groups?.setMonitoring(on)
+            case .answer(let id, let answer):
+                replies.answer(id, answer)
             case .event(let text):
                 logger.notice("\(text)")
                 journal?.append(.membership, text, durable: true)
@@ -582,10 +461,13 @@ public final class MembershipService: Service, Sendable {
                 }
             }
         }
-        if peerInSync {
-            // Writes held while the peer was away are on it now: the resync brought them over.
-            for volume in volumes where volume.heldWrites > 0 { volume.releaseHeldWrites() }
-        }
+        return nil
+    }
+
+    /// Logs and journals a change of the volumes.
+    private func record(_ category: EventJournal.Kind, _ text: String) {
+        logger.notice("\(text)")
+        journal?.append(category, text, durable: true)
     }
 
     /// Stops serving. With `drain` (a planned switchover) the writes in flight finish and are
@@ -593,8 +475,8 @@ public final class MembershipService: Service, Sendable {
     private func demote(drain: Bool) async {
         if drain {
             for volume in volumes { volume.stopAcceptingWrites() }
-            let deadline = ContinuousClock.now + .seconds(10)
-            while volumes.contains(where: { $0.writesInFlight > 0 }), ContinuousClock.now < deadline {
+            let deadline = clock() + .seconds(10)
+            while volumes.contains(where: { $0.writesInFlight > 0 }), clock() < deadline {
                 try? await Task.sleep(for: .milliseconds(5))
             }
             for volume in volumes {
@@ -604,8 +486,14 @@ public final class MembershipService: Service, Sendable {
             }
         }
         for volume in volumes {
-            volume.setLeaseEnd(.now)
-            try? volume.setRole(.secondary)
+            volume.setLeaseEnd(ReplicatedVolume.leaseOrigin + clock())
+            do {
+                try volume.setRole(.secondary)
+            } catch {
+                // The demotion took effect; what was not recorded is said.
+                logger.critical("\(error)")
+                journal?.append(.volume, "\(error)", durable: true)
+            }
             volume.releaseHeldWrites(failing: true)
         }
     }
@@ -628,7 +516,8 @@ public final class MembershipService: Service, Sendable {
 
     private func reset(reason: String) -> Never { haReset.reset(reason: reason) }
 
-    private func publish(_ controller: NodeController, now: Duration, events: [String], modes: ModeRecord) {
+    private func publish(_ loop: NodeLoop, now: Duration) {
+        let controller = loop.controller
         var snapshot = Snapshot()
         snapshot.role = controller.role
         snapshot.epoch = max(controller.epoch, controller.voter.record.epoch)
@@ -642,9 +531,42 @@ public final class MembershipService: Service, Sendable {
         snapshot.witnessHeardAgo = controller.witnessHeardAt.map { now - $0 }
         snapshot.automaticFailoverBlocker = controller.automaticFailoverBlocker
         snapshot.lastPromotion = controller.lastPromotion.map { (now - $0.at, $0.epoch, $0.peerSilentFor) }
-        snapshot.events = events
-        snapshot.modes = view(controller, modes, now: now)
+        snapshot.events = events.withLock { $0 }
+        snapshot.modes = loop.view(now: now)
         current.withLock { $0 = snapshot }
+    }
+}
+
+/// The replies the loop owes administrators, by request.
+struct Replies {
+    enum Reply {
+        case text(@Sendable (String?) -> Void)
+        case modes(@Sendable (Result<ModeView, ModeRefusal>) -> Void)
+    }
+
+    private var next: UInt64 = 0
+    private var waiting: [RequestID: Reply] = [:]
+
+    mutating func hold(_ reply: Reply) -> RequestID {
+        next += 1
+        waiting[RequestID(next)] = reply
+        return RequestID(next)
+    }
+
+    mutating func answer(_ id: RequestID, _ answer: Answer) {
+        guard let reply = waiting.removeValue(forKey: id) else { return }
+        switch (reply, answer) {
+        case (.text(let reply), .done), (.text(let reply), .modes): reply(nil)
+        case (.text(let reply), .refused(let reason)): reply(reason)
+        case (.modes(let reply), .modes(let view)): reply(.success(view))
+        case (.modes(let reply), .refused(let reason)): reply(.failure(ModeRefusal(reason)))
+        case (.modes(let reply), .done): reply(.failure(ModeRefusal("no view of the modes was given")))
+        }
+    }
+
+    /// The loop ended: every request still waiting is refused with `reason`.
+    mutating func answerAll(_ reason: String) {
+        for id in waiting.keys { answer(id, .refused(reason)) }
     }
 }
 

@@ -44,7 +44,7 @@ public final class WitnessService: Service, Sendable {
         let controller = Mutex(
             WitnessController(
                 name: MembershipService.witnessName, nodes: nodes, leaseTime: configuration.timing.deadTime,
-                record: initial.record, now: MembershipService.now()))
+                record: initial.record, now: MembershipService.systemNow()))
         let sender = try DatagramSender(host: witness.address)
         // Replies go to the node's configured first heartbeat address, where it listens.
         let replyAddresses = Dictionary(
@@ -69,7 +69,7 @@ public final class WitnessService: Service, Sendable {
             // One datagram at a time: the record is stored before the answer leaves.
             controller.withLock { controller in
                 let before = controller.voter.record
-                let actions = controller.receive(message, now: MembershipService.now())
+                let actions = controller.receive(message, now: MembershipService.systemNow())
                 for action in actions {
                     switch action {
                     case .persist(let record):

@@ -1,3 +1,17 @@
+/// What one node's administrator asks of the peer over the membership links.
+public enum ModeRequest: String, Sendable, Equatable, CaseIterable {
+    /// `tandem node standby PEER`: hand the primary role over and stay out of it.
+    case standby
+    /// `tandem node online PEER`: take part again.
+    case online
+    /// `tandem start`: stop now, and come back once the asking node is primary.
+    case start
+    /// `tandem stop`: stop and lock while the asking node stops too.
+    case stop
+    /// The stop is complete: return to default mode, still stopped.
+    case unlock
+}
+
 /// What nodes and the witness say to each other about who is primary.
 ///
 /// Every message names its sender. Heartbeats go between the two nodes on every link; lease and
@@ -12,8 +26,9 @@ public enum MembershipMessage: Sendable, Equatable {
     /// The holder of `epoch` stepped down. With `peerInSync`, sent once its last writes are done:
     /// the peer holds the same data, so it is no longer outdated.
     case release(sender: String, epoch: UInt64, peerInSync: Bool)
-    /// An administrator's command carried to the peer (`tandem start`, `tandem stop`).
-    case modeRequest(sender: String, request: String)
+    /// An administrator's command carried to the peer (`tandem start`, `tandem stop`, `tandem
+    /// node standby|online PEER`).
+    case modeRequest(sender: String, request: ModeRequest)
 
     /// Who sent it.
     public var sender: String {

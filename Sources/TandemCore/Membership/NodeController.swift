@@ -90,6 +90,49 @@ public enum MembershipAction: Sendable, Equatable {
     /// acknowledged), or no longer (`false`: its primary says it is in sync, and it sees itself in
     /// sync). The shell marks or clears the volumes' disk state, durably.
     case dataOutdated(Bool)
+
+    // What the node loop (`NodeLoop`) adds around the controller.
+
+    /// Write the mode record durably, before anything that follows. When it cannot be written,
+    /// the shell carries out nothing that follows, puts the loop back as it was before this input
+    /// and gives it `.modesNotStored`: a mode that cannot be stored is refused.
+    case storeModes(ModeRecord)
+    /// Run the fence command against the peer; its outcome comes back as `.fenced`.
+    case runFence
+    /// Tell the resource groups what to run.
+    case groups(GroupDirective)
+    /// Answer the administrator's request `id`, after everything before it was carried out.
+    case answer(RequestID, Answer)
+    /// The administrator forced a promotion: outdated copies serve again (the journal says what
+    /// may be lost).
+    case forceUpToDate
+    /// The peer is in sync again: writes held while it was away may complete.
+    case releaseHeldWrites
+}
+
+/// What the resource groups are told to do.
+public enum GroupDirective: Sendable, Equatable {
+    /// Stop every group (standby, locked, stopped).
+    case stopAll
+    /// Run the groups in this role.
+    case role(ClusterRole)
+    /// Whether groups are monitored and restarted (off in config mode).
+    case monitoring(Bool)
+}
+
+/// One administrator request the shell holds a reply for.
+public struct RequestID: Hashable, Sendable, CustomStringConvertible {
+    public let value: UInt64
+    public init(_ value: UInt64) { self.value = value }
+    public var description: String { "#\(value)" }
+}
+
+/// The answer to an administrator's request.
+public enum Answer: Sendable, Equatable {
+    case done
+    case refused(String)
+    /// Both nodes' modes after a mode command.
+    case modes(ModeView)
 }
 
 /// The role of this node in the cluster.

@@ -123,8 +123,8 @@ public struct ModeChange: Sendable, Equatable {
     public var record: ModeRecord
     /// The administrator's standby choice afterwards, when the command sets it.
     public var standby: Bool?
-    /// `"start"` or `"stop"`, to be carried to the peer.
-    public var peerRequest: String?
+    /// `.start` or `.stop`, to be carried to the peer.
+    public var peerRequest: ModeRequest?
 }
 
 /// Whether a mode command may be carried out, and what it changes: a pure function of the command,
@@ -174,13 +174,13 @@ public enum ModeRules {
             }
             change.record.mode = .default
             change.standby = false
-            change.peerRequest = "start"
+            change.peerRequest = .start
         case .stop:
             // The peer is locked and this node goes to config mode while both stop; once the peer
             // reports locked and stopped, both return to default mode, still stopped.
             change.record.mode = .config
             change.standby = true
-            change.peerRequest = "stop"
+            change.peerRequest = .stop
         }
         return .success(change)
     }
@@ -222,4 +222,27 @@ public enum ModeRules {
 public struct ModeRefusal: Error, Sendable, Equatable {
     public var reason: String
     public init(_ reason: String) { self.reason = reason }
+}
+
+/// Both nodes' modes and statuses, as every mode command prints them.
+public struct ModeView: Sendable, Equatable {
+    public var localMode: NodeMode
+    public var localStatus: NodeRunStatus
+    /// `nil` when the peer is silent and not certified down.
+    public var remoteMode: NodeMode?
+    public var remoteStatus: NodeRunStatus?
+    public var peerCertifiedDown: Bool
+    public var failedStartup: String?
+
+    public init(
+        localMode: NodeMode, localStatus: NodeRunStatus, remoteMode: NodeMode?, remoteStatus: NodeRunStatus?,
+        peerCertifiedDown: Bool, failedStartup: String?
+    ) {
+        self.localMode = localMode
+        self.localStatus = localStatus
+        self.remoteMode = remoteMode
+        self.remoteStatus = remoteStatus
+        self.peerCertifiedDown = peerCertifiedDown
+        self.failedStartup = failedStartup
+    }
 }
