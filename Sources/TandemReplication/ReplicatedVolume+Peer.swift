@@ -45,7 +45,7 @@ extension ReplicatedVolume {
             state.asyncBytesInFlight = 0
             if var verify = state.verify {
                 verify.progress.stopped = true
-                verify.progress.finishedAt = .now
+                verify.progress.finishedAt = clock.now()
                 state.lastVerify = verify.progress
                 state.verify = nil
             }
@@ -271,8 +271,8 @@ extension ReplicatedVolume {
             state.connection = .syncSource
             state.splitBrain = nil
             let progress = ResyncProgress(
-                source: .local, totalBytes: state.bitmap.dirtyBytes, doneBytes: 0, startedAt: .now)
-            state.resync = ResyncState(progress: progress)
+                source: .local, totalBytes: state.bitmap.dirtyBytes, doneBytes: 0, startedAt: clock.now())
+            state.resync = ResyncState(progress: progress, refilledAt: progress.startedAt)
             return progress.totalBytes
         }
         if let error = persistBitmap() { return [event("\(error)")] }
@@ -285,8 +285,10 @@ extension ReplicatedVolume {
             state.connection = .syncTarget
             state.disk = .inconsistent
             state.splitBrain = nil
+            let started = clock.now()
             state.resync = ResyncState(
-                progress: ResyncProgress(source: .peer, totalBytes: 0, doneBytes: 0, startedAt: .now))
+                progress: ResyncProgress(source: .peer, totalBytes: 0, doneBytes: 0, startedAt: started),
+                refilledAt: started)
             return (state.peer, [.volumeState(volumeState(state))])
         }
         // Durable first: a target that restarts mid-resync must know it is not a source.
@@ -309,7 +311,7 @@ extension ReplicatedVolume {
             }
             defer { state.resync = resync }
             if let until = resync.pausedUntil {
-                let now = ContinuousClock.now
+                let now = clock.now()
                 guard now >= until else {
                     if !resync.wakeScheduled {
                         resync.wakeScheduled = true
@@ -354,7 +356,7 @@ extension ReplicatedVolume {
             }
             guard resync.inFlight.isEmpty, state.bitmap.nextDirtyRegion(from: 0) == nil else { return (nil, nil) }
             state.generations = state.generations.afterResyncAsSource()
-            resync.progress.finishedAt = .now
+            resync.progress.finishedAt = clock.now()
             state.lastResync = resync.progress
             state.connection = .connected
             let generations = state.generations
@@ -395,7 +397,7 @@ extension ReplicatedVolume {
     private func takeTokens(_ bytes: Double, from resync: inout ResyncState, wake: inout Duration?) -> Bool {
         guard let limit = resyncRateLimit() else { return true }
         let rate = Double(limit)
-        let now = ContinuousClock.now
+        let now = clock.now()
         let elapsed = now - resync.refilledAt
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         // At most a tenth of a second of budget accumulates, so a pause never turns into a burst.
@@ -492,7 +494,7 @@ extension ReplicatedVolume {
             state.discardLocal = false
             state.bitmap.clearAll()
             var progress = state.resync?.progress
-            progress?.finishedAt = .now
+            progress?.finishedAt = clock.now()
             state.lastResync = progress
             state.resync = nil
             return (progress, state.resyncWritten)
@@ -626,7 +628,7 @@ extension ReplicatedVolume {
     /// The line for a refused write: the first at once, then one every ten seconds at most that
     /// counts the refusals since the last.
     private func refusalReport(sequence: UInt64, failed: Bool) -> [ReplicationEvent] {
-        let now = ContinuousClock.now
+        let now = clock.now()
         let earlier = state.withLock { state -> Int? in
             if let last = state.refusalReportedAt, now - last < .seconds(10) {
                 state.refusalsUnreported += 1
@@ -666,7 +668,7 @@ extension ReplicatedVolume {
                 // The peer could not write it (its disk failed, or is full): the region stays
                 // marked, and the resync waits before it tries again instead of sending the same
                 // blocks round and round. Refusals of blocks already in flight add nothing.
-                let now = ContinuousClock.now
+                let now = clock.now()
                 guard resync.pausedUntil.map({ now >= $0 }) ?? true else { return (false, nil) }
                 resync.pause = min(max(resync.pause * 2, .seconds(1)), .seconds(60))
                 resync.pausedUntil = now + resync.pause

@@ -53,7 +53,7 @@ extension ReplicatedVolume {
             }
             let progress = VerifyProgress(
                 totalRegions: state.bitmap.regionCount, checkedRegions: 0, outOfSyncRegions: [],
-                regionBytes: state.bitmap.regionBytes, startedAt: .now)
+                regionBytes: state.bitmap.regionBytes, startedAt: clock.now())
             state.verify = VerifyState(progress: progress)
         }
         return [event("online verify started")] + pumpVerify()
@@ -66,7 +66,7 @@ extension ReplicatedVolume {
                 throw RoleError(description: "no verify of \(configuration.name) is running")
             }
             verify.progress.stopped = true
-            verify.progress.finishedAt = .now
+            verify.progress.finishedAt = clock.now()
             state.lastVerify = verify.progress
             state.verify = nil
             return verify.progress
@@ -103,7 +103,7 @@ extension ReplicatedVolume {
                 state.verify = verify
                 return nil
             }
-            verify.progress.finishedAt = .now
+            verify.progress.finishedAt = clock.now()
             verify.progress.outOfSyncRegions.sort()
             state.lastVerify = verify.progress
             state.verify = nil

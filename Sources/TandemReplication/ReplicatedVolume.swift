@@ -67,6 +67,8 @@ public final class ReplicatedVolume: Sendable {
     let metadataPath: String
     let bitmapPath: String
     let runBlocking: BlockingRunner
+    /// Every reading of time in this shell goes through it.
+    let clock: ShellClock
     let digest: RegionDigest
     /// Receives events that arise outside a caller's request (a timer finishing a resync).
     let report: @Sendable (ReplicationEvent) -> Void
@@ -77,7 +79,7 @@ public final class ReplicatedVolume: Sendable {
     let asyncWindowBytes: UInt64
     /// Resync blocks in flight at once: the resync's share of the link.
     let resyncWindow: Int
-    let state: Mutex<State>
+    let state: CheckedState
     /// Whether a peer is configured; a lone node keeps no activity log.
     let peerConfigured: Bool
     /// Breaks ties between two secondaries with marked regions; the peer must get the opposite.
@@ -106,6 +108,24 @@ public final class ReplicatedVolume: Sendable {
         var acknowledged = false
         /// The peer went away before it had the write: it completes on this node's copy alone.
         var alone = false
+    }
+
+    /// The volume's state under its lock. Every release of the lock checks, in debug builds (the
+    /// tests, the simulator), the invariants the types cannot express yet.
+    final class CheckedState: Sendable {
+        private let mutex: Mutex<State>
+
+        init(_ state: State) { mutex = Mutex(state) }
+
+        func withLock<Result, E: Error>(
+            _ body: (inout sending State) throws(E) -> sending Result
+        ) throws(E) -> sending Result {
+            try mutex.withLock { (state: inout sending State) throws(E) -> sending Result in
+                let result = try body(&state)
+                assert(state.invariantViolation == nil, state.invariantViolation ?? "")
+                return result
+            }
+        }
     }
 
     struct State {
@@ -156,6 +176,18 @@ public final class ReplicatedVolume: Sendable {
         var draining = false
         /// The activity log's group commit (see `beginActivity`).
         var logCommit = LogCommit()
+
+        /// What must hold whenever the lock is released; `nil` when it does.
+        var invariantViolation: String? {
+            if role == .primary, epoch == 0 { return "primary in epoch 0" }
+            if resync != nil, peer == nil { return "a resync without a peer link" }
+            if verify != nil, peer == nil { return "a verify without a peer link" }
+            if resync != nil, verify != nil { return "a resync and a verify at once" }
+            if connection == .syncTarget, disk != .inconsistent, resync != nil {
+                return "a resync target whose copy is not marked inconsistent"
+            }
+            return nil
+        }
     }
 
     /// Writes whose extents entered the activity log wait until its file holds them. One commit
@@ -187,7 +219,7 @@ public final class ReplicatedVolume: Sendable {
         var clearedSincePersist = 0
         /// Rate limit: bytes that may be sent now, refilled at the configured rate.
         var tokens: Double = 0
-        var refilledAt: ContinuousClock.Instant = .now
+        var refilledAt: ContinuousClock.Instant
         var wakeScheduled = false
         /// The cache extent whose blocks all reached the peer last: its pages leave the cache when
         /// the next one is done. (When the last block's acknowledgement arrives, the kernel may
@@ -238,9 +270,11 @@ public final class ReplicatedVolume: Sendable {
         scheduleAfter: @escaping @Sendable (Duration, @escaping @Sendable () -> Void) -> Void = { _, work in work() },
         report: @escaping @Sendable (ReplicationEvent) -> Void = { _ in },
         newGeneration: @escaping @Sendable () -> UInt64 = { UInt64.random(in: 0x1000...UInt64.max) },
-        asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16, activityLog: ActivityLog = ActivityLog()
+        asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16, activityLog: ActivityLog = ActivityLog(),
+        clock: ShellClock = .system
     ) throws(MetadataError) {
         self.index = index
+        self.clock = clock
         self.configuration = local.configuration
         self.store = local.store
         self.metadataPath = local.metadataPath
@@ -291,7 +325,7 @@ public final class ReplicatedVolume: Sendable {
         initial.connection = peerConfigured ? .connecting : .standAlone
         // A resync target that stopped before the end stays inconsistent until a resync finishes.
         initial.disk = local.metadata.inconsistent ? .inconsistent : local.metadata.outdated ? .outdated : .upToDate
-        state = Mutex(initial)
+        state = CheckedState(initial)
     }
 
     /// Makes the bitmap durable and empties the activity log: a clean shutdown.
@@ -530,7 +564,7 @@ public final class ReplicatedVolume: Sendable {
     ) {
         if peerConfigured {
             lastClientWrite.store(
-                max(1, Self.nanoseconds(Self.leaseOrigin.duration(to: .now))), ordering: .relaxed)
+                max(1, Self.nanoseconds(clock.sinceOrigin())), ordering: .relaxed)
         }
         let ready = beginActivity(
             offset: offset, length: length,
@@ -821,7 +855,7 @@ public final class ReplicatedVolume: Sendable {
         let configured = configuration.resyncRateBytesPerSecond
         guard let minimum = configuration.resyncMinRateBytesPerSecond else { return configured }
         let last = lastClientWrite.load(ordering: .relaxed)
-        let now = Self.nanoseconds(Self.leaseOrigin.duration(to: .now))
+        let now = Self.nanoseconds(clock.sinceOrigin())
         guard last != 0, now - last < Self.nanoseconds(Self.clientActivityWindow) else { return configured }
         return min(minimum, configured ?? .max)
     }
@@ -831,7 +865,7 @@ public final class ReplicatedVolume: Sendable {
     /// The lease's end in nanoseconds after `leaseOrigin`; `Int64.max`: none.
     let leaseDeadline = Atomic<Int64>(Int64.max)
     /// The clock origin for `leaseDeadline`, and for membership's time.
-    public static let leaseOrigin = ContinuousClock.now
+    public static let leaseOrigin = ShellClock.origin
 
     /// Sets the instant after which this node acknowledges no client I/O (`nil`: no end).
     public func setLeaseEnd(_ end: ContinuousClock.Instant?) {
@@ -842,7 +876,7 @@ public final class ReplicatedVolume: Sendable {
     /// Whether a reply to a client may leave now: always, unless a lease ended.
     public var mayAcknowledge: Bool {
         let deadline = leaseDeadline.load(ordering: .acquiring)
-        return deadline == Int64.max || Self.nanoseconds(Self.leaseOrigin.duration(to: .now)) < deadline
+        return deadline == Int64.max || Self.nanoseconds(clock.sinceOrigin()) < deadline
     }
 
     /// Whole nanoseconds of `duration`.

@@ -54,7 +54,7 @@ struct Pair {
         scheduleAfter: @escaping @Sendable (Duration, @escaping @Sendable () -> Void) -> Void = { _, work in work() },
         runBlocking: @escaping BlockingRunner = { $0() },
         configOfB: (name: String, protocol: Configuration.ReplicationProtocol)? = nil,
-        report: @escaping @Sendable (ReplicationEvent) -> Void = { _ in }
+        report: @escaping @Sendable (ReplicationEvent) -> Void = { _ in }, clock: ShellClock = .system
     ) throws {
         let directory = self.directory
         func open(_ name: String) throws -> ReplicatedVolume {
@@ -69,7 +69,7 @@ struct Pair {
             return try ReplicatedVolume(
                 index: 0, local: local, preferredInTies: name == "a", runBlocking: runBlocking,
                 scheduleAfter: scheduleAfter, report: report, asyncWindowBytes: asyncWindowBytes,
-                activityLog: activityLog)
+                activityLog: activityLog, clock: clock)
         }
         a = try open("a")
         b = try open("b")
@@ -378,9 +378,10 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
 
     @Test func resync_givesWayToClientWrites_andTakesTheLinkOnceTheyPause() throws {
         let wakes = Mutex<[@Sendable () -> Void]>([])
+        let hand = ManualClockHand()
         let pair = try Pair(
             protocol: .c, resyncMinRate: 1 << 20,
-            scheduleAfter: { _, work in wakes.withLock { $0.append(work) } })
+            scheduleAfter: { _, work in wakes.withLock { $0.append(work) } }, clock: .manual(hand))
         pair.connect()
         try pair.a.setRole(.primary)
         pair.deliver()
@@ -402,7 +403,7 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         #expect(pair.a.status.connection == .syncSource)
         #expect(wakes.withLock { $0.count } == 1)
         // Once the clients have been quiet for the activity window, the wake-up sends everything.
-        Thread.sleep(forTimeInterval: 0.6)
+        hand.advance(by: .milliseconds(600))
         for wake in wakes.withLock({ $0 }) { wake() }
         pair.deliver()
         #expect(pair.aToB.resyncBytes.load(ordering: .relaxed) - before == 64 * 65536)

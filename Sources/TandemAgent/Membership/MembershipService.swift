@@ -195,7 +195,7 @@ public final class MembershipService: Service, Sendable {
     }
 
     /// The system's time on the volumes' lease clock: what `clock` reads outside tests.
-    public static func systemNow() -> Duration { ReplicatedVolume.leaseOrigin.duration(to: .now) }
+    public static func systemNow() -> Duration { ShellClock.system.sinceOrigin() }
 
     /// Receive → decide → perform: every input goes through `NodeLoop`, which makes every
     /// decision; this loop only carries out its actions and holds the administrators' replies.

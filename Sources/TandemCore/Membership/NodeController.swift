@@ -226,10 +226,25 @@ public struct NodeController: Sendable {
     /// without the peer wait until a voter recorded the peer as outdated.
     private var fencesPeerData: Bool { settings.hasWitness && settings.peer != nil }
 
+    /// The lease end last seen, with its epoch: within one epoch a lease only grows.
+    private var leaseSeen: (epoch: UInt64, until: Duration)?
+
+    /// What the types cannot express, checked after every input in debug builds (the tests and
+    /// the simulator): a primary has an epoch, and its lease never shrinks within the epoch.
+    private mutating func checkInvariants() {
+        assert(role != .primary || epoch > 0, "\(settings.name) is primary in epoch 0")
+        guard role == .primary, let until = leaseUntil else { return }
+        if let seen = leaseSeen, seen.epoch == epoch {
+            assert(until >= seen.until, "the lease of epoch \(epoch) shrank from \(seen.until) to \(until)")
+        }
+        leaseSeen = (epoch, until)
+    }
+
     // MARK: Inputs
 
     /// Advances time: heartbeats, lease renewals, failure detection and the decider.
     public mutating func tick(now: Duration, facts: LocalFacts) -> [MembershipAction] {
+        defer { checkInvariants() }
         var actions: [MembershipAction] = []
         let stalled = now - lastTick
         lastTick = now
@@ -293,6 +308,7 @@ public struct NodeController: Sendable {
 
     /// A message arrived; `link` names the link it came on when it came from the peer.
     public mutating func receive(_ message: MembershipMessage, link: String?, now: Duration) -> [MembershipAction] {
+        defer { checkInvariants() }
         var actions: [MembershipAction] = []
         if resetIfStalled(&actions, now: now, stalled: now - lastTick) { return actions }
         let markedBefore = voter.isOutdated(settings.name)
@@ -402,6 +418,7 @@ public struct NodeController: Sendable {
 
     /// Puts the node in standby (a primary hands its role over first) or back online.
     public mutating func setStandby(_ standby: Bool, now: Duration) -> [MembershipAction] {
+        defer { checkInvariants() }
         var actions: [MembershipAction] = []
         guard standby != self.standby else { return actions }
         self.standby = standby
@@ -444,6 +461,7 @@ public struct NodeController: Sendable {
 
     /// Promotes by the administrator's order, without quorum: only when there is no witness.
     public mutating func forcePromote(now: Duration) -> Result<[MembershipAction], ForceError> {
+        defer { checkInvariants() }
         guard !settings.hasWitness else {
             return .failure(ForceError(description: "the cluster has a witness; it fails over on its own"))
         }
