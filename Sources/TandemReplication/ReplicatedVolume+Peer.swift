@@ -272,7 +272,7 @@ extension ReplicatedVolume {
             state.splitBrain = nil
             let progress = ResyncProgress(
                 source: .local, totalBytes: state.bitmap.dirtyBytes, doneBytes: 0, startedAt: clock.now())
-            state.resync = ResyncState(progress: progress, refilledAt: progress.startedAt)
+            state.resync = ResyncState(progress: progress, pacer: newPacer())
             return progress.totalBytes
         }
         if let error = persistBitmap() { return [event("\(error)")] }
@@ -285,10 +285,9 @@ extension ReplicatedVolume {
             state.connection = .syncTarget
             state.disk = .inconsistent
             state.splitBrain = nil
-            let started = clock.now()
             state.resync = ResyncState(
-                progress: ResyncProgress(source: .peer, totalBytes: 0, doneBytes: 0, startedAt: started),
-                refilledAt: started)
+                progress: ResyncProgress(source: .peer, totalBytes: 0, doneBytes: 0, startedAt: clock.now()),
+                pacer: newPacer())
             return (state.peer, [.volumeState(volumeState(state))])
         }
         // Durable first: a target that restarts mid-resync must know it is not a source.
@@ -310,17 +309,17 @@ extension ReplicatedVolume {
                 return (nil, nil)
             }
             defer { state.resync = resync }
-            if let until = resync.pausedUntil {
-                let now = clock.now()
-                guard now >= until else {
-                    if !resync.wakeScheduled {
-                        resync.wakeScheduled = true
-                        wake = until - now
-                    }
-                    return (nil, nil)
+            switch resync.pacer.hold(now: clock.sinceOrigin()) {
+            case .none:
+                break
+            case .waiting(let remaining):
+                if !resync.wakeScheduled {
+                    resync.wakeScheduled = true
+                    wake = remaining
                 }
+                return (nil, nil)
+            case .ended:
                 // The refused regions are behind the cursor: start again from the first marked.
-                resync.pausedUntil = nil
                 resync.nextRegion = 0
             }
             var wrapped = false
@@ -339,7 +338,7 @@ extension ReplicatedVolume {
                 }
                 let range = state.bitmap.range(ofRegion: region)
                 let length = Int(range.upperBound - range.lowerBound)
-                guard takeTokens(Double(length), from: &resync, wake: &wake) else { break }
+                guard mayTake(length, from: &resync, wake: &wake) else { break }
                 resync.nextRegion = region + 1
                 let sequence = state.nextSequence
                 state.nextSequence += 1
@@ -394,25 +393,30 @@ extension ReplicatedVolume {
 
     /// The resync's rate limit: takes `bytes` of budget, or sets `wake` (for the caller to schedule
     /// once the lock is released) when the budget is short and nothing in flight would wake the pump.
-    private func takeTokens(_ bytes: Double, from resync: inout ResyncState, wake: inout Duration?) -> Bool {
-        guard let limit = resyncRateLimit() else { return true }
-        let rate = Double(limit)
-        let now = clock.now()
-        let elapsed = now - resync.refilledAt
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        // At most a tenth of a second of budget accumulates, so a pause never turns into a burst.
-        resync.tokens = min(rate / 10, resync.tokens + rate * seconds)
-        resync.refilledAt = now
-        if resync.tokens >= bytes || (resync.tokens >= 0 && resync.inFlight.isEmpty && bytes > rate / 10) {
-            resync.tokens -= bytes
+    /// Whether the pacer lets `bytes` leave now; when it does not and nothing is in flight, `wake`
+    /// says when to try again.
+    private func mayTake(_ bytes: Int, from resync: inout ResyncState, wake: inout Duration?) -> Bool {
+        let last = lastClientWrite.load(ordering: .relaxed)
+        switch resync.pacer.take(
+            UInt64(bytes), idle: resync.inFlight.isEmpty, lastClientWrite: last == 0 ? nil : .nanoseconds(last),
+            now: clock.sinceOrigin())
+        {
+        case .send:
             return true
+        case .wait(let after):
+            if let after, !resync.wakeScheduled {
+                resync.wakeScheduled = true
+                wake = after
+            }
+            return false
         }
-        if resync.inFlight.isEmpty, !resync.wakeScheduled {
-            resync.wakeScheduled = true
-            let waitSeconds = min(max((bytes - resync.tokens) / rate, 0.001), 1.0)
-            wake = Duration.nanoseconds(Int64(waitSeconds * 1e9))
-        }
-        return false
+    }
+
+    /// A pacer for a resync starting now, at the configured rates.
+    func newPacer() -> ResyncPacer {
+        ResyncPacer(
+            rate: configuration.resyncRateBytesPerSecond, minimumRate: configuration.resyncMinRateBytesPerSecond,
+            now: clock.sinceOrigin())
     }
 
     /// Wakes the pump after `wait` (scheduled outside the state lock: the pump takes it).
@@ -668,20 +672,16 @@ extension ReplicatedVolume {
                 // The peer could not write it (its disk failed, or is full): the region stays
                 // marked, and the resync waits before it tries again instead of sending the same
                 // blocks round and round. Refusals of blocks already in flight add nothing.
-                let now = clock.now()
-                guard resync.pausedUntil.map({ now >= $0 }) ?? true else { return (false, nil) }
-                resync.pause = min(max(resync.pause * 2, .seconds(1)), .seconds(60))
-                resync.pausedUntil = now + resync.pause
+                guard let pause = resync.pacer.refused(now: clock.sinceOrigin()) else { return (false, nil) }
                 let reason =
                     "the peer could not write the block at offset \(range.lowerBound) (see its log); next try in "
-                    + "\(resync.pause.components.seconds) s"
+                    + "\(pause.components.seconds) s"
                 resync.progress.stalled = reason
                 news = event("resync waits: \(reason)")
                 return (false, nil)
             }
-            if resync.progress.stalled != nil, resync.pausedUntil == nil {
+            if resync.pacer.accepted() {
                 resync.progress.stalled = nil
-                resync.pause = .zero
                 news = event("resync goes on: the peer writes its blocks again")
             }
             if !markedAgain { state.bitmap.clear(region: region) }

@@ -217,9 +217,8 @@ public final class ReplicatedVolume: Sendable {
         /// acknowledgement must not clear them, for the peer does not have that write.
         var markedAgain: Set<Int> = []
         var clearedSincePersist = 0
-        /// Rate limit: bytes that may be sent now, refilled at the configured rate.
-        var tokens: Double = 0
-        var refilledAt: ContinuousClock.Instant
+        /// The token bucket, the clients' precedence and the back-off after refusals.
+        var pacer: ResyncPacer
         var wakeScheduled = false
         /// The cache extent whose blocks all reached the peer last: its pages leave the cache when
         /// the next one is done. (When the last block's acknowledgement arrives, the kernel may
@@ -228,10 +227,6 @@ public final class ReplicatedVolume: Sendable {
         /// Every extent done, one bit each: dropped once more a second after the resync ends or
         /// its link breaks, for pages that were still in use when their extent was dropped.
         var extentsDone: WriteIntentBitmap?
-        /// After the peer refused a block (its disk could not write it): no block leaves before
-        /// this, and the wait doubles with each refusal, from a second up to a minute.
-        var pausedUntil: ContinuousClock.Instant?
-        var pause: Duration = .zero
     }
 
     /// Progress of a resync.
@@ -843,22 +838,8 @@ public final class ReplicatedVolume: Sendable {
     }
 
     /// When a client last wrote, in nanoseconds after `leaseOrigin` (0: never): the resync gives
-    /// way to client writes (see `resyncRateLimit`).
+    /// way to client writes (see `ResyncPacer`).
     let lastClientWrite = Atomic<Int64>(0)
-
-    /// How long after the last client write the resync still keeps to `resync-min-rate`.
-    static let clientActivityWindow = Duration.milliseconds(500)
-
-    /// The resync's rate limit now: `resync-min-rate` while clients write (and for half a second
-    /// after), `resync-rate` (or none) otherwise.
-    func resyncRateLimit() -> UInt64? {
-        let configured = configuration.resyncRateBytesPerSecond
-        guard let minimum = configuration.resyncMinRateBytesPerSecond else { return configured }
-        let last = lastClientWrite.load(ordering: .relaxed)
-        let now = Self.nanoseconds(clock.sinceOrigin())
-        guard last != 0, now - last < Self.nanoseconds(Self.clientActivityWindow) else { return configured }
-        return min(minimum, configured ?? .max)
-    }
 
     // MARK: Lease gate
 
