@@ -7,7 +7,7 @@ let package = Package(
     products: [
         .executable(name: "tandem", targets: ["tandem"]),
         // The parsers of hostile input, for the fuzz targets in Fuzz/.
-        .library(name: "TandemParsers", targets: ["TandemCore", "TandemWire", "TandemCoordination"]),
+        .library(name: "TandemParsers", targets: ["TandemCore", "TandemWire"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -26,7 +26,6 @@ let package = Package(
             name: "TandemWire",
             dependencies: ["TandemCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
-        .target(name: "TandemCoordination", dependencies: ["TandemCore"]),
         .target(name: "TandemResources", dependencies: ["TandemCore", "CTandemLinux"]),
         .target(name: "CTandemLinux"),
         .target(
@@ -50,7 +49,6 @@ let package = Package(
                 "TandemWire",
                 "TandemStorage",
                 "TandemReplication",
-                "TandemCoordination",
                 "TandemResources",
                 "CTandemLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -69,7 +67,6 @@ let package = Package(
             dependencies: [
                 "TandemCore",
                 "TandemAgent",
-                "TandemStorage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -81,7 +78,7 @@ let package = Package(
         .testTarget(
             name: "TandemResourcesTests", dependencies: ["TandemResources", "TandemCore", "TandemTestSupport"]),
         .testTarget(name: "TandemSimTests", dependencies: ["TandemSim", "TandemCore"]),
-        .testTarget(name: "TandemCoordinationTests", dependencies: ["TandemCoordination", "TandemCore"]),
+        .testTarget(name: "TandemMembershipTests", dependencies: ["TandemCore", "TandemWire", "TandemStorage"]),
         .testTarget(
             name: "TandemWireTests",
             dependencies: [
@@ -105,7 +102,6 @@ let package = Package(
                 "TandemTestSupport",
                 "TandemCore",
                 "TandemStorage",
-                "TandemCoordination",
                 "CTandemLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

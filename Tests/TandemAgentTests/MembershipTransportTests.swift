@@ -1,8 +1,8 @@
 import Logging
-import TandemCoordination
 import TandemCore
 import TandemStorage
 import TandemTestSupport
+import TandemWire
 import Testing
 
 @testable import TandemAgent

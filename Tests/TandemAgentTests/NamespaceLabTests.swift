@@ -214,11 +214,7 @@ final class NamespaceLab: @unchecked Sendable {
     }
 
     func waitFor(_ what: String, seconds: Double = 60, _ condition: () -> Bool) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if condition() { return }
-            usleep(100_000)
-        }
+        if Polling.until(seconds: seconds, condition) { return }
         throw Tools.Failure(
             description: "timed out waiting for \(what); a: \(log("a").suffix(1500)) b: \(log("b").suffix(1500))")
     }

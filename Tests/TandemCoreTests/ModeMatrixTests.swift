@@ -47,18 +47,6 @@ struct ModeMatrixTests {
                 == "the peer is in config mode: this node must be locked while it is")
     }
 
-    @Test("the mode file round-trips, and a torn or altered one is refused")
-    func record() {
-        let record = ModeRecord(mode: .config, peerCertifiedDown: true, failedStartup: "HA reset: x")
-        let bytes = record.encoded()
-        #expect(ModeRecord.decode(bytes) == record)
-        #expect(ModeRecord.decode(ModeRecord().encoded()) == ModeRecord())
-        for cut in [1, bytes.count / 2, bytes.count - 1] { #expect(ModeRecord.decode(Array(bytes.prefix(cut))) == nil) }
-        var altered = bytes
-        altered[20] ^= 0x01
-        #expect(ModeRecord.decode(altered) == nil)
-    }
-
     @Test("mode commands: what each may do, and why a refusal")
     func rules() throws {
         func apply(_ command: ModeCommand, _ record: ModeRecord = ModeRecord(), remote: NodeMode?, alive: Bool = true)

@@ -30,11 +30,7 @@ final class Recorder: Sendable {
 
     /// Generous: the whole suite runs at once on two cores, and process tests hold threads.
     func waitFor(_ what: String, seconds: Double = 90, _ condition: () -> Bool) async throws {
-        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        while ContinuousClock.now < deadline {
-            if condition() { return }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        if try await Polling.eventually(seconds: seconds, { condition() }) { return }
         throw ResourceTestFailure(description: "timed out waiting for \(what); events: \(events.withLock { $0 })")
     }
 }

@@ -323,3 +323,17 @@ private func volume(_ directory: TemporaryDirectory, name: String = "vol0", size
         #expect(throws: StorageError.self) { try DurableFile.overwrite(path: path + "-absent", offset: 0, bytes: [1]) }
     }
 }
+
+@Suite struct ModesFileTests {
+    @Test("the mode file round-trips, and a torn or altered one is refused")
+    func record() {
+        let record = ModeRecord(mode: .config, peerCertifiedDown: true, failedStartup: "HA reset: x")
+        let bytes = record.encoded()
+        #expect(ModeRecord.decode(bytes) == record)
+        #expect(ModeRecord.decode(ModeRecord().encoded()) == ModeRecord())
+        for cut in [1, bytes.count / 2, bytes.count - 1] { #expect(ModeRecord.decode(Array(bytes.prefix(cut))) == nil) }
+        var altered = bytes
+        altered[20] ^= 0x01
+        #expect(ModeRecord.decode(altered) == nil)
+    }
+}

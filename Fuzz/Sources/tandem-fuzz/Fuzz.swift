@@ -1,6 +1,5 @@
 import Foundation
 import NIOCore
-import TandemCoordination
 import TandemCore
 import TandemWire
 

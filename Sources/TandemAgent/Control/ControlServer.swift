@@ -275,6 +275,7 @@ public final class ControlServer: Service, Sendable {
                 ])
             ),
             ("automaticFailover", .string(snapshot.automaticFailoverBlocker ?? "on")),
+            ("recordedOutdated", .array(snapshot.recordedOutdated.map { .string($0) })),
             ("events", .array(snapshot.events.map { .string($0) })),
         ]
         if let promotion = snapshot.lastPromotion {

@@ -4,11 +4,11 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
-import TandemCoordination
 import TandemCore
 import TandemReplication
 import TandemResources
 import TandemStorage
+import TandemWire
 
 #if canImport(Glibc)
     import Glibc
@@ -52,6 +52,8 @@ public final class MembershipService: Service, Sendable {
         public var witnessConfigured = false
         public var witnessHeardAgo: Duration?
         public var automaticFailoverBlocker: String?
+        /// The copies this node's voter records as lacking acknowledged writes.
+        public var recordedOutdated: [String] = []
         public var lastPromotion: (ago: Duration, epoch: UInt64, peerSilentFor: Duration?)?
         public var events: [String] = []
         public var modes: ModeView?
@@ -530,6 +532,7 @@ public final class MembershipService: Service, Sendable {
         snapshot.witnessConfigured = configuration.witness != nil
         snapshot.witnessHeardAgo = controller.witnessHeardAt.map { now - $0 }
         snapshot.automaticFailoverBlocker = controller.automaticFailoverBlocker
+        snapshot.recordedOutdated = controller.voter.record.outdated.sorted()
         snapshot.lastPromotion = controller.lastPromotion.map { (now - $0.at, $0.epoch, $0.peerSilentFor) }
         snapshot.events = events.withLock { $0 }
         snapshot.modes = loop.view(now: now)

@@ -3,9 +3,9 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
-import TandemCoordination
 import TandemCore
 import TandemStorage
+import TandemWire
 
 #if canImport(Glibc)
     import Glibc

@@ -3,10 +3,10 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
-import TandemCoordination
 import TandemCore
 import TandemReplication
 import TandemStorage
+import TandemWire
 
 /// `tandem witness`: the third voter. Holds no data; answers heartbeats, lease renewals and vote
 /// requests from the two nodes, and keeps its votes and outdated marks in a state file.

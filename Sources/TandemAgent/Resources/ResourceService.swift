@@ -152,7 +152,12 @@ public struct HAReset: Sendable {
         // The node starts blocked until an administrator has looked: no reset loops.
         var record = (try? AtomicFile.read(path: modesPath)).flatMap { $0.flatMap(ModeRecord.decode) } ?? ModeRecord()
         record.failedStartup = "HA reset at \(EventJournal.timestamp()): \(reason)"
-        try? AtomicFile.replace(path: modesPath, bytes: record.encoded())
+        do {
+            try AtomicFile.replace(path: modesPath, bytes: record.encoded())
+        } catch {
+            // The reset goes on; the node will start unblocked, and this line says why.
+            logger.critical("HA reset: the failed-startup block could not be stored in \(modesPath): \(error)")
+        }
         logger.critical("HA reset: \(reason)")
         if action == .reboot {
             _ = ctandem_reboot()

@@ -1,5 +1,6 @@
-import TandemCoordination
 import TandemCore
+import TandemStorage
+import TandemWire
 import Testing
 
 @Suite("Membership datagrams")
