@@ -22,7 +22,12 @@ final class NBDMemoryPool: Sendable {
         var highWater = 0
         var waiters: [ObjectIdentifier: @Sendable () -> Void] = [:]
         var lastTrim: ContinuousClock.Instant?
+        /// A trim asked for within the interval of the last is made once the interval is over.
+        var trailingTrim = false
     }
+
+    /// The shortest time between two trims.
+    static let trimInterval = Duration.milliseconds(250)
 
     /// Once this much was lent, an empty pool hands the freed pages back to the system: glibc
     /// keeps freed heap memory for reuse, so a burst of hostile clients would otherwise leave the
@@ -66,15 +71,34 @@ final class NBDMemoryPool: Sendable {
         if trim { trimSoon() }
     }
 
-    /// Hands freed heap memory back to the system, on a pool thread, at most once a second.
+    /// Hands freed heap memory back to the system, on a pool thread, at most once per
+    /// `trimInterval`. One asked for sooner is not dropped but made at the end of the interval: a
+    /// crowd of connections that hang up one after another frees its buffers on several event
+    /// loops (several malloc arenas) within a few hundred milliseconds, and the last of them must be
+    /// trimmed too.
     func trimSoon() {
         let now = ContinuousClock.now
-        let due = state.withLock { state in
-            guard state.lastTrim.map({ now - $0 >= .seconds(1) }) ?? true else { return false }
+        let wait = state.withLock { state -> Duration? in
+            if let last = state.lastTrim, now - last < Self.trimInterval {
+                guard !state.trailingTrim else { return nil }
+                state.trailingTrim = true
+                return Self.trimInterval - (now - last)
+            }
             state.lastTrim = now
-            return true
+            return .zero
         }
-        if due { NIOThreadPool.singleton.submit { _ in _ = ctandem_malloc_trim() } }
+        guard let wait else { return }
+        if wait == .zero {
+            NIOThreadPool.singleton.submit { _ in _ = ctandem_malloc_trim() }
+            return
+        }
+        MultiThreadedEventLoopGroup.singleton.next().scheduleTask(in: .nanoseconds(Int64(wait / .nanoseconds(1)))) {
+            self.state.withLock {
+                $0.trailingTrim = false
+                $0.lastTrim = ContinuousClock.now
+            }
+            NIOThreadPool.singleton.submit { _ in _ = ctandem_malloc_trim() }
+        }
     }
 
     /// Forgets a waiter whose connection closed.
