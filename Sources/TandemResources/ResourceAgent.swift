@@ -1,4 +1,5 @@
 import CTandemLinux
+import Synchronization
 import TandemCore
 
 #if canImport(Glibc)
@@ -290,6 +291,9 @@ public struct IPAgent: ResourceAgent {
     public var peerAddresses: [String] = []
     /// Tells the journal what the agent found and did beyond starting (a takeover).
     public var note: @Sendable (String) -> Void = { _ in }
+    /// The gratuitous ARP rounds after a start, while they run: a stop ends them, so that a node
+    /// that gave the address up does not go on announcing it.
+    let announcements = Announcements()
 
     public init(
         spec: ResourceSpec, peerAddresses: [String] = [], note: @escaping @Sendable (String) -> Void = { _ in }
@@ -415,24 +419,45 @@ public struct IPAgent: ResourceAgent {
         return nil
     }
 
-    /// Gratuitous ARP in rounds: the address serves already, so nothing waits for them.
+    /// Gratuitous ARP in rounds: the address serves already, so nothing waits for them. The task
+    /// is owned by `announcements`, which a stop cancels.
     func announce(_ host: String) {
         var value = in_addr()
         guard inet_pton(AF_INET, host, &value) == 1 else { return }
         let interface = interface
         let raw = value.s_addr
-        Task.detached {
-            for round in Self.announcementRounds {
-                try? await Task.sleep(for: round == .zero ? .zero : round - .milliseconds(600))
-                for index in 0..<Self.announcementsPerRound {
-                    if index > 0 { try? await Task.sleep(for: .milliseconds(200)) }
-                    _ = ctandem_arp_announce(interface, raw)
+        announcements.replace(
+            with: Task.detached {
+                for round in Self.announcementRounds {
+                    do {
+                        try await Task.sleep(for: round == .zero ? .zero : round - .milliseconds(600))
+                        for index in 0..<Self.announcementsPerRound {
+                            if index > 0 { try await Task.sleep(for: .milliseconds(200)) }
+                            _ = ctandem_arp_announce(interface, raw)
+                        }
+                    } catch {
+                        return  // cancelled: the address was given up
+                    }
                 }
+            })
+    }
+
+    /// The announcement task of one address.
+    final class Announcements: Sendable {
+        private let task = Mutex<Task<Void, Never>?>(nil)
+
+        func replace(with next: Task<Void, Never>) {
+            task.withLock { current in
+                current?.cancel()
+                current = next
             }
         }
+
+        func cancel() { task.withLock { $0?.cancel() } }
     }
 
     public func stop() async -> String? {
+        announcements.cancel()
         guard let address else { return nil }
         guard let holders = await holders() else { return "cannot list the addresses of this host" }
         guard holders.contains(interface) else { return nil }
@@ -444,6 +469,7 @@ public struct IPAgent: ResourceAgent {
     /// Removes the address at once, from a thread that may not return to async work (an HA reset
     /// about to exit): `nil` when it is gone or was not there.
     public func releaseBlocking() -> String? {
+        announcements.cancel()
         guard let address else { return nil }
         let removed = ProcessRunner.runBlocking(
             ResourceAgents.which("ip") ?? "ip", ["addr", "del", "\(address.host)/\(address.prefix)", "dev", interface],

@@ -194,4 +194,15 @@ struct ResourceTestFailure: Error, CustomStringConvertible {
         let problem = try #require(await agent.start())
         #expect(problem == "127.0.0.1 is already in use on lo of this host", "\(problem)")
     }
+
+    /// The gratuitous ARP rounds after a start belong to the agent: a stop ends them, so a node
+    /// that gave the address up does not go on announcing it for seconds.
+    @Test func ip_stop_endsTheAnnouncementsStillToCome() async throws {
+        let agent = IPAgent(spec: try spec(.ip, ["address": "not-an-address", "interface": "lo"]))
+        let rounds = Task<Void, Never>.detached { try? await Task.sleep(for: .seconds(30)) }
+        agent.announcements.replace(with: rounds)
+        #expect(!rounds.isCancelled)
+        _ = await agent.stop()
+        #expect(rounds.isCancelled)
+    }
 }
