@@ -45,24 +45,46 @@ enum Tools {
     }
 
     /// Runs `name` with `arguments`, waits at most `timeout`, and returns what it printed.
+    ///
+    /// What the child prints goes to two temporary files, not pipes: a pipe's write end is
+    /// inherited by any child another test spawns meanwhile (an agent that lives for minutes), and
+    /// the read end then waits for that child's exit, so the suite collected thousands of open
+    /// pipes, and `Process.run()` crashed once the descriptors passed 1024.
     @discardableResult
     static func run(_ name: String, _ arguments: [String], timeout: Duration = .seconds(120)) throws -> Output {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: name.hasPrefix("/") ? name : try path(of: name))
         process.arguments = arguments
-        let output = Pipe()
-        let error = Pipe()
+        let base = "\(NSTemporaryDirectory())tandem-tool-\(UUID().uuidString)"
+        let (outputPath, errorPath) = (base + ".out", base + ".err")
+        defer {
+            try? FileManager.default.removeItem(atPath: outputPath)
+            try? FileManager.default.removeItem(atPath: errorPath)
+        }
+        guard FileManager.default.createFile(atPath: outputPath, contents: nil),
+            FileManager.default.createFile(atPath: errorPath, contents: nil),
+            let output = FileHandle(forWritingAtPath: outputPath), let error = FileHandle(forWritingAtPath: errorPath)
+        else { throw Failure(description: "cannot create the output files \(base).out and .err") }
         process.standardOutput = output
         process.standardError = error
-        try launch(process)
-        let outputData = DataCollector(output.fileHandleForReading)
-        let errorData = DataCollector(error.fileHandleForReading)
+        do {
+            try launch(process)
+        } catch let failure {
+            try? output.close()
+            try? error.close()
+            throw failure
+        }
+        try? output.close()
+        try? error.close()
         guard wait(process, timeout: timeout) else {
             kill(process.processIdentifier, SIGKILL)
             wait(process, timeout: .seconds(10))
             throw Failure(description: "\(name) \(arguments.joined(separator: " ")) did not finish within \(timeout)")
         }
-        return Output(status: status(process), standardOutput: outputData.text(), standardError: errorData.text())
+        let printed = { (path: String) in
+            String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self)
+        }
+        return Output(status: status(process), standardOutput: printed(outputPath), standardError: printed(errorPath))
     }
 
     /// Serialises `Process.run()`: Foundation's process launching misbehaved when the suite's
