@@ -44,28 +44,8 @@ import Testing
 
     @Test(arguments: files)
     func trace(_ file: String) throws {
-        let path = Self.directory.appendingPathComponent(file).path
-        let text = try String(contentsOfFile: path, encoding: .utf8)
         var script = TraceScript()
-        var rewritten = ""
-        for block in try TraceFile.blocks(text) {
-            rewritten += block.leading
-            var actual: [String]
-            do {
-                actual = try script.run(block.command)
-            } catch {
-                actual = ["error: \(error)"]
-            }
-            rewritten += block.command + "\n----\n" + actual.map { $0 + "\n" }.joined()
-            let expected = block.expected.joined(separator: "\n")
-            #expect(
-                actual == block.expected,
-                "\(file):\(block.line): \(block.command)\n--- expected\n\(expected)\n--- actual\n\(actual.joined(separator: "\n"))"
-            )
-        }
-        if ProcessInfo.processInfo.environment["TANDEM_REWRITE_TRACES"] == "1" {
-            try rewritten.write(toFile: path, atomically: true, encoding: .utf8)
-        }
+        try TraceFile.check(Self.directory.appendingPathComponent(file).path) { try script.run($0) }
     }
 }
 
@@ -80,6 +60,31 @@ struct TraceBlock {
 enum TraceFile {
     struct Malformed: Error, CustomStringConvertible {
         var description: String
+    }
+
+    /// Runs every command of the trace at `path` through `run` and expects the output the file
+    /// holds; with `TANDEM_REWRITE_TRACES=1`, writes the actual output back into the file.
+    static func check(_ path: String, _ run: (String) throws -> [String]) throws {
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        var rewritten = ""
+        for block in try blocks(text) {
+            rewritten += block.leading
+            var actual: [String]
+            do {
+                actual = try run(block.command)
+            } catch {
+                actual = ["error: \(error)"]
+            }
+            rewritten += block.command + "\n----\n" + actual.map { $0 + "\n" }.joined()
+            let expected = block.expected.joined(separator: "\n")
+            #expect(
+                actual == block.expected,
+                "\(path):\(block.line): \(block.command)\n--- expected\n\(expected)\n--- actual\n\(actual.joined(separator: "\n"))"
+            )
+        }
+        if ProcessInfo.processInfo.environment["TANDEM_REWRITE_TRACES"] == "1" {
+            try rewritten.write(toFile: path, atomically: true, encoding: .utf8)
+        }
     }
 
     /// Splits a file into blocks: comment and blank lines, one command line, `----`, the expected

@@ -30,27 +30,7 @@ import Testing
 
     @Test(arguments: files)
     func trace(_ file: String) throws {
-        let path = Self.directory.appendingPathComponent(file).path
-        let text = try String(contentsOfFile: path, encoding: .utf8)
-        var rewritten = ""
-        for block in try TraceFile.blocks(text) {
-            rewritten += block.leading
-            var actual: [String]
-            do {
-                actual = try Self.run(TraceCommand(block.command))
-            } catch {
-                actual = ["error: \(error)"]
-            }
-            rewritten += block.command + "\n----\n" + actual.map { $0 + "\n" }.joined()
-            let expected = block.expected.joined(separator: "\n")
-            #expect(
-                actual == block.expected,
-                "\(file):\(block.line): \(block.command)\n--- expected\n\(expected)\n--- actual\n\(actual.joined(separator: "\n"))"
-            )
-        }
-        if ProcessInfo.processInfo.environment["TANDEM_REWRITE_TRACES"] == "1" {
-            try rewritten.write(toFile: path, atomically: true, encoding: .utf8)
-        }
+        try TraceFile.check(Self.directory.appendingPathComponent(file).path) { try Self.run(TraceCommand($0)) }
     }
 
     static func generations(_ text: String) throws -> DataGenerations {
