@@ -28,21 +28,13 @@ extension ReplicatedVolume {
     /// The link is gone: everything the peer may not have is marked, waiting requests complete
     /// (the data is on this node), and a primary starts a new generation.
     public func peerDisconnected() -> [ReplicationEvent] {
-        let (sequences, startedGeneration, extentsDone) = state.withLock {
-            state -> ([UInt64], Bool, WriteIntentBitmap?) in
+        let (work, extentsDone) = state.withLock { state -> (Followups, WriteIntentBitmap?) in
             state.peer = nil
             state.connection = .connecting
             state.peerState = nil
-            // The peer may not have these: mark them (their extents are in the durable activity log),
-            // and let every waiting request complete on this node's copy.
-            for (sequence, pending) in state.pending {
-                if pending.length > 0 { state.bitmap.mark(offset: pending.offset, length: pending.length) }
-                state.pending[sequence]?.peerDone = true
-                state.pending[sequence]?.acknowledged = true
-                state.pending[sequence]?.alone = true
-            }
-            let sequences = Array(state.pending.keys)
-            state.asyncBytesInFlight = 0
+            // What the peer may not have is marked, waiting requests complete on this copy, and a
+            // primary starts a new generation (the engine's rules for a lost peer).
+            let work = step(.disconnected, leaseValid: mayAcknowledge, in: &state)
             if var verify = state.verify {
                 verify.progress.stopped = true
                 verify.progress.finishedAt = clock.now()
@@ -55,29 +47,10 @@ extension ReplicatedVolume {
                 state.resync = nil
                 if state.disk == .inconsistent { state.connection = .connecting }
             }
-            // A primary whose lease ended (frozen past it, woken now) acknowledges nothing more
-            // and must not present its copy as changed: quorum has made the peer primary already.
-            // Under protocol C, where writes wait for a voter to record the peer outdated before
-            // they complete alone, the generation starts then (`setCompletesWithoutPeer`): a
-            // primary cut off from everyone completes nothing alone, and its copy rejoins as the
-            // resync target without looking like a split brain.
-            let completesAlone = state.completesWithoutPeer || configuration.protocol != .c
-            let startsGeneration =
-                state.role == .primary && state.generations.bitmap == 0 && mayAcknowledge && completesAlone
-            if startsGeneration {
-                state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
-            }
-            return (sequences, startsGeneration, extentsDone)
+            return (work, extentsDone)
         }
-        for sequence in sequences { completeIfReady(sequence: sequence) }
         if let extentsDone { dropCachedExtentsLater(extentsDone) }
-        let bitmapError = persistBitmap()
-        let metadataError = startedGeneration ? persistMetadata() : nil
-        var events = [ReplicationEvent(description: "\(configuration.name): peer disconnected")]
-        for error in [bitmapError, metadataError].compactMap({ $0 }) {
-            events.append(ReplicationEvent(description: "\(configuration.name): \(error)"))
-        }
-        return events
+        return [ReplicationEvent(description: "\(configuration.name): peer disconnected")] + perform(work)
     }
 
     /// Handles one frame from the peer for this volume; returns what is worth logging.
@@ -95,13 +68,7 @@ extension ReplicatedVolume {
         case .ack(let ack):
             return onAck(ack)
         case .flush(_, let sequence):
-            let peer = state.withLock { $0.peer }
-            runBlocking { [self] in
-                let failure = flushFailure()
-                peer?.send([.ack(PeerAck(volume: index, sequence: sequence, kind: failure == nil ? .flushed : .failed))]
-                )
-            }
-            return []
+            return perform(state.withLock { step(.peerFlush(sequence: sequence), in: &$0) })
         case .resyncData(let write):
             return applyResync(write)
         case .resyncDone(_, let generations):
@@ -340,8 +307,7 @@ extension ReplicatedVolume {
                 let length = Int(range.upperBound - range.lowerBound)
                 guard mayTake(length, from: &resync, wake: &wake) else { break }
                 resync.nextRegion = region + 1
-                let sequence = state.nextSequence
-                state.nextSequence += 1
+                let sequence = state.engine.takeSequence()
                 resync.inFlight[sequence] = region
                 let block = PeerWrite(
                     volume: index, sequence: sequence, epoch: state.epoch, offset: range.lowerBound, flags: 0,
@@ -454,13 +420,20 @@ extension ReplicatedVolume {
 
     /// Marks the region of a write of the peer's data that could not be stored here.
     private func markFailed(_ write: PeerWrite) {
+        guard let range = failedRange(of: write) else { return }
+        state.withLock { mark(offset: range.lowerBound, length: UInt64(range.count), in: &$0) }
+    }
+
+    /// The part of this copy a write of the peer's data should have changed, clipped to the
+    /// volume; `nil` when it names none.
+    private func failedRange(of write: PeerWrite) -> Range<UInt64>? {
         let zeroes = write.flags & PeerWriteFlags.zeroes != 0
         let length =
             zeroes
             ? write.payload.contiguous.getInteger(at: write.payload.contiguous.readerIndex, as: UInt64.self) ?? 0
             : UInt64(write.payload.count)
-        guard length > 0, write.offset < store.sizeBytes else { return }
-        state.withLock { mark(offset: write.offset, length: min(length, store.sizeBytes - write.offset), in: &$0) }
+        guard length > 0, write.offset < store.sizeBytes else { return nil }
+        return write.offset..<(write.offset + min(length, store.sizeBytes - write.offset))
     }
 
     /// Reports a failure to write the peer's data here, unless the same failure was reported last.
@@ -524,36 +497,28 @@ extension ReplicatedVolume {
     // MARK: Secondary side
 
     private func applyReplicated(_ write: PeerWrite) -> [ReplicationEvent] {
-        let (peer, refuse, failing) = state.withLock { state -> ((any PeerSender)?, Bool, Bool) in
-            let stale = write.epoch < max(state.peerState?.epoch ?? 0, state.fenceEpoch)
-            return (state.peer, state.role == .primary || stale, state.peerWriteFailure != nil)
+        let (link, work, failing) = state.withLock { state in
+            let input = ReplicationEngine.Input.peerWrite(
+                sequence: write.sequence, epoch: write.epoch,
+                fenceEpoch: max(state.peerState?.epoch ?? 0, state.fenceEpoch), flags: write.flags)
+            return (state.peer, step(input, in: &state), state.peerWriteFailure != nil)
         }
-        let index = self.index
-        let ack: @Sendable (PeerAck.Kind) -> Void = { kind in
-            peer?.send([.ack(PeerAck(volume: index, sequence: write.sequence, kind: kind))])
-        }
-        if refuse {
-            ack(.refused)
-            return []
-        }
-        let fua = write.flags & PeerWriteFlags.fua != 0
-        if configuration.protocol == .b && !fua { ack(.received) }
+        var events = perform(work)
+        guard work.applyPeerWrite else { return events }
+        var failed: Range<UInt64>?
         do {
             try applyLocally(write)
+            events += peerWriteSucceeded(failing: failing)
         } catch {
-            // This copy lacks the write now: marked here too, it no longer counts as in sync with
-            // the primary (which marks it as well) until a resync brings the region.
-            markFailed(write)
-            ack(.failed)
-            return peerWriteFailed(error, resync: false)
+            failed = failedRange(of: write) ?? 0..<0
+            events += peerWriteFailed(error, resync: false)
         }
-        let events = peerWriteSucceeded(failing: failing)
-        guard fua else {
-            ack(.written)
-            return events
+        // Answered on the link the write came by.
+        let applied = state.withLock { state in
+            step(
+                .peerWriteApplied(sequence: write.sequence, flags: write.flags, failed: failed), link: link, in: &state)
         }
-        runBlocking { [self] in ack(flushFailure() == nil ? .written : .failed) }
-        return events
+        return events + perform(applied)
     }
 
     private func applyLocally(_ write: PeerWrite) throws(StorageError) {
@@ -580,58 +545,12 @@ extension ReplicatedVolume {
 
     private func onAck(_ ack: PeerAck) -> [ReplicationEvent] {
         if state.withLock({ $0.resync?.inFlight[ack.sequence] != nil }) { return onResyncAck(ack) }
-        var startsGeneration = false
-        let ready = state.withLock { state -> Bool in
-            guard var pending = state.pending[ack.sequence] else { return false }
-            switch ack.kind {
-            case .received:
-                if pending.completesOn == .received { pending.peerDone = true }
-            case .written, .flushed, .refused, .failed:
-                if ack.kind == .refused || ack.kind == .failed {
-                    if pending.length > 0 { mark(offset: pending.offset, length: pending.length, in: &state) }
-                    // The peer does not have it, as if it had gone away: where the peer may take
-                    // over on its own, the write waits until a voter has recorded it outdated (or
-                    // a resync brings it the write), lest it be acknowledged and missing there.
-                    pending.alone = true
-                    // This copy now holds a write the peer lacks, as after a disconnection: a new
-                    // generation says so durably, or two copies with equal generations would let
-                    // the marked side be overwritten from the peer after both restart.
-                    // (Not for a refusal: that comes from a peer in a newer epoch or primary itself,
-                    // whose data is the newer.)
-                    if ack.kind == .failed, pending.length > 0, state.role == .primary, state.generations.bitmap == 0 {
-                        state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
-                        startsGeneration = true
-                    }
-                }
-                if configuration.protocol == .a {
-                    state.asyncBytesInFlight -= min(state.asyncBytesInFlight, pending.length)
-                }
-                pending.peerDone = true
-                pending.acknowledged = true
-            case .resynced:
-                return false
-            }
-            state.pending[ack.sequence] = pending
-            return true
-        }
-        let lacking = ack.kind == .refused || ack.kind == .failed
-        if lacking, let error = persistBitmap() ?? (startsGeneration ? persistMetadata() : nil) {
-            fail(sequence: ack.sequence, result: .failure(error))
-            return [event("\(error)")]
-        }
-        if ready { completeIfReady(sequence: ack.sequence) }
-        var events = lacking ? refusalReport(sequence: ack.sequence, failed: ack.kind == .failed) : []
-        if catchUpDue() {
-            events.append(
-                event("regions marked while connected (protocol A fell behind, or refused writes) are resynced"))
-            events += startResyncSource(full: false, unite: false)
-        }
-        return events
+        return perform(state.withLock { step(.ack(sequence: ack.sequence, ack.kind), in: &$0) })
     }
 
     /// The line for a refused write: the first at once, then one every ten seconds at most that
     /// counts the refusals since the last.
-    private func refusalReport(sequence: UInt64, failed: Bool) -> [ReplicationEvent] {
+    func refusalReport(sequence: UInt64, failed: Bool) -> [ReplicationEvent] {
         let now = clock.now()
         let earlier = state.withLock { state -> Int? in
             if let last = state.refusalReportedAt, now - last < .seconds(10) {
@@ -648,15 +567,6 @@ extension ReplicatedVolume {
         let more = earlier > 0 ? " (and \(earlier) more refused since the last report)" : ""
         let what = failed ? "could not store" : "refused"
         return [event("peer \(what) write \(sequence)\(more); the regions are marked for resync")]
-    }
-
-    /// Whether a primary that marked regions while connected should resync them now: no
-    /// asynchronous write is in flight and no resync or verify runs.
-    private func catchUpDue() -> Bool {
-        state.withLock { state in
-            state.role == .primary && state.connection == .connected && state.resync == nil && state.verify == nil
-                && state.asyncBytesInFlight == 0 && state.bitmap.dirtyRegionCount > 0
-        }
     }
 
     private func onResyncAck(_ ack: PeerAck) -> [ReplicationEvent] {

@@ -89,8 +89,7 @@ extension ReplicatedVolume {
                     verify.progress.checkedRegions += 1
                     continue
                 }
-                let sequence = state.nextSequence
-                state.nextSequence += 1
+                let sequence = state.engine.takeSequence()
                 verify.inFlight[sequence] = region
                 peer.send([
                     .verifyRequest(

@@ -95,21 +95,6 @@ public final class ReplicatedVolume: Sendable {
     /// What opening the volume found (for example, extents recovered from a crash).
     public let openingEvents: [ReplicationEvent]
 
-    struct Pending {
-        var offset: UInt64
-        var length: UInt64
-        var completion: Completion?
-        /// The acknowledgement that lets the client's request complete.
-        var completesOn: PeerAck.Kind
-        var localDone: Bool
-        var peerDone: Bool
-        /// The peer's final answer (written, flushed or refused) arrived, or the peer is gone:
-        /// once the client has its answer too, the entry can go.
-        var acknowledged = false
-        /// The peer went away before it had the write: it completes on this node's copy alone.
-        var alone = false
-    }
-
     /// The volume's state under its lock. Every release of the lock checks, in debug builds (the
     /// tests, the simulator), the invariants the types cannot express yet.
     final class CheckedState: Sendable {
@@ -138,9 +123,11 @@ public final class ReplicatedVolume: Sendable {
         var peer: (any PeerSender)?
         var peerState: PeerVolumeState?
         var peerBitmap: WriteIntentBitmap?
-        var nextSequence: UInt64 = 1
-        var pending: [UInt64: Pending] = [:]
-        var asyncBytesInFlight: UInt64 = 0
+        /// The replication rules: pending writes, acknowledgements, held writes.
+        var engine: ReplicationEngine
+        /// Completions of the client requests the engine knows, by the ids it knows them by.
+        var requests: [IORequest: Completion] = [:]
+        var nextRequest: UInt64 = 0
         var epoch: UInt64 = 0
         var resync: ResyncState?
         var verify: VerifyState?
@@ -159,10 +146,6 @@ public final class ReplicatedVolume: Sendable {
         var knownPeerEpoch: UInt64 = 0
         /// Set by `resolveSplitBrain(discardLocal:)`: this side's changes lose the next split brain.
         var discardLocal = false
-        /// Whether writes the peer does not have may complete (see `setCompletesWithoutPeer`).
-        var completesWithoutPeer = true
-        /// Completions of writes the peer does not have, held until they may complete.
-        var held: [(Completion, Result<Void, StorageError>)] = []
         /// The newest epoch known in the cluster: replicated writes from older ones are refused.
         var fenceEpoch: UInt64 = 0
         /// The failure of this node's last write of the peer's data, once reported: the same failure
@@ -313,7 +296,11 @@ public final class ReplicatedVolume: Sendable {
             current: stored.current, bitmap: stored.bitmap,
             history: [stored.history.0, stored.history.1].filter { $0 != 0 })
         var initial = State(
-            generations: generations, metadata: local.metadata, bitmap: bitmap, activityLog: activityLog)
+            generations: generations, metadata: local.metadata, bitmap: bitmap,
+            engine: ReplicationEngine(
+                replicationProtocol: local.configuration.protocol, peerConfigured: peerConfigured,
+                asyncWindowBytes: asyncWindowBytes),
+            activityLog: activityLog)
         // Loaded from its file, and stored again above if the activity log marked anything.
         initial.persistedMarkCount = bitmap.markCount
         // A volume with a configured peer is waiting for it; a lone node's volume stands alone.
@@ -328,7 +315,9 @@ public final class ReplicatedVolume: Sendable {
         var events: [ReplicationEvent] = []
         if let error = persistBitmap() { events.append(ReplicationEvent(description: "\(error)")) }
         let cleared = state.withLock { state -> Bool in
-            guard state.pending.isEmpty, state.logCommit.waiting.isEmpty, !state.logCommit.running else { return false }
+            guard state.engine.unacknowledged == 0, state.logCommit.waiting.isEmpty, !state.logCommit.running else {
+                return false
+            }
             state.activityLog.clear()
             return true
         }
@@ -524,23 +513,8 @@ public final class ReplicatedVolume: Sendable {
 
     /// Makes every completed write durable locally and, when connected under B or C, on the peer.
     public func flush(completion: @escaping Completion) {
-        let sequence: UInt64? = state.withLock { state in
-            guard let peer = state.peer, isReplicating(state), configuration.protocol != .a else { return nil }
-            let sequence = state.nextSequence
-            state.nextSequence += 1
-            state.pending[sequence] = Pending(
-                offset: 0, length: 0, completion: completion, completesOn: .flushed, localDone: false, peerDone: false)
-            peer.send([.flush(volume: index, sequence: sequence)])
-            return sequence
-        }
-        runBlocking { [self] in
-            let result = Result { () throws(StorageError) in try store.flush() }
-            guard let sequence else { return completion(result) }
-            switch result {
-            case .success: markLocalDone(sequence: sequence)
-            case .failure: fail(sequence: sequence, result: result)
-            }
-        }
+        let work = state.withLock { state in step(.flush(register(completion, in: &state)), in: &state) }
+        for event in perform(work) { report(event) }
     }
 
     func isReplicating(_ state: State) -> Bool {
@@ -575,86 +549,193 @@ public final class ReplicatedVolume: Sendable {
         }
     }
 
-    /// The rest of `replicate`, once the write's extents are durable in the activity log.
+    /// The rest of `replicate`, once the write's extents are durable in the activity log: the local
+    /// change and the engine's step (which queues the write for the peer) under `writeOrder`.
     private func apply(
         offset: UInt64, length: UInt64, flags: UInt8, payload: NBDPayload, completion: @escaping Completion,
         _ change: () throws(StorageError) -> Void
     ) {
-        let fua = flags & PeerWriteFlags.fua != 0
-        let sent: UInt64?
+        let written = { [self] () -> Followups in
+            state.withLock { state in
+                let request = register(completion, in: &state)
+                return step(
+                    .written(request, offset: offset, length: length, flags: flags), payload: payload, in: &state)
+            }
+        }
+        let work: Followups
         do throws(StorageError) {
             if peerConfigured {
-                sent = try writeOrder.withLock { _ throws(StorageError) -> UInt64? in
+                work = try writeOrder.withLock { _ throws(StorageError) -> Followups in
                     try change()
-                    return queueForPeer(
-                        offset: offset, length: length, flags: flags, payload: payload, completion: completion)
+                    return written()
                 }
             } else {
                 try change()
-                sent = nil
+                work = written()
             }
         } catch {
             endActivity(offset: offset, length: length)
             return completion(.failure(error))
         }
-        guard let sequence = sent else {
-            // Not replicated: the region is marked in memory, and its extent is in the durable
-            // activity log, which keeps it marked across a crash.
-            guard fua else { return completeAlone(completion, .success(())) }
-            runBlocking { [self] in completeAlone(completion, Result { () throws(StorageError) in try store.flush() }) }
-            return
+        for event in perform(work) { report(event) }
+    }
+
+    /// Keeps a client's completion until the engine completes its request.
+    func register(_ completion: @escaping Completion, in state: inout State) -> IORequest {
+        state.nextRequest += 1
+        let request = IORequest(state.nextRequest)
+        state.requests[request] = completion
+        return request
+    }
+
+    // MARK: Carrying out the engine's directives
+
+    /// What a step leaves for after the lock: usually one completion or none, kept inline.
+    struct Followups {
+        enum Work {
+            case complete(Completion, Result<Void, StorageError>)
+            case sync(ReplicationEngine.Sync, link: (any PeerSender)?)
+            case persistBitmap(completionsWait: Bool)
+            case refused(sequence: UInt64, failed: Bool)
+            case catchUp
+            case event(String)
         }
-        guard fua else { return completeIfReady(sequence: sequence) }
-        runBlocking { [self] in
-            do throws(StorageError) {
-                try store.flush()
-                markLocalDone(sequence: sequence)
-            } catch {
-                fail(sequence: sequence, result: .failure(error))
-            }
+        var first: Work?
+        var more: [Work] = []
+        /// The engine asked for the peer's write to be applied here.
+        var applyPeerWrite = false
+
+        mutating func append(_ work: Work) {
+            if first == nil { first = work } else { more.append(work) }
         }
     }
 
-    /// Sends a locally applied change to the peer, or marks it when it cannot go now; returns the
-    /// sequence number when sent.
-    private func queueForPeer(
-        offset: UInt64, length: UInt64, flags: UInt8, payload: NBDPayload, completion: @escaping Completion
-    ) -> UInt64? {
-        let fua = flags & PeerWriteFlags.fua != 0
-        return state.withLock { state in
-            let windowFull = configuration.protocol == .a && state.asyncBytesInFlight + length > asyncWindowBytes
-            guard let peer = state.peer, isReplicating(state), !windowFull else {
+    /// Feeds `input` to the engine and carries out, under the lock, the directives that must be;
+    /// returns the rest. `payload` is the bytes of the request a `written` input names; `link` is
+    /// where acknowledgements go (by default the link now up; the peer's writes are answered on the
+    /// link they came by).
+    func step(
+        _ input: ReplicationEngine.Input, payload: NBDPayload? = nil, link: (any PeerSender)?? = nil,
+        leaseValid: Bool = true, in state: inout State
+    ) -> Followups {
+        let context = ReplicationEngine.Context(
+            role: state.role, epoch: state.epoch, connection: state.connection, linked: state.peer != nil,
+            replicating: isReplicating(state), syncing: state.resync != nil || state.verify != nil,
+            markedRegions: state.bitmap.dirtyRegionCount, leaseValid: leaseValid)
+        state.engine.on(input, context)
+        var work = Followups()
+        // A store failed: the completions after it fail with its error.
+        var failing: StorageError?
+        for directive in state.engine.ready {
+            switch directive {
+            case .sendWrite(_, let sequence, let epoch, let offset, let length, let flags):
+                sendWrite(
+                    PeerWrite(
+                        volume: index, sequence: sequence, epoch: epoch, offset: offset, flags: flags,
+                        payload: payload ?? NBDPayload(ByteBuffer())), length: length, to: state.peer)
+            case .sendFlush(let sequence):
+                state.peer?.send([.flush(volume: index, sequence: sequence)])
+            case .sendAck(let sequence, let kind):
+                (link ?? state.peer)?.send([.ack(PeerAck(volume: index, sequence: sequence, kind: kind))])
+            case .mark(let offset, let length):
                 mark(offset: offset, length: length, in: &state)
+            case .endActivity(let offset, let length):
                 state.activityLog.end(offset: offset, length: length)
-                return nil
-            }
-            let sequence = state.nextSequence
-            state.nextSequence += 1
-            let completesOn: PeerAck.Kind = configuration.protocol == .b && !fua ? .received : .written
-            state.pending[sequence] = Pending(
-                offset: offset, length: length, completion: completion, completesOn: completesOn,
-                localDone: !fua, peerDone: configuration.protocol == .a)
-            if configuration.protocol == .a { state.asyncBytesInFlight += length }
-            if flags & PeerWriteFlags.zeroes == 0, length >= Self.storedPayloadThreshold {
-                let write = PeerWrite(
-                    volume: index, sequence: sequence, epoch: state.epoch, offset: offset, flags: flags,
-                    payload: NBDPayload(ByteBuffer()))
-                do {
-                    try peer.send(.data(write), payloadStoredIn: store, length: Int(length))
-                } catch {
-                    // The client's bytes are still at hand.
-                    var complete = write
-                    complete.payload = payload
-                    peer.send([.data(complete)])
+            case .applyPeerWrite:
+                work.applyPeerWrite = true
+            case .sync(let sync):
+                work.append(.sync(sync, link: link ?? state.peer))
+            case .beginIndependentChanges:
+                guard state.generations.bitmap == 0 else { break }
+                state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
+                if let error = storeMetadata(&state) {
+                    failing = error
+                    work.append(.event("\(error)"))
                 }
-            } else {
-                let write = PeerWrite(
-                    volume: index, sequence: sequence, epoch: state.epoch, offset: offset, flags: flags,
-                    payload: payload)
+            case .persistBitmap(let completionsWait):
+                work.append(.persistBitmap(completionsWait: completionsWait))
+            case .complete(let request, let outcome):
+                guard let completion = state.requests.removeValue(forKey: request) else { break }
+                let result: Result<Void, StorageError>
+                switch outcome {
+                case .success: result = failing.map { .failure($0) } ?? .success(())
+                case .failure(let error): result = .failure(Self.storageError(error, path: store.path))
+                case .noLongerPrimary: result = .failure(noLongerPrimary)
+                }
+                work.append(.complete(completion, result))
+            case .peerRefused(let sequence, let failed):
+                work.append(.refused(sequence: sequence, failed: failed))
+            case .catchUp:
+                work.append(.catchUp)
+            }
+        }
+        state.engine.ready.removeAll(keepingCapacity: true)
+        return work
+    }
+
+    /// Carries out what a step left for after the lock, in order; returns what is worth logging.
+    func perform(_ work: Followups) -> [ReplicationEvent] {
+        guard let first = work.first else { return [] }
+        var events: [ReplicationEvent] = []
+        var failing: StorageError?
+        for item in CollectionOfOne(first) + work.more {
+            switch item {
+            case .complete(let completion, let result):
+                if case .success = result, let failing { completion(.failure(failing)) } else { completion(result) }
+            case .sync(let sync, let link):
+                runBlocking { [self] in
+                    let failure: StorageError?
+                    if case .forPeer = sync {
+                        failure = flushFailure()
+                    } else {
+                        do throws(StorageError) {
+                            try store.flush()
+                            failure = nil
+                        } catch {
+                            failure = error
+                        }
+                    }
+                    let after = state.withLock { step(.synced(sync, failure: failure), link: link, in: &$0) }
+                    for event in perform(after) { report(event) }
+                }
+            case .persistBitmap(let completionsWait):
+                guard let error = persistBitmap() else { break }
+                if completionsWait { failing = error }
+                events.append(event("\(error)"))
+            case .refused(let sequence, let failed):
+                events += refusalReport(sequence: sequence, failed: failed)
+            case .catchUp:
+                events.append(
+                    event("regions marked while connected (protocol A fell behind, or refused writes) are resynced"))
+                events += startResyncSource(full: false, unite: false)
+            case .event(let text):
+                events.append(event(text))
+            }
+        }
+        return events
+    }
+
+    /// Queues a client write for the peer: a large one's bytes are read from the local copy when
+    /// the frame leaves (see `storedPayloadThreshold`), a small one goes with its payload.
+    private func sendWrite(_ write: PeerWrite, length: UInt64, to peer: (any PeerSender)?) {
+        guard let peer else { return }
+        if write.flags & PeerWriteFlags.zeroes == 0, length >= Self.storedPayloadThreshold {
+            var header = write
+            header.payload = NBDPayload(ByteBuffer())
+            do {
+                try peer.send(.data(header), payloadStoredIn: store, length: Int(length))
+            } catch {
+                // The client's bytes are still at hand.
                 peer.send([.data(write)])
             }
-            return sequence
+        } else {
+            peer.send([.data(write)])
         }
+    }
+
+    /// A failure the engine carried back, as the storage error it was.
+    static func storageError(_ error: any Error, path: String) -> StorageError {
+        error as? StorageError ?? StorageError(path: path, operation: "write", reason: "\(error)")
     }
 
     /// Marks a write the peer will not get now. During a resync from here the marked bytes join
@@ -675,90 +756,23 @@ public final class ReplicatedVolume: Sendable {
         state.resync = resync
     }
 
-    func markLocalDone(sequence: UInt64) {
-        state.withLock { $0.pending[sequence]?.localDone = true }
-        completeIfReady(sequence: sequence)
-    }
-
-    func fail(sequence: UInt64, result: Result<Void, StorageError>) {
-        let completion = state.withLock { state -> Completion? in
-            defer { state.pending[sequence]?.completion = nil }
-            return state.pending[sequence]?.completion
-        }
-        completion?(result)
-    }
-
-    /// Completes the client's request once both halves are done. The entry itself stays until the
-    /// peer's final acknowledgement (for protocols A and B that comes after the client's answer), so
-    /// that a lost peer marks what it may not have and protocol A's window drains.
-    func completeIfReady(sequence: UInt64) {
-        let completion = state.withLock { state -> Completion? in
-            guard var pending = state.pending[sequence] else { return nil }
-            var completion: Completion?
-            if pending.localDone, pending.peerDone {
-                completion = pending.completion
-                pending.completion = nil
-                if pending.alone, !state.completesWithoutPeer, let waiting = completion {
-                    state.held.append((waiting, .success(())))
-                    completion = nil
-                }
-            }
-            if pending.acknowledged, pending.localDone, pending.completion == nil {
-                removePending(sequence, from: &state)
-            } else {
-                state.pending[sequence] = pending
-            }
-            return completion
-        }
-        completion?(.success(()))
-    }
-
-    /// Completes a write the peer does not have, or holds it while such writes may not complete.
-    func completeAlone(_ completion: @escaping Completion, _ result: Result<Void, StorageError>) {
-        let now = state.withLock { state -> Bool in
-            if state.completesWithoutPeer || state.role != .primary { return true }
-            state.held.append((completion, result))
-            return false
-        }
-        if now { completion(result) }
-    }
-
     /// Whether writes the peer does not have may complete. A cluster whose peer may take over on
     /// its own closes this until a voter has recorded that the peer is outdated: before that, an
     /// acknowledged write could be missing from the next primary. Opening it completes what waited.
     ///
     /// A primary apart from its peer starts a new data generation here, durably, before the
     /// first write completes without the peer: the next connection then knows this copy changed.
+    /// If that cannot be stored, the writes that waited fail.
     public func setCompletesWithoutPeer(_ allowed: Bool) {
-        let (released, startsGeneration) = state.withLock {
-            state -> ([(Completion, Result<Void, StorageError>)], Bool) in
-            state.completesWithoutPeer = allowed
-            guard allowed else { return ([], false) }
-            let startsGeneration = state.role == .primary && state.peer == nil && state.generations.bitmap == 0
-            if startsGeneration {
-                state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
-            }
-            defer { state.held.removeAll() }
-            return (state.held, startsGeneration)
-        }
-        if startsGeneration, let error = persistMetadata() {
-            // Not durable: the held writes fail rather than complete on a copy whose change the
-            // next connection could not see.
-            report(event("\(error); writes that waited for the peer fail"))
-            for (completion, _) in released { completion(.failure(error)) }
-            return
-        }
-        for (completion, result) in released { completion(result) }
+        let work = state.withLock { step(.completesWithoutPeer(allowed), in: &$0) }
+        for event in perform(work) { report(event) }
     }
 
     /// Completes held writes once the peer has them after all (a resync brought it back in sync),
     /// or fails them when this node stops being primary.
     public func releaseHeldWrites(failing: Bool = false) {
-        let released = state.withLock { state -> [(Completion, Result<Void, StorageError>)] in
-            defer { state.held.removeAll() }
-            return state.held
-        }
-        for (completion, result) in released { completion(failing ? .failure(noLongerPrimary) : result) }
+        let work = state.withLock { step(.releaseHeld(failing: failing), in: &$0) }
+        for event in perform(work) { report(event) }
     }
 
     /// Why a write that this node took as primary fails after it stopped being one.
@@ -767,13 +781,12 @@ public final class ReplicatedVolume: Sendable {
     }
 
     /// Writes held until they may complete without the peer.
-    public var heldWrites: Int { state.withLock { $0.held.count } }
+    public var heldWrites: Int { state.withLock { $0.engine.held.count } }
 
     /// Requests in flight (sent to the peer and not yet answered).
     public var writesInFlight: Int {
         state.withLock { state in
-            state.pending.values.filter { $0.completion != nil }.count + state.logCommit.waiting.count
-                + (state.logCommit.running ? 1 : 0)
+            state.engine.requestsInFlight + state.logCommit.waiting.count + (state.logCommit.running ? 1 : 0)
         }
     }
 
@@ -863,12 +876,6 @@ public final class ReplicatedVolume: Sendable {
     /// Whole nanoseconds of `duration`.
     public static func nanoseconds(_ duration: Duration) -> Int64 {
         duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
-    }
-
-    /// Removes a finished request, ending its activity-log entry.
-    func removePending(_ sequence: UInt64, from state: inout State) {
-        guard let pending = state.pending.removeValue(forKey: sequence) else { return }
-        if pending.length > 0, peerConfigured { state.activityLog.end(offset: pending.offset, length: pending.length) }
     }
 
     // MARK: Activity log
@@ -1007,12 +1014,4 @@ public final class ReplicatedVolume: Sendable {
             return StorageError(path: metadataPath, operation: "store metadata", reason: error.description)
         }
     }
-}
-
-/// Bits of `PeerWrite.flags`.
-public enum PeerWriteFlags {
-    /// Durable before the written acknowledgement.
-    public static let fua: UInt8 = 1
-    /// The payload is an 8-byte length: write that many zeroes.
-    public static let zeroes: UInt8 = 2
 }

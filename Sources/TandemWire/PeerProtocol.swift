@@ -174,22 +174,7 @@ public struct PeerVerify: Equatable, Sendable {
 /// An acknowledgement.
 public struct PeerAck: Equatable, Sendable {
     /// What is acknowledged.
-    public enum Kind: UInt8, Sendable {
-        /// The data arrived (protocol B).
-        case received = 1
-        /// The data is written (protocol C), and durable if the write had FUA.
-        case written = 2
-        /// A flush completed.
-        case flushed = 3
-        /// A resync block is written.
-        case resynced = 4
-        /// The write was refused: it came from an older epoch, or this node is primary itself. The
-        /// sender marks it out of sync.
-        case refused = 5
-        /// The write could not be stored here (an I/O error, no space). The sender marks it out of
-        /// sync and, holding data this copy lacks, starts a new data generation.
-        case failed = 6
-    }
+    public typealias Kind = PeerAckKind
 
     public var volume: UInt16
     public var sequence: UInt64

@@ -1,16 +1,15 @@
-import TandemCore
-
 /// One bit per region of a volume: set when the region may differ from the peer's copy.
 ///
-/// The bitmap is a value; `WriteIntentBitmap.store(path:)` replaces its file atomically, and a
-/// caller persists it before acknowledging a write that set a new bit, so a crash never forgets a
-/// region that changed without the peer.
+/// The bitmap is a value (its file format lives in TandemStorage); a caller persists it before
+/// acknowledging a write that set a new bit, so a crash never forgets a region that changed
+/// without the peer.
 public struct WriteIntentBitmap: Sendable, Equatable {
     /// Bytes per bit.
     public let regionBytes: UInt64
     /// Size of the volume tracked.
     public let volumeBytes: UInt64
-    private var words: [UInt64]
+    /// The bits, 64 regions to a word, region 0 in the lowest bit of the first.
+    public private(set) var words: [UInt64]
     /// Number of set bits.
     public private(set) var dirtyRegionCount: Int = 0
     /// How many times a bit went from clear to set in this value's life (not stored): a caller
@@ -25,6 +24,14 @@ public struct WriteIntentBitmap: Sendable, Equatable {
         self.volumeBytes = volumeBytes
         let regions = Int((volumeBytes + regionBytes - 1) / regionBytes)
         words = Array(repeating: 0, count: (regions + 63) / 64)
+    }
+
+    /// The bitmap with `words` as its bits; `nil` when their count does not fit the shape.
+    public init?(volumeBytes: UInt64, regionBytes: UInt64, words: [UInt64]) {
+        self.init(volumeBytes: volumeBytes, regionBytes: regionBytes)
+        guard words.count == self.words.count else { return nil }
+        self.words = words
+        dirtyRegionCount = words.reduce(0) { $0 + $1.nonzeroBitCount }
     }
 
     /// Regions in the volume.
@@ -147,49 +154,5 @@ public struct WriteIntentBitmap: Sendable, Equatable {
     /// Two bitmaps are equal when they have the same shape and the same bits set.
     public static func == (left: WriteIntentBitmap, right: WriteIntentBitmap) -> Bool {
         left.regionBytes == right.regionBytes && left.volumeBytes == right.volumeBytes && left.words == right.words
-    }
-
-    // MARK: Persistence
-
-    private static let magic = Array("TNDMBMAP".utf8)
-
-    /// The file's bytes: magic, region size, volume size, words, CRC-32C.
-    public func encoded() -> [UInt8] {
-        var bytes = Self.magic
-        for value in [regionBytes, volumeBytes] + words {
-            withUnsafeBytes(of: value.bigEndian) { bytes += $0 }
-        }
-        withUnsafeBytes(of: CRC32C.checksum(bytes).bigEndian) { bytes += $0 }
-        return bytes
-    }
-
-    /// Parses a bitmap file; `nil` when it is torn, corrupt or of another shape.
-    public static func decode(_ bytes: [UInt8], volumeBytes: UInt64) -> WriteIntentBitmap? {
-        guard bytes.count >= 28, Array(bytes[0..<8]) == magic else { return nil }
-        var reader = ByteReader(bytes: bytes, index: bytes.count - 4)
-        guard reader.peekUInt32() == CRC32C.checksum(bytes[0..<(bytes.count - 4)]) else { return nil }
-        reader.index = 8
-        guard let regionBytes = reader.uint64(), let storedVolumeBytes = reader.uint64(),
-            storedVolumeBytes == volumeBytes, regionBytes > 0, regionBytes & (regionBytes - 1) == 0
-        else { return nil }
-        var bitmap = WriteIntentBitmap(volumeBytes: volumeBytes, regionBytes: regionBytes)
-        guard (bytes.count - 28) == bitmap.words.count * 8 else { return nil }
-        for index in bitmap.words.indices { bitmap.words[index] = reader.uint64()! }
-        bitmap.dirtyRegionCount = bitmap.words.reduce(0) { $0 + $1.nonzeroBitCount }
-        return bitmap
-    }
-
-    /// Replaces the file at `path` atomically.
-    public func store(path: String) throws(MetadataError) {
-        try AtomicFile.replace(path: path, bytes: encoded())
-    }
-
-    /// Reads the file at `path`: `nil` if absent; a torn or corrupt file is an error, never a clean bitmap.
-    public static func load(path: String, volumeBytes: UInt64) throws(MetadataError) -> WriteIntentBitmap? {
-        guard let bytes = try AtomicFile.read(path: path) else { return nil }
-        guard let bitmap = decode(bytes, volumeBytes: volumeBytes) else {
-            throw .corrupt(path: path, reason: "bitmap does not parse or its checksum is wrong")
-        }
-        return bitmap
     }
 }

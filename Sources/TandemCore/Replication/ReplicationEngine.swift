@@ -1,0 +1,430 @@
+/// What the peer's acknowledgement of a replicated frame says.
+public enum PeerAckKind: UInt8, Sendable {
+    /// The data arrived (protocol B).
+    case received = 1
+    /// The data is written (protocol C), and durable if the write had FUA.
+    case written = 2
+    /// A flush completed.
+    case flushed = 3
+    /// A resync block is written.
+    case resynced = 4
+    /// The write was refused: it came from an older epoch, or this node is primary itself. The
+    /// sender marks it out of sync.
+    case refused = 5
+    /// The write could not be stored here (an I/O error, no space). The sender marks it out of
+    /// sync and, holding data this copy lacks, starts a new data generation.
+    case failed = 6
+}
+
+/// Bits of a replicated write's flags.
+public enum PeerWriteFlags {
+    /// Durable before the written acknowledgement.
+    public static let fua: UInt8 = 1
+    /// The payload is an 8-byte length: write that many zeroes.
+    public static let zeroes: UInt8 = 2
+}
+
+/// A client request the shell keeps (its completion, and its payload while it is being sent).
+public struct IORequest: Hashable, Sendable, CustomStringConvertible {
+    public var id: UInt64
+    public init(_ id: UInt64) { self.id = id }
+    public var description: String { "r\(id)" }
+}
+
+/// The replication rules of one volume on one node, without I/O: which write goes to the peer and
+/// which is marked instead, when a client's request may complete, what a lost peer or a refused
+/// write changes, what this node answers to the peer's writes.
+///
+/// The shell (`ReplicatedVolume`) feeds it every input with `on(_:_:)` under the volume's lock and
+/// carries out the directives it leaves in `ready`, in order, each with the duty its case names;
+/// then it empties `ready` (keeping its capacity, so that a write allocates nothing here). It feeds
+/// back what the directives produced (a local sync's end, the peer's acknowledgements). The facts
+/// the shell still owns (role, epoch, the link's state) come with each input as a `Context`.
+///
+/// Client requests and their payloads are named by `IORequest`s; the shell keeps the completions
+/// and the payload bytes. Replicated frames are numbered by sequence numbers taken here.
+public struct ReplicationEngine: Sendable {
+    /// The facts of the volume's shell that the rules read.
+    public struct Context: Sendable, Equatable {
+        public var role: VolumeRole
+        public var epoch: UInt64
+        public var connection: ConnectionState
+        /// A peer link is up (whatever the connection's state).
+        public var linked: Bool
+        /// A peer link is up and the peer takes writes (connected, or this node is its resync source).
+        public var replicating: Bool
+        /// A resync or a verify runs.
+        public var syncing: Bool
+        /// Regions marked out of sync.
+        public var markedRegions: Int
+        /// This node's lease has not ended: it may still present its copy as changed.
+        public var leaseValid: Bool
+
+        public init(
+            role: VolumeRole, epoch: UInt64, connection: ConnectionState, linked: Bool, replicating: Bool,
+            syncing: Bool = false, markedRegions: Int = 0, leaseValid: Bool = true
+        ) {
+            self.role = role
+            self.epoch = epoch
+            self.connection = connection
+            self.linked = linked
+            self.replicating = replicating
+            self.syncing = syncing
+            self.markedRegions = markedRegions
+            self.leaseValid = leaseValid
+        }
+    }
+
+    /// Everything that happens to the volume's rules.
+    public enum Input: Sendable {
+        /// A client write (or zeroes/trim, `flags` saying which) is applied to the local copy.
+        case written(IORequest, offset: UInt64, length: UInt64, flags: UInt8)
+        /// A client asks for every completed write to be durable.
+        case flush(IORequest)
+        /// A `sync` directive ended; `failure` is why it failed.
+        case synced(Sync, failure: (any Error & Sendable)?)
+        /// The peer acknowledged frame `sequence`.
+        case ack(sequence: UInt64, PeerAckKind)
+        /// The link to the peer is gone.
+        case disconnected
+        /// Whether writes the peer does not have may complete (membership decides).
+        case completesWithoutPeer(Bool)
+        /// Complete the held writes (the peer has them now), or fail them (this node is no longer primary).
+        case releaseHeld(failing: Bool)
+        /// The peer sent write `sequence` from its epoch `epoch`; `fenceEpoch` is the newest epoch
+        /// this node knows.
+        case peerWrite(sequence: UInt64, epoch: UInt64, fenceEpoch: UInt64, flags: UInt8)
+        /// The local write of the peer's write `sequence` ended; `failed` is the part of the
+        /// volume it should have changed when it failed (empty when that is unknown).
+        case peerWriteApplied(sequence: UInt64, flags: UInt8, failed: Range<UInt64>?)
+        /// The peer asks for a flush, numbered `sequence`.
+        case peerFlush(sequence: UInt64)
+    }
+
+    /// A local `fdatasync` and what it is for.
+    public enum Sync: Sendable, Equatable {
+        /// For pending frame `sequence` (a FUA write or a flush the peer also does).
+        case pending(UInt64)
+        /// For a request the peer takes no part in; `holdable`: a write that must wait while
+        /// writes the peer lacks may not complete.
+        case alone(IORequest, holdable: Bool)
+        /// For the peer's FUA write or flush `sequence`: acknowledge with `kind` when it succeeds.
+        case forPeer(UInt64, PeerAckKind)
+    }
+
+    /// How a request ends.
+    public enum Outcome: Sendable {
+        case success
+        /// A local write or sync failed.
+        case failure(any Error & Sendable)
+        /// This node stopped being primary before the request could complete.
+        case noLongerPrimary
+    }
+
+    /// What the shell must do, in order. Cases marked "under the lock" are carried out before the
+    /// volume's lock is released (they change what the next input sees, or fix the peer's order);
+    /// the others after, in the order given.
+    public enum Directive: Sendable {
+        /// Under the lock: queue the client write `request`'s bytes for the peer as frame
+        /// `sequence` of `epoch`, after every frame queued before.
+        case sendWrite(IORequest, sequence: UInt64, epoch: UInt64, offset: UInt64, length: UInt64, flags: UInt8)
+        /// Under the lock: queue a flush request for the peer.
+        case sendFlush(sequence: UInt64)
+        /// Under the lock: queue an acknowledgement of the peer's frame.
+        case sendAck(sequence: UInt64, PeerAckKind)
+        /// Under the lock: mark the bytes out of sync in the bitmap in memory (a later
+        /// `persistBitmap` or the activity log makes it durable).
+        case mark(offset: UInt64, length: UInt64)
+        /// Under the lock: the write is no longer tracked; end its activity-log entry.
+        case endActivity(offset: UInt64, length: UInt64)
+        /// Write the peer's frame `sequence` to the local copy, then feed `peerWriteApplied`.
+        case applyPeerWrite(sequence: UInt64)
+        /// Make the local copy durable off the caller's thread, then feed `synced`.
+        case sync(Sync)
+        /// This copy now holds writes the peer lacks: start a new current generation (unless one
+        /// started since the last resync) and store the metadata. Done before any `complete` after
+        /// it; if the store fails, those completions fail with its error instead of succeeding.
+        case beginIndependentChanges
+        /// Store the bitmap. With `completionsWait`, done before any `complete` after it, which
+        /// fails with its error if the store fails; without, a failure is only reported (the
+        /// activity log covers the regions).
+        case persistBitmap(completionsWait: Bool)
+        /// Complete the client's request.
+        case complete(IORequest, Outcome)
+        /// The peer refused (`failed`: could not store) frame `sequence`; its region is marked.
+        case peerRefused(sequence: UInt64, failed: Bool)
+        /// Regions were marked while connected and nothing is in flight: resync them now.
+        case catchUp
+    }
+
+    struct Pending {
+        var offset: UInt64
+        var length: UInt64
+        var request: IORequest?
+        /// The acknowledgement that lets the client's request complete.
+        var completesOn: PeerAckKind
+        var localDone: Bool
+        var peerDone: Bool
+        /// The peer's final answer (written, flushed or refused) arrived, or the peer is gone:
+        /// once the client has its answer too, the entry can go.
+        var acknowledged = false
+        /// The peer went away, or refused, before it had the write: it completes on this copy alone.
+        var alone = false
+    }
+
+    /// Bugs the simulator plants on purpose, to show that its checker finds them. The agent never
+    /// sets any.
+    package struct Defects: OptionSet, Sendable {
+        package let rawValue: Int
+        package init(rawValue: Int) { self.rawValue = rawValue }
+        /// Protocol C completes a write as soon as it is sent, before the peer wrote it.
+        package static let completesBeforePeerWrote = Defects(rawValue: 1)
+        /// A lost link leaves the writes in flight unmarked.
+        package static let forgetsInFlightOnDisconnect = Defects(rawValue: 2)
+    }
+
+    package var defects: Defects = []
+
+    public let replicationProtocol: Configuration.ReplicationProtocol
+    /// Whether a peer is configured: a lone node replicates nothing and marks nothing.
+    public let peerConfigured: Bool
+    /// Bytes protocol A may have unacknowledged before it stops sending and marks instead.
+    public let asyncWindowBytes: UInt64
+
+    /// What the last inputs decided, for the shell to carry out and empty.
+    public var ready: [Directive] = []
+    var pending: [UInt64: Pending] = [:]
+    public private(set) var nextSequence: UInt64 = 1
+    public private(set) var asyncBytesInFlight: UInt64 = 0
+    /// Whether writes the peer does not have may complete.
+    public private(set) var completesWithoutPeer = true
+    /// Completions of writes the peer does not have, held until they may complete.
+    public private(set) var held: [IORequest] = []
+
+    public init(
+        replicationProtocol: Configuration.ReplicationProtocol, peerConfigured: Bool = true,
+        asyncWindowBytes: UInt64 = 64 << 20
+    ) {
+        self.replicationProtocol = replicationProtocol
+        self.peerConfigured = peerConfigured
+        self.asyncWindowBytes = asyncWindowBytes
+        ready.reserveCapacity(8)
+    }
+
+    /// Client requests in flight: sent to the peer or syncing, and not yet answered.
+    public var requestsInFlight: Int { pending.values.count { $0.request != nil } }
+
+    /// Frames sent and not finally acknowledged (requests whose peer part is still open).
+    public var unacknowledged: Int { pending.count }
+
+    /// A sequence number for a frame the shell sends on its own (a resync block, a verify request).
+    public mutating func takeSequence() -> UInt64 {
+        defer { nextSequence += 1 }
+        return nextSequence
+    }
+
+    /// Decides what `input` changes; the directives land in `ready`.
+    public mutating func on(_ input: Input, _ context: Context) {
+        switch input {
+        case .written(let request, let offset, let length, let flags):
+            onWritten(request, offset: offset, length: length, flags: flags, context)
+        case .flush(let request):
+            guard context.replicating, replicationProtocol != .a else {
+                return ready.append(.sync(.alone(request, holdable: false)))
+            }
+            let sequence = takeSequence()
+            pending[sequence] = Pending(
+                offset: 0, length: 0, request: request, completesOn: .flushed, localDone: false, peerDone: false)
+            ready.append(.sendFlush(sequence: sequence))
+            ready.append(.sync(.pending(sequence)))
+        case .synced(let sync, let failure):
+            onSynced(sync, failure: failure, context)
+        case .ack(let sequence, let kind):
+            onAck(sequence: sequence, kind, context)
+        case .disconnected:
+            onDisconnected(context)
+        case .completesWithoutPeer(let allowed):
+            completesWithoutPeer = allowed
+            guard allowed else { return }
+            // A primary apart from its peer starts a new generation, durably, before the first write
+            // completes without the peer: the next connection then knows this copy changed.
+            if context.role == .primary, !context.linked { ready.append(.beginIndependentChanges) }
+            releaseHeld(.success)
+        case .releaseHeld(let failing):
+            releaseHeld(failing ? .noLongerPrimary : .success)
+        case .peerWrite(let sequence, let epoch, let fenceEpoch, let flags):
+            // A primary takes no one's writes, and a write from an older epoch than one this node
+            // has seen comes from a node whose lease ended.
+            if context.role == .primary || epoch < fenceEpoch {
+                return ready.append(.sendAck(sequence: sequence, .refused))
+            }
+            if replicationProtocol == .b, flags & PeerWriteFlags.fua == 0 {
+                ready.append(.sendAck(sequence: sequence, .received))
+            }
+            ready.append(.applyPeerWrite(sequence: sequence))
+        case .peerWriteApplied(let sequence, let flags, let failed):
+            if let failed {
+                // This copy lacks the write now: marked here too, it no longer counts as in sync with
+                // the primary (which marks it as well) until a resync brings the region.
+                if !failed.isEmpty {
+                    ready.append(.mark(offset: failed.lowerBound, length: UInt64(failed.count)))
+                }
+                ready.append(.sendAck(sequence: sequence, .failed))
+            } else if flags & PeerWriteFlags.fua != 0 {
+                ready.append(.sync(.forPeer(sequence, .written)))
+            } else {
+                ready.append(.sendAck(sequence: sequence, .written))
+            }
+        case .peerFlush(let sequence):
+            ready.append(.sync(.forPeer(sequence, .flushed)))
+        }
+    }
+
+    private mutating func onWritten(
+        _ request: IORequest, offset: UInt64, length: UInt64, flags: UInt8, _ context: Context
+    ) {
+        let fua = flags & PeerWriteFlags.fua != 0
+        guard peerConfigured else {
+            if fua { return ready.append(.sync(.alone(request, holdable: true))) }
+            return completeAlone(request, .success, context)
+        }
+        let windowFull = replicationProtocol == .a && asyncBytesInFlight + length > asyncWindowBytes
+        guard context.replicating, !windowFull else {
+            // Not replicated: marked in memory; its extent is in the durable activity log, which
+            // keeps it marked across a crash.
+            ready.append(.mark(offset: offset, length: length))
+            ready.append(.endActivity(offset: offset, length: length))
+            if fua { return ready.append(.sync(.alone(request, holdable: true))) }
+            return completeAlone(request, .success, context)
+        }
+        let sequence = takeSequence()
+        let completesOn: PeerAckKind = replicationProtocol == .b && !fua ? .received : .written
+        pending[sequence] = Pending(
+            offset: offset, length: length, request: request, completesOn: completesOn, localDone: !fua,
+            peerDone: replicationProtocol == .a || defects.contains(.completesBeforePeerWrote))
+        if replicationProtocol == .a { asyncBytesInFlight += length }
+        ready.append(
+            .sendWrite(request, sequence: sequence, epoch: context.epoch, offset: offset, length: length, flags: flags))
+        if fua { ready.append(.sync(.pending(sequence))) } else { completeIfReady(sequence) }
+    }
+
+    private mutating func onSynced(_ sync: Sync, failure: (any Error & Sendable)?, _ context: Context) {
+        switch sync {
+        case .pending(let sequence):
+            guard let failure else {
+                pending[sequence]?.localDone = true
+                return completeIfReady(sequence)
+            }
+            // The client hears the failure now; the entry stays until the peer's answer.
+            if let request = pending[sequence]?.request {
+                pending[sequence]?.request = nil
+                ready.append(.complete(request, .failure(failure)))
+            }
+            pending[sequence]?.localDone = true
+            if pending[sequence].map({ $0.acknowledged }) == true { retire(sequence) }
+        case .alone(let request, let holdable):
+            let outcome: Outcome = failure.map { .failure($0) } ?? .success
+            if holdable { completeAlone(request, outcome, context) } else { ready.append(.complete(request, outcome)) }
+        case .forPeer(let sequence, let kind):
+            ready.append(.sendAck(sequence: sequence, failure == nil ? kind : .failed))
+        }
+    }
+
+    private mutating func onAck(sequence: UInt64, _ kind: PeerAckKind, _ context: Context) {
+        guard var entry = pending[sequence] else { return }
+        switch kind {
+        case .received:
+            if entry.completesOn == .received { entry.peerDone = true }
+        case .written, .flushed, .refused, .failed:
+            if kind == .refused || kind == .failed {
+                if entry.length > 0 { ready.append(.mark(offset: entry.offset, length: entry.length)) }
+                // The peer does not have it, as if it had gone away: where the peer may take over
+                // on its own, the write waits until a voter has recorded it outdated (or a resync
+                // brings it the write), lest it be acknowledged and missing there.
+                entry.alone = true
+                ready.append(.persistBitmap(completionsWait: true))
+                // This copy now holds a write the peer lacks, as after a disconnection: a new
+                // generation says so durably, or two copies with equal generations would let the
+                // marked side be overwritten from the peer after both restart. (Not for a refusal:
+                // that comes from a peer in a newer epoch or primary itself, whose data is newer.)
+                if kind == .failed, entry.length > 0, context.role == .primary {
+                    ready.append(.beginIndependentChanges)
+                }
+                ready.append(.peerRefused(sequence: sequence, failed: kind == .failed))
+            }
+            if replicationProtocol == .a { asyncBytesInFlight -= min(asyncBytesInFlight, entry.length) }
+            entry.peerDone = true
+            entry.acknowledged = true
+        case .resynced:
+            return
+        }
+        pending[sequence] = entry
+        completeIfReady(sequence)
+        let marked = (kind == .refused || kind == .failed) && entry.length > 0
+        if context.role == .primary, context.connection == .connected, !context.syncing, asyncBytesInFlight == 0,
+            context.markedRegions > 0 || marked
+        {
+            ready.append(.catchUp)
+        }
+    }
+
+    private mutating func onDisconnected(_ context: Context) {
+        // The peer may not have these: mark them (their extents are in the durable activity log),
+        // and let every waiting request complete on this node's copy.
+        for (sequence, entry) in pending {
+            if entry.length > 0, !defects.contains(.forgetsInFlightOnDisconnect) {
+                ready.append(.mark(offset: entry.offset, length: entry.length))
+            }
+            pending[sequence]?.peerDone = true
+            pending[sequence]?.acknowledged = true
+            pending[sequence]?.alone = true
+        }
+        asyncBytesInFlight = 0
+        for sequence in Array(pending.keys).sorted() { completeIfReady(sequence) }
+        ready.append(.persistBitmap(completionsWait: false))
+        // A primary whose lease ended (frozen past it, woken now) acknowledges nothing more and
+        // must not present its copy as changed: quorum has made the peer primary already. Under
+        // protocol C, where writes wait for a voter to record the peer outdated before they
+        // complete alone, the generation starts then (`completesWithoutPeer`): a primary cut off
+        // from everyone completes nothing alone, and its copy rejoins as the resync target
+        // without looking like a split brain.
+        let completesAlone = completesWithoutPeer || replicationProtocol != .c
+        if context.role == .primary, context.leaseValid, completesAlone { ready.append(.beginIndependentChanges) }
+    }
+
+    /// Completes the client's request once both halves are done. The entry stays until the peer's
+    /// final acknowledgement (for protocols A and B that comes after the client's answer), so that
+    /// a lost peer marks what it may not have and protocol A's window drains.
+    private mutating func completeIfReady(_ sequence: UInt64) {
+        guard var entry = pending[sequence] else { return }
+        if entry.localDone, entry.peerDone, let request = entry.request {
+            entry.request = nil
+            if entry.alone, !completesWithoutPeer {
+                held.append(request)
+            } else {
+                ready.append(.complete(request, .success))
+            }
+        }
+        pending[sequence] = entry
+        if entry.acknowledged, entry.localDone, entry.request == nil { retire(sequence) }
+    }
+
+    private mutating func retire(_ sequence: UInt64) {
+        guard let entry = pending.removeValue(forKey: sequence) else { return }
+        if entry.length > 0 { ready.append(.endActivity(offset: entry.offset, length: entry.length)) }
+    }
+
+    /// Completes a write the peer does not have, or holds it while such writes may not complete.
+    private mutating func completeAlone(_ request: IORequest, _ outcome: Outcome, _ context: Context) {
+        if completesWithoutPeer || context.role != .primary {
+            return ready.append(.complete(request, outcome))
+        }
+        if case .success = outcome { return held.append(request) }
+        ready.append(.complete(request, outcome))
+    }
+
+    private mutating func releaseHeld(_ outcome: Outcome) {
+        for request in held { ready.append(.complete(request, outcome)) }
+        held.removeAll()
+    }
+}
