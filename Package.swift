@@ -73,6 +73,8 @@ let package = Package(
         ),
         // Optimised even in debug builds: CI runs a thousand simulated scenarios.
         .target(name: "TandemSim", dependencies: ["TandemCore"], swiftSettings: [.unsafeFlags(["-O"])]),
+        // Searches the data-path simulator's seeds outside CI (`swift run -c release tandem-sim`).
+        .executableTarget(name: "tandem-sim", dependencies: ["TandemSim", "TandemCore"]),
         .target(name: "TandemTestSupport", path: "Tests/TandemTestSupport"),
         .testTarget(name: "TandemCoreTests", dependencies: ["TandemCore"]),
         .testTarget(
