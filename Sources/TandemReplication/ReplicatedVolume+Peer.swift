@@ -15,13 +15,20 @@ extension ReplicatedVolume {
     /// The link to the peer is up: send this side's bitmap and state; the decision follows when the
     /// peer's state arrives.
     public func peerConnected(_ sender: any PeerSender) {
-        let frames = state.withLock { state -> [PeerFrame] in
+        let (frames, work) = state.withLock { state -> ([PeerFrame], Followups) in
             state.peer = sender
             state.connection = .connecting
             state.peerState = nil
             state.peerBitmap = nil
-            return [.bitmap(volume: index, bytes: state.bitmap.encoded()), .volumeState(volumeState(state))]
+            // The peer link carries no boot identity yet, so a peer whose host lost power (and
+            // with it what its page cache held) cannot be told from one whose link broke: taken
+            // as the latter, as before. The engine marks what the peer had not flushed when told.
+            let work = step(.peerReturned(lostCache: false), in: &state)
+            return (
+                [.bitmap(volume: index, bytes: state.engine.bitmap.encoded()), .volumeState(volumeState(state))], work
+            )
         }
+        for event in perform(work) { report(event) }
         sender.send(frames)
     }
 
@@ -113,7 +120,7 @@ extension ReplicatedVolume {
                 current: peerState.generations.first ?? 0, bitmap: peerState.generations.dropFirst().first ?? 0,
                 history: Array(peerState.generations.dropFirst(2).filter { $0 != 0 }.prefix(2)))
             let marks = Marks(
-                localDirty: state.bitmap.dirtyRegionCount > 0, peerDirty: peerState.outOfSyncBytes > 0,
+                localDirty: state.engine.bitmap.dirtyRegionCount > 0, peerDirty: peerState.outOfSyncBytes > 0,
                 localPrimary: state.role == .primary, peerPrimary: peerState.role == .primary,
                 localPreferred: preferredInTies)
             let decision = SyncDecision.decide(
@@ -132,7 +139,7 @@ extension ReplicatedVolume {
             let (changed, current) = state.withLock { state -> (Bool, Bool) in
                 // The same data as an up-to-date peer, nothing marked on either side: nothing is missing.
                 let current =
-                    decision == .noSync && state.disk == .outdated && state.bitmap.dirtyRegionCount == 0
+                    decision == .noSync && state.disk == .outdated && state.engine.bitmap.dirtyRegionCount == 0
                     && peerState.diskState == .upToDate && peerState.outOfSyncBytes == 0
                     && state.resync == nil
                 if current { state.disk = .upToDate }
@@ -165,7 +172,7 @@ extension ReplicatedVolume {
     private func onSplitBrain(peerState: PeerVolumeState, bitmapsCover: Bool) -> [ReplicationEvent] {
         let (victim, report) = state.withLock { state -> (PeerSide?, SplitBrainReport) in
             let report = SplitBrainReport(
-                localChangedBytes: state.bitmap.dirtyBytes, peerChangedBytes: peerState.outOfSyncBytes,
+                localChangedBytes: state.engine.bitmap.dirtyBytes, peerChangedBytes: peerState.outOfSyncBytes,
                 resolvable: bitmapsCover)
             state.splitBrain = report
             if state.discardLocal { return (.local, report) }
@@ -232,19 +239,18 @@ extension ReplicatedVolume {
     // MARK: Resync
 
     func startResyncSource(full: Bool, unite: Bool) -> [ReplicationEvent] {
-        let total = state.withLock { state -> UInt64 in
-            if full { state.bitmap.markAll() }
-            if unite, let peerBitmap = state.peerBitmap { state.bitmap.formUnion(peerBitmap) }
+        let (total, work) = state.withLock { state -> (UInt64, Followups) in
             state.connection = .syncSource
             state.splitBrain = nil
-            let progress = ResyncProgress(
-                source: .local, totalBytes: state.bitmap.dirtyBytes, doneBytes: 0, startedAt: clock.now())
-            state.resync = ResyncState(progress: progress, pacer: newPacer())
-            return progress.totalBytes
+            state.resync = ResyncState(
+                progress: ResyncProgress(source: .local, totalBytes: 0, doneBytes: 0, startedAt: clock.now()))
+            let start = ReplicationEngine.Input.startResyncSource(
+                full: full, peerBitmap: unite ? state.peerBitmap : nil, pacer: newPacer())
+            let work = step(start, in: &state)
+            return (state.engine.resyncSource?.totalBytes ?? 0, work)
         }
-        if let error = persistBitmap() { return [event("\(error)")] }
-        let events = [event("resync as source: \(Units.formatByteCount(total)) to send\(full ? " (full)" : "")")]
-        return events + pumpResync()
+        let started = event("resync as source: \(Units.formatByteCount(total)) to send\(full ? " (full)" : "")")
+        return [started] + perform(work)
     }
 
     private func becomeResyncTarget() -> [ReplicationEvent] {
@@ -253,8 +259,7 @@ extension ReplicatedVolume {
             state.disk = .inconsistent
             state.splitBrain = nil
             state.resync = ResyncState(
-                progress: ResyncProgress(source: .peer, totalBytes: 0, doneBytes: 0, startedAt: clock.now()),
-                pacer: newPacer())
+                progress: ResyncProgress(source: .peer, totalBytes: 0, doneBytes: 0, startedAt: clock.now()))
             return (state.peer, [.volumeState(volumeState(state))])
         }
         // Durable first: a target that restarts mid-resync must know it is not a source.
@@ -265,78 +270,42 @@ extension ReplicatedVolume {
         return [event("resync as target: this copy is inconsistent until the resync ends")]
     }
 
-    /// Sends resync blocks up to the window. A block is queued under the lock and its bytes are
-    /// read from the local copy when it leaves, so a client write to the same region is either in
-    /// what is read or queued after it: the target never ends with older data than the source.
+    /// Sends resync blocks up to the window (the engine's cursor and pacer decide which and when).
+    /// A block is queued under the lock and its bytes are read from the local copy when it leaves,
+    /// so a client write to the same region is either in what is read or queued after it: the
+    /// target never ends with older data than the source.
     func pumpResync() -> [ReplicationEvent] {
-        var wake: Duration?
-        defer { if let wake { wakePump(after: wake) } }
-        let outcome = state.withLock { state -> (finished: [UInt64]?, error: String?) in
-            guard var resync = state.resync, resync.progress.source == .local, let peer = state.peer else {
-                return (nil, nil)
-            }
-            defer { state.resync = resync }
-            switch resync.pacer.hold(now: clock.sinceOrigin()) {
-            case .none:
-                break
-            case .waiting(let remaining):
-                if !resync.wakeScheduled {
-                    resync.wakeScheduled = true
-                    wake = remaining
-                }
-                return (nil, nil)
-            case .ended:
-                // The refused regions are behind the cursor: start again from the first marked.
-                resync.nextRegion = 0
-            }
-            var wrapped = false
-            while resync.inFlight.count < resyncWindow {
-                guard let region = state.bitmap.nextDirtyRegion(from: resync.nextRegion) else {
-                    // Regions behind the cursor were marked again (protocol A with a full window):
-                    // go round once more.
-                    guard !wrapped, resync.nextRegion > 0 else { break }
-                    wrapped = true
-                    resync.nextRegion = 0
-                    continue
-                }
-                if resync.inFlight.values.contains(region) {
-                    resync.nextRegion = region + 1
-                    continue
-                }
-                let range = state.bitmap.range(ofRegion: region)
-                let length = Int(range.upperBound - range.lowerBound)
-                guard mayTake(length, from: &resync, wake: &wake) else { break }
-                resync.nextRegion = region + 1
-                let sequence = state.engine.takeSequence()
-                resync.inFlight[sequence] = region
-                let block = PeerWrite(
-                    volume: index, sequence: sequence, epoch: state.epoch, offset: range.lowerBound, flags: 0,
-                    payload: NBDPayload(ByteBuffer()))
-                do {
-                    try peer.send(.resyncData(block), payloadStoredIn: store, length: length)
-                } catch {
-                    state.connection = .standAlone
-                    return (nil, "resync stopped: \(error)")
-                }
-            }
-            guard resync.inFlight.isEmpty, state.bitmap.nextDirtyRegion(from: 0) == nil else { return (nil, nil) }
-            state.generations = state.generations.afterResyncAsSource()
-            resync.progress.finishedAt = clock.now()
-            state.lastResync = resync.progress
-            state.connection = .connected
-            let generations = state.generations
-            peer.send([
-                .resyncDone(
-                    volume: index, generations: [generations.current, generations.bitmap] + generations.history)
-            ])
-            return ([generations.current], nil)
-        }
-        if let error = outcome.error { return [event(error)] }
-        guard outcome.finished != nil else { return [] }
-        let extentsDone = state.withLock { state in
-            defer { state.resync = nil }
-            return state.resync?.extentsDone
-        }
+        feed(.pump(now: clock.sinceOrigin(), lastClientWrite: lastClientWriteTime))
+    }
+
+    /// When a client last wrote, after the clock's origin; `nil`: never.
+    var lastClientWriteTime: Duration? {
+        let last = lastClientWrite.load(ordering: .relaxed)
+        return last == 0 ? nil : .nanoseconds(last)
+    }
+
+    /// The engine's resync as source ended, with these counts: the generations say so, the peer
+    /// hears it, and the record moves to `lastResync`. Under the lock; returns the extents done.
+    func finishResyncSource(totalBytes: UInt64, doneBytes: UInt64, _ state: inout State) -> WriteIntentBitmap? {
+        guard var progress = state.resync?.progress else { return nil }
+        let extentsDone = state.resync?.extentsDone
+        progress.totalBytes = totalBytes
+        progress.doneBytes = doneBytes
+        progress.stalled = nil
+        progress.finishedAt = clock.now()
+        state.lastResync = progress
+        state.resync = nil
+        state.generations = state.generations.afterResyncAsSource()
+        state.connection = .connected
+        let generations = state.generations
+        state.peer?.send([
+            .resyncDone(volume: index, generations: [generations.current, generations.bitmap] + generations.history)
+        ])
+        return extentsDone
+    }
+
+    /// After `finishResyncSource`, with the lock released: the cache, the files, the log line.
+    func resyncFinished(extentsDone: WriteIntentBitmap?) -> [ReplicationEvent] {
         if let extentsDone { dropCachedExtentsLater(extentsDone) }
         let errors = [persistBitmap(), persistMetadata()].compactMap { $0 }
         let last = state.withLock { $0.lastResync }
@@ -345,6 +314,22 @@ extension ReplicatedVolume {
         let moved = bytes < 1024 ? "\(bytes) bytes" : "\(Units.formatByteCount(bytes)) (\(bytes) bytes)"
         return [event("resync finished: \(moved)\(took.map { Self.rate(bytes, $0) } ?? "")")]
             + errors.map { event("\($0)") }
+    }
+
+    /// A resync block for `range` reached the peer: when its cache extent has nothing marked left,
+    /// the extent done before it may leave the cache (returned). Under the lock.
+    func extentToDrop(after range: Range<UInt64>, in state: inout State) -> Range<UInt64>? {
+        guard var resync = state.resync else { return nil }
+        defer { state.resync = resync }
+        let extent = cacheExtent(containing: range.lowerBound)
+        guard state.engine.bitmap.isClear(overlapping: extent), resync.extentToDrop != extent else { return nil }
+        let drop = resync.extentToDrop
+        resync.extentToDrop = extent
+        if resync.extentsDone == nil {
+            resync.extentsDone = WriteIntentBitmap(volumeBytes: store.sizeBytes, regionBytes: Self.cacheExtentBytes)
+        }
+        resync.extentsDone?.mark(offset: extent.lowerBound, length: 1)
+        return drop
     }
 
     /// " in 0.601 s, 426 MiB/s": a resync's time and rate for the log and the journal.
@@ -357,40 +342,11 @@ extension ReplicatedVolume {
             + "\(Units.formatByteCount(perSecond))/s"
     }
 
-    /// The resync's rate limit: takes `bytes` of budget, or sets `wake` (for the caller to schedule
-    /// once the lock is released) when the budget is short and nothing in flight would wake the pump.
-    /// Whether the pacer lets `bytes` leave now; when it does not and nothing is in flight, `wake`
-    /// says when to try again.
-    private func mayTake(_ bytes: Int, from resync: inout ResyncState, wake: inout Duration?) -> Bool {
-        let last = lastClientWrite.load(ordering: .relaxed)
-        switch resync.pacer.take(
-            UInt64(bytes), idle: resync.inFlight.isEmpty, lastClientWrite: last == 0 ? nil : .nanoseconds(last),
-            now: clock.sinceOrigin())
-        {
-        case .send:
-            return true
-        case .wait(let after):
-            if let after, !resync.wakeScheduled {
-                resync.wakeScheduled = true
-                wake = after
-            }
-            return false
-        }
-    }
-
     /// A pacer for a resync starting now, at the configured rates.
     func newPacer() -> ResyncPacer {
         ResyncPacer(
             rate: configuration.resyncRateBytesPerSecond, minimumRate: configuration.resyncMinRateBytesPerSecond,
             now: clock.sinceOrigin())
-    }
-
-    /// Wakes the pump after `wait` (scheduled outside the state lock: the pump takes it).
-    private func wakePump(after wait: Duration) {
-        scheduleAfter(wait) { [self] in
-            state.withLock { $0.resync?.wakeScheduled = false }
-            for event in pumpResync() { report(event) }
-        }
     }
 
     private func applyResync(_ write: PeerWrite) -> [ReplicationEvent] {
@@ -405,7 +361,7 @@ extension ReplicatedVolume {
                 state.resyncedBytesTotal += UInt64(write.payload.count)
                 if state.resyncWritten == nil {
                     state.resyncWritten = WriteIntentBitmap(
-                        volumeBytes: store.sizeBytes, regionBytes: state.bitmap.regionBytes)
+                        volumeBytes: store.sizeBytes, regionBytes: state.engine.bitmap.regionBytes)
                 }
                 _ = state.resyncWritten?.mark(offset: write.offset, length: UInt64(write.payload.count))
             }
@@ -421,7 +377,7 @@ extension ReplicatedVolume {
     /// Marks the region of a write of the peer's data that could not be stored here.
     private func markFailed(_ write: PeerWrite) {
         guard let range = failedRange(of: write) else { return }
-        state.withLock { mark(offset: range.lowerBound, length: UInt64(range.count), in: &$0) }
+        for event in feed(.markOutOfSync(offset: range.lowerBound, length: UInt64(range.count))) { report(event) }
     }
 
     /// The part of this copy a write of the peer's data should have changed, clipped to the
@@ -460,8 +416,8 @@ extension ReplicatedVolume {
     }
 
     private func onResyncDone(_ generations: [UInt64]) -> [ReplicationEvent] {
-        let (done, written) = state.withLock { state -> (ResyncProgress?, WriteIntentBitmap?) in
-            guard state.connection == .syncTarget, let first = generations.first else { return (nil, nil) }
+        let (done, written, work) = state.withLock { state -> (ResyncProgress?, WriteIntentBitmap?, Followups) in
+            guard state.connection == .syncTarget, let first = generations.first else { return (nil, nil, Followups()) }
             defer { state.resyncWritten = nil }
             state.generations = DataGenerations(
                 current: first, bitmap: generations.dropFirst().first ?? 0,
@@ -469,12 +425,12 @@ extension ReplicatedVolume {
             state.disk = .upToDate
             state.connection = .connected
             state.discardLocal = false
-            state.bitmap.clearAll()
+            let work = step(.resyncedAsTarget, in: &state)
             var progress = state.resync?.progress
             progress?.finishedAt = clock.now()
             state.lastResync = progress
             state.resync = nil
-            return (progress, state.resyncWritten)
+            return (progress, state.resyncWritten, work)
         }
         guard let done else { return [event("resync-done from the peer while not a resync target: ignored")] }
         let flushError: StorageError?
@@ -489,9 +445,11 @@ extension ReplicatedVolume {
             flushError = error
         }
         let errors = [flushError, persistBitmap(), persistMetadata()].compactMap { $0 }
+        let cleared = perform(work)
         let (peer, frames) = state.withLock { state in (state.peer, [PeerFrame.volumeState(volumeState(state))]) }
         peer?.send(frames)
         return [event("resync finished as target: \(done.doneBytes) bytes received")] + errors.map { event("\($0)") }
+            + cleared
     }
 
     // MARK: Secondary side
@@ -544,8 +502,15 @@ extension ReplicatedVolume {
     // MARK: Primary side
 
     private func onAck(_ ack: PeerAck) -> [ReplicationEvent] {
-        if state.withLock({ $0.resync?.inFlight[ack.sequence] != nil }) { return onResyncAck(ack) }
-        return perform(state.withLock { step(.ack(sequence: ack.sequence, ack.kind), in: &$0) })
+        perform(
+            state.withLock { state in
+                guard state.engine.awaitsResyncAck(ack.sequence) else {
+                    return step(.ack(sequence: ack.sequence, ack.kind), in: &state)
+                }
+                let input = ReplicationEngine.Input.resyncAck(
+                    sequence: ack.sequence, ack.kind, now: clock.sinceOrigin(), lastClientWrite: lastClientWriteTime)
+                return step(input, in: &state)
+            })
     }
 
     /// The line for a refused write: the first at once, then one every ten seconds at most that
@@ -567,58 +532,6 @@ extension ReplicatedVolume {
         let more = earlier > 0 ? " (and \(earlier) more refused since the last report)" : ""
         let what = failed ? "could not store" : "refused"
         return [event("peer \(what) write \(sequence)\(more); the regions are marked for resync")]
-    }
-
-    private func onResyncAck(_ ack: PeerAck) -> [ReplicationEvent] {
-        var news: ReplicationEvent?
-        let (persist, drop) = state.withLock { state -> (Bool, Range<UInt64>?) in
-            guard var resync = state.resync, let region = resync.inFlight.removeValue(forKey: ack.sequence) else {
-                return (false, nil)
-            }
-            defer { state.resync = resync }
-            let markedAgain = resync.markedAgain.remove(region) != nil
-            let range = state.bitmap.range(ofRegion: region)
-            guard ack.kind == .resynced else {
-                // The peer could not write it (its disk failed, or is full): the region stays
-                // marked, and the resync waits before it tries again instead of sending the same
-                // blocks round and round. Refusals of blocks already in flight add nothing.
-                guard let pause = resync.pacer.refused(now: clock.sinceOrigin()) else { return (false, nil) }
-                let reason =
-                    "the peer could not write the block at offset \(range.lowerBound) (see its log); next try in "
-                    + "\(pause.components.seconds) s"
-                resync.progress.stalled = reason
-                news = event("resync waits: \(reason)")
-                return (false, nil)
-            }
-            if resync.pacer.accepted() {
-                resync.progress.stalled = nil
-                news = event("resync goes on: the peer writes its blocks again")
-            }
-            if !markedAgain { state.bitmap.clear(region: region) }
-            resync.progress.doneBytes += range.upperBound - range.lowerBound
-            state.resyncedBytesTotal += range.upperBound - range.lowerBound
-            resync.clearedSincePersist += 1
-            // The extent's last block to send reached the peer: the one done before it may leave
-            // the cache.
-            var drop: Range<UInt64>?
-            let extent = cacheExtent(containing: range.lowerBound)
-            if state.bitmap.isClear(overlapping: extent), resync.extentToDrop != extent {
-                drop = resync.extentToDrop
-                resync.extentToDrop = extent
-                if resync.extentsDone == nil {
-                    resync.extentsDone = WriteIntentBitmap(
-                        volumeBytes: store.sizeBytes, regionBytes: Self.cacheExtentBytes)
-                }
-                _ = resync.extentsDone?.mark(offset: extent.lowerBound, length: 1)
-            }
-            guard resync.clearedSincePersist >= 256 else { return (false, drop) }
-            resync.clearedSincePersist = 0
-            return (true, drop)
-        }
-        if let drop { store.dropCachedPages(in: drop) }
-        var events = news.map { [$0] } ?? []
-        if persist, let error = persistBitmap() { events.append(event("\(error)")) }
-        return events + pumpResync()
     }
 
     /// Drops every extent a resync source finished, a second from now: by then the sockets have

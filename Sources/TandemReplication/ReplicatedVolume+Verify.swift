@@ -52,8 +52,8 @@ extension ReplicatedVolume {
                 throw RoleError(description: "the peer is primary for \(configuration.name); start the verify there")
             }
             let progress = VerifyProgress(
-                totalRegions: state.bitmap.regionCount, checkedRegions: 0, outOfSyncRegions: [],
-                regionBytes: state.bitmap.regionBytes, startedAt: clock.now())
+                totalRegions: state.engine.bitmap.regionCount, checkedRegions: 0, outOfSyncRegions: [],
+                regionBytes: state.engine.bitmap.regionBytes, startedAt: clock.now())
             state.verify = VerifyState(progress: progress)
         }
         return [event("online verify started")] + pumpVerify()
@@ -79,10 +79,10 @@ extension ReplicatedVolume {
     func pumpVerify() -> [ReplicationEvent] {
         let finished = state.withLock { state -> VerifyProgress? in
             guard var verify = state.verify, let peer = state.peer else { return nil }
-            while verify.inFlight.count < resyncWindow, verify.nextRegion < verify.progress.totalRegions {
+            while verify.inFlight.count < state.engine.resyncWindow, verify.nextRegion < verify.progress.totalRegions {
                 let region = verify.nextRegion
                 verify.nextRegion += 1
-                let range = state.bitmap.range(ofRegion: region)
+                let range = state.engine.bitmap.range(ofRegion: region)
                 guard let digest = digestOfRange(range) else {
                     // An unreadable local block is out of sync by definition.
                     verify.progress.outOfSyncRegions.append(region)
@@ -124,12 +124,17 @@ extension ReplicatedVolume {
                     + (regions.isEmpty ? "" : " (offset+length: \(listed)\(regions.count > 32 ? " …" : ""))"))
         ]
         guard !regions.isEmpty else { return events }
-        state.withLock { state in
+        let work = state.withLock { state in
+            var work = Followups()
             for region in regions {
-                let range = state.bitmap.range(ofRegion: region)
-                state.bitmap.mark(offset: range.lowerBound, length: range.upperBound - range.lowerBound)
+                let range = state.engine.bitmap.range(ofRegion: region)
+                let input = ReplicationEngine.Input.markOutOfSync(
+                    offset: range.lowerBound, length: range.upperBound - range.lowerBound)
+                work.merge(step(input, in: &state))
             }
+            return work
         }
+        events += perform(work)
         if let error = persistBitmap() { events.append(event("\(error)")) }
         let idle = state.withLock { $0.connection == .connected && $0.resync == nil && $0.peer != nil }
         if idle { events += startResyncSource(full: false, unite: false) }

@@ -77,8 +77,6 @@ public final class ReplicatedVolume: Sendable {
     let newGeneration: @Sendable () -> UInt64
     /// Bytes protocol A may have unacknowledged before it stops sending and marks instead.
     let asyncWindowBytes: UInt64
-    /// Resync blocks in flight at once: the resync's share of the link.
-    let resyncWindow: Int
     let state: CheckedState
     /// Whether a peer is configured; a lone node keeps no activity log.
     let peerConfigured: Bool
@@ -119,7 +117,6 @@ public final class ReplicatedVolume: Sendable {
         var disk: DiskState = .upToDate
         var generations: DataGenerations
         var metadata: VolumeMetadata
-        var bitmap: WriteIntentBitmap
         var peer: (any PeerSender)?
         var peerState: PeerVolumeState?
         var peerBitmap: WriteIntentBitmap?
@@ -166,6 +163,9 @@ public final class ReplicatedVolume: Sendable {
             if resync != nil, peer == nil { return "a resync without a peer link" }
             if verify != nil, peer == nil { return "a verify without a peer link" }
             if resync != nil, verify != nil { return "a resync and a verify at once" }
+            if engine.resyncSource != nil, resync?.progress.source != .local {
+                return "the engine sends a resync the shell does not record"
+            }
             if connection == .syncTarget, disk != .inconsistent, resync != nil {
                 return "a resync target whose copy is not marked inconsistent"
             }
@@ -192,17 +192,11 @@ public final class ReplicatedVolume: Sendable {
         var waits: UInt64 = 0
     }
 
+    /// A resync's record in the shell: when it started, and the page-cache bookkeeping. A source's
+    /// cursor, window and counts are the engine's (`ReplicationEngine.ResyncSource`); a target's
+    /// counts are here.
     struct ResyncState {
         var progress: ResyncProgress
-        var nextRegion = 0
-        var inFlight: [UInt64: Int] = [:]
-        /// Regions in flight that a later write marked again (protocol A with a full window): their
-        /// acknowledgement must not clear them, for the peer does not have that write.
-        var markedAgain: Set<Int> = []
-        var clearedSincePersist = 0
-        /// The token bucket, the clients' precedence and the back-off after refusals.
-        var pacer: ResyncPacer
-        var wakeScheduled = false
         /// The cache extent whose blocks all reached the peer last: its pages leave the cache when
         /// the next one is done. (When the last block's acknowledgement arrives, the kernel may
         /// still hold the pages `sendfile` gave the socket, and a page in use is not dropped.)
@@ -210,6 +204,17 @@ public final class ReplicatedVolume: Sendable {
         /// Every extent done, one bit each: dropped once more a second after the resync ends or
         /// its link breaks, for pages that were still in use when their extent was dropped.
         var extentsDone: WriteIntentBitmap?
+    }
+
+    /// The progress of the running resync, a source's counts taken from the engine.
+    func resyncProgress(_ state: State) -> ResyncProgress? {
+        guard var progress = state.resync?.progress else { return nil }
+        if progress.source == .local, let source = state.engine.resyncSource {
+            progress.totalBytes = source.totalBytes
+            progress.doneBytes = source.doneBytes
+            progress.stalled = source.stalled
+        }
+        return progress
     }
 
     /// Progress of a resync.
@@ -266,7 +271,6 @@ public final class ReplicatedVolume: Sendable {
         self.report = report
         self.newGeneration = newGeneration
         self.asyncWindowBytes = asyncWindowBytes
-        self.resyncWindow = resyncWindow
         var bitmap =
             try WriteIntentBitmap.load(path: bitmapPath, volumeBytes: local.store.sizeBytes)
             ?? WriteIntentBitmap(volumeBytes: local.store.sizeBytes)
@@ -296,10 +300,10 @@ public final class ReplicatedVolume: Sendable {
             current: stored.current, bitmap: stored.bitmap,
             history: [stored.history.0, stored.history.1].filter { $0 != 0 })
         var initial = State(
-            generations: generations, metadata: local.metadata, bitmap: bitmap,
+            generations: generations, metadata: local.metadata,
             engine: ReplicationEngine(
-                replicationProtocol: local.configuration.protocol, peerConfigured: peerConfigured,
-                asyncWindowBytes: asyncWindowBytes),
+                replicationProtocol: local.configuration.protocol, bitmap: bitmap, peerConfigured: peerConfigured,
+                asyncWindowBytes: asyncWindowBytes, resyncWindow: resyncWindow),
             activityLog: activityLog)
         // Loaded from its file, and stored again above if the activity log marked anything.
         initial.persistedMarkCount = bitmap.markCount
@@ -357,8 +361,8 @@ public final class ReplicatedVolume: Sendable {
         state.withLock { state in
             Status(
                 name: configuration.name, role: state.role, connection: state.connection, disk: state.disk,
-                protocolName: configuration.protocol.rawValue, outOfSyncBytes: state.bitmap.dirtyBytes,
-                generations: state.generations, epoch: state.epoch, resync: state.resync?.progress,
+                protocolName: configuration.protocol.rawValue, outOfSyncBytes: state.engine.bitmap.dirtyBytes,
+                generations: state.generations, epoch: state.epoch, resync: resyncProgress(state),
                 lastResync: state.lastResync, resyncedBytesTotal: state.resyncedBytesTotal,
                 splitBrain: state.splitBrain, verify: state.verify?.progress, lastVerify: state.lastVerify,
                 peerRole: state.peerState?.role,
@@ -459,7 +463,7 @@ public final class ReplicatedVolume: Sendable {
             volume: index, name: configuration.name, sizeBytes: store.sizeBytes,
             generations: [generations.current, generations.bitmap] + generations.history,
             role: state.role, diskState: state.disk,
-            outOfSyncBytes: state.bitmap.dirtyBytes, epoch: state.epoch,
+            outOfSyncBytes: state.engine.bitmap.dirtyBytes, epoch: state.epoch,
             replicationProtocol: configuration.protocol.rawValue)
     }
 
@@ -595,7 +599,11 @@ public final class ReplicatedVolume: Sendable {
         enum Work {
             case complete(Completion, Result<Void, StorageError>)
             case sync(ReplicationEngine.Sync, link: (any PeerSender)?)
-            case persistBitmap(completionsWait: Bool)
+            case persistBitmap(then: ReplicationEngine.AfterBitmapStore)
+            case wakeAfter(Duration)
+            case dropCache(Range<UInt64>)
+            /// The resync as source ended; its extents done leave the cache later.
+            case resyncFinished(WriteIntentBitmap?)
             case refused(sequence: UInt64, failed: Bool)
             case catchUp
             case event(String)
@@ -607,6 +615,12 @@ public final class ReplicatedVolume: Sendable {
 
         mutating func append(_ work: Work) {
             if first == nil { first = work } else { more.append(work) }
+        }
+
+        mutating func merge(_ other: Followups) {
+            if let first = other.first { append(first) }
+            for work in other.more { append(work) }
+            applyPeerWrite = applyPeerWrite || other.applyPeerWrite
         }
     }
 
@@ -621,11 +635,13 @@ public final class ReplicatedVolume: Sendable {
         let context = ReplicationEngine.Context(
             role: state.role, epoch: state.epoch, connection: state.connection, linked: state.peer != nil,
             replicating: isReplicating(state), syncing: state.resync != nil || state.verify != nil,
-            markedRegions: state.bitmap.dirtyRegionCount, leaseValid: leaseValid)
+            leaseValid: leaseValid)
         state.engine.on(input, context)
         var work = Followups()
         // A store failed: the completions after it fail with its error.
         var failing: StorageError?
+        // A resync block could not be queued: the link stands alone, and no more go.
+        var resyncSendFailed = false
         for directive in state.engine.ready {
             switch directive {
             case .sendWrite(_, let sequence, let epoch, let offset, let length, let flags):
@@ -637,8 +653,6 @@ public final class ReplicatedVolume: Sendable {
                 state.peer?.send([.flush(volume: index, sequence: sequence)])
             case .sendAck(let sequence, let kind):
                 (link ?? state.peer)?.send([.ack(PeerAck(volume: index, sequence: sequence, kind: kind))])
-            case .mark(let offset, let length):
-                mark(offset: offset, length: length, in: &state)
             case .endActivity(let offset, let length):
                 state.activityLog.end(offset: offset, length: length)
             case .applyPeerWrite:
@@ -652,8 +666,8 @@ public final class ReplicatedVolume: Sendable {
                     failing = error
                     work.append(.event("\(error)"))
                 }
-            case .persistBitmap(let completionsWait):
-                work.append(.persistBitmap(completionsWait: completionsWait))
+            case .persistBitmap(let then):
+                work.append(.persistBitmap(then: then))
             case .complete(let request, let outcome):
                 guard let completion = state.requests.removeValue(forKey: request) else { break }
                 let result: Result<Void, StorageError>
@@ -667,6 +681,27 @@ public final class ReplicatedVolume: Sendable {
                 work.append(.refused(sequence: sequence, failed: failed))
             case .catchUp:
                 work.append(.catchUp)
+            case .sendResyncBlock(let sequence, let epoch, let range):
+                guard let peer = state.peer, !resyncSendFailed else { break }
+                let block = PeerWrite(
+                    volume: index, sequence: sequence, epoch: epoch, offset: range.lowerBound, flags: 0,
+                    payload: NBDPayload(ByteBuffer()))
+                do {
+                    try peer.send(.resyncData(block), payloadStoredIn: store, length: range.count)
+                } catch {
+                    resyncSendFailed = true
+                    state.connection = .standAlone
+                    work.append(.event("resync stopped: \(error)"))
+                }
+            case .wakeAfter(let wait):
+                work.append(.wakeAfter(wait))
+            case .regionResynced(let range):
+                state.resyncedBytesTotal += UInt64(range.count)
+                if let drop = extentToDrop(after: range, in: &state) { work.append(.dropCache(drop)) }
+            case .resyncNews(let text):
+                work.append(.event(text))
+            case .resyncFinished(let totalBytes, let doneBytes):
+                work.append(.resyncFinished(finishResyncSource(totalBytes: totalBytes, doneBytes: doneBytes, &state)))
             }
         }
         state.engine.ready.removeAll(keepingCapacity: true)
@@ -698,10 +733,23 @@ public final class ReplicatedVolume: Sendable {
                     let after = state.withLock { step(.synced(sync, failure: failure), link: link, in: &$0) }
                     for event in perform(after) { report(event) }
                 }
-            case .persistBitmap(let completionsWait):
-                guard let error = persistBitmap() else { break }
-                if completionsWait { failing = error }
+            case .persistBitmap(let then):
+                guard let error = persistBitmap() else {
+                    if then == .pumpResync { events += pumpResync() }
+                    break
+                }
+                if then == .completionsWait { failing = error }
                 events.append(event("\(error)"))
+            case .wakeAfter(let wait):
+                scheduleAfter(wait) { [self] in
+                    for event in feed(.wake(now: clock.sinceOrigin(), lastClientWrite: lastClientWriteTime)) {
+                        report(event)
+                    }
+                }
+            case .dropCache(let range):
+                store.dropCachedPages(in: range)
+            case .resyncFinished(let extentsDone):
+                events += resyncFinished(extentsDone: extentsDone)
             case .refused(let sequence, let failed):
                 events += refusalReport(sequence: sequence, failed: failed)
             case .catchUp:
@@ -713,6 +761,11 @@ public final class ReplicatedVolume: Sendable {
             }
         }
         return events
+    }
+
+    /// Feeds `input` and carries out what it decided.
+    func feed(_ input: ReplicationEngine.Input) -> [ReplicationEvent] {
+        perform(state.withLock { step(input, in: &$0) })
     }
 
     /// Queues a client write for the peer: a large one's bytes are read from the local copy when
@@ -736,24 +789,6 @@ public final class ReplicatedVolume: Sendable {
     /// A failure the engine carried back, as the storage error it was.
     static func storageError(_ error: any Error, path: String) -> StorageError {
         error as? StorageError ?? StorageError(path: path, operation: "write", reason: "\(error)")
-    }
-
-    /// Marks a write the peer will not get now. During a resync from here the marked bytes join
-    /// the resync's total, and a region whose resync block is in flight stays marked after that
-    /// block's acknowledgement.
-    func mark(offset: UInt64, length: UInt64, in state: inout State) {
-        let before = state.bitmap.dirtyRegionCount
-        state.bitmap.mark(offset: offset, length: length)
-        guard var resync = state.resync, resync.progress.source == .local else { return }
-        var added = UInt64(state.bitmap.dirtyRegionCount - before) * state.bitmap.regionBytes
-        if length > 0, !resync.inFlight.isEmpty {
-            let regions = Int(offset / state.bitmap.regionBytes)...Int((offset + length - 1) / state.bitmap.regionBytes)
-            for region in Set(resync.inFlight.values) where regions.contains(region) {
-                if resync.markedAgain.insert(region).inserted { added += state.bitmap.regionBytes }
-            }
-        }
-        resync.progress.totalBytes += added
-        state.resync = resync
     }
 
     /// Whether writes the peer does not have may complete. A cluster whose peer may take over on
@@ -824,7 +859,7 @@ public final class ReplicatedVolume: Sendable {
     public func clearOutdated() -> [ReplicationEvent] {
         changeDisk(to: .upToDate, saying: "in sync with the primary: this copy is no longer outdated") { state in
             state.disk == .outdated && state.connection == .connected && state.peerState?.role == .primary
-                && state.peerState?.outOfSyncBytes == 0 && state.bitmap.dirtyRegionCount == 0
+                && state.peerState?.outOfSyncBytes == 0 && state.engine.bitmap.dirtyRegionCount == 0
         }
     }
 
@@ -929,7 +964,7 @@ public final class ReplicatedVolume: Sendable {
                 state.logCommit.waiting.removeAll()
                 state.logCommit.dropped = false
             }
-            let bitmap = state.logCommit.dropped && state.bitmap.markCount != state.persistedMarkCount
+            let bitmap = state.logCommit.dropped && state.engine.bitmap.markCount != state.persistedMarkCount
             return (state.logCommit.waiting, state.logCommit.generation, state.activityLog, bitmap)
         }
         guard let batch else { return }
@@ -982,7 +1017,7 @@ public final class ReplicatedVolume: Sendable {
 
     func persistBitmap() -> StorageError? {
         bitmapWrite.withLock { _ -> StorageError? in
-            let bitmap = state.withLock { $0.bitmap }
+            let bitmap = state.withLock { $0.engine.bitmap }
             do throws(MetadataError) {
                 try bitmap.store(path: bitmapPath)
             } catch {

@@ -3,13 +3,13 @@ import TandemCore
 import TandemSim
 
 // Searches seeds of the data-path simulator (the real replication engine under faults):
-//   tandem-sim [--from SEED] [--count N] [--protocol a|b|c|all] [--secondary-power-loss]
+//   tandem-sim [--from SEED] [--count N] [--protocol a|b|c|all] [--no-secondary-power-loss]
 // Runs until N seeds pass (0: no end) or one fails, whose trace it prints; exits 1 then.
 
 var from: UInt64 = 1
 var count: UInt64 = 100_000
 var protocols: [Configuration.ReplicationProtocol] = [.a, .b, .c]
-var secondaryPowerLoss = false
+var secondaryPowerLoss = true
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
     switch argument {
@@ -20,7 +20,7 @@ while let argument = arguments.next() {
         protocols =
             name == "all"
             ? [.a, .b, .c] : [Configuration.ReplicationProtocol(rawValue: name.uppercased())].compactMap { $0 }
-    case "--secondary-power-loss": secondaryPowerLoss = true
+    case "--no-secondary-power-loss": secondaryPowerLoss = false
     default:
         FileHandle.standardError.write(Data("unknown argument \(argument)\n".utf8))
         exit(2)

@@ -47,10 +47,15 @@ struct DataPathSimulationTests {
         arguments: [
             ("completesBeforePeerWrote", "completed under protocol C while B lacks it"),
             ("forgetsInFlightOnDisconnect", "nothing marks it"),
+            ("clearsBitWhenSent", "nothing marks it"),
         ])
     func checkerCatches(_ defect: String, _ violation: String) {
         let defects: ReplicationEngine.Defects =
-            defect == "completesBeforePeerWrote" ? .completesBeforePeerWrote : .forgetsInFlightOnDisconnect
+            switch defect {
+            case "completesBeforePeerWrote": .completesBeforePeerWrote
+            case "forgetsInFlightOnDisconnect": .forgetsInFlightOnDisconnect
+            default: .clearsBitWhenSent
+            }
         let (failures, _, _) = Self.run(1...100) { options, _ in
             options.replicationProtocol = .c
             options.defects = defects

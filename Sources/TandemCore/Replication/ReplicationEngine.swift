@@ -55,14 +55,12 @@ public struct ReplicationEngine: Sendable {
         public var replicating: Bool
         /// A resync or a verify runs.
         public var syncing: Bool
-        /// Regions marked out of sync.
-        public var markedRegions: Int
         /// This node's lease has not ended: it may still present its copy as changed.
         public var leaseValid: Bool
 
         public init(
             role: VolumeRole, epoch: UInt64, connection: ConnectionState, linked: Bool, replicating: Bool,
-            syncing: Bool = false, markedRegions: Int = 0, leaseValid: Bool = true
+            syncing: Bool = false, leaseValid: Bool = true
         ) {
             self.role = role
             self.epoch = epoch
@@ -70,7 +68,6 @@ public struct ReplicationEngine: Sendable {
             self.linked = linked
             self.replicating = replicating
             self.syncing = syncing
-            self.markedRegions = markedRegions
             self.leaseValid = leaseValid
         }
     }
@@ -99,6 +96,24 @@ public struct ReplicationEngine: Sendable {
         case peerWriteApplied(sequence: UInt64, flags: UInt8, failed: Range<UInt64>?)
         /// The peer asks for a flush, numbered `sequence`.
         case peerFlush(sequence: UInt64)
+        /// Regions are out of sync for a reason the rules do not see (a verify found them differ,
+        /// a resync block could not be stored here).
+        case markOutOfSync(offset: UInt64, length: UInt64)
+        /// This node resyncs the peer: every region (`full`), or the marked ones and those the
+        /// peer's bitmap marks, at the pace `pacer` allows.
+        case startResyncSource(full: Bool, peerBitmap: WriteIntentBitmap?, pacer: ResyncPacer)
+        /// Send resync blocks while the window and the pacer allow; `lastClientWrite` is when a
+        /// client last wrote (the resync gives way to clients).
+        case pump(now: Duration, lastClientWrite: Duration?)
+        /// A `wakeAfter` timer fired.
+        case wake(now: Duration, lastClientWrite: Duration?)
+        /// The peer acknowledged resync block `sequence` (see `awaitsResyncAck`).
+        case resyncAck(sequence: UInt64, PeerAckKind, now: Duration, lastClientWrite: Duration?)
+        /// The peer's resync of this copy ended: nothing here differs from the peer any more.
+        case resyncedAsTarget
+        /// The link to the peer is up again; `lostCache`: the peer's host lost its page cache
+        /// since the link was last up (a power loss, a reboot), so what it had not flushed is gone.
+        case peerReturned(lostCache: Bool)
     }
 
     /// A local `fdatasync` and what it is for.
@@ -132,9 +147,6 @@ public struct ReplicationEngine: Sendable {
         case sendFlush(sequence: UInt64)
         /// Under the lock: queue an acknowledgement of the peer's frame.
         case sendAck(sequence: UInt64, PeerAckKind)
-        /// Under the lock: mark the bytes out of sync in the bitmap in memory (a later
-        /// `persistBitmap` or the activity log makes it durable).
-        case mark(offset: UInt64, length: UInt64)
         /// Under the lock: the write is no longer tracked; end its activity-log entry.
         case endActivity(offset: UInt64, length: UInt64)
         /// Write the peer's frame `sequence` to the local copy, then feed `peerWriteApplied`.
@@ -145,16 +157,55 @@ public struct ReplicationEngine: Sendable {
         /// started since the last resync) and store the metadata. Done before any `complete` after
         /// it; if the store fails, those completions fail with its error instead of succeeding.
         case beginIndependentChanges
-        /// Store the bitmap. With `completionsWait`, done before any `complete` after it, which
-        /// fails with its error if the store fails; without, a failure is only reported (the
-        /// activity log covers the regions).
-        case persistBitmap(completionsWait: Bool)
+        /// Store the bitmap, then what `then` says.
+        case persistBitmap(then: AfterBitmapStore)
         /// Complete the client's request.
         case complete(IORequest, Outcome)
         /// The peer refused (`failed`: could not store) frame `sequence`; its region is marked.
         case peerRefused(sequence: UInt64, failed: Bool)
         /// Regions were marked while connected and nothing is in flight: resync them now.
         case catchUp
+        /// Under the lock: queue resync block `sequence` for the peer, the bytes of `range` read
+        /// from the local copy when it leaves (a client write to the range is then either in them
+        /// or queued after them).
+        case sendResyncBlock(sequence: UInt64, epoch: UInt64, range: Range<UInt64>)
+        /// Feed `wake` after this long (the pacer holds the resync and nothing in flight wakes it).
+        case wakeAfter(Duration)
+        /// The resync block for `range` reached the peer and its region is clear.
+        case regionResynced(Range<UInt64>)
+        /// The resync stalls (the peer could not store a block) or goes on again.
+        case resyncNews(String)
+        /// Every marked region reached the peer: the resync as source ends (the shell records the
+        /// generations and tells the peer). Its counts at the end.
+        case resyncFinished(totalBytes: UInt64, doneBytes: UInt64)
+    }
+
+    /// What follows a bitmap store.
+    public enum AfterBitmapStore: Sendable, Equatable {
+        /// A failure is only reported: the activity log still covers the regions.
+        case report
+        /// The completions after it wait for it and fail with its error if it fails.
+        case completionsWait
+        /// The resync starts only once it is stored: feed `pump` then.
+        case pumpResync
+    }
+
+    /// The resync this node sends, while it runs.
+    public struct ResyncSource: Sendable {
+        /// Bytes to move: the marked bytes when it started, and those marked since.
+        public internal(set) var totalBytes: UInt64
+        public internal(set) var doneBytes: UInt64 = 0
+        /// Why it is not moving, while it waits after the peer refused a block.
+        public internal(set) var stalled: String?
+        var nextRegion = 0
+        var inFlight: [UInt64: Int] = [:]
+        /// Regions in flight that a later write marked again (protocol A with a full window):
+        /// their acknowledgement must not clear them, for the peer does not have that write.
+        var markedAgain: Set<Int> = []
+        var clearedSincePersist = 0
+        /// The token bucket, the clients' precedence and the back-off after refusals.
+        var pacer: ResyncPacer
+        var wakeScheduled = false
     }
 
     struct Pending {
@@ -170,6 +221,17 @@ public struct ReplicationEngine: Sendable {
         var acknowledged = false
         /// The peer went away, or refused, before it had the write: it completes on this copy alone.
         var alone = false
+        /// The peer writes it durably before it answers (FUA).
+        var durableOnPeer = false
+    }
+
+    /// Bytes the peer wrote (a write it acknowledged, a resync block) that may still be only in
+    /// its page cache: a power loss there would lose them. Each is kept until a flush sent after
+    /// it is acknowledged, across a lost link, and marked if the peer returns without its cache.
+    struct UnflushedOnPeer {
+        var sequence: UInt64
+        var offset: UInt64
+        var length: UInt64
     }
 
     /// Bugs the simulator plants on purpose, to show that its checker finds them. The agent never
@@ -181,11 +243,19 @@ public struct ReplicationEngine: Sendable {
         package static let completesBeforePeerWrote = Defects(rawValue: 1)
         /// A lost link leaves the writes in flight unmarked.
         package static let forgetsInFlightOnDisconnect = Defects(rawValue: 2)
+        /// A resync clears a region's bit when its block is sent, not when the peer wrote it.
+        package static let clearsBitWhenSent = Defects(rawValue: 4)
     }
 
     package var defects: Defects = []
 
     public let replicationProtocol: Configuration.ReplicationProtocol
+    /// Resync blocks in flight at once: the resync's share of the link.
+    public let resyncWindow: Int
+    /// Regions that may differ from the peer's copy.
+    public private(set) var bitmap: WriteIntentBitmap
+    /// The resync this node sends, while one runs.
+    public private(set) var resyncSource: ResyncSource?
     /// Whether a peer is configured: a lone node replicates nothing and marks nothing.
     public let peerConfigured: Bool
     /// Bytes protocol A may have unacknowledged before it stops sending and marks instead.
@@ -196,19 +266,31 @@ public struct ReplicationEngine: Sendable {
     var pending: [UInt64: Pending] = [:]
     public private(set) var nextSequence: UInt64 = 1
     public private(set) var asyncBytesInFlight: UInt64 = 0
+    /// Writes and resync blocks the peer may hold only in its page cache before the engine asks it
+    /// to flush on its own (a client's flush does so too): bounds what a power loss there makes
+    /// resync, at one `fdatasync` on the peer per so many writes.
+    public let peerFlushEvery: Int
+    var unflushedOnPeer: [UnflushedOnPeer] = []
+    /// The flush the engine sent on its own, until the peer answers it.
+    var barrier: UInt64?
     /// Whether writes the peer does not have may complete.
     public private(set) var completesWithoutPeer = true
     /// Completions of writes the peer does not have, held until they may complete.
     public private(set) var held: [IORequest] = []
 
     public init(
-        replicationProtocol: Configuration.ReplicationProtocol, peerConfigured: Bool = true,
-        asyncWindowBytes: UInt64 = 64 << 20
+        replicationProtocol: Configuration.ReplicationProtocol, bitmap: WriteIntentBitmap,
+        peerConfigured: Bool = true, asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16,
+        peerFlushEvery: Int = 1024
     ) {
+        self.peerFlushEvery = peerFlushEvery
         self.replicationProtocol = replicationProtocol
+        self.bitmap = bitmap
+        self.resyncWindow = resyncWindow
         self.peerConfigured = peerConfigured
         self.asyncWindowBytes = asyncWindowBytes
         ready.reserveCapacity(8)
+        unflushedOnPeer.reserveCapacity(peerFlushEvery + resyncWindow + 64)
     }
 
     /// Client requests in flight: sent to the peer or syncing, and not yet answered.
@@ -216,6 +298,14 @@ public struct ReplicationEngine: Sendable {
 
     /// Frames sent and not finally acknowledged (requests whose peer part is still open).
     public var unacknowledged: Int { pending.count }
+
+    /// What the peer wrote but may hold only in its page cache (marked if it returns without it).
+    public var unflushedOnPeerRanges: [Range<UInt64>] {
+        unflushedOnPeer.map { $0.offset..<($0.offset + $0.length) }
+    }
+
+    /// Whether `sequence` is a resync block whose acknowledgement is awaited.
+    public func awaitsResyncAck(_ sequence: UInt64) -> Bool { resyncSource?.inFlight[sequence] != nil }
 
     /// A sequence number for a frame the shell sends on its own (a resync block, a verify request).
     public mutating func takeSequence() -> UInt64 {
@@ -266,9 +356,7 @@ public struct ReplicationEngine: Sendable {
             if let failed {
                 // This copy lacks the write now: marked here too, it no longer counts as in sync with
                 // the primary (which marks it as well) until a resync brings the region.
-                if !failed.isEmpty {
-                    ready.append(.mark(offset: failed.lowerBound, length: UInt64(failed.count)))
-                }
+                if !failed.isEmpty { mark(offset: failed.lowerBound, length: UInt64(failed.count)) }
                 ready.append(.sendAck(sequence: sequence, .failed))
             } else if flags & PeerWriteFlags.fua != 0 {
                 ready.append(.sync(.forPeer(sequence, .written)))
@@ -277,7 +365,162 @@ public struct ReplicationEngine: Sendable {
             }
         case .peerFlush(let sequence):
             ready.append(.sync(.forPeer(sequence, .flushed)))
+        case .markOutOfSync(let offset, let length):
+            mark(offset: offset, length: length)
+        case .startResyncSource(let full, let peerBitmap, let pacer):
+            if full { bitmap.markAll() }
+            if let peerBitmap { bitmap.formUnion(peerBitmap) }
+            resyncSource = ResyncSource(totalBytes: bitmap.dirtyBytes, pacer: pacer)
+            ready.append(.persistBitmap(then: .pumpResync))
+        case .pump(let now, let lastClientWrite):
+            pump(now: now, lastClientWrite: lastClientWrite, context)
+        case .wake(let now, let lastClientWrite):
+            resyncSource?.wakeScheduled = false
+            pump(now: now, lastClientWrite: lastClientWrite, context)
+        case .resyncAck(let sequence, let kind, let now, let lastClientWrite):
+            onResyncAck(sequence: sequence, kind, now: now)
+            pump(now: now, lastClientWrite: lastClientWrite, context)
+        case .resyncedAsTarget:
+            bitmap.clearAll()
+        case .peerReturned(let lostCache):
+            // A peer that kept its cache still holds what it had not flushed: it stays listed.
+            guard lostCache, !unflushedOnPeer.isEmpty else { return }
+            for unflushed in unflushedOnPeer { mark(offset: unflushed.offset, length: unflushed.length) }
+            unflushedOnPeer.removeAll(keepingCapacity: true)
+            ready.append(.persistBitmap(then: .report))
         }
+    }
+
+    // MARK: Resync as source
+
+    /// Sends resync blocks up to the window, from a cursor that goes round once more when regions
+    /// behind it were marked again; ends the resync when nothing is marked or in flight.
+    private mutating func pump(now: Duration, lastClientWrite: Duration?, _ context: Context) {
+        guard var resync = resyncSource, context.linked else { return }
+        defer { if resyncSource != nil { resyncSource = resync } }
+        switch resync.pacer.hold(now: now) {
+        case .none:
+            break
+        case .waiting(let remaining):
+            if !resync.wakeScheduled {
+                resync.wakeScheduled = true
+                ready.append(.wakeAfter(remaining))
+            }
+            return
+        case .ended:
+            // The refused regions are behind the cursor: start again from the first marked.
+            resync.nextRegion = 0
+        }
+        var wrapped = false
+        while resync.inFlight.count < resyncWindow {
+            guard let region = bitmap.nextDirtyRegion(from: resync.nextRegion) else {
+                // Regions behind the cursor were marked again (protocol A with a full window): go
+                // round once more.
+                guard !wrapped, resync.nextRegion > 0 else { break }
+                wrapped = true
+                resync.nextRegion = 0
+                continue
+            }
+            if resync.inFlight.values.contains(region) {
+                resync.nextRegion = region + 1
+                continue
+            }
+            let range = bitmap.range(ofRegion: region)
+            let grant = resync.pacer.take(
+                range.upperBound - range.lowerBound, idle: resync.inFlight.isEmpty, lastClientWrite: lastClientWrite,
+                now: now)
+            if case .wait(let after) = grant {
+                if let after, !resync.wakeScheduled {
+                    resync.wakeScheduled = true
+                    ready.append(.wakeAfter(after))
+                }
+                break
+            }
+            resync.nextRegion = region + 1
+            let sequence = takeSequence()
+            resync.inFlight[sequence] = region
+            if defects.contains(.clearsBitWhenSent) { bitmap.clear(region: region) }
+            ready.append(.sendResyncBlock(sequence: sequence, epoch: context.epoch, range: range))
+        }
+        guard resync.inFlight.isEmpty, bitmap.nextDirtyRegion(from: 0) == nil else { return }
+        resyncSource = nil
+        ready.append(.resyncFinished(totalBytes: resync.totalBytes, doneBytes: resync.doneBytes))
+        // The blocks are in the peer's page cache: a flush after them lets them go from the list.
+        askPeerToFlush()
+    }
+
+    /// The peer flushed: everything it acknowledged before flush `sequence` is durable there.
+    private mutating func peerFlushed(_ sequence: UInt64) {
+        unflushedOnPeer.removeAll { $0.sequence < sequence }
+        if barrier == sequence { barrier = nil }
+    }
+
+    /// Asks the peer to flush once enough of what it wrote may be only in its cache.
+    private mutating func askPeerToFlushIfDue() {
+        guard unflushedOnPeer.count >= peerFlushEvery else { return }
+        askPeerToFlush()
+    }
+
+    private mutating func askPeerToFlush() {
+        guard barrier == nil, !unflushedOnPeer.isEmpty else { return }
+        let sequence = takeSequence()
+        barrier = sequence
+        pending[sequence] = Pending(
+            offset: 0, length: 0, request: nil, completesOn: .flushed, localDone: true, peerDone: false)
+        ready.append(.sendFlush(sequence: sequence))
+    }
+
+    private mutating func onResyncAck(sequence: UInt64, _ kind: PeerAckKind, now: Duration) {
+        guard var resync = resyncSource, let region = resync.inFlight.removeValue(forKey: sequence) else { return }
+        defer { resyncSource = resync }
+        let markedAgain = resync.markedAgain.remove(region) != nil
+        let range = bitmap.range(ofRegion: region)
+        guard kind == .resynced else {
+            // The peer could not write it (its disk failed, or is full): the region stays marked,
+            // and the resync waits before it tries again instead of sending the same blocks round
+            // and round. Refusals of blocks already in flight add nothing.
+            guard let pause = resync.pacer.refused(now: now) else { return }
+            let reason =
+                "the peer could not write the block at offset \(range.lowerBound) (see its log); next try in "
+                + "\(pause.components.seconds) s"
+            resync.stalled = reason
+            ready.append(.resyncNews("resync waits: \(reason)"))
+            return
+        }
+        if resync.pacer.accepted() {
+            resync.stalled = nil
+            ready.append(.resyncNews("resync goes on: the peer writes its blocks again"))
+        }
+        if !markedAgain { bitmap.clear(region: region) }
+        // In the peer's page cache until its next flush.
+        unflushedOnPeer.append(
+            UnflushedOnPeer(sequence: sequence, offset: range.lowerBound, length: range.upperBound - range.lowerBound))
+        askPeerToFlushIfDue()
+        resync.doneBytes += range.upperBound - range.lowerBound
+        resync.clearedSincePersist += 1
+        ready.append(.regionResynced(range))
+        if resync.clearedSincePersist >= 256 {
+            resync.clearedSincePersist = 0
+            ready.append(.persistBitmap(then: .report))
+        }
+    }
+
+    /// Marks bytes the peer will not get now. During a resync from here the marked bytes join the
+    /// resync's total, and a region whose resync block is in flight stays marked after that
+    /// block's acknowledgement.
+    private mutating func mark(offset: UInt64, length: UInt64) {
+        let before = bitmap.dirtyRegionCount
+        bitmap.mark(offset: offset, length: length)
+        guard var resync = resyncSource else { return }
+        var added = UInt64(bitmap.dirtyRegionCount - before) * bitmap.regionBytes
+        if length > 0, !resync.inFlight.isEmpty {
+            let regions = Int(offset / bitmap.regionBytes)...Int((offset + length - 1) / bitmap.regionBytes)
+            for region in Set(resync.inFlight.values) where regions.contains(region) {
+                if resync.markedAgain.insert(region).inserted { added += bitmap.regionBytes }
+            }
+        }
+        resync.totalBytes += added
+        resyncSource = resync
     }
 
     private mutating func onWritten(
@@ -292,7 +535,7 @@ public struct ReplicationEngine: Sendable {
         guard context.replicating, !windowFull else {
             // Not replicated: marked in memory; its extent is in the durable activity log, which
             // keeps it marked across a crash.
-            ready.append(.mark(offset: offset, length: length))
+            mark(offset: offset, length: length)
             ready.append(.endActivity(offset: offset, length: length))
             if fua { return ready.append(.sync(.alone(request, holdable: true))) }
             return completeAlone(request, .success, context)
@@ -301,7 +544,7 @@ public struct ReplicationEngine: Sendable {
         let completesOn: PeerAckKind = replicationProtocol == .b && !fua ? .received : .written
         pending[sequence] = Pending(
             offset: offset, length: length, request: request, completesOn: completesOn, localDone: !fua,
-            peerDone: replicationProtocol == .a || defects.contains(.completesBeforePeerWrote))
+            peerDone: replicationProtocol == .a || defects.contains(.completesBeforePeerWrote), durableOnPeer: fua)
         if replicationProtocol == .a { asyncBytesInFlight += length }
         ready.append(
             .sendWrite(request, sequence: sequence, epoch: context.epoch, offset: offset, length: length, flags: flags))
@@ -337,12 +580,12 @@ public struct ReplicationEngine: Sendable {
             if entry.completesOn == .received { entry.peerDone = true }
         case .written, .flushed, .refused, .failed:
             if kind == .refused || kind == .failed {
-                if entry.length > 0 { ready.append(.mark(offset: entry.offset, length: entry.length)) }
+                if entry.length > 0 { mark(offset: entry.offset, length: entry.length) }
                 // The peer does not have it, as if it had gone away: where the peer may take over
                 // on its own, the write waits until a voter has recorded it outdated (or a resync
                 // brings it the write), lest it be acknowledged and missing there.
                 entry.alone = true
-                ready.append(.persistBitmap(completionsWait: true))
+                ready.append(.persistBitmap(then: .completionsWait))
                 // This copy now holds a write the peer lacks, as after a disconnection: a new
                 // generation says so durably, or two copies with equal generations would let the
                 // marked side be overwritten from the peer after both restart. (Not for a refusal:
@@ -355,14 +598,19 @@ public struct ReplicationEngine: Sendable {
             if replicationProtocol == .a { asyncBytesInFlight -= min(asyncBytesInFlight, entry.length) }
             entry.peerDone = true
             entry.acknowledged = true
+            if kind == .written, !entry.durableOnPeer, entry.length > 0 {
+                unflushedOnPeer.append(UnflushedOnPeer(sequence: sequence, offset: entry.offset, length: entry.length))
+            }
+            if kind == .flushed { peerFlushed(sequence) }
+            if kind == .failed, barrier == sequence { barrier = nil }
         case .resynced:
             return
         }
         pending[sequence] = entry
         completeIfReady(sequence)
-        let marked = (kind == .refused || kind == .failed) && entry.length > 0
-        if context.role == .primary, context.connection == .connected, !context.syncing, asyncBytesInFlight == 0,
-            context.markedRegions > 0 || marked
+        askPeerToFlushIfDue()
+        if context.role == .primary, context.connection == .connected, !context.syncing, resyncSource == nil,
+            asyncBytesInFlight == 0, bitmap.dirtyRegionCount > 0
         {
             ready.append(.catchUp)
         }
@@ -373,15 +621,19 @@ public struct ReplicationEngine: Sendable {
         // and let every waiting request complete on this node's copy.
         for (sequence, entry) in pending {
             if entry.length > 0, !defects.contains(.forgetsInFlightOnDisconnect) {
-                ready.append(.mark(offset: entry.offset, length: entry.length))
+                mark(offset: entry.offset, length: entry.length)
             }
             pending[sequence]?.peerDone = true
             pending[sequence]?.acknowledged = true
             pending[sequence]?.alone = true
         }
+        // What the peer wrote but may not have flushed stays listed until it returns: marked then if
+        // its host lost its page cache meanwhile.
+        barrier = nil
         asyncBytesInFlight = 0
+        resyncSource = nil
         for sequence in Array(pending.keys).sorted() { completeIfReady(sequence) }
-        ready.append(.persistBitmap(completionsWait: false))
+        ready.append(.persistBitmap(then: .report))
         // A primary whose lease ended (frozen past it, woken now) acknowledges nothing more and
         // must not present its copy as changed: quorum has made the peer primary already. Under
         // protocol C, where writes wait for a voter to record the peer outdated before they
