@@ -713,7 +713,9 @@ public final class ReplicatedVolume: Sendable {
         guard let first = work.first else { return [] }
         var events: [ReplicationEvent] = []
         var failing: StorageError?
-        for item in CollectionOfOne(first) + work.more {
+        // The first item apart: a write's usual single completion allocates no array.
+        for index in -1..<work.more.count {
+            let item = index < 0 ? first : work.more[index]
             switch item {
             case .complete(let completion, let result):
                 if case .success = result, let failing { completion(.failure(failing)) } else { completion(result) }

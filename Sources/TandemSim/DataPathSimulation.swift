@@ -520,7 +520,7 @@ public struct DataPathSimulation {
         let blocks = entry.first..<(entry.first + entry.versions.count)
         // Each block is on B, or marked on A (the write completed without the peer, or a resync
         // is bringing it).
-        let covered = zip(blocks, entry.versions).allSatisfy { b.disk.view($0) >= $1 || a.bitmap.isDirty(region: $0) }
+        let covered = zip(blocks, entry.versions).allSatisfy { b.disk.view($0) >= $1 || aTracks($0) }
         if options.replicationProtocol == .c, !covered {
             violations.append("write \(request) completed under protocol C while B lacks it and A has it unmarked")
         }
@@ -531,15 +531,18 @@ public struct DataPathSimulation {
         }
     }
 
+    /// Whether A will bring `block` to B: marked, or B lost its cache and has not said so yet, and
+    /// A lists the block as unflushed there (it marks those when B returns).
+    func aTracks(_ block: Int) -> Bool {
+        if a.bitmap.isDirty(region: block) { return true }
+        let offset = UInt64(block) * Self.blockBytes
+        return bLostCache && a.engine.unflushedOnPeerRanges.contains { $0.contains(offset) }
+    }
+
     mutating func check() {
         guard a.up, b.up else { return }
         for block in 0..<options.blocks where a.disk.view(block) != b.disk.view(block) {
-            if a.bitmap.isDirty(region: block) || b.bitmap.isDirty(region: block) || inFlight[block, default: 0] > 0 {
-                continue
-            }
-            // B lost its cache and has not said so yet: A marks what B had not flushed when it does.
-            let offset = UInt64(block) * Self.blockBytes
-            if bLostCache, a.engine.unflushedOnPeerRanges.contains(where: { $0.contains(offset) }) { continue }
+            if aTracks(block) || b.bitmap.isDirty(region: block) || inFlight[block, default: 0] > 0 { continue }
             violations.append(
                 "block \(block) differs (A v\(a.disk.view(block)), B v\(b.disk.view(block))) and nothing marks it")
             return

@@ -17,7 +17,7 @@ struct ReplicationEngineTests {
         ReplicationEngine(
             replicationProtocol: replicationProtocol,
             bitmap: WriteIntentBitmap(volumeBytes: 1 << 20, regionBytes: 4096),
-            peerConfigured: peerConfigured, asyncWindowBytes: asyncWindowBytes, resyncWindow: 2)
+            peerConfigured: peerConfigured, asyncWindowBytes: asyncWindowBytes, resyncWindow: 2, peerFlushEvery: 1024)
     }
 
     /// The marked regions, as "first..last" runs.

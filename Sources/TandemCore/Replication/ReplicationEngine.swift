@@ -268,8 +268,11 @@ public struct ReplicationEngine: Sendable {
     public private(set) var asyncBytesInFlight: UInt64 = 0
     /// Writes and resync blocks the peer may hold only in its page cache before the engine asks it
     /// to flush on its own (a client's flush does so too): bounds what a power loss there makes
-    /// resync, at one `fdatasync` on the peer per so many writes.
-    public let peerFlushEvery: Int
+    /// resync, at one `fdatasync` on the peer per so many writes. `nil`: nothing is tracked, and
+    /// the peer is never asked to flush on the engine's own account. The agent passes `nil` until
+    /// the peer link tells it when a peer lost its cache (a boot identity), for until then the
+    /// flushes would cost the peer's disk and buy nothing; the simulator tracks.
+    public let peerFlushEvery: Int?
     var unflushedOnPeer: [UnflushedOnPeer] = []
     /// The flush the engine sent on its own, until the peer answers it.
     var barrier: UInt64?
@@ -281,7 +284,7 @@ public struct ReplicationEngine: Sendable {
     public init(
         replicationProtocol: Configuration.ReplicationProtocol, bitmap: WriteIntentBitmap,
         peerConfigured: Bool = true, asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16,
-        peerFlushEvery: Int = 1024
+        peerFlushEvery: Int? = nil
     ) {
         self.peerFlushEvery = peerFlushEvery
         self.replicationProtocol = replicationProtocol
@@ -290,7 +293,7 @@ public struct ReplicationEngine: Sendable {
         self.peerConfigured = peerConfigured
         self.asyncWindowBytes = asyncWindowBytes
         ready.reserveCapacity(8)
-        unflushedOnPeer.reserveCapacity(peerFlushEvery + resyncWindow + 64)
+        if let peerFlushEvery { unflushedOnPeer.reserveCapacity(peerFlushEvery + resyncWindow + 64) }
     }
 
     /// Client requests in flight: sent to the peer or syncing, and not yet answered.
@@ -457,7 +460,7 @@ public struct ReplicationEngine: Sendable {
 
     /// Asks the peer to flush once enough of what it wrote may be only in its cache.
     private mutating func askPeerToFlushIfDue() {
-        guard unflushedOnPeer.count >= peerFlushEvery else { return }
+        guard let peerFlushEvery, unflushedOnPeer.count >= peerFlushEvery else { return }
         askPeerToFlush()
     }
 
@@ -493,9 +496,12 @@ public struct ReplicationEngine: Sendable {
         }
         if !markedAgain { bitmap.clear(region: region) }
         // In the peer's page cache until its next flush.
-        unflushedOnPeer.append(
-            UnflushedOnPeer(sequence: sequence, offset: range.lowerBound, length: range.upperBound - range.lowerBound))
-        askPeerToFlushIfDue()
+        if peerFlushEvery != nil {
+            unflushedOnPeer.append(
+                UnflushedOnPeer(
+                    sequence: sequence, offset: range.lowerBound, length: range.upperBound - range.lowerBound))
+            askPeerToFlushIfDue()
+        }
         resync.doneBytes += range.upperBound - range.lowerBound
         resync.clearedSincePersist += 1
         ready.append(.regionResynced(range))
@@ -598,7 +604,7 @@ public struct ReplicationEngine: Sendable {
             if replicationProtocol == .a { asyncBytesInFlight -= min(asyncBytesInFlight, entry.length) }
             entry.peerDone = true
             entry.acknowledged = true
-            if kind == .written, !entry.durableOnPeer, entry.length > 0 {
+            if kind == .written, !entry.durableOnPeer, entry.length > 0, peerFlushEvery != nil {
                 unflushedOnPeer.append(UnflushedOnPeer(sequence: sequence, offset: entry.offset, length: entry.length))
             }
             if kind == .flushed { peerFlushed(sequence) }
