@@ -70,7 +70,10 @@ public struct Agent: Sendable {
         let journal = try EventJournal(directory: configuration.cluster.stateDirectory, node: node.name, logger: logger)
         journal.append(.agent, "agent starting", durable: false)
         let volumeEvents = VolumeEvents(journal: journal, logger: logger)
-        let volumes = try openVolumes(configuration, node: node, peer: peer, events: volumeEvents, logger: logger)
+        // The node's lease: membership sets its end, every reply to a client passes it.
+        let lease = LeaseGate(now: MembershipService.systemNow)
+        let volumes = try openVolumes(
+            configuration, node: node, peer: peer, events: volumeEvents, lease: lease, logger: logger)
         // Exports that an nbd-export resource manages appear only while it runs.
         let managed = Set(
             configuration.groups(on: node.name).flatMap(\.resources)
@@ -131,7 +134,7 @@ public struct Agent: Sendable {
         let membership = try peer.map { peer throws(AgentError) in
             try MembershipService(
                 configuration: configuration, local: node, peer: peer, secret: secret ?? [], volumes: volumes,
-                peerLink: link, journal: journal, groups: resources.manager, logger: logger)
+                lease: lease, peerLink: link, journal: journal, groups: resources.manager, logger: logger)
         }
         membershipBox.withLock { $0 = membership }
         let control = ControlServer(
@@ -154,7 +157,7 @@ public struct Agent: Sendable {
 
     private static func openVolumes(
         _ configuration: Configuration, node: Configuration.Node, peer: Configuration.Node?, events: VolumeEvents,
-        logger: Logger
+        lease: LeaseGate, logger: Logger
     ) throws(AgentError) -> [ReplicatedVolume] {
         var volumes: [ReplicatedVolume] = []
         for (index, volume) in configuration.volumes.enumerated() {
@@ -178,7 +181,7 @@ public struct Agent: Sendable {
                         }
                     },
                     report: { event in events.record([event]) },
-                    activityLog: ActivityLog(capacity: volume.activityLogExtents))
+                    activityLog: ActivityLog(capacity: volume.activityLogExtents), lease: lease)
                 events.record(replicated.openingEvents, level: .warning)
                 if peer == nil {
                     // A lone node has nobody to contend with: it serves its volumes.

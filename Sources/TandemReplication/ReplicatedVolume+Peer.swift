@@ -41,7 +41,7 @@ extension ReplicatedVolume {
             state.peerState = nil
             // What the peer may not have is marked, waiting requests complete on this copy, and a
             // primary starts a new generation (the engine's rules for a lost peer).
-            let work = step(.disconnected, leaseValid: mayAcknowledge, in: &state)
+            let work = step(.disconnected, leaseValid: lease.holds, in: &state)
             if var verify = state.verify {
                 verify.progress.stopped = true
                 verify.progress.finishedAt = clock.now()

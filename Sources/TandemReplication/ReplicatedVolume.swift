@@ -122,7 +122,7 @@ public final class ReplicatedVolume: Sendable {
         var peerBitmap: WriteIntentBitmap?
         /// The replication rules: pending writes, acknowledgements, held writes.
         var engine: ReplicationEngine
-        /// Completions of the client requests the engine knows, by the ids it knows them by.
+        /// Completions of the client requests the engine keeps waiting, by the ids it knows them by.
         var requests: [IORequest: Completion] = [:]
         var nextRequest: UInt64 = 0
         var epoch: UInt64 = 0
@@ -156,6 +156,12 @@ public final class ReplicatedVolume: Sendable {
         var draining = false
         /// The activity log's group commit (see `beginActivity`).
         var logCommit = LogCommit()
+
+        /// A new id for a client's request.
+        mutating func newRequest() -> IORequest {
+            nextRequest += 1
+            return IORequest(nextRequest)
+        }
 
         /// What must hold whenever the lock is released; `nil` when it does.
         var invariantViolation: String? {
@@ -254,10 +260,11 @@ public final class ReplicatedVolume: Sendable {
         report: @escaping @Sendable (ReplicationEvent) -> Void = { _ in },
         newGeneration: @escaping @Sendable () -> UInt64 = { UInt64.random(in: 0x1000...UInt64.max) },
         asyncWindowBytes: UInt64 = 64 << 20, resyncWindow: Int = 16, activityLog: ActivityLog = ActivityLog(),
-        clock: ShellClock = .system
+        clock: ShellClock = .system, lease: LeaseGate = LeaseGate()
     ) throws(MetadataError) {
         self.index = index
         self.clock = clock
+        self.lease = lease
         self.configuration = local.configuration
         self.store = local.store
         self.metadataPath = local.metadataPath
@@ -517,7 +524,10 @@ public final class ReplicatedVolume: Sendable {
 
     /// Makes every completed write durable locally and, when connected under B or C, on the peer.
     public func flush(completion: @escaping Completion) {
-        let work = state.withLock { state in step(.flush(register(completion, in: &state)), in: &state) }
+        let work = state.withLock { state in
+            let request = state.newRequest()
+            return step(.flush(request), completing: (request, completion), in: &state)
+        }
         for event in perform(work) { report(event) }
     }
 
@@ -561,9 +571,10 @@ public final class ReplicatedVolume: Sendable {
     ) {
         let written = { [self] () -> Followups in
             state.withLock { state in
-                let request = register(completion, in: &state)
+                let request = state.newRequest()
                 return step(
-                    .written(request, offset: offset, length: length, flags: flags), payload: payload, in: &state)
+                    .written(request, offset: offset, length: length, flags: flags), payload: payload,
+                    completing: (request, completion), in: &state)
             }
         }
         let work: Followups
@@ -582,14 +593,6 @@ public final class ReplicatedVolume: Sendable {
             return completion(.failure(error))
         }
         for event in perform(work) { report(event) }
-    }
-
-    /// Keeps a client's completion until the engine completes its request.
-    func register(_ completion: @escaping Completion, in state: inout State) -> IORequest {
-        state.nextRequest += 1
-        let request = IORequest(state.nextRequest)
-        state.requests[request] = completion
-        return request
     }
 
     // MARK: Carrying out the engine's directives
@@ -628,10 +631,16 @@ public final class ReplicatedVolume: Sendable {
     /// returns the rest. `payload` is the bytes of the request a `written` input names; `link` is
     /// where acknowledgements go (by default the link now up; the peer's writes are answered on the
     /// link they came by).
+    ///
+    /// `completing` is the client's request the input brings and its completion. When the engine
+    /// completes it in this same step (a lone node, protocol A, a flush with nothing to wait for)
+    /// it runs from here; only one that waits is kept in `state.requests`.
     func step(
         _ input: ReplicationEngine.Input, payload: NBDPayload? = nil, link: (any PeerSender)?? = nil,
-        leaseValid: Bool = true, in state: inout State
+        completing: (request: IORequest, completion: Completion)? = nil, leaseValid: Bool = true,
+        in state: inout State
     ) -> Followups {
+        var arriving = completing
         let context = ReplicationEngine.Context(
             role: state.role, epoch: state.epoch, connection: state.connection, linked: state.peer != nil,
             replicating: isReplicating(state), syncing: state.resync != nil || state.verify != nil,
@@ -669,7 +678,15 @@ public final class ReplicatedVolume: Sendable {
             case .persistBitmap(let then):
                 work.append(.persistBitmap(then: then))
             case .complete(let request, let outcome):
-                guard let completion = state.requests.removeValue(forKey: request) else { break }
+                let completion: Completion
+                if let waiting = arriving, waiting.request == request {
+                    completion = waiting.completion
+                    arriving = nil
+                } else if let kept = state.requests.removeValue(forKey: request) {
+                    completion = kept
+                } else {
+                    break
+                }
                 let result: Result<Void, StorageError>
                 switch outcome {
                 case .success: result = failing.map { .failure($0) } ?? .success(())
@@ -705,6 +722,7 @@ public final class ReplicatedVolume: Sendable {
             }
         }
         state.engine.ready.removeAll(keepingCapacity: true)
+        if let waiting = arriving { state.requests[waiting.request] = waiting.completion }
         return work
     }
 
@@ -893,27 +911,14 @@ public final class ReplicatedVolume: Sendable {
 
     // MARK: Lease gate
 
-    /// The lease's end in nanoseconds after `leaseOrigin`; `Int64.max`: none.
-    let leaseDeadline = Atomic<Int64>(Int64.max)
-    /// The clock origin for `leaseDeadline`, and for membership's time.
+    /// The node's lease, which its membership side sets: no reply to a client leaves once it ended,
+    /// and a primary that loses its peer after that starts no independent changes.
+    public let lease: LeaseGate
+    /// The clock origin for membership's time and for the link's timestamps.
     public static let leaseOrigin = ShellClock.origin
 
-    /// Sets the instant after which this node acknowledges no client I/O (`nil`: no end).
-    public func setLeaseEnd(_ end: ContinuousClock.Instant?) {
-        let nanoseconds = end.map { Self.nanoseconds(Self.leaseOrigin.duration(to: $0)) } ?? Int64.max
-        leaseDeadline.store(nanoseconds, ordering: .releasing)
-    }
-
-    /// Whether a reply to a client may leave now: always, unless a lease ended.
-    public var mayAcknowledge: Bool {
-        let deadline = leaseDeadline.load(ordering: .acquiring)
-        return deadline == Int64.max || Self.nanoseconds(clock.sinceOrigin()) < deadline
-    }
-
     /// Whole nanoseconds of `duration`.
-    public static func nanoseconds(_ duration: Duration) -> Int64 {
-        duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
-    }
+    public static func nanoseconds(_ duration: Duration) -> Int64 { LeaseGate.nanoseconds(duration) }
 
     // MARK: Activity log
 

@@ -94,16 +94,21 @@ public final class MembershipService: Service, Sendable {
     private let leaseEnd = Mutex<Duration?>(nil)
     /// The time on the volumes' lease clock; every reading of time in this shell goes through it.
     private let clock: @Sendable () -> Duration
+    /// The gate every reply to a client passes: this shell sets the end the loop decides, on the
+    /// same clock (the volumes and the NBD server only read it).
+    private let lease: LeaseGate
     /// The fence command while it runs.
     private let fence = Mutex<Task<Void, Never>?>(nil)
 
     /// Reads the persisted state; an unreadable state file refuses the start (it holds votes).
     public init(
         configuration: Configuration, local: Configuration.Node, peer: Configuration.Node?, secret: [UInt8],
-        volumes: [ReplicatedVolume], peerLink: PeerLink?, journal: EventJournal? = nil, groups: GroupManager? = nil,
-        clock: @escaping @Sendable () -> Duration = MembershipService.systemNow, logger: Logger
+        volumes: [ReplicatedVolume], lease: LeaseGate, peerLink: PeerLink?, journal: EventJournal? = nil,
+        groups: GroupManager? = nil, clock: @escaping @Sendable () -> Duration = MembershipService.systemNow,
+        logger: Logger
     ) throws(AgentError) {
         self.clock = clock
+        self.lease = lease
         self.journal = journal
         self.groups = groups
         self.configuration = configuration
@@ -421,8 +426,7 @@ public final class MembershipService: Service, Sendable {
                 logger.notice("demoted: \(reason)")
             case .leaseUntil(let until):
                 leaseEnd.withLock { $0 = until }
-                let end = until.map { ReplicatedVolume.leaseOrigin + $0 }
-                for volume in volumes { volume.setLeaseEnd(end) }
+                lease.end(at: until)
             case .completeWithoutPeer(let allowed):
                 for volume in volumes { volume.setCompletesWithoutPeer(allowed) }
             case .observeEpoch(let epoch):
@@ -487,8 +491,8 @@ public final class MembershipService: Service, Sendable {
                 }
             }
         }
+        lease.end(at: clock())
         for volume in volumes {
-            volume.setLeaseEnd(ReplicatedVolume.leaseOrigin + clock())
             do {
                 try volume.setRole(.secondary)
             } catch {

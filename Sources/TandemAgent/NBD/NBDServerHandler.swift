@@ -632,7 +632,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
     private func sendRead(
         _ buffer: ByteBuffer, cookie: UInt64, holding cost: Int, export: NBDExport, context: ChannelHandlerContext
     ) {
-        guard export.volume.mayAcknowledge, case .transmitting = phase else {
+        guard export.volume.lease.holds, case .transmitting = phase else {
             release(cost)
             return reply(error: .io, cookie: cookie, context: context)
         }
@@ -653,7 +653,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
             self.inFlight -= 1
             self.release(cost)
             switch result {
-            case .success where !export.volume.mayAcknowledge:
+            case .success where !export.volume.lease.holds:
                 // The lease ended: this node may no longer be the only one serving the volume.
                 self.reply(error: .io, cookie: cookie, context: context)
             case .success:
