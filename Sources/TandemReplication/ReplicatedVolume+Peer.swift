@@ -93,145 +93,126 @@ extension ReplicatedVolume {
     // MARK: Deciding on connect
 
     private func onPeerState(_ peerState: PeerVolumeState) -> [ReplicationEvent] {
-        // Each node reads its own copy of the config, and volumes are matched by their place in
-        // it: two copies that differ must not pair one volume's bytes with another's.
-        let differences = [
-            peerState.name == configuration.name
-                ? nil
-                : "the peer's config has volume \"\(peerState.name)\" in this place, this node's \"\(configuration.name)\"",
-            peerState.sizeBytes == store.sizeBytes
-                ? nil : "the peer's copy is \(peerState.sizeBytes) bytes, this one \(store.sizeBytes)",
-            peerState.replicationProtocol == configuration.protocol.rawValue
-                ? nil
-                : "the peer's config replicates with protocol \(peerState.replicationProtocol), this node's with \(configuration.protocol.rawValue)",
-        ].compactMap { $0 }
-        guard differences.isEmpty else {
-            state.withLock { $0.connection = .standAlone }
-            let refusal = event(
-                "not replicating: \(differences.joined(separator: "; ")) (the two nodes' configs must agree)")
-            report(refusal)
-            return []
-        }
-        let outcome = state.withLock { state -> (SyncDecision, [ReplicationEvent]) in
+        let (outcome, peer) = state.withLock { state -> (PeerPairing.Outcome, PeerPairing.Side) in
+            let peer = pairingSide(of: peerState)
+            let outcome = PeerPairing.decide(
+                local: pairingSide(state), peer: peer, circumstances: pairingCircumstances(state))
+            if case .refuse = outcome { return (outcome, peer) }
             state.peerState = peerState
             state.knownPeerEpoch = max(state.knownPeerEpoch, peerState.epoch)
-            if state.resync != nil || state.connection == .syncTarget { return (.noSync, []) }
-            let peerGenerations = DataGenerations(
-                current: peerState.generations.first ?? 0, bitmap: peerState.generations.dropFirst().first ?? 0,
-                history: Array(peerState.generations.dropFirst(2).filter { $0 != 0 }.prefix(2)))
-            let marks = Marks(
-                localDirty: state.engine.bitmap.dirtyRegionCount > 0, peerDirty: peerState.outOfSyncBytes > 0,
-                localPrimary: state.role == .primary, peerPrimary: peerState.role == .primary,
-                localPreferred: preferredInTies)
-            let decision = SyncDecision.decide(
-                local: state.generations, peer: peerGenerations, localInconsistent: state.disk == .inconsistent,
-                peerInconsistent: peerState.diskState == .inconsistent, marks: marks)
-            return (decision, [])
+            return (outcome, peer)
         }
-        var events = outcome.1
-        events += act(on: outcome.0, peerState: peerState)
-        return events
+        return act(on: outcome, peer: peer)
     }
 
-    private func act(on decision: SyncDecision, peerState: PeerVolumeState) -> [ReplicationEvent] {
-        switch decision {
-        case .noSync, .awaitingInitialSource:
-            let (changed, current) = state.withLock { state -> (Bool, Bool) in
-                // The same data as an up-to-date peer, nothing marked on either side: nothing is missing.
-                let current =
-                    decision == .noSync && state.disk == .outdated && state.engine.bitmap.dirtyRegionCount == 0
-                    && peerState.diskState == .upToDate && peerState.outOfSyncBytes == 0
-                    && state.resync == nil
-                if current { state.disk = .upToDate }
-                guard state.connection == .connecting else { return (false, current) }
+    /// This node's side of the volume, for `PeerPairing`. Under the lock.
+    func pairingSide(_ state: State) -> PeerPairing.Side {
+        PeerPairing.Side(
+            name: configuration.name, sizeBytes: store.sizeBytes, replicationProtocol: configuration.protocol.rawValue,
+            generations: state.generations, role: state.role, disk: state.disk,
+            markedBytes: state.engine.bitmap.dirtyBytes, epoch: state.epoch)
+    }
+
+    /// The peer's side as its state frame tells it.
+    func pairingSide(of peer: PeerVolumeState) -> PeerPairing.Side {
+        PeerPairing.Side(
+            name: peer.name, sizeBytes: peer.sizeBytes, replicationProtocol: peer.replicationProtocol,
+            generations: DataGenerations(
+                current: peer.generations.first ?? 0, bitmap: peer.generations.dropFirst().first ?? 0,
+                history: Array(peer.generations.dropFirst(2).filter { $0 != 0 }.prefix(2))),
+            role: peer.role, disk: peer.diskState, markedBytes: peer.outOfSyncBytes, epoch: peer.epoch)
+    }
+
+    func pairingCircumstances(_ state: State) -> PeerPairing.Circumstances {
+        PeerPairing.Circumstances(
+            resyncing: state.resync != nil || state.connection == .syncTarget, preferredInTies: preferredInTies,
+            discardLocal: state.discardLocal, policy: configuration.splitBrainPolicy)
+    }
+
+    /// Carries out what `PeerPairing` decided.
+    private func act(on outcome: PeerPairing.Outcome, peer: PeerPairing.Side) -> [ReplicationEvent] {
+        switch outcome {
+        case .refuse(let differences):
+            state.withLock { $0.connection = .standAlone }
+            report(event("not replicating: \(differences.joined(separator: "; ")) (the two nodes' configs must agree)"))
+            return []
+        case .keepResyncing:
+            return []
+        case .connect(let awaitingSource, let clearsOutdated):
+            let changed = state.withLock { state -> Bool in
+                if clearsOutdated { state.disk = .upToDate }
+                guard state.connection == .connecting else { return false }
                 state.connection = .connected
-                return (true, current)
+                return true
             }
-            if current {
+            if clearsOutdated {
                 report(event("the same data as the peer's up-to-date copy: this copy is no longer outdated"))
                 if let error = persistMetadata() { report(event("\(error)")) }
             }
-            return changed
-                ? [
-                    event(
-                        "connected, \(decision == .noSync ? "in sync" : "waiting for a primary to become the initial source")"
-                    )
-                ] : []
-        case .partialResync(let source), .fullResync(let source):
-            let full: Bool
-            if case .fullResync = decision { full = true } else { full = false }
-            return source == .local ? startResyncSource(full: full, unite: true) : becomeResyncTarget()
-        case .splitBrain(let bitmapsCover):
-            return onSplitBrain(peerState: peerState, bitmapsCover: bitmapsCover)
+            guard changed else { return [] }
+            return [
+                event("connected, \(awaitingSource ? "waiting for a primary to become the initial source" : "in sync")")
+            ]
+        case .resyncSource(let full):
+            return startResyncSource(full: full, unite: true)
+        case .resyncTarget:
+            return becomeResyncTarget()
+        case .splitBrain(let found):
+            return onSplitBrain(found)
         case .unrelated:
             state.withLock { $0.connection = .standAlone }
             return [event("the peer's copy shares no history with this one: not replicating")]
         }
     }
 
-    private func onSplitBrain(peerState: PeerVolumeState, bitmapsCover: Bool) -> [ReplicationEvent] {
-        let (victim, report) = state.withLock { state -> (PeerSide?, SplitBrainReport) in
-            let report = SplitBrainReport(
-                localChangedBytes: state.engine.bitmap.dirtyBytes, peerChangedBytes: peerState.outOfSyncBytes,
-                resolvable: bitmapsCover)
-            state.splitBrain = report
-            if state.discardLocal { return (.local, report) }
-            // A copy that quorum recorded outdated lacks acknowledged writes: it never survives.
-            let peerOutdated = peerState.diskState == .outdated
-            if state.disk == .outdated, !peerOutdated { return (.local, report) }
-            if peerOutdated, state.disk != .outdated { return (.peer, report) }
-            let local = SplitBrainPolicy.Divergence(
-                changedBytes: report.localChangedBytes, promotedEpoch: state.epoch, isPrimary: state.role == .primary)
-            let peer = SplitBrainPolicy.Divergence(
-                changedBytes: report.peerChangedBytes, promotedEpoch: peerState.epoch,
-                isPrimary: peerState.role == .primary)
-            return (configuration.splitBrainPolicy.victim(local: local, peer: peer), report)
+    private func onSplitBrain(_ found: PeerPairing.SplitBrain) -> [ReplicationEvent] {
+        state.withLock { state in
+            state.splitBrain = SplitBrainReport(
+                localChangedBytes: found.localChangedBytes, peerChangedBytes: found.peerChangedBytes,
+                resolvable: found.resolvable)
         }
-        let found = event(
-            "split brain: this node changed \(report.localChangedBytes) bytes, the peer \(report.peerChangedBytes) bytes"
-        )
-        switch victim {
-        case nil:
+        let said = event(
+            "split brain: this node changed \(found.localChangedBytes) bytes, the peer \(found.peerChangedBytes) bytes")
+        switch found.resolution {
+        case .leftForAdministrator:
             state.withLock { $0.connection = .standAlone }
             return [
-                found,
+                said,
                 event("split brain left for an administrator (policy \(configuration.splitBrainPolicy.rawValue))"),
             ]
-        case .local?:
-            return [found, event("discarding this node's \(report.localChangedBytes) changed bytes")]
+        case .discardLocal:
+            return [said, event("discarding this node's \(found.localChangedBytes) changed bytes")]
                 + becomeResyncTarget()
-        case .peer?:
-            return [found, event("discarding the peer's \(report.peerChangedBytes) changed bytes")]
-                + startResyncSource(full: !report.resolvable, unite: true)
+        case .discardPeer(let full):
+            return [said, event("discarding the peer's \(found.peerChangedBytes) changed bytes")]
+                + startResyncSource(full: full, unite: true)
         }
     }
 
     /// Drops this node's changes in a split brain: the next decision makes it the resync target.
     /// Returns the diverged byte counts recorded before anything is dropped.
     public func resolveSplitBrain() throws(RoleError) -> SplitBrainReport {
-        let (report, peer, frames) = try state.withLock { state throws(RoleError) in
-            guard let report = state.splitBrain else {
-                throw RoleError(description: "\(configuration.name) is not in split brain")
+        let (report, link, frames, settled) = try state.withLock { state throws(RoleError) in
+            if let refusal = PeerPairing.refusalToDiscardLocal(
+                volume: configuration.name, inSplitBrain: state.splitBrain != nil, role: state.role,
+                disk: state.disk, peerDisk: state.peerState?.diskState)
+            {
+                throw RoleError(description: refusal)
             }
-            guard state.role == .secondary else {
-                throw RoleError(
-                    description: "\(configuration.name) is primary here; make it secondary before discarding its data")
-            }
-            if state.disk != .outdated, state.peerState?.diskState == .outdated {
-                throw RoleError(
-                    description:
-                        "the peer's copy of \(configuration.name) is outdated (quorum recorded that it lacks "
-                        + "acknowledged writes); discarding this node's changes would keep it. Run the command on "
-                        + "the peer instead")
-            }
+            let report = state.splitBrain!
             state.discardLocal = true
             state.disk = .outdated
             state.connection = .connecting
-            return (report, state.peer, [PeerFrame.volumeState(volumeState(state))])
+            let settled = state.peerState.map { peerState in
+                PeerPairing.splitBrain(
+                    local: pairingSide(state), peer: pairingSide(of: peerState), resolvable: report.resolvable,
+                    circumstances: pairingCircumstances(state))
+            }
+            return (report, state.peer, [PeerFrame.volumeState(volumeState(state))], settled)
         }
-        peer?.send(frames)
-        if let peerState = state.withLock({ $0.peerState }) {
-            for event in onSplitBrain(peerState: peerState, bitmapsCover: report.resolvable) { self.report(event) }
+        link?.send(frames)
+        if let settled {
+            for event in onSplitBrain(settled) { self.report(event) }
         }
         return report
     }

@@ -12,6 +12,10 @@ import Testing
 ///     victim policy=POLICY local=BYTES/EPOCH[/primary] peer=BYTES/EPOCH[/primary]
 ///     apart GENERATIONS new=HEX          the copy changes without its peer
 ///     resynced GENERATIONS               this copy was a completed resync's source
+///     pair local=SIDE peer=SIDE [resyncing] [discard-local] [local-preferred] [policy=POLICY]
+///                                        the whole connect decision (`PeerPairing`), where a
+///                                        SIDE is GENERATIONS[/primary][/outdated|/inconsistent]
+///                                        [/marked=BYTES][/epoch=N][/size=BYTES][/protocol=P][/name=N]
 ///
 /// Generations are written as status shows them: `current:bitmap:history0:history1` in hex.
 @Suite struct SyncDecisionTraceTests {
@@ -26,6 +30,7 @@ import Testing
     @Test func theTraceFilesAreThere() {
         #expect(Self.files.contains("connect.txt"))
         #expect(Self.files.contains("split-brain.txt"))
+        #expect(Self.files.contains("pairing.txt"))
     }
 
     @Test(arguments: files)
@@ -73,6 +78,61 @@ import Testing
         return .init(changedBytes: bytes, promotedEpoch: epoch, isPrimary: parts.count > 2 && parts[2] == "primary")
     }
 
+    static func side(_ text: String) throws -> PeerPairing.Side {
+        let parts = text.split(separator: "/").map(String.init)
+        var side = PeerPairing.Side(
+            name: "data", sizeBytes: 1 << 30, replicationProtocol: "C", generations: try generations(parts.first ?? ""),
+            role: .secondary, disk: .upToDate, markedBytes: 0, epoch: 0)
+        for part in parts.dropFirst() {
+            let pair = part.split(separator: "=", maxSplits: 1).map(String.init)
+            switch (pair[0], pair.count == 2 ? pair[1] : nil) {
+            case ("primary", nil): side.role = .primary
+            case ("outdated", nil): side.disk = .outdated
+            case ("inconsistent", nil): side.disk = .inconsistent
+            case ("marked", let value?): side.markedBytes = try number(value)
+            case ("epoch", let value?): side.epoch = try number(value)
+            case ("size", let value?): side.sizeBytes = try number(value)
+            case ("protocol", let value?): side.replicationProtocol = value
+            case ("name", let value?): side.name = value
+            default: throw TraceFile.Malformed(description: "\(part) in \(text) is no side's fact")
+            }
+        }
+        return side
+    }
+
+    static func number(_ text: String) throws -> UInt64 {
+        guard let value = UInt64(text) else { throw TraceFile.Malformed(description: "\(text) is no number") }
+        return value
+    }
+
+    static func describe(_ outcome: PeerPairing.Outcome) -> [String] {
+        switch outcome {
+        case .refuse(let differences): return ["not replicating:"] + differences
+        case .keepResyncing: return ["a resync runs: nothing changes"]
+        case .connect(let awaitingSource, let clearsOutdated):
+            return [
+                awaitingSource ? "connected, awaiting the initial source" : "connected in sync",
+                clearsOutdated ? "this copy is no longer outdated" : nil,
+            ].compactMap { $0 }
+        case .resyncSource(let full): return ["resync as source\(full ? " (full)" : "")"]
+        case .resyncTarget: return ["resync as target: this copy is inconsistent until it ends"]
+        case .splitBrain(let found):
+            let resolution: String
+            switch found.resolution {
+            case .leftForAdministrator: resolution = "left for an administrator"
+            case .discardLocal: resolution = "this copy's changes are discarded: resync as target"
+            case .discardPeer(let full):
+                resolution = "the peer's changes are discarded: resync as source\(full ? " (full)" : "")"
+            }
+            return [
+                "split brain: this copy changed \(found.localChangedBytes) bytes, the peer \(found.peerChangedBytes)"
+                    + (found.resolvable ? "" : " (bitmaps do not cover it)"),
+                resolution,
+            ]
+        case .unrelated: return ["unrelated copies: not replicating"]
+        }
+    }
+
     static func run(_ command: TraceCommand) throws -> [String] {
         switch command.verb {
         case "decide":
@@ -112,6 +172,17 @@ import Testing
                 throw TraceFile.Malformed(description: "new= is hex")
             }
             return ["\(generations.startingIndependentChanges(newCurrent: fresh))"]
+        case "pair":
+            let local = try side(try command.string("local"))
+            let peer = try side(try command.string("peer"))
+            guard let policy = SplitBrainPolicy(rawValue: command.values["policy"] ?? "disconnect") else {
+                throw TraceFile.Malformed(description: "no such policy")
+            }
+            let circumstances = PeerPairing.Circumstances(
+                resyncing: command.flags.contains("resyncing"),
+                preferredInTies: command.flags.contains("local-preferred"),
+                discardLocal: command.flags.contains("discard-local"), policy: policy)
+            return describe(PeerPairing.decide(local: local, peer: peer, circumstances: circumstances))
         case "resynced":
             return ["\(try generations(command.flags.first ?? "").afterResyncAsSource())"]
         default:
