@@ -193,13 +193,12 @@ extension ReplicatedVolume {
     /// Returns the diverged byte counts recorded before anything is dropped.
     public func resolveSplitBrain() throws(RoleError) -> SplitBrainReport {
         let (report, link, frames, settled) = try state.withLock { state throws(RoleError) in
-            if let refusal = PeerPairing.refusalToDiscardLocal(
+            let refusal = PeerPairing.refusalToDiscardLocal(
                 volume: configuration.name, inSplitBrain: state.splitBrain != nil, role: state.role,
                 disk: state.disk, peerDisk: state.peerState?.diskState)
-            {
-                throw RoleError(description: refusal)
+            guard refusal == nil, let report = state.splitBrain else {
+                throw RoleError(description: refusal ?? "\(configuration.name) is not in split brain")
             }
-            let report = state.splitBrain!
             state.discardLocal = true
             state.disk = .outdated
             state.connection = .connecting
@@ -331,34 +330,34 @@ extension ReplicatedVolume {
     }
 
     private func applyResync(_ write: PeerWrite) -> [ReplicationEvent] {
-        let (peer, failing) = state.withLock { ($0.peer, $0.peerWriteFailure != nil) }
-        var kind = PeerAck.Kind.resynced
-        var events: [ReplicationEvent] = []
+        let (link, work, failing) = state.withLock { state in
+            (state.peer, step(.resyncBlock(sequence: write.sequence), in: &state), state.peerWriteFailure != nil)
+        }
+        var events = perform(work)
+        // Refused (this copy is not taking the peer's data now): the answer went under the lock.
+        guard work.applyPeerData else { return events }
+        var failed: Range<UInt64>?
         do {
             try applyLocally(write)
-            events = peerWriteSucceeded(failing: failing)
-            state.withLock { state in
+            events += peerWriteSucceeded(failing: failing)
+        } catch {
+            failed = failedRange(of: write) ?? 0..<0
+            events += peerWriteFailed(error, resync: true)
+        }
+        // Answered on the link the block came by.
+        let applied = state.withLock { state in
+            if failed == nil {
                 state.resync?.progress.doneBytes += UInt64(write.payload.count)
                 state.resyncedBytesTotal += UInt64(write.payload.count)
                 if state.resyncWritten == nil {
                     state.resyncWritten = WriteIntentBitmap(
                         volumeBytes: store.sizeBytes, regionBytes: state.engine.bitmap.regionBytes)
                 }
-                _ = state.resyncWritten?.mark(offset: write.offset, length: UInt64(write.payload.count))
+                state.resyncWritten?.mark(offset: write.offset, length: UInt64(write.payload.count))
             }
-        } catch {
-            markFailed(write)
-            kind = .failed
-            events = peerWriteFailed(error, resync: true)
+            return step(.resyncBlockApplied(sequence: write.sequence, failed: failed), link: link, in: &state)
         }
-        peer?.send([.ack(PeerAck(volume: index, sequence: write.sequence, kind: kind))])
-        return events
-    }
-
-    /// Marks the region of a write of the peer's data that could not be stored here.
-    private func markFailed(_ write: PeerWrite) {
-        guard let range = failedRange(of: write) else { return }
-        for event in feed(.markOutOfSync(offset: range.lowerBound, length: UInt64(range.count))) { report(event) }
+        return events + perform(applied)
     }
 
     /// The part of this copy a write of the peer's data should have changed, clipped to the
@@ -397,8 +396,12 @@ extension ReplicatedVolume {
     }
 
     private func onResyncDone(_ generations: [UInt64]) -> [ReplicationEvent] {
+        guard let first = generations.first else {
+            return [event("resync-done from the peer without generations: ignored")]
+        }
         let (done, written, work) = state.withLock { state -> (ResyncProgress?, WriteIntentBitmap?, Followups) in
-            guard state.connection == .syncTarget, let first = generations.first else { return (nil, nil, Followups()) }
+            let work = step(.resyncDone, in: &state)
+            guard work.resyncTargetFinished else { return (nil, nil, work) }
             defer { state.resyncWritten = nil }
             state.generations = DataGenerations(
                 current: first, bitmap: generations.dropFirst().first ?? 0,
@@ -406,14 +409,14 @@ extension ReplicatedVolume {
             state.disk = .upToDate
             state.connection = .connected
             state.discardLocal = false
-            let work = step(.resyncedAsTarget, in: &state)
             var progress = state.resync?.progress
             progress?.finishedAt = clock.now()
             state.lastResync = progress
             state.resync = nil
             return (progress, state.resyncWritten, work)
         }
-        guard let done else { return [event("resync-done from the peer while not a resync target: ignored")] }
+        // Not this copy's resync: the engine's news says it was ignored.
+        guard work.resyncTargetFinished else { return perform(work) }
         let flushError: StorageError?
         do {
             try store.flush()
@@ -429,8 +432,8 @@ extension ReplicatedVolume {
         let cleared = perform(work)
         let (peer, frames) = state.withLock { state in (state.peer, [PeerFrame.volumeState(volumeState(state))]) }
         peer?.send(frames)
-        return [event("resync finished as target: \(done.doneBytes) bytes received")] + errors.map { event("\($0)") }
-            + cleared
+        return [event("resync finished as target: \(done?.doneBytes ?? 0) bytes received")]
+            + errors.map { event("\($0)") } + cleared
     }
 
     // MARK: Secondary side
@@ -443,7 +446,7 @@ extension ReplicatedVolume {
             return (state.peer, step(input, in: &state), state.peerWriteFailure != nil)
         }
         var events = perform(work)
-        guard work.applyPeerWrite else { return events }
+        guard work.applyPeerData else { return events }
         var failed: Range<UInt64>?
         do {
             try applyLocally(write)

@@ -613,8 +613,10 @@ public final class ReplicatedVolume: Sendable {
         }
         var first: Work?
         var more: [Work] = []
-        /// The engine asked for the peer's write to be applied here.
-        var applyPeerWrite = false
+        /// The engine asked for the peer's write, or resync block, to be applied here.
+        var applyPeerData = false
+        /// The engine ended the resync of this copy (the shell takes the source's generations).
+        var resyncTargetFinished = false
 
         mutating func append(_ work: Work) {
             if first == nil { first = work } else { more.append(work) }
@@ -623,7 +625,8 @@ public final class ReplicatedVolume: Sendable {
         mutating func merge(_ other: Followups) {
             if let first = other.first { append(first) }
             for work in other.more { append(work) }
-            applyPeerWrite = applyPeerWrite || other.applyPeerWrite
+            applyPeerData = applyPeerData || other.applyPeerData
+            resyncTargetFinished = resyncTargetFinished || other.resyncTargetFinished
         }
     }
 
@@ -664,8 +667,10 @@ public final class ReplicatedVolume: Sendable {
                 (link ?? state.peer)?.send([.ack(PeerAck(volume: index, sequence: sequence, kind: kind))])
             case .endActivity(let offset, let length):
                 state.activityLog.end(offset: offset, length: length)
-            case .applyPeerWrite:
-                work.applyPeerWrite = true
+            case .applyPeerWrite, .applyResyncBlock:
+                work.applyPeerData = true
+            case .resyncTargetFinished:
+                work.resyncTargetFinished = true
             case .sync(let sync):
                 work.append(.sync(sync, link: link ?? state.peer))
             case .beginIndependentChanges:

@@ -396,6 +396,19 @@ public struct DataPathSimulation {
                 for (index, version) in versions.enumerated() { b.disk.cache[first + index] = version }
                 feed(\.b, .peerWriteApplied(sequence: sequence, flags: flags, failed: nil))
             }
+        case .applyResyncBlock(let sequence):
+            guard case .resyncBlock(_, let first, let versions)? = applying else { return }
+            if b.disk.refusing {
+                let range = UInt64(first) * Self.blockBytes..<UInt64(first + versions.count) * Self.blockBytes
+                feed(\.b, .resyncBlockApplied(sequence: sequence, failed: range))
+            } else {
+                for (index, version) in versions.enumerated() { b.disk.cache[first + index] = version }
+                feed(\.b, .resyncBlockApplied(sequence: sequence, failed: nil))
+            }
+        case .resyncTargetFinished:
+            // The shell makes the copy durable before it says it is current.
+            b.disk.sync()
+            b.resyncing = false
         case .sync(let sync):
             syncs.append((name, sync, link))
         case .beginIndependentChanges:
@@ -458,20 +471,12 @@ public struct DataPathSimulation {
                 applying = nil
             case .flush(let sequence):
                 feed(\.b, .peerFlush(sequence: sequence))
-            case .resyncBlock(let sequence, let first, let versions):
-                // The target's rules (still the shell's in the agent): a block that cannot be stored
-                // is marked here and refused.
-                if b.disk.refusing {
-                    feed(\.b, .markOutOfSync(offset: UInt64(first) * Self.blockBytes, length: Self.blockBytes))
-                    send(.ack(sequence: sequence, .failed), from: "B")
-                } else {
-                    for (index, version) in versions.enumerated() { b.disk.cache[first + index] = version }
-                    send(.ack(sequence: sequence, .resynced), from: "B")
-                }
+            case .resyncBlock(let sequence, _, _):
+                applying = message.frame
+                feed(\.b, .resyncBlock(sequence: sequence))
+                applying = nil
             case .resyncDone:
-                b.disk.sync()
-                b.resyncing = false
-                feed(\.b, .resyncedAsTarget)
+                feed(\.b, .resyncDone)
             case .ack:
                 break
             }

@@ -34,6 +34,8 @@ struct ReplicationEngineTests {
             case .sendAck(let sequence, let kind): return "ack #\(sequence) \(kind)"
             case .endActivity(let offset, let length): return "end \(offset)+\(length)"
             case .applyPeerWrite(let sequence): return "apply #\(sequence)"
+            case .applyResyncBlock(let sequence): return "apply resync block #\(sequence)"
+            case .resyncTargetFinished: return "resync of this copy finished"
             case .sync(let sync): return "sync \(sync)"
             case .beginIndependentChanges: return "new generation"
             case .persistBitmap(let then): return "persist bitmap, then \(then)"
@@ -253,5 +255,37 @@ struct ReplicationEngineTests {
         #expect(Self.marked(engine) == [0])
         engine.on(.wake(now: .seconds(61), lastClientWrite: nil), Self.context())
         #expect(Self.take(&engine) == ["resync #2 e3 0..<4096"])
+    }
+
+    @Test("a resync target writes the blocks, marks one it could not store, and ends only as the target")
+    func resyncTarget() {
+        var engine = Self.engine(.c)
+        var target = Self.context(.secondary)
+        target.connection = .syncTarget
+        engine.on(.resyncBlock(sequence: 4), target)
+        #expect(Self.take(&engine) == ["apply resync block #4"])
+        engine.on(.resyncBlockApplied(sequence: 4, failed: nil), target)
+        #expect(Self.take(&engine) == ["ack #4 resynced"])
+        engine.on(.resyncBlock(sequence: 5), target)
+        engine.on(.resyncBlockApplied(sequence: 5, failed: 8192..<12288), target)
+        #expect(Self.take(&engine) == ["apply resync block #5", "ack #5 failed"])
+        #expect(Self.marked(engine) == [2])
+        // A connected secondary takes blocks too: its primary catches it up.
+        engine.on(.resyncBlock(sequence: 6), Self.context(.secondary))
+        #expect(Self.take(&engine) == ["apply resync block #6"])
+        // A copy that stands alone (a split brain left for an administrator) or serves as primary
+        // keeps its data.
+        var alone = Self.context(.secondary)
+        alone.connection = .standAlone
+        engine.on(.resyncBlock(sequence: 7), alone)
+        engine.on(.resyncBlock(sequence: 8), Self.context(.primary))
+        #expect(Self.take(&engine) == ["ack #7 refused", "ack #8 refused"])
+        // The end counts only for the target, and clears what it marked.
+        engine.on(.resyncDone, Self.context(.secondary))
+        #expect(Self.take(&engine) == ["resync-done from the peer while not a resync target: ignored"])
+        #expect(Self.marked(engine) == [2])
+        engine.on(.resyncDone, target)
+        #expect(Self.take(&engine) == ["resync of this copy finished"])
+        #expect(Self.marked(engine).isEmpty)
     }
 }

@@ -109,8 +109,13 @@ public struct ReplicationEngine: Sendable {
         case wake(now: Duration, lastClientWrite: Duration?)
         /// The peer acknowledged resync block `sequence` (see `awaitsResyncAck`).
         case resyncAck(sequence: UInt64, PeerAckKind, now: Duration, lastClientWrite: Duration?)
-        /// The peer's resync of this copy ended: nothing here differs from the peer any more.
-        case resyncedAsTarget
+        /// The peer sent resync block `sequence`.
+        case resyncBlock(sequence: UInt64)
+        /// The local write of resync block `sequence` ended; `failed` is the part of the volume it
+        /// should have changed when it failed.
+        case resyncBlockApplied(sequence: UInt64, failed: Range<UInt64>?)
+        /// The peer says its resync of this copy ended.
+        case resyncDone
         /// The link to the peer is up again; `lostCache`: the peer's host lost its page cache
         /// since the link was last up (a power loss, a reboot), so what it had not flushed is gone.
         case peerReturned(lostCache: Bool)
@@ -151,6 +156,13 @@ public struct ReplicationEngine: Sendable {
         case endActivity(offset: UInt64, length: UInt64)
         /// Write the peer's frame `sequence` to the local copy, then feed `peerWriteApplied`.
         case applyPeerWrite(sequence: UInt64)
+        /// Write the peer's resync block `sequence` to the local copy, then feed `resyncBlockApplied`.
+        case applyResyncBlock(sequence: UInt64)
+        /// Under the lock: the resync of this copy ended and nothing here differs from the peer:
+        /// the copy takes the source's generations and is up to date and connected. Then, after
+        /// the lock, it is made durable and the bitmap and the metadata are stored, before the
+        /// peer hears this copy's new state.
+        case resyncTargetFinished
         /// Make the local copy durable off the caller's thread, then feed `synced`.
         case sync(Sync)
         /// This copy now holds writes the peer lacks: start a new current generation (unless one
@@ -383,8 +395,30 @@ public struct ReplicationEngine: Sendable {
         case .resyncAck(let sequence, let kind, let now, let lastClientWrite):
             onResyncAck(sequence: sequence, kind, now: now)
             pump(now: now, lastClientWrite: lastClientWrite, context)
-        case .resyncedAsTarget:
+        case .resyncBlock(let sequence):
+            // A block lands only on this copy while it is the resync's target, or on a connected
+            // secondary its primary catches up. A copy that decided otherwise on connect (a split
+            // brain left for an administrator, configs that differ) keeps its data.
+            let takesBlocks =
+                context.connection == .syncTarget || (context.connection == .connected && context.role == .secondary)
+            guard takesBlocks else {
+                return ready.append(.sendAck(sequence: sequence, .refused))
+            }
+            ready.append(.applyResyncBlock(sequence: sequence))
+        case .resyncBlockApplied(let sequence, let failed):
+            if let failed {
+                // Marked here too: this copy lacks the source's data for the region until a later
+                // resync brings it.
+                if !failed.isEmpty { mark(offset: failed.lowerBound, length: UInt64(failed.count)) }
+                return ready.append(.sendAck(sequence: sequence, .failed))
+            }
+            ready.append(.sendAck(sequence: sequence, .resynced))
+        case .resyncDone:
+            guard context.connection == .syncTarget else {
+                return ready.append(.resyncNews("resync-done from the peer while not a resync target: ignored"))
+            }
             bitmap.clearAll()
+            ready.append(.resyncTargetFinished)
         case .peerReturned(let lostCache):
             // A peer that kept its cache still holds what it had not flushed: it stays listed.
             guard lostCache, !unflushedOnPeer.isEmpty else { return }
