@@ -42,12 +42,6 @@ extension ReplicatedVolume {
             // What the peer may not have is marked, waiting requests complete on this copy, and a
             // primary starts a new generation (the engine's rules for a lost peer).
             let work = step(.disconnected, leaseValid: lease.holds, in: &state)
-            if var verify = state.verify {
-                verify.progress.stopped = true
-                verify.progress.finishedAt = clock.now()
-                state.lastVerify = verify.progress
-                state.verify = nil
-            }
             // A source's finished extents leave the cache as they would have at the end.
             let extentsDone = state.resync?.extentsDone
             if state.resync != nil {

@@ -127,7 +127,8 @@ public final class ReplicatedVolume: Sendable {
         var nextRequest: UInt64 = 0
         var epoch: UInt64 = 0
         var resync: ResyncState?
-        var verify: VerifyState?
+        /// When the engine's running verify started, for status.
+        var verifyStartedAt: ContinuousClock.Instant?
         var lastVerify: VerifyProgress?
         var activityLog: ActivityLog
         var splitBrain: SplitBrainReport?
@@ -167,8 +168,8 @@ public final class ReplicatedVolume: Sendable {
         var invariantViolation: String? {
             if role == .primary, epoch == 0 { return "primary in epoch 0" }
             if resync != nil, peer == nil { return "a resync without a peer link" }
-            if verify != nil, peer == nil { return "a verify without a peer link" }
-            if resync != nil, verify != nil { return "a resync and a verify at once" }
+            if engine.verify != nil, peer == nil { return "a verify without a peer link" }
+            if resync != nil, engine.verify != nil { return "a resync and a verify at once" }
             if engine.resyncSource != nil, resync?.progress.source != .local {
                 return "the engine sends a resync the shell does not record"
             }
@@ -371,7 +372,7 @@ public final class ReplicatedVolume: Sendable {
                 protocolName: configuration.protocol.rawValue, outOfSyncBytes: state.engine.bitmap.dirtyBytes,
                 generations: state.generations, epoch: state.epoch, resync: resyncProgress(state),
                 lastResync: state.lastResync, resyncedBytesTotal: state.resyncedBytesTotal,
-                splitBrain: state.splitBrain, verify: state.verify?.progress, lastVerify: state.lastVerify,
+                splitBrain: state.splitBrain, verify: verifyProgress(state), lastVerify: state.lastVerify,
                 peerRole: state.peerState?.role,
                 peerDisk: state.peerState?.diskState,
                 activityLogWrites: state.logCommit.writes, activityLogWaits: state.logCommit.waits)
@@ -609,6 +610,8 @@ public final class ReplicatedVolume: Sendable {
             case resyncFinished(WriteIntentBitmap?)
             case refused(sequence: UInt64, failed: Bool)
             case catchUp
+            case verifyUnreadable(sequence: UInt64)
+            case resyncDifferences
             case event(String)
         }
         var first: Work?
@@ -630,6 +633,14 @@ public final class ReplicatedVolume: Sendable {
         }
     }
 
+    /// The shell's facts the engine reads. Under the lock.
+    func context(_ state: State, leaseValid: Bool = true) -> ReplicationEngine.Context {
+        ReplicationEngine.Context(
+            role: state.role, epoch: state.epoch, connection: state.connection, linked: state.peer != nil,
+            replicating: isReplicating(state), syncing: state.resync != nil || state.engine.verify != nil,
+            leaseValid: leaseValid)
+    }
+
     /// Feeds `input` to the engine and carries out, under the lock, the directives that must be;
     /// returns the rest. `payload` is the bytes of the request a `written` input names; `link` is
     /// where acknowledgements go (by default the link now up; the peer's writes are answered on the
@@ -644,11 +655,7 @@ public final class ReplicatedVolume: Sendable {
         in state: inout State
     ) -> Followups {
         var arriving = completing
-        let context = ReplicationEngine.Context(
-            role: state.role, epoch: state.epoch, connection: state.connection, linked: state.peer != nil,
-            replicating: isReplicating(state), syncing: state.resync != nil || state.verify != nil,
-            leaseValid: leaseValid)
-        state.engine.on(input, context)
+        state.engine.on(input, context(state, leaseValid: leaseValid))
         var work = Followups()
         // A store failed: the completions after it fail with its error.
         var failing: StorageError?
@@ -671,6 +678,15 @@ public final class ReplicatedVolume: Sendable {
                 work.applyPeerData = true
             case .resyncTargetFinished:
                 work.resyncTargetFinished = true
+            case .sendVerifyRequest(let sequence, let range):
+                if !sendVerifyRequest(sequence: sequence, range: range, to: state.peer) {
+                    // An unreadable local region is out of sync by definition.
+                    work.append(.verifyUnreadable(sequence: sequence))
+                }
+            case .verifyFinished(let result):
+                work.append(.event(verifyReport(recordVerify(result, in: &state))))
+            case .resyncDifferences:
+                work.append(.resyncDifferences)
             case .sync(let sync):
                 work.append(.sync(sync, link: link ?? state.peer))
             case .beginIndependentChanges:
@@ -780,6 +796,10 @@ public final class ReplicatedVolume: Sendable {
             case .catchUp:
                 events.append(
                     event("regions marked while connected (protocol A fell behind, or refused writes) are resynced"))
+                events += startResyncSource(full: false, unite: false)
+            case .verifyUnreadable(let sequence):
+                events += feed(.verifyReply(sequence: sequence, equal: false))
+            case .resyncDifferences:
                 events += startResyncSource(full: false, unite: false)
             case .event(let text):
                 events.append(event(text))

@@ -405,6 +405,9 @@ public struct DataPathSimulation {
                 for (index, version) in versions.enumerated() { b.disk.cache[first + index] = version }
                 feed(\.b, .resyncBlockApplied(sequence: sequence, failed: nil))
             }
+        case .sendVerifyRequest, .verifyFinished, .resyncDifferences:
+            // The simulation starts no online verify: its copies never rot silently.
+            break
         case .resyncTargetFinished:
             // The shell makes the copy durable before it says it is current.
             b.disk.sync()

@@ -36,6 +36,12 @@ struct ReplicationEngineTests {
             case .applyPeerWrite(let sequence): return "apply #\(sequence)"
             case .applyResyncBlock(let sequence): return "apply resync block #\(sequence)"
             case .resyncTargetFinished: return "resync of this copy finished"
+            case .sendVerifyRequest(let sequence, let range): return "verify #\(sequence) \(range)"
+            case .verifyFinished(let result):
+                return
+                    "verify \(result.stopped ? "stopped" : "finished") \(result.checkedRegions)/\(result.totalRegions) "
+                    + "differ \(result.outOfSyncRegions)"
+            case .resyncDifferences: return "resync the differences"
             case .sync(let sync): return "sync \(sync)"
             case .beginIndependentChanges: return "new generation"
             case .persistBitmap(let then): return "persist bitmap, then \(then)"
@@ -287,5 +293,45 @@ struct ReplicationEngineTests {
         engine.on(.resyncDone, target)
         #expect(Self.take(&engine) == ["resync of this copy finished"])
         #expect(Self.marked(engine).isEmpty)
+    }
+
+    @Test("a verify compares every region through the window, marks what differs, and resyncs it when idle")
+    func verify() {
+        // 4 regions of 4 KiB: a 16 KiB volume.
+        var engine = ReplicationEngine(
+            replicationProtocol: .c, bitmap: WriteIntentBitmap(volumeBytes: 16384, regionBytes: 4096), resyncWindow: 2)
+        #expect(engine.refusalToVerify(Self.context(.secondary), peerRole: .primary, volume: "v") != nil)
+        #expect(engine.refusalToVerify(Self.context(linked: false), peerRole: nil, volume: "v") != nil)
+        #expect(engine.refusalToVerify(Self.context(), peerRole: .secondary, volume: "v") == nil)
+        engine.on(.startVerify, Self.context())
+        #expect(Self.take(&engine) == ["verify #1 0..<4096", "verify #2 4096..<8192"])
+        #expect(
+            engine.refusalToVerify(Self.context(), peerRole: nil, volume: "v") == "a verify of v is already running")
+        engine.on(.verifyReply(sequence: 2, equal: false), Self.context())
+        engine.on(.verifyReply(sequence: 1, equal: true), Self.context())
+        #expect(Self.take(&engine) == ["verify #3 8192..<12288", "verify #4 12288..<16384"])
+        // An answer nobody asked for changes nothing.
+        engine.on(.verifyReply(sequence: 99, equal: false), Self.context())
+        engine.on(.verifyReply(sequence: 4, equal: true), Self.context())
+        engine.on(.verifyReply(sequence: 3, equal: false), Self.context())
+        #expect(Self.take(&engine) == ["verify finished 4/4 differ [1, 2]", "resync the differences"])
+        #expect(Self.marked(engine) == [1, 2])
+        #expect(engine.verify == nil)
+    }
+
+    @Test("a verify the link interrupts keeps what it found marked for the next resync")
+    func verifyInterrupted() {
+        var engine = ReplicationEngine(
+            replicationProtocol: .c, bitmap: WriteIntentBitmap(volumeBytes: 16384, regionBytes: 4096), resyncWindow: 2)
+        engine.on(.startVerify, Self.context())
+        engine.on(.verifyReply(sequence: 1, equal: false), Self.context())
+        _ = Self.take(&engine)
+        engine.on(.disconnected, Self.context(linked: false))
+        #expect(
+            Self.take(&engine) == ["verify stopped 1/4 differ [0]", "persist bitmap, then report", "new generation"])
+        #expect(Self.marked(engine) == [0])
+        engine.on(.startVerify, Self.context())
+        engine.on(.stopVerify, Self.context())
+        #expect(Self.take(&engine) == ["verify #4 0..<4096", "verify #5 4096..<8192", "verify stopped 0/4 differ []"])
     }
 }

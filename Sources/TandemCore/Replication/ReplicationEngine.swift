@@ -109,6 +109,14 @@ public struct ReplicationEngine: Sendable {
         case wake(now: Duration, lastClientWrite: Duration?)
         /// The peer acknowledged resync block `sequence` (see `awaitsResyncAck`).
         case resyncAck(sequence: UInt64, PeerAckKind, now: Duration, lastClientWrite: Duration?)
+        /// An online verify led from here starts: every region's digest is compared with the
+        /// peer's (see `refusalToVerify` first).
+        case startVerify
+        /// The peer compared the digest of verify request `sequence`; `equal: false` also when
+        /// this node could not read the region.
+        case verifyReply(sequence: UInt64, equal: Bool)
+        /// An administrator stops the verify.
+        case stopVerify
         /// The peer sent resync block `sequence`.
         case resyncBlock(sequence: UInt64)
         /// The local write of resync block `sequence` ended; `failed` is the part of the volume it
@@ -156,6 +164,15 @@ public struct ReplicationEngine: Sendable {
         case endActivity(offset: UInt64, length: UInt64)
         /// Write the peer's frame `sequence` to the local copy, then feed `peerWriteApplied`.
         case applyPeerWrite(sequence: UInt64)
+        /// Under the lock: read `range` of the local copy and send its digest to the peer as verify
+        /// request `sequence` (read under the lock, so requests leave in the order they were
+        /// numbered); if it cannot be read, feed `verifyReply(sequence, equal: false)` after the lock.
+        case sendVerifyRequest(sequence: UInt64, range: Range<UInt64>)
+        /// The verify ended (`stopped`: before every region was compared). The regions that
+        /// differ are marked already; the shell records and reports the result.
+        case verifyFinished(VerifyResult)
+        /// Resync the regions the verify found different now: the link is idle.
+        case resyncDifferences
         /// Write the peer's resync block `sequence` to the local copy, then feed `resyncBlockApplied`.
         case applyResyncBlock(sequence: UInt64)
         /// Under the lock: the resync of this copy ended and nothing here differs from the peer:
@@ -220,6 +237,26 @@ public struct ReplicationEngine: Sendable {
         var wakeScheduled = false
     }
 
+    /// An online verify this node leads, while it runs.
+    public struct VerifyRun: Sendable {
+        public let totalRegions: Int
+        public internal(set) var checkedRegions = 0
+        /// Regions whose digests differed (or could not be read here), in the order found.
+        public internal(set) var outOfSyncRegions: [Int] = []
+        var nextRegion = 0
+        var inFlight: [UInt64: Int] = [:]
+    }
+
+    /// How a verify ended.
+    public struct VerifyResult: Sendable, Equatable {
+        public var totalRegions: Int
+        public var checkedRegions: Int
+        /// In ascending order.
+        public var outOfSyncRegions: [Int]
+        /// Before every region was compared (an administrator, or a lost link).
+        public var stopped: Bool
+    }
+
     struct Pending {
         var offset: UInt64
         var length: UInt64
@@ -268,6 +305,8 @@ public struct ReplicationEngine: Sendable {
     public private(set) var bitmap: WriteIntentBitmap
     /// The resync this node sends, while one runs.
     public private(set) var resyncSource: ResyncSource?
+    /// The online verify this node leads, while one runs.
+    public private(set) var verify: VerifyRun?
     /// Whether a peer is configured: a lone node replicates nothing and marks nothing.
     public let peerConfigured: Bool
     /// Bytes protocol A may have unacknowledged before it stops sending and marks instead.
@@ -317,6 +356,19 @@ public struct ReplicationEngine: Sendable {
     /// What the peer wrote but may hold only in its page cache (marked if it returns without it).
     public var unflushedOnPeerRanges: [Range<UInt64>] {
         unflushedOnPeer.map { $0.offset..<($0.offset + $0.length) }
+    }
+
+    /// Why a verify may not start now; `nil` when it may. `peerRole` is the peer's role as last
+    /// heard. The copy it runs from is trusted: the regions that differ are resynced from it.
+    public func refusalToVerify(_ context: Context, peerRole: VolumeRole?, volume: String) -> String? {
+        guard context.linked, context.connection == .connected else {
+            return "\(volume) is \(context.connection.rawValue); verify needs a connected, idle peer"
+        }
+        guard verify == nil else { return "a verify of \(volume) is already running" }
+        if context.role == .secondary, peerRole == .primary {
+            return "the peer is primary for \(volume); start the verify there"
+        }
+        return nil
     }
 
     /// Whether `sequence` is a resync block whose acknowledgement is awaited.
@@ -395,6 +447,18 @@ public struct ReplicationEngine: Sendable {
         case .resyncAck(let sequence, let kind, let now, let lastClientWrite):
             onResyncAck(sequence: sequence, kind, now: now)
             pump(now: now, lastClientWrite: lastClientWrite, context)
+        case .startVerify:
+            guard verify == nil else { return }
+            verify = VerifyRun(totalRegions: bitmap.regionCount)
+            pumpVerify(context)
+        case .verifyReply(let sequence, let equal):
+            guard var run = verify, let region = run.inFlight.removeValue(forKey: sequence) else { return }
+            run.checkedRegions += 1
+            if !equal { run.outOfSyncRegions.append(region) }
+            verify = run
+            pumpVerify(context)
+        case .stopVerify:
+            endVerify(stopped: true, context)
         case .resyncBlock(let sequence):
             // A block lands only on this copy while it is the resync's target, or on a connected
             // secondary its primary catches up. A copy that decided otherwise on connect (a split
@@ -424,6 +488,48 @@ public struct ReplicationEngine: Sendable {
             guard lostCache, !unflushedOnPeer.isEmpty else { return }
             for unflushed in unflushedOnPeer { mark(offset: unflushed.offset, length: unflushed.length) }
             unflushedOnPeer.removeAll(keepingCapacity: true)
+            ready.append(.persistBitmap(then: .report))
+        }
+    }
+
+    // MARK: Online verify
+
+    /// Sends digests of the next regions up to the window; ends the verify when every region was
+    /// compared.
+    private mutating func pumpVerify(_ context: Context) {
+        guard var run = verify, context.linked else { return }
+        while run.inFlight.count < resyncWindow, run.nextRegion < run.totalRegions {
+            let region = run.nextRegion
+            run.nextRegion += 1
+            let sequence = takeSequence()
+            run.inFlight[sequence] = region
+            ready.append(.sendVerifyRequest(sequence: sequence, range: bitmap.range(ofRegion: region)))
+        }
+        verify = run
+        if run.inFlight.isEmpty, run.nextRegion >= run.totalRegions { endVerify(stopped: false, context) }
+    }
+
+    /// Ends the verify: the regions that differ are marked and stored, and resynced at once when
+    /// the link is idle (otherwise when it next connects, or with the next resync).
+    private mutating func endVerify(stopped: Bool, _ context: Context, storesBitmap: Bool = true) {
+        guard let run = verify else { return }
+        verify = nil
+        let found = run.outOfSyncRegions.sorted()
+        ready.append(
+            .verifyFinished(
+                VerifyResult(
+                    totalRegions: run.totalRegions, checkedRegions: run.checkedRegions, outOfSyncRegions: found,
+                    stopped: stopped)))
+        guard !found.isEmpty else { return }
+        for region in found {
+            let range = bitmap.range(ofRegion: region)
+            mark(offset: range.lowerBound, length: range.upperBound - range.lowerBound)
+        }
+        let idle = context.linked && context.connection == .connected && resyncSource == nil
+        // A resync from here stores the bitmap before it sends anything.
+        if idle {
+            ready.append(.resyncDifferences)
+        } else if storesBitmap {
             ready.append(.persistBitmap(then: .report))
         }
     }
@@ -672,6 +778,9 @@ public struct ReplicationEngine: Sendable {
         barrier = nil
         asyncBytesInFlight = 0
         resyncSource = nil
+        // What a verify found so far stays marked (stored just below): it is resynced when the
+        // peer returns.
+        endVerify(stopped: true, context, storesBitmap: false)
         for sequence in Array(pending.keys).sorted() { completeIfReady(sequence) }
         ready.append(.persistBitmap(then: .report))
         // A primary whose lease ended (frozen past it, woken now) acknowledges nothing more and
