@@ -415,22 +415,26 @@ public final class ReplicatedVolume: Sendable {
         let (peer, frames) = try state.withLock { state throws(RoleError) -> (PeerSender?, [PeerFrame]) in
             let before = state
             state.draining = false
-            if role == .primary, state.role == .primary, let epoch, epoch > state.epoch {
-                // Already primary (set by hand, or in an older epoch): writes from now on carry
-                // the new epoch, which the peer's voter has seen and fences with.
+            switch RoleRules.change(to: role, epoch: epoch, volume: configuration.name, roleFacts(state)) {
+            case .failure(let refusal):
+                throw RoleError(description: refusal.description)
+            case .success(.none):
+                return (nil, [])
+            case .success(.carryEpoch(let epoch)):
                 state.epoch = epoch
                 state.fenceEpoch = max(state.fenceEpoch, epoch)
-            } else {
-                guard role != state.role else { return (nil, []) }
-                if role == .primary {
-                    try promote(&state)
-                    if let epoch {
-                        state.epoch = max(state.epoch, epoch)
-                        state.fenceEpoch = max(state.fenceEpoch, epoch)
-                    }
-                } else {
-                    state.role = .secondary
+            case .success(.promote(let epoch, let fenceEpoch, let generation)):
+                switch generation {
+                case .first?: state.generations = DataGenerations(current: newGeneration())
+                case .independentChanges?:
+                    state.generations = state.generations.startingIndependentChanges(newCurrent: newGeneration())
+                case nil: break
                 }
+                state.epoch = epoch
+                if let fenceEpoch { state.fenceEpoch = max(state.fenceEpoch, fenceEpoch) }
+                state.role = .primary
+            case .success(.demote):
+                state.role = .secondary
             }
             if let error = storeMetadata(&state) {
                 if role == .primary { state = before }
@@ -441,28 +445,14 @@ public final class ReplicatedVolume: Sendable {
         if !frames.isEmpty { peer?.send(frames) }
     }
 
-    private func promote(_ state: inout State) throws(RoleError) {
-        if state.peer != nil, state.peerState?.role == .primary {
-            throw RoleError(
-                description:
-                    "the peer is primary for \(configuration.name); demote it first (two primaries are never allowed)")
-        }
-        guard state.disk == .upToDate else {
-            throw RoleError(
-                description: "\(configuration.name) is \(state.disk.rawValue) here; it cannot serve as primary")
-        }
-        if state.splitBrain != nil, state.peer != nil {
-            throw RoleError(description: "\(configuration.name) is in split brain; resolve it first")
-        }
-        let fresh = state.generations.current == DataGenerations.created
-        if fresh || state.peer == nil || state.connection == .standAlone || state.connection == .connecting {
-            state.generations =
-                fresh
-                ? DataGenerations(current: newGeneration())
-                : state.generations.startingIndependentChanges(newCurrent: newGeneration())
-        }
-        state.epoch = max(state.epoch, state.knownPeerEpoch) + 1
-        state.role = .primary
+    /// The facts `RoleRules` reads. Under the lock.
+    func roleFacts(_ state: State) -> RoleRules.Facts {
+        RoleRules.Facts(
+            role: state.role, disk: state.disk, connection: state.connection, linked: state.peer != nil,
+            peerRole: state.peer == nil ? nil : state.peerState?.role, inSplitBrain: state.splitBrain != nil,
+            fresh: state.generations.current == DataGenerations.created, epoch: state.epoch,
+            knownPeerEpoch: state.knownPeerEpoch, markedBytes: state.engine.bitmap.dirtyBytes,
+            peerMarkedBytes: state.peerState?.outOfSyncBytes)
     }
 
     func volumeState(_ state: State) -> PeerVolumeState {
@@ -881,10 +871,7 @@ public final class ReplicatedVolume: Sendable {
             to: .outdated,
             saying: "quorum recorded this copy as outdated (it lacks writes a primary acknowledged): it serves no "
                 + "client and survives no split brain until a resync from the peer"
-        ) { state in
-            state.role == .secondary && state.disk == .upToDate
-                && (state.connection == .connecting || state.connection == .standAlone)
-        }
+        ) { state in RoleRules.mayMarkOutdated(roleFacts(state)) }
     }
 
     /// `tandem failover --force`: an outdated copy is taken as up to date, by the administrator's
@@ -895,7 +882,7 @@ public final class ReplicatedVolume: Sendable {
             to: .upToDate,
             saying: "this outdated copy was made up to date by `tandem failover --force`: the writes the other "
                 + "node acknowledged after it fell behind are not here, and are lost unless that node returns"
-        ) { $0.disk == .outdated }
+        ) { state in RoleRules.mayForceUpToDate(roleFacts(state)) }
     }
 
     /// The node's voter no longer records it outdated (its primary said it is in sync, and it sees
@@ -903,8 +890,7 @@ public final class ReplicatedVolume: Sendable {
     /// is up to date again.
     public func clearOutdated() -> [ReplicationEvent] {
         changeDisk(to: .upToDate, saying: "in sync with the primary: this copy is no longer outdated") { state in
-            state.disk == .outdated && state.connection == .connected && state.peerState?.role == .primary
-                && state.peerState?.outOfSyncBytes == 0 && state.engine.bitmap.dirtyRegionCount == 0
+            RoleRules.mayClearOutdated(roleFacts(state))
         }
     }
 
