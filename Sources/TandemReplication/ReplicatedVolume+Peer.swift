@@ -17,7 +17,7 @@ extension ReplicatedVolume {
     public func peerConnected(_ sender: any PeerSender) {
         let (frames, work) = state.withLock { state -> ([PeerFrame], Followups) in
             state.peer = sender
-            state.connection = .connecting
+            state.link = .connecting(splitBrain: state.splitBrain)
             state.peerState = nil
             state.peerBitmap = nil
             // The peer link carries no boot identity yet, so a peer whose host lost power (and
@@ -37,17 +37,13 @@ extension ReplicatedVolume {
     public func peerDisconnected() -> [ReplicationEvent] {
         let (work, extentsDone) = state.withLock { state -> (Followups, WriteIntentBitmap?) in
             state.peer = nil
-            state.connection = .connecting
+            // A source's finished extents leave the cache as they would have at the end.
+            let extentsDone = state.resync?.extentsDone
+            state.link = .connecting(splitBrain: state.splitBrain)
             state.peerState = nil
             // What the peer may not have is marked, waiting requests complete on this copy, and a
             // primary starts a new generation (the engine's rules for a lost peer).
             let work = step(.disconnected, leaseValid: lease.holds, in: &state)
-            // A source's finished extents leave the cache as they would have at the end.
-            let extentsDone = state.resync?.extentsDone
-            if state.resync != nil {
-                state.resync = nil
-                if state.disk == .inconsistent { state.connection = .connecting }
-            }
             return (work, extentsDone)
         }
         if let extentsDone { dropCachedExtentsLater(extentsDone) }
@@ -119,7 +115,7 @@ extension ReplicatedVolume {
 
     func pairingCircumstances(_ state: State) -> PeerPairing.Circumstances {
         PeerPairing.Circumstances(
-            resyncing: state.resync != nil || state.connection == .syncTarget, preferredInTies: preferredInTies,
+            resyncing: state.resync != nil, preferredInTies: preferredInTies,
             discardLocal: state.discardLocal, policy: configuration.splitBrainPolicy)
     }
 
@@ -127,7 +123,7 @@ extension ReplicatedVolume {
     private func act(on outcome: PeerPairing.Outcome, peer: PeerPairing.Side) -> [ReplicationEvent] {
         switch outcome {
         case .refuse(let differences):
-            state.withLock { $0.connection = .standAlone }
+            state.withLock { $0.link = .standAlone(splitBrain: $0.splitBrain) }
             report(event("not replicating: \(differences.joined(separator: "; ")) (the two nodes' configs must agree)"))
             return []
         case .keepResyncing:
@@ -135,8 +131,8 @@ extension ReplicatedVolume {
         case .connect(let awaitingSource, let clearsOutdated):
             let changed = state.withLock { state -> Bool in
                 if clearsOutdated { state.disk = .upToDate }
-                guard state.connection == .connecting else { return false }
-                state.connection = .connected
+                guard case .connecting = state.link else { return false }
+                state.link = .connected
                 return true
             }
             if clearsOutdated {
@@ -154,22 +150,20 @@ extension ReplicatedVolume {
         case .splitBrain(let found):
             return onSplitBrain(found)
         case .unrelated:
-            state.withLock { $0.connection = .standAlone }
+            state.withLock { $0.link = .standAlone(splitBrain: nil) }
             return [event("the peer's copy shares no history with this one: not replicating")]
         }
     }
 
     private func onSplitBrain(_ found: PeerPairing.SplitBrain) -> [ReplicationEvent] {
-        state.withLock { state in
-            state.splitBrain = SplitBrainReport(
-                localChangedBytes: found.localChangedBytes, peerChangedBytes: found.peerChangedBytes,
-                resolvable: found.resolvable)
-        }
+        let report = SplitBrainReport(
+            localChangedBytes: found.localChangedBytes, peerChangedBytes: found.peerChangedBytes,
+            resolvable: found.resolvable)
         let said = event(
             "split brain: this node changed \(found.localChangedBytes) bytes, the peer \(found.peerChangedBytes) bytes")
         switch found.resolution {
         case .leftForAdministrator:
-            state.withLock { $0.connection = .standAlone }
+            state.withLock { $0.link = .standAlone(splitBrain: report) }
             return [
                 said,
                 event("split brain left for an administrator (policy \(configuration.splitBrainPolicy.rawValue))"),
@@ -195,7 +189,7 @@ extension ReplicatedVolume {
             }
             state.discardLocal = true
             state.disk = .outdated
-            state.connection = .connecting
+            state.link = .connecting(splitBrain: report)
             let settled = state.peerState.map { peerState in
                 PeerPairing.splitBrain(
                     local: pairingSide(state), peer: pairingSide(of: peerState), resolvable: report.resolvable,
@@ -214,10 +208,9 @@ extension ReplicatedVolume {
 
     func startResyncSource(full: Bool, unite: Bool) -> [ReplicationEvent] {
         let (total, work) = state.withLock { state -> (UInt64, Followups) in
-            state.connection = .syncSource
-            state.splitBrain = nil
-            state.resync = ResyncState(
-                progress: ResyncProgress(source: .local, totalBytes: 0, doneBytes: 0, startedAt: clock.now()))
+            state.link = .syncSource(
+                ResyncState(
+                    progress: ResyncProgress(source: .local, totalBytes: 0, doneBytes: 0, startedAt: clock.now())))
             let start = ReplicationEngine.Input.startResyncSource(
                 full: full, peerBitmap: unite ? state.peerBitmap : nil, pacer: newPacer())
             let work = step(start, in: &state)
@@ -229,11 +222,10 @@ extension ReplicatedVolume {
 
     private func becomeResyncTarget() -> [ReplicationEvent] {
         let (peer, frames) = state.withLock { state -> ((any PeerSender)?, [PeerFrame]) in
-            state.connection = .syncTarget
             state.disk = .inconsistent
-            state.splitBrain = nil
-            state.resync = ResyncState(
-                progress: ResyncProgress(source: .peer, totalBytes: 0, doneBytes: 0, startedAt: clock.now()))
+            state.link = .syncTarget(
+                ResyncState(
+                    progress: ResyncProgress(source: .peer, totalBytes: 0, doneBytes: 0, startedAt: clock.now())))
             return (state.peer, [.volumeState(volumeState(state))])
         }
         // Durable first: a target that restarts mid-resync must know it is not a source.
@@ -268,9 +260,8 @@ extension ReplicatedVolume {
         progress.stalled = nil
         progress.finishedAt = clock.now()
         state.lastResync = progress
-        state.resync = nil
         state.generations = state.generations.afterResyncAsSource()
-        state.connection = .connected
+        state.link = .connected
         let generations = state.generations
         state.peer?.send([
             .resyncDone(volume: index, generations: [generations.current, generations.bitmap] + generations.history)
@@ -294,7 +285,7 @@ extension ReplicatedVolume {
     /// the extent done before it may leave the cache (returned). Under the lock.
     func extentToDrop(after range: Range<UInt64>, in state: inout State) -> Range<UInt64>? {
         guard var resync = state.resync else { return nil }
-        defer { state.resync = resync }
+        defer { state.link.updateResync { $0 = resync } }
         let extent = cacheExtent(containing: range.lowerBound)
         guard state.engine.bitmap.isClear(overlapping: extent), resync.extentToDrop != extent else { return nil }
         let drop = resync.extentToDrop
@@ -341,7 +332,7 @@ extension ReplicatedVolume {
         // Answered on the link the block came by.
         let applied = state.withLock { state in
             if failed == nil {
-                state.resync?.progress.doneBytes += UInt64(write.payload.count)
+                state.link.updateResync { $0.progress.doneBytes += UInt64(write.payload.count) }
                 state.resyncedBytesTotal += UInt64(write.payload.count)
                 if state.resyncWritten == nil {
                     state.resyncWritten = WriteIntentBitmap(
@@ -401,12 +392,11 @@ extension ReplicatedVolume {
                 current: first, bitmap: generations.dropFirst().first ?? 0,
                 history: Array(generations.dropFirst(2).filter { $0 != 0 }.prefix(2)))
             state.disk = .upToDate
-            state.connection = .connected
             state.discardLocal = false
             var progress = state.resync?.progress
             progress?.finishedAt = clock.now()
             state.lastResync = progress
-            state.resync = nil
+            state.link = .connected
             return (progress, state.resyncWritten, work)
         }
         // Not this copy's resync: the engine's news says it was ignored.

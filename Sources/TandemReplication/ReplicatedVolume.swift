@@ -113,7 +113,8 @@ public final class ReplicatedVolume: Sendable {
 
     struct State {
         var role: VolumeRole = .secondary
-        var connection: ConnectionState = .standAlone
+        /// The link to the peer and what runs over it (see `LinkPhase`).
+        var link: LinkPhase = .standAlone(splitBrain: nil)
         var disk: DiskState = .upToDate
         var generations: DataGenerations
         var metadata: VolumeMetadata
@@ -126,12 +127,10 @@ public final class ReplicatedVolume: Sendable {
         var requests: [IORequest: Completion] = [:]
         var nextRequest: UInt64 = 0
         var epoch: UInt64 = 0
-        var resync: ResyncState?
         /// When the engine's running verify started, for status.
         var verifyStartedAt: ContinuousClock.Instant?
         var lastVerify: VerifyProgress?
         var activityLog: ActivityLog
-        var splitBrain: SplitBrainReport?
         var resyncedBytesTotal: UInt64 = 0
         /// Regions this node wrote as a resync target since its last resync ended, kept across
         /// disconnections: their pages leave the cache once the resync is durable.
@@ -158,6 +157,10 @@ public final class ReplicatedVolume: Sendable {
         /// The activity log's group commit (see `beginActivity`).
         var logCommit = LogCommit()
 
+        var connection: ConnectionState { link.connection }
+        var resync: ResyncState? { link.resync }
+        var splitBrain: SplitBrainReport? { link.splitBrain }
+
         /// A new id for a client's request.
         mutating func newRequest() -> IORequest {
             nextRequest += 1
@@ -173,10 +176,67 @@ public final class ReplicatedVolume: Sendable {
             if engine.resyncSource != nil, resync?.progress.source != .local {
                 return "the engine sends a resync the shell does not record"
             }
-            if connection == .syncTarget, disk != .inconsistent, resync != nil {
+            if connection == .syncTarget, disk != .inconsistent {
                 return "a resync target whose copy is not marked inconsistent"
             }
             return nil
+        }
+    }
+
+    /// The link to the peer and what runs over it. What cannot coexist cannot be represented: a
+    /// resync's record exists only while this copy is its source or its target, and a split
+    /// brain's report only while the pair does not replicate. (The engine's own resync source and
+    /// verify run inside `connected`/`syncSource`; `CheckedState` checks that they agree.)
+    enum LinkPhase {
+        /// Not replicating: the configs differ, the copies are unrelated, the link failed, or a
+        /// split brain waits for an administrator (its report).
+        case standAlone(splitBrain: SplitBrainReport?)
+        /// A link is being made, or the peer's state is not yet decided on; a split brain found
+        /// earlier is kept until the decision.
+        case connecting(splitBrain: SplitBrainReport?)
+        /// Replicating, in sync.
+        case connected
+        /// Resyncing the peer from this copy.
+        case syncSource(ResyncState)
+        /// Resynced from the peer; this copy is inconsistent until it ends.
+        case syncTarget(ResyncState)
+
+        var connection: ConnectionState {
+            switch self {
+            case .standAlone: return .standAlone
+            case .connecting: return .connecting
+            case .connected: return .connected
+            case .syncSource: return .syncSource
+            case .syncTarget: return .syncTarget
+            }
+        }
+
+        var resync: ResyncState? {
+            switch self {
+            case .syncSource(let resync), .syncTarget(let resync): return resync
+            case .standAlone, .connecting, .connected: return nil
+            }
+        }
+
+        var splitBrain: SplitBrainReport? {
+            switch self {
+            case .standAlone(let report), .connecting(let report): return report
+            case .connected, .syncSource, .syncTarget: return nil
+            }
+        }
+
+        /// Changes the running resync's record; nothing when none runs.
+        mutating func updateResync(_ body: (inout ResyncState) -> Void) {
+            switch self {
+            case .syncSource(var resync):
+                body(&resync)
+                self = .syncSource(resync)
+            case .syncTarget(var resync):
+                body(&resync)
+                self = .syncTarget(resync)
+            case .standAlone, .connecting, .connected:
+                break
+            }
         }
     }
 
@@ -316,7 +376,7 @@ public final class ReplicatedVolume: Sendable {
         // Loaded from its file, and stored again above if the activity log marked anything.
         initial.persistedMarkCount = bitmap.markCount
         // A volume with a configured peer is waiting for it; a lone node's volume stands alone.
-        initial.connection = peerConfigured ? .connecting : .standAlone
+        initial.link = peerConfigured ? .connecting(splitBrain: nil) : .standAlone(splitBrain: nil)
         // A resync target that stopped before the end stays inconsistent until a resync finishes.
         initial.disk = local.metadata.inconsistent ? .inconsistent : local.metadata.outdated ? .outdated : .upToDate
         state = CheckedState(initial)
@@ -718,7 +778,7 @@ public final class ReplicatedVolume: Sendable {
                     try peer.send(.resyncData(block), payloadStoredIn: store, length: range.count)
                 } catch {
                     resyncSendFailed = true
-                    state.connection = .standAlone
+                    state.link = .standAlone(splitBrain: nil)
                     work.append(.event("resync stopped: \(error)"))
                 }
             case .wakeAfter(let wait):
@@ -733,6 +793,11 @@ public final class ReplicatedVolume: Sendable {
             }
         }
         state.engine.ready.removeAll(keepingCapacity: true)
+        if resyncSendFailed {
+            // The shell dropped the resync's record with the link: the engine drops its source.
+            state.engine.on(.stopResyncSource, context(state))
+            state.engine.ready.removeAll(keepingCapacity: true)
+        }
         if let waiting = arriving { state.requests[waiting.request] = waiting.completion }
         return work
     }

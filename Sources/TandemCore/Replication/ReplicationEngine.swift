@@ -105,6 +105,9 @@ public struct ReplicationEngine: Sendable {
         /// Send resync blocks while the window and the pacer allow; `lastClientWrite` is when a
         /// client last wrote (the resync gives way to clients).
         case pump(now: Duration, lastClientWrite: Duration?)
+        /// The resync as source stops before its end (its blocks cannot be read here): the regions
+        /// it did not bring stay marked.
+        case stopResyncSource
         /// A `wakeAfter` timer fired.
         case wake(now: Duration, lastClientWrite: Duration?)
         /// The peer acknowledged resync block `sequence` (see `awaitsResyncAck`).
@@ -441,6 +444,8 @@ public struct ReplicationEngine: Sendable {
             ready.append(.persistBitmap(then: .pumpResync))
         case .pump(let now, let lastClientWrite):
             pump(now: now, lastClientWrite: lastClientWrite, context)
+        case .stopResyncSource:
+            resyncSource = nil
         case .wake(let now, let lastClientWrite):
             resyncSource?.wakeScheduled = false
             pump(now: now, lastClientWrite: lastClientWrite, context)
