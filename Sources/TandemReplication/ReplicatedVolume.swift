@@ -464,10 +464,7 @@ public final class ReplicatedVolume: Sendable {
     /// effect (no write completes here afterwards, which is what safety needs), but a metadata
     /// write that failed is still thrown, for the caller to report.
     public func setRole(_ role: VolumeRole, epoch: UInt64? = nil) throws(RoleError) {
-        if role == .primary, epoch != nil, state.withLock({ $0.peerState?.role == .primary }) {
-            // Membership promoted this node in a new epoch: the peer's lease has ended, whatever its
-            // link still says (a frozen node keeps its connection open). Nothing more goes to it
-            // until it reconnects, and its old-epoch writes are refused.
+        if state.withLock({ RoleRules.promotionEndsPeerLink(to: role, epoch: epoch, roleFacts($0)) }) {
             for event in peerDisconnected() { report(event) }
         }
         // Held across the metadata write: a role change is rare, and no write may complete in a

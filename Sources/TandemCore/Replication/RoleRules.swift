@@ -90,6 +90,14 @@ public enum RoleRules {
             .promote(epoch: max(promoted, epoch ?? 0), fenceEpoch: epoch, generation: generation))
     }
 
+    /// Membership promotes this copy in a new epoch while the link still shows the peer as
+    /// primary: the peer's lease has ended whatever its link says (a frozen node keeps its
+    /// connection open), so the link counts as lost first. Nothing more goes to the peer until it
+    /// reconnects, and its old-epoch writes are refused.
+    public static func promotionEndsPeerLink(to role: VolumeRole, epoch: UInt64?, _ facts: Facts) -> Bool {
+        role == .primary && epoch != nil && facts.linked && facts.peerRole == .primary
+    }
+
     /// Quorum recorded that this copy lacks acknowledged writes. Only an up-to-date secondary
     /// apart from its peer becomes outdated: a primary's own lease decides for it, and on a
     /// connected copy the connection's decision does (a mark that arrives late, since datagrams
