@@ -431,20 +431,29 @@ extension ReplicatedVolume {
         }
         var events = perform(work)
         guard work.applyPeerData else { return events }
-        var failed: Range<UInt64>?
         do {
             try applyLocally(write)
-            events += peerWriteSucceeded(failing: failing)
         } catch {
-            failed = failedRange(of: write) ?? 0..<0
             events += peerWriteFailed(error, resync: false)
+            // Answered on the link the write came by; the engine marks the region.
+            let failed = failedRange(of: write) ?? 0..<0
+            let applied = state.withLock { state in
+                step(
+                    .peerWriteApplied(sequence: write.sequence, flags: write.flags, failed: failed), link: link,
+                    in: &state)
+            }
+            return events + perform(applied)
         }
-        // Answered on the link the write came by.
-        let applied = state.withLock { state in
-            step(
-                .peerWriteApplied(sequence: write.sequence, flags: write.flags, failed: failed), link: link, in: &state)
+        events += peerWriteSucceeded(failing: failing)
+        switch ReplicationEngine.answer(toWritten: write.flags) {
+        case .ack(let kind):
+            link?.send([.ack(PeerAck(volume: index, sequence: write.sequence, kind: kind))])
+            return events
+        case .syncThenAck(let kind):
+            var work = Followups()
+            work.append(.sync(.forPeer(write.sequence, kind), link: link))
+            return events + perform(work)
         }
-        return events + perform(applied)
     }
 
     private func applyLocally(_ write: PeerWrite) throws(StorageError) {

@@ -361,6 +361,20 @@ public struct ReplicationEngine: Sendable {
         unflushedOnPeer.map { $0.offset..<($0.offset + $0.length) }
     }
 
+    /// How a secondary answers the peer's write once it is in the local copy.
+    public enum PeerWriteAnswer: Sendable, Equatable {
+        case ack(PeerAckKind)
+        /// Make the copy durable first (FUA), then acknowledge.
+        case syncThenAck(PeerAckKind)
+    }
+
+    /// What a secondary answers once the peer's write went into its copy. It needs none of the
+    /// engine's state: the shell answers a write that went through without a second turn of the
+    /// volume's lock (one that failed is the `peerWriteApplied` input, for it marks).
+    public static func answer(toWritten flags: UInt8) -> PeerWriteAnswer {
+        flags & PeerWriteFlags.fua != 0 ? .syncThenAck(.written) : .ack(.written)
+    }
+
     /// Why a verify may not start now; `nil` when it may. `peerRole` is the peer's role as last
     /// heard. The copy it runs from is trusted: the regions that differ are resynced from it.
     public func refusalToVerify(_ context: Context, peerRole: VolumeRole?, volume: String) -> String? {
@@ -428,10 +442,11 @@ public struct ReplicationEngine: Sendable {
                 // the primary (which marks it as well) until a resync brings the region.
                 if !failed.isEmpty { mark(offset: failed.lowerBound, length: UInt64(failed.count)) }
                 ready.append(.sendAck(sequence: sequence, .failed))
-            } else if flags & PeerWriteFlags.fua != 0 {
-                ready.append(.sync(.forPeer(sequence, .written)))
             } else {
-                ready.append(.sendAck(sequence: sequence, .written))
+                switch Self.answer(toWritten: flags) {
+                case .ack(let kind): ready.append(.sendAck(sequence: sequence, kind))
+                case .syncThenAck(let kind): ready.append(.sync(.forPeer(sequence, kind)))
+                }
             }
         case .peerFlush(let sequence):
             ready.append(.sync(.forPeer(sequence, .flushed)))
