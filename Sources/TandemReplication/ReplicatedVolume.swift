@@ -248,8 +248,12 @@ public final class ReplicatedVolume: Sendable {
         var generation: UInt64 = 0
         /// Extents in the log in memory but not yet in its file, with the generation that added them.
         var undurable: [UInt64: UInt64] = [:]
-        /// An extent left the log since the last commit began: the bitmap may need writing first.
+        /// An extent left the log since the last commit began: the writes there must be durable,
+        /// and the bitmap may need writing, before a record without it is.
         var dropped = false
+        /// Commits that made the local copy durable first, because they dropped an extent (for
+        /// status and the tests).
+        var dataFlushes: UInt64 = 0
         /// Writes waiting for the next commit, resumed with its error (`nil`: their extents are durable).
         var waiting: [@Sendable (StorageError?) -> Void] = []
         /// A commit is running; it takes up whatever waits when it ends.
@@ -421,6 +425,8 @@ public final class ReplicatedVolume: Sendable {
         /// Writes of the activity log's file since the volume opened, and client writes that
         /// waited for one (their extent was not in the file).
         public var activityLogWrites: UInt64
+        /// Log writes that dropped an extent, each after making the local copy durable.
+        public var activityLogDataFlushes: UInt64
         public var activityLogWaits: UInt64
     }
 
@@ -435,7 +441,8 @@ public final class ReplicatedVolume: Sendable {
                 splitBrain: state.splitBrain, verify: verifyProgress(state), lastVerify: state.lastVerify,
                 peerRole: state.peerState?.role,
                 peerDisk: state.peerState?.diskState,
-                activityLogWrites: state.logCommit.writes, activityLogWaits: state.logCommit.waits)
+                activityLogWrites: state.logCommit.writes, activityLogDataFlushes: state.logCommit.dataFlushes,
+                activityLogWaits: state.logCommit.waits)
         }
     }
 
@@ -1032,10 +1039,17 @@ public final class ReplicatedVolume: Sendable {
     /// (a flush for a FUA write) runs first, however long misses keep coming. The log is taken
     /// when a commit starts: an extent that left it by then has its bitmap marks made durable first,
     /// and one that entered it later waits for the next commit.
+    ///
+    /// A record that drops an extent is written only once the local copy is durable: a write there
+    /// that completed may still be in the page cache, and once the log no longer lists the extent,
+    /// a power loss would lose that write here while the peer keeps it, with nothing marked on
+    /// either side.
     func commitActivityLog() {
         let batch = state.withLock {
-            state -> (waiting: [@Sendable (StorageError?) -> Void], generation: UInt64, log: ActivityLog, bitmap: Bool)?
-            in
+            state -> (
+                waiting: [@Sendable (StorageError?) -> Void], generation: UInt64, log: ActivityLog, dropped: Bool,
+                bitmap: Bool
+            )? in
             guard !state.logCommit.waiting.isEmpty else {
                 state.logCommit.running = false
                 return nil
@@ -1044,18 +1058,28 @@ public final class ReplicatedVolume: Sendable {
                 state.logCommit.waiting.removeAll()
                 state.logCommit.dropped = false
             }
-            let bitmap = state.logCommit.dropped && state.engine.bitmap.markCount != state.persistedMarkCount
-            return (state.logCommit.waiting, state.logCommit.generation, state.activityLog, bitmap)
+            let dropped = state.logCommit.dropped
+            let bitmap = dropped && state.engine.bitmap.markCount != state.persistedMarkCount
+            if dropped { state.logCommit.dataFlushes += 1 }
+            return (state.logCommit.waiting, state.logCommit.generation, state.activityLog, dropped, bitmap)
         }
         guard let batch else { return }
-        var error = batch.bitmap ? persistBitmap() : nil
-        if error == nil { error = persistActivityLog(batch.log) }
-        if error == nil {
+        var failure: StorageError?
+        if batch.dropped {
+            do throws(StorageError) {
+                try store.flush()
+            } catch {
+                failure = error
+            }
+        }
+        if failure == nil, batch.bitmap { failure = persistBitmap() }
+        if failure == nil { failure = persistActivityLog(batch.log) }
+        if failure == nil {
             state.withLock { state in
                 state.logCommit.undurable = state.logCommit.undurable.filter { $0.value > batch.generation }
             }
         }
-        for resume in batch.waiting { resume(error) }
+        for resume in batch.waiting { resume(failure) }
         // Ends the commits if nothing waits by then (`running` stays set until that task looks).
         runBlocking { [self] in commitActivityLog() }
     }

@@ -459,9 +459,13 @@ private func payload(_ byte: UInt8, count: Int = 4096) -> NBDPayload {
         }
         write(extent: 0)
         write(extent: 1)
+        #expect(pair.a.status.activityLogDataFlushes == 0, "nothing left the log: no flush of the copy")
         let inSync = bitmapFile()
         for extent in 2..<12 { write(extent: UInt64(extent)) }
         #expect(bitmapFile() == inSync, "in sync, ten evictions found no mark to make durable")
+        // Each record that drops an extent waits until the writes there are durable on this copy:
+        // a power loss would otherwise lose them here, unmarked, while the peer keeps them.
+        #expect(pair.a.status.activityLogDataFlushes == 10)
 
         pair.disconnect()
         write(extent: 12)

@@ -299,6 +299,7 @@ public final class ControlServer: Service, Sendable {
             ("generations", .string(status.generations.description)), ("epoch", .integer(Int64(status.epoch))),
             ("resyncedBytesTotal", .integer(Int64(status.resyncedBytesTotal))),
             ("activityLogWrites", .integer(Int64(status.activityLogWrites))),
+            ("activityLogDataFlushes", .integer(Int64(status.activityLogDataFlushes))),
             ("activityLogWaits", .integer(Int64(status.activityLogWaits))),
             ("peerRole", status.peerRole.map { .string($0.rawValue) } ?? .null),
             ("peerDisk", status.peerDisk.map { .string($0.rawValue) } ?? .null),
