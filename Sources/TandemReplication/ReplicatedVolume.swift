@@ -678,13 +678,6 @@ public final class ReplicatedVolume: Sendable {
         mutating func append(_ work: Work) {
             if first == nil { first = work } else { more.append(work) }
         }
-
-        mutating func merge(_ other: Followups) {
-            if let first = other.first { append(first) }
-            for work in other.more { append(work) }
-            applyPeerData = applyPeerData || other.applyPeerData
-            resyncTargetFinished = resyncTargetFinished || other.resyncTargetFinished
-        }
     }
 
     /// The shell's facts the engine reads. Under the lock.
