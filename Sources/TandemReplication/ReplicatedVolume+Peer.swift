@@ -103,13 +103,18 @@ extension ReplicatedVolume {
             markedBytes: state.engine.bitmap.dirtyBytes, epoch: state.epoch)
     }
 
+    /// Generations as the peer link carries them: current, bitmap, then up to two of history.
+    static func generations(fromWire values: [UInt64]) -> DataGenerations {
+        DataGenerations(
+            current: values.first ?? 0, bitmap: values.dropFirst().first ?? 0,
+            history: Array(values.dropFirst(2).filter { $0 != 0 }.prefix(2)))
+    }
+
     /// The peer's side as its state frame tells it.
     func pairingSide(of peer: PeerVolumeState) -> PeerPairing.Side {
         PeerPairing.Side(
             name: peer.name, sizeBytes: peer.sizeBytes, replicationProtocol: peer.replicationProtocol,
-            generations: DataGenerations(
-                current: peer.generations.first ?? 0, bitmap: peer.generations.dropFirst().first ?? 0,
-                history: Array(peer.generations.dropFirst(2).filter { $0 != 0 }.prefix(2))),
+            generations: Self.generations(fromWire: peer.generations),
             role: peer.role, disk: peer.diskState, markedBytes: peer.outOfSyncBytes, epoch: peer.epoch)
     }
 
@@ -381,16 +386,14 @@ extension ReplicatedVolume {
     }
 
     private func onResyncDone(_ generations: [UInt64]) -> [ReplicationEvent] {
-        guard let first = generations.first else {
+        guard !generations.isEmpty else {
             return [event("resync-done from the peer without generations: ignored")]
         }
         let (done, written, work) = state.withLock { state -> (ResyncProgress?, WriteIntentBitmap?, Followups) in
             let work = step(.resyncDone, in: &state)
             guard work.resyncTargetFinished else { return (nil, nil, work) }
             defer { state.resyncWritten = nil }
-            state.generations = DataGenerations(
-                current: first, bitmap: generations.dropFirst().first ?? 0,
-                history: Array(generations.dropFirst(2).filter { $0 != 0 }.prefix(2)))
+            state.generations = Self.generations(fromWire: generations)
             state.disk = .upToDate
             state.discardLocal = false
             var progress = state.resync?.progress
