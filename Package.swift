@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let package = Package(
@@ -19,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        // Without its default traits: the agent reads no swift-configuration and needs no full Foundation.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
     ],
     targets: [
         .target(name: "TandemCore"),
@@ -27,6 +29,17 @@ let package = Package(
             dependencies: ["TandemCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(name: "TandemResources", dependencies: ["TandemCore", "CTandemLinux"]),
+        // The management plane's contract (request and reply types) and its client, shared by the
+        // agent, the CLI and the tests.
+        .target(
+            name: "TandemAPI",
+            dependencies: [
+                "TandemCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         .target(name: "CTandemLinux"),
         .target(
             name: "TandemStorage",
@@ -50,10 +63,12 @@ let package = Package(
                 "TandemStorage",
                 "TandemReplication",
                 "TandemResources",
+                "TandemAPI",
                 "CTandemLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -67,6 +82,7 @@ let package = Package(
             dependencies: [
                 "TandemCore",
                 "TandemAgent",
+                "TandemAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -104,10 +120,13 @@ let package = Package(
                 "TandemTestSupport",
                 "TandemCore",
                 "TandemStorage",
+                "TandemAPI",
                 "CTandemLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),
     ]

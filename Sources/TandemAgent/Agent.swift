@@ -137,8 +137,7 @@ public struct Agent: Sendable {
                 lease: lease, peerLink: link, journal: journal, groups: resources.manager, logger: logger)
         }
         membershipBox.withLock { $0 = membership }
-        let control = ControlServer(
-            path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
+        let api = ManagementAPI(
             nodeName: node.name, volumes: volumes, membership: membership, groups: resources.manager, reset: reset,
             afterCleanup: {
                 guard standbyByFailover.withLock({ $0 }), let membership = membershipBox.withLock({ $0 }) else {
@@ -150,6 +149,9 @@ public struct Agent: Sendable {
                 }
             },
             events: volumeEvents, logger: logger)
+        let control = ControlServer(
+            path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
+            stateDirectory: configuration.cluster.stateDirectory, api: api, logger: logger)
         return Agent(
             node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control, peerLink: link,
             membership: membership, resources: resources, journal: journal, logger: logger)

@@ -448,6 +448,7 @@ extension ReplicatedVolume {
             return events + perform(applied)
         }
         events += peerWriteSucceeded(failing: failing)
+        lastReplicatedWrite.store(max(1, Self.nanoseconds(clock.sinceOrigin())), ordering: .relaxed)
         switch ReplicationEngine.answer(toWritten: write.flags) {
         case .ack(let kind):
             link?.send([.ack(PeerAck(volume: index, sequence: write.sequence, kind: kind))])

@@ -504,6 +504,7 @@ public final class ReplicatedVolume: Sendable {
                 if role == .primary { state = before }
                 throw RoleError(description: "\(configuration.name): role \(role.rawValue) not recorded: \(error)")
             }
+            if before.role == .secondary, state.role == .primary { notePromotion(epoch: state.epoch) }
             return (state.peer, state.peer == nil ? [] : [.volumeState(volumeState(state))])
         }
         if !frames.isEmpty { peer?.send(frames) }
@@ -604,6 +605,7 @@ public final class ReplicatedVolume: Sendable {
             lastClientWrite.store(
                 max(1, Self.nanoseconds(clock.sinceOrigin())), ordering: .relaxed)
         }
+        let completion = awaitingFirstAck.load(ordering: .relaxed) ? noteFirstAck(then: completion) : completion
         let ready = beginActivity(
             offset: offset, length: length,
             resume: { [self] error in
@@ -981,6 +983,51 @@ public final class ReplicatedVolume: Sendable {
     /// When a client last wrote, in nanoseconds after `leaseOrigin` (0: never): the resync gives
     /// way to client writes (see `ResyncPacer`).
     let lastClientWrite = Atomic<Int64>(0)
+
+    // MARK: Failover gap
+
+    /// The times around this node's last promotion that bound a failover's client-visible gap
+    /// (defined in the management contract, `FailoverRecord`), on this node's clock.
+    public struct PromotionTiming: Sendable, Equatable {
+        /// The epoch the volume was promoted in.
+        public var epoch: UInt64
+        public var promotedAt: Duration
+        /// When the last replicated write was applied here before the promotion.
+        public var lastReplicatedWriteAt: Duration?
+        /// When the first client write after the promotion completed.
+        public var firstWriteAckedAt: Duration?
+    }
+
+    /// The last promotion's timing; `nil` before the first.
+    public var lastPromotion: PromotionTiming? { promotionTiming.withLock { $0 } }
+
+    /// When a replicated write was last applied here, as `lastClientWrite` counts (0: never).
+    let lastReplicatedWrite = Atomic<Int64>(0)
+    /// From a promotion until the first client write after it completed.
+    private let awaitingFirstAck = Atomic<Bool>(false)
+    private let promotionTiming = Mutex<PromotionTiming?>(nil)
+
+    private func notePromotion(epoch: UInt64) {
+        let last = lastReplicatedWrite.load(ordering: .relaxed)
+        promotionTiming.withLock {
+            $0 = PromotionTiming(
+                epoch: epoch, promotedAt: clock.sinceOrigin(),
+                lastReplicatedWriteAt: last == 0 ? nil : .nanoseconds(last), firstWriteAckedAt: nil)
+        }
+        awaitingFirstAck.store(true, ordering: .relaxed)
+    }
+
+    private func noteFirstAck(then completion: @escaping Completion) -> Completion {
+        { [self] result in
+            if case .success = result,
+                awaitingFirstAck.compareExchange(expected: true, desired: false, ordering: .relaxed).exchanged
+            {
+                let now = clock.sinceOrigin()
+                promotionTiming.withLock { $0?.firstWriteAckedAt = now }
+            }
+            completion(result)
+        }
+    }
 
     // MARK: Lease gate
 

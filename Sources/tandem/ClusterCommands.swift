@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import TandemAPI
 import TandemAgent
 import TandemCore
 
@@ -36,23 +37,23 @@ struct StatusCommand: AsyncParsableCommand {
 
     @OptionGroup var options: NodeOptions
 
-    func run() async throws { try options.run("status", cluster: true) }
+    func run() async throws { try options.runStatus(cluster: true) }
 }
 
 extension NodeOptions {
     /// Runs `standby` or `online` for `name`: on its own agent when that agent runs on this machine,
     /// else through the agent of this machine's node (`--node`, or the host name), which asks its
     /// peer and answers once the peer's heartbeat shows the new state.
-    func runNodeState(_ command: String, of name: String) throws {
+    func runNodeState(_ action: String, of name: String) throws {
         var options = self
         if node == nil || node == name {
             options.node = name
             if FileManager.default.fileExists(atPath: try options.socketPath()) || node == name {
-                return try options.run(command, cluster: true)
+                return try options.run(APIPath.node(name, action), cluster: true)
             }
             options.node = nil
         }
-        try options.run("\(command) \(name)", cluster: true)
+        try options.run(APIPath.node(name, action), cluster: true)
     }
 }
 
@@ -88,10 +89,9 @@ struct NodeCommand: AsyncParsableCommand {
             var options = options
             options.node = name
             do {
-                let answer = try ControlClient.request("status", socketPath: try options.socketPath())
-                let cluster = answer["cluster"] as? [String: Any]
-                print(cluster?["state"] as? String ?? "online")
-            } catch is ControlClient.Failure {
+                let reply = try options.client().get(APIPath.status, as: StatusReply.self)
+                print(reply.cluster?.state.rawValue ?? "online")
+            } catch is APIClient.Unreachable {
                 print("offline")
             }
         }
@@ -124,6 +124,7 @@ struct FailoverCommand: AsyncParsableCommand {
         }
         var options = options
         options.node = name
-        try options.run("force-primary", cluster: true)
+        try options.run(
+            APIPath.node(name, "force-primary"), ForcePrimaryRequest(confirm: ForcePrimaryRequest.risk), cluster: true)
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import TandemAPI
 import TandemAgent
 import TandemCore
 
@@ -114,17 +115,17 @@ struct LabCommand: AsyncParsableCommand {
             }
             for name in ["lab-a", "lab-b"] {
                 let socket = ControlServer.socketPath(stateDirectory: "\(directory)/state/\(name)", node: name)
-                guard let answer = try? ControlClient.request("status", socketPath: socket),
-                    let volumes = answer["volumes"] as? [[String: Any]], let volume = volumes.first
+                guard let reply = try? await APIClient(.unixSocket(path: socket)).call(.GET, APIPath.status),
+                    let volume = try? reply.decode(StatusReply.self).volumes.first
                 else { continue }
-                if volume["role"] as? String == "primary", volume["connection"] as? String == "connected",
-                    volume["peerDisk"] as? String == "upToDate", (volume["outOfSyncBytes"] as? Int) == 0
+                if volume.role == .primary, volume.connection == .connected, volume.peerDisk == .upToDate,
+                    volume.outOfSyncBytes == 0
                 {
                     return name
                 }
-                if let resync = volume["resync"] as? [String: Any], Date().timeIntervalSince(lastReport) > 2 {
+                if let resync = volume.resync, Date().timeIntervalSince(lastReport) > 2 {
                     lastReport = Date()
-                    print("lab: initial sync \(String(format: "%.0f", resync["percent"] as? Double ?? 0))%")
+                    print("lab: initial sync \(String(format: "%.0f", resync.percent))%")
                 }
             }
             try? await Task.sleep(for: .milliseconds(200))

@@ -1,20 +1,22 @@
 import ArgumentParser
 import Foundation
+import NIOHTTP1
+import TandemAPI
 import TandemCore
 
 /// Sends a mode command to the node's agent and prints both nodes' modes and statuses.
 extension NodeOptions {
-    func runMode(_ line: String) throws {
-        try send(line) { answer in
-            let modes = answer["modes"] as? [String: Any] ?? [:]
-            func text(_ key: String) -> String { modes[key].map { "\($0)" } ?? "-" }
-            for (label, key) in [
-                ("LocalNode   ", "localNode"), ("LocalMode   ", "localMode"), ("LocalStatus ", "localStatus"),
-                ("RemoteNode  ", "remoteNode"), ("RemoteMode  ", "remoteMode"), ("RemoteStatus", "remoteStatus"),
-            ] where !modes.isEmpty {
-                print("\(label) \(text(key))")
+    func runMode(_ method: HTTPMethod, _ path: String, _ body: (some Encodable)? = nil as String?) throws {
+        try call(method, path, body, as: ModesView.self) { modes in
+            for (label, value) in [
+                ("LocalNode   ", modes.localNode), ("LocalMode   ", modes.localMode.rawValue),
+                ("LocalStatus ", modes.localStatus.rawValue), ("RemoteNode  ", modes.remoteNode),
+                ("RemoteMode  ", modes.remoteMode?.rawValue ?? "-"),
+                ("RemoteStatus", modes.remoteStatus?.rawValue ?? "-"),
+            ] {
+                print("\(label) \(value)")
             }
-            if let blocker = modes["failedStartup"] as? String { print("Blocked      failed-startup: \(blocker)") }
+            if let blocker = modes.failedStartup { print("Blocked      failed-startup: \(blocker)") }
         }
     }
 }
@@ -29,7 +31,13 @@ struct ModeCommand: AsyncParsableCommand {
             """)
     @OptionGroup var options: NodeOptions
     @Argument(help: "default, single, config or locked.") var mode: String?
-    func run() async throws { try options.runMode(mode.map { "mode \($0)" } ?? "modes") }
+    func run() async throws {
+        guard let mode else { return try options.runMode(.GET, APIPath.modes) }
+        guard let value = NodeMode(rawValue: mode), value != .peerdown else {
+            throw fail("expected: mode default|single|config|locked, found \(mode)")
+        }
+        try options.runMode(.PUT, APIPath.modes, SetModeRequest(mode: value))
+    }
 }
 
 /// The one-word mode commands share one shape.
@@ -39,7 +47,7 @@ protocol SimpleModeCommand: AsyncParsableCommand {
 }
 
 extension SimpleModeCommand {
-    func run() async throws { try options.runMode(Self.word) }
+    func run() async throws { try options.runMode(.POST, APIPath.modeCommand(Self.word)) }
 }
 
 struct PeerdownCommand: SimpleModeCommand {

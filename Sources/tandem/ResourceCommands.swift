@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import NIOHTTP1
+import TandemAPI
 import TandemAgent
 import TandemCore
 
@@ -12,7 +14,7 @@ struct ResourceCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "status", abstract: "Every resource: group, type, where it runs, state, fail count.")
         @OptionGroup var options: NodeOptions
-        func run() async throws { try options.runForResources("status") }
+        func run() async throws { try options.runForResources(.GET, APIPath.status) }
     }
 
     struct Cleanup: AsyncParsableCommand {
@@ -20,29 +22,31 @@ struct ResourceCommand: AsyncParsableCommand {
             abstract: "Forget the failures of a resource (all when none is named) and start what may run again.")
         @OptionGroup var options: NodeOptions
         @Argument(help: "The resource.") var name: String?
-        func run() async throws { try options.runForResources("resource-cleanup" + (name.map { " \($0)" } ?? "")) }
+        func run() async throws {
+            try options.runForResources(.POST, APIPath.resourceCleanup, CleanupRequest(resource: name))
+        }
     }
 
     struct Refresh: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Probe every resource with its monitor and correct the recorded state.")
         @OptionGroup var options: NodeOptions
-        func run() async throws { try options.runForResources("resource-refresh") }
+        func run() async throws { try options.runForResources(.POST, APIPath.resourceRefresh) }
     }
 }
 
 extension NodeOptions {
-    /// Sends `line` and prints the node's resources.
-    func runForResources(_ line: String) throws {
-        try send(line) { answer in
-            let resources = answer["resources"] as? [[String: Any]] ?? []
-            if resources.isEmpty { print("node \(answer["node"] as? String ?? "?"): no resources") }
+    /// Calls `method path` and prints the node's resources.
+    func runForResources(_ method: HTTPMethod, _ path: String, _ body: (some Encodable)? = nil as String?) throws {
+        try call(method, path, body, as: StatusReply.self) { reply in
+            if reply.resources.isEmpty { print("node \(reply.node): no resources") }
             let rows =
                 [["RESOURCE", "GROUP", "TYPE", "RUN-ON", "STATE", "FAILS", "LAST FAILURE"]]
-                + resources.map { resource in
-                    ["name", "group", "type", "runOn", "state", "failCount", "lastFailure"].map { key in
-                        resource[key].map { $0 is NSNull ? "-" : "\($0)" } ?? "-"
-                    }
+                + reply.resources.map { resource in
+                    [
+                        resource.name, resource.group, resource.type, resource.runOn.rawValue, resource.state.rawValue,
+                        String(resource.failCount), resource.lastFailure ?? "-",
+                    ]
                 }
             let widths = (0..<6).map { column in rows.map { $0[column].count }.max() ?? 0 }
             for row in rows {
@@ -96,13 +100,12 @@ struct EventsCommand: AsyncParsableCommand {
             print(line)
             return
         }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+        guard let entry = try? APICoding.decoder().decode(JournalEntry.self, from: Data(line.utf8)) else {
             print("(damaged line) \(line)")
             return
         }
-        let time = object["time"] as? String ?? "?"
-        let kind = (object["kind"] as? String ?? "?").padding(toLength: 10, withPad: " ", startingAt: 0)
-        print("\(time)  \(object["node"] as? String ?? "?")  \(kind) \(object["message"] as? String ?? "")")
+        let kind = entry.kind.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)
+        print("\(entry.time)  \(entry.node)  \(kind) \(entry.message)")
         fflush(nil)
     }
 }

@@ -1,60 +1,9 @@
 import ArgumentParser
 import Foundation
+import NIOHTTP1
+import TandemAPI
 import TandemAgent
 import TandemCore
-
-/// Talks to the running agent of a node over its control socket.
-enum ControlClient {
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
-    }
-
-    /// Sends one request line and returns the agent's JSON answer.
-    static func request(_ line: String, socketPath: String) throws -> [String: Any] {
-        let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard descriptor >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
-        defer { close(descriptor) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(socketPath.utf8)
-        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw Failure(description: "control socket path too long: \(socketPath)")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: pathBytes + [0]) }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard connected == 0 else {
-            throw Failure(
-                description:
-                    "cannot reach the agent at \(socketPath): \(String(cString: strerror(errno))) (is `tandem agent` running?)"
-            )
-        }
-        var timeout = timeval(tv_sec: 30, tv_usec: 0)
-        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let request = Array((line + "\n").utf8)
-        guard
-            request.withUnsafeBytes({ send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) })
-                == request.count
-        else { throw Failure(description: "cannot send to the agent: \(String(cString: strerror(errno)))") }
-        var answer: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, 0) }
-            if count == 0 { break }
-            guard count > 0 else {
-                throw Failure(description: "no answer from the agent: \(String(cString: strerror(errno)))")
-            }
-            answer += chunk[0..<count]
-        }
-        guard let object = try JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any] else {
-            throw Failure(description: "the agent's answer is not a JSON object")
-        }
-        return object
-    }
-}
 
 /// Options of every command that talks to a node's agent.
 struct NodeOptions: ParsableArguments {
@@ -87,116 +36,123 @@ struct NodeOptions: ParsableArguments {
         return ControlServer.socketPath(stateDirectory: directory, node: name)
     }
 
-    /// Sends `line` to the node's agent; prints the answer as JSON with `--json`, else with
-    /// `printText`; fails if the agent refused.
-    func send(_ line: String, printText: ([String: Any]) -> Void) throws {
-        let answer: [String: Any]
+    /// The node's agent, over its control socket.
+    func client() throws -> APIClient {
+        APIClient(.unixSocket(path: try socketPath()))
+    }
+
+    /// Calls the node's agent: prints the reply as JSON with `--json`, else with `printText`; fails
+    /// with the agent's refusal (its message, cause and correction) or when the agent is unreachable.
+    func call<Reply: Codable>(
+        _ method: HTTPMethod, _ path: String, _ body: (some Encodable)? = nil as String?, as type: Reply.Type,
+        printText: (Reply) -> Void
+    ) throws {
+        let reply: Reply
         do {
-            answer = try ControlClient.request(line, socketPath: try socketPath())
-        } catch let error as ControlClient.Failure {
+            reply = try client().send(method, path, body, as: Reply.self)
+        } catch let refusal as APIError {
+            throw fail("refused: \(refusal)")
+        } catch let error as APIClient.Unreachable {
             throw fail(error.description)
         }
         if json {
-            let data = try JSONSerialization.data(withJSONObject: answer, options: [.prettyPrinted, .sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
+            let encoder = APICoding.encoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(reply), as: UTF8.self))
         } else {
-            printText(answer)
-        }
-        if let error = answer["error"] as? String { throw fail("refused: \(error)") }
-    }
-
-    /// Sends `line`, prints the answer (a table, or JSON), and fails if the agent refused.
-    func run(_ line: String, only volume: String? = nil, cluster: Bool = false) throws {
-        try send(line) { answer in
-            if cluster { printCluster(answer) }
-            printTable(answer, only: volume)
+            printText(reply)
         }
     }
 
-    private func printCluster(_ answer: [String: Any]) {
-        guard let cluster = answer["cluster"] as? [String: Any] else {
-            print("node \(answer["node"] as? String ?? "?"): single node, no peer")
+    /// Calls `method path` and prints the node's state after it (a table, or JSON).
+    func run(
+        _ path: String, _ body: (some Encodable)? = nil as String?, method: HTTPMethod = .POST,
+        only volume: String? = nil, cluster: Bool = false
+    ) throws {
+        try call(method, path, body, as: StatusReply.self) { reply in
+            if cluster { printCluster(reply) }
+            printTable(reply, only: volume)
+        }
+    }
+
+    /// `tandem status` and `volume status`.
+    func runStatus(only volume: String? = nil, cluster: Bool = false) throws {
+        try run(APIPath.status, method: .GET, only: volume, cluster: cluster)
+    }
+
+    private func printCluster(_ reply: StatusReply) {
+        guard let cluster = reply.cluster else {
+            print("node \(reply.node): single node, no peer")
             return
         }
-        func seconds(_ value: Any?) -> String {
-            (value as? Double).map { String(format: "%.1fs ago", $0) } ?? "never"
-        }
-        let peer = cluster["peer"] as? [String: Any] ?? [:]
-        let witness = cluster["witness"] as? [String: Any] ?? [:]
-        let lease = (cluster["leaseRemainingSeconds"] as? Double).map { String(format: ", lease %.1fs left", $0) } ?? ""
-        print("quorum      \((cluster["quorum"] as? Bool ?? false) ? "yes" : "NO")   epoch \(cluster["epoch"] ?? 0)")
-        print(
-            "this node   \(answer["node"] as? String ?? "?"): \(cluster["role"] as? String ?? "?"), "
-                + "\(cluster["state"] as? String ?? "?")\(lease)")
+        func ago(_ value: Double?) -> String { value.map { String(format: "%.1fs ago", $0) } ?? "never" }
+        let peer = cluster.peer
+        let lease = cluster.leaseRemainingSeconds.map { String(format: ", lease %.1fs left", $0) } ?? ""
+        print("quorum      \(cluster.quorum ? "yes" : "NO")   epoch \(cluster.epoch)")
+        print("this node   \(reply.node): \(cluster.role.rawValue), \(cluster.state.rawValue)\(lease)")
         let peerState =
-            (peer["alive"] as? Bool ?? false)
-            ? "\(peer["role"] as? String ?? "?"), \(peer["state"] as? String ?? "?")" : "offline (no heartbeat)"
-        print("peer        \(peer["name"] as? String ?? "-"): \(peerState)")
-        for link in peer["links"] as? [[String: Any]] ?? [] {
-            print("  link      \(link["name"] as? String ?? "?"): last heard \(seconds(link["lastHeardSecondsAgo"]))")
+            peer.alive
+            ? "\(peer.role?.rawValue ?? "?"), \(peer.state?.rawValue ?? "?")" : "offline (no heartbeat)"
+        print("peer        \(peer.name ?? "-"): \(peerState)")
+        for link in peer.links { print("  link      \(link.name): last heard \(ago(link.lastHeardSecondsAgo))") }
+        print(
+            "witness     \(cluster.witness.configured ? "last heard \(ago(cluster.witness.lastHeardSecondsAgo))" : "none configured")"
+        )
+        print("failover    \(cluster.automaticFailover)")
+        if let promotion = cluster.failovers.last {
+            let secondsAgo = max(0, Date().timeIntervalSince1970 - promotion.at)
+            let why =
+                switch promotion.reason {
+                case .peerSilent:
+                    String(format: "; the old primary had been silent %.2fs", promotion.peerSilentSeconds ?? 0)
+                case .handover: " (handed over)"
+                case .start: " (at start-up)"
+                case .forced: " (forced without quorum)"
+                }
+            let gap = promotion.clientVisibleGapSeconds.map { String(format: "; client-visible gap %.2fs", $0) } ?? ""
+            print("promoted    \(String(format: "%.0fs", secondsAgo)) ago in epoch \(promotion.epoch)\(why)\(gap)")
         }
-        let witnessText =
-            (witness["configured"] as? Bool ?? false)
-            ? "last heard \(seconds(witness["lastHeardSecondsAgo"]))" : "none configured"
-        print("witness     \(witnessText)")
-        print("failover    \(cluster["automaticFailover"] as? String ?? "?")")
-        if let promotion = cluster["lastPromotion"] as? [String: Any] {
-            let silent =
-                (promotion["peerSilentSeconds"] as? Double).map {
-                    String(format: "; the old primary had been silent %.2fs (clients waited about that long)", $0)
-                } ?? " (planned or at start-up)"
+        if let modes = reply.modes {
             print(
-                "promoted    \(String(format: "%.0fs", promotion["secondsAgo"] as? Double ?? 0)) ago in epoch "
-                    + "\(promotion["epoch"] ?? 0)\(silent)")
+                "modes       this node \(modes.localMode.rawValue)/\(modes.localStatus.rawValue), "
+                    + "peer \(modes.remoteMode?.rawValue ?? "-")/\(modes.remoteStatus?.rawValue ?? "-")"
+                    + (modes.failedStartup.map { "; blocked: failed-startup (\($0))" } ?? ""))
         }
-        if let modes = answer["modes"] as? [String: Any] {
-            func text(_ key: String) -> String { modes[key].map { "\($0)" } ?? "-" }
-            print(
-                "modes       this node \(text("localMode"))/\(text("localStatus")), "
-                    + "peer \(text("remoteMode"))/\(text("remoteStatus"))"
-                    + ((modes["failedStartup"] as? String).map { "; blocked: failed-startup (\($0))" } ?? ""))
-        }
-        let resources = answer["resources"] as? [[String: Any]] ?? []
-        if !resources.isEmpty {
-            let line = resources.map { resource in
-                let fails = resource["failCount"] as? Int ?? 0
-                return "\(resource["name"] ?? "?") \(resource["state"] ?? "?")" + (fails > 0 ? " (\(fails) fails)" : "")
+        if !reply.resources.isEmpty {
+            let line = reply.resources.map { resource in
+                "\(resource.name) \(resource.state.rawValue)"
+                    + (resource.failCount > 0 ? " (\(resource.failCount) fails)" : "")
             }
             print("resources   \(line.joined(separator: ", "))")
         }
-        for event in (cluster["events"] as? [String] ?? []).suffix(5) { print("  event     \(event)") }
+        for event in cluster.events.suffix(5) { print("  event     \(event)") }
         print("")
     }
 
-    private func printTable(_ answer: [String: Any], only: String?) {
-        let volumes = (answer["volumes"] as? [[String: Any]] ?? []).filter {
-            only == nil || $0["name"] as? String == only
-        }
-        print("node \(answer["node"] as? String ?? "?")")
+    private func printTable(_ reply: StatusReply, only: String?) {
+        let volumes = reply.volumes.filter { only == nil || $0.name == only }
+        print("node \(reply.node)")
         var rows = [["NAME", "ROLE", "CONNECTION", "DISK", "PROTO", "OUT-OF-SYNC", "SYNC", "PEER-ROLE", "PEER-DISK"]]
         var notes: [String] = []
         for volume in volumes {
-            let text = { (key: String) in volume[key] as? String ?? "-" }
-            let outOfSync = Units.formatByteCount(UInt64((volume["outOfSyncBytes"] as? Int) ?? 0))
             var sync = "-"
-            if let resync = volume["resync"] as? [String: Any] {
-                let left = Units.formatByteCount(UInt64((resync["bytesLeft"] as? Int) ?? 0))
-                let eta = (resync["etaSeconds"] as? Double).map { " eta \(Int($0))s" } ?? ""
-                sync = "\(resync["percent"] as? Double ?? 0)% (\(left) left\(eta))"
-                if let stalled = resync["stalled"] as? String {
-                    sync = "\(resync["percent"] as? Double ?? 0)% (\(left) left, waiting)"
-                    notes.append("\(text("name")): resync waits: \(stalled)")
+            if let resync = volume.resync {
+                let left = Units.formatByteCount(resync.bytesLeft)
+                let eta = resync.etaSeconds.map { " eta \(Int($0))s" } ?? ""
+                sync = "\(resync.percent)% (\(left) left\(eta))"
+                if let stalled = resync.stalled {
+                    sync = "\(resync.percent)% (\(left) left, waiting)"
+                    notes.append("\(volume.name): resync waits: \(stalled)")
                 }
-            } else if let verify = volume["verify"] as? [String: Any] {
-                let found = (verify["outOfSyncOffsets"] as? [Any])?.count ?? 0
-                sync = "verify \(verify["percent"] as? Double ?? 0)% (\(found) out of sync)"
-            } else if let split = volume["splitBrain"] as? [String: Any] {
-                sync =
-                    "SPLIT BRAIN: here \(split["localChangedBytes"] ?? 0) B, peer \(split["peerChangedBytes"] ?? 0) B"
+            } else if let verify = volume.verify {
+                sync = "verify \(verify.percent)% (\(verify.outOfSyncOffsets.count) out of sync)"
+            } else if let split = volume.splitBrain {
+                sync = "SPLIT BRAIN: here \(split.localChangedBytes) B, peer \(split.peerChangedBytes) B"
             }
             rows.append([
-                text("name"), text("role"), text("connection"), text("disk"), text("protocol"), outOfSync, sync,
-                text("peerRole"), text("peerDisk"),
+                volume.name, volume.role.rawValue, volume.connection.rawValue, volume.disk.rawValue, volume.protocol,
+                Units.formatByteCount(volume.outOfSyncBytes), sync, volume.peerRole?.rawValue ?? "-",
+                volume.peerDisk?.rawValue ?? "-",
             ])
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
@@ -219,7 +175,7 @@ struct VolumeCommand: AsyncParsableCommand {
         @OptionGroup var options: NodeOptions
         @Argument(help: "Only this volume.") var volume: String?
 
-        func run() async throws { try options.run("status", only: volume) }
+        func run() async throws { try options.runStatus(only: volume) }
     }
 
     struct Primary: AsyncParsableCommand {
@@ -228,7 +184,7 @@ struct VolumeCommand: AsyncParsableCommand {
         @OptionGroup var options: NodeOptions
         @Argument(help: "The volume.") var volume: String
 
-        func run() async throws { try options.run("primary \(volume)", only: volume) }
+        func run() async throws { try options.run(APIPath.volume(volume, "primary"), only: volume) }
     }
 
     struct Secondary: AsyncParsableCommand {
@@ -236,7 +192,7 @@ struct VolumeCommand: AsyncParsableCommand {
         @OptionGroup var options: NodeOptions
         @Argument(help: "The volume.") var volume: String
 
-        func run() async throws { try options.run("secondary \(volume)", only: volume) }
+        func run() async throws { try options.run(APIPath.volume(volume, "secondary"), only: volume) }
     }
 
     struct Verify: AsyncParsableCommand {
@@ -249,7 +205,7 @@ struct VolumeCommand: AsyncParsableCommand {
 
         func run() async throws {
             guard action == "start" || action == "stop" else { throw fail("expected start or stop, found \(action)") }
-            try options.run("verify-\(action) \(volume)", only: volume)
+            try options.run(APIPath.volume(volume, "verify"), method: action == "start" ? .POST : .DELETE, only: volume)
         }
     }
 
@@ -262,7 +218,7 @@ struct VolumeCommand: AsyncParsableCommand {
 
         func run() async throws {
             guard discardLocal else { throw fail("resolve drops this node's changes; say so with --discard-local") }
-            try options.run("resolve \(volume)", only: volume)
+            try options.run(APIPath.volume(volume, "resolve"), only: volume)
         }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TandemAPI
 import TandemTestSupport
 import Testing
 
@@ -30,8 +31,8 @@ struct FenceProcessTests {
         // The fence command stands in for the witness: automatic failover is on, and no voter
         // records b outdated.
         let view = try cluster.cluster("b")
-        #expect(view["automaticFailover"] as? String == "on", "\(view)")
-        #expect((view["recordedOutdated"] as? [String])?.isEmpty == true, "\(view)")
+        #expect(view.automaticFailover == "on", "\(view)")
+        #expect(view.recordedOutdated.isEmpty, "\(view)")
         return cluster
     }
 
@@ -69,7 +70,7 @@ struct FenceProcessTests {
             ((try? String(contentsOfFile: "\(directory.path)/fenced", encoding: .utf8)) ?? "")
                 .split(separator: "\n").count >= 2
         }
-        #expect(cluster.field("b", "role") == "secondary")
+        #expect(cluster.view("b")?.role == .secondary)
         let events = try Tools.check(
             try Tools.tandemBinary(), ["events", "--config", cluster.config, "--node", "b"]
         ).standardOutput

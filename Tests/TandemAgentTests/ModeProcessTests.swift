@@ -1,19 +1,20 @@
 import Foundation
+import TandemAPI
 import TandemTestSupport
 import Testing
 
 /// Administrator modes between two real agents and a witness.
 @Suite("Administrator modes with real agents", .serialized)
 struct ModeProcessTests {
-    /// Runs `tandem WORDS --node NODE --json`; the modes object and the exit status.
+    /// Runs `tandem WORDS --node NODE --json`; the modes (`nil` when refused) and the exit status.
     @discardableResult
     func mode(_ cluster: TwoNodeCluster, _ node: String, _ words: [String]) throws -> (
-        modes: [String: Any], status: Int32, text: String
+        modes: ModesView?, status: Int32, text: String
     ) {
         let output = try Tools.run(
             try Tools.tandemBinary(), words + ["--json", "--config", cluster.config, "--node", node])
-        let root = (try? JSONSerialization.jsonObject(with: Data(output.standardOutput.utf8))) as? [String: Any]
-        return (root?["modes"] as? [String: Any] ?? [:], output.status, output.combined)
+        let modes = try? APICoding.decoder().decode(ModesView.self, from: Data(output.standardOutput.utf8))
+        return (modes, output.status, output.combined)
     }
 
     func startPair() throws -> TwoNodeCluster {
@@ -30,23 +31,24 @@ struct ModeProcessTests {
         let refused = try mode(cluster, "a", ["mode", "single"])
         #expect(refused.status == 1)
         #expect(refused.text.contains("single mode needs the peer locked or certified down (peer is default)"))
-        #expect(refused.modes["localMode"] as? String == "default")
+        #expect(refused.modes == nil)
+        #expect(try mode(cluster, "a", ["mode"]).modes?.localMode == .default)
 
         let locked = try mode(cluster, "b", ["mode", "locked"])
         #expect(locked.status == 0, "\(locked.text)")
-        #expect(locked.modes["localMode"] as? String == "locked")
-        #expect(locked.modes["localStatus"] as? String == "stopped")
+        #expect(locked.modes?.localMode.rawValue == "locked")
+        #expect(locked.modes?.localStatus.rawValue == "stopped")
         try cluster.waitFor("a sees b locked") {
-            (try? mode(cluster, "a", ["mode"]))?.modes["remoteMode"] as? String == "locked"
+            (try? mode(cluster, "a", ["mode"]))?.modes?.remoteMode?.rawValue == "locked"
         }
         let config = try mode(cluster, "a", ["mode", "config"])
         #expect(config.status == 0, "\(config.text)")
-        #expect(config.modes["localMode"] as? String == "config")
-        #expect(config.modes["localStatus"] as? String == "primary")
-        #expect(config.modes["remoteMode"] as? String == "locked")
+        #expect(config.modes?.localMode.rawValue == "config")
+        #expect(config.modes?.localStatus.rawValue == "primary")
+        #expect(config.modes?.remoteMode?.rawValue == "locked")
         // Leaving locked while the peer is in config mode would make a prohibited pair.
         try cluster.waitFor("b sees a in config mode") {
-            (try? mode(cluster, "b", ["mode"]))?.modes["remoteMode"] as? String == "config"
+            (try? mode(cluster, "b", ["mode"]))?.modes?.remoteMode?.rawValue == "config"
         }
         let unlock = try mode(cluster, "b", ["mode", "default"])
         #expect(unlock.status == 1)
@@ -56,15 +58,15 @@ struct ModeProcessTests {
         cluster.stop("b")
         try cluster.start("b")
         try cluster.waitFor("b reports locked after its restart") {
-            (try? mode(cluster, "b", ["mode"]))?.modes["localMode"] as? String == "locked"
+            (try? mode(cluster, "b", ["mode"]))?.modes?.localMode.rawValue == "locked"
         }
         #expect(try mode(cluster, "a", ["mode", "default"]).status == 0)
         try cluster.waitFor("b sees a in default mode") {
-            (try? mode(cluster, "b", ["mode"]))?.modes["remoteMode"] as? String == "default"
+            (try? mode(cluster, "b", ["mode"]))?.modes?.remoteMode?.rawValue == "default"
         }
         #expect(try mode(cluster, "b", ["mode", "default"]).status == 0)
         try cluster.waitFor("b running as secondary") {
-            (try? mode(cluster, "b", ["mode"]))?.modes["localStatus"] as? String == "running"
+            (try? mode(cluster, "b", ["mode"]))?.modes?.localStatus.rawValue == "running"
         }
         #expect(cluster.primary() == "a")
         let text = try Tools.run(
@@ -86,15 +88,15 @@ struct ModeProcessTests {
         #expect(early.text.contains("the peer is alive"))
         cluster.stop("b")
         try cluster.waitFor("a no longer hears b", seconds: 10) {
-            (try? mode(cluster, "a", ["mode"]))?.modes["remoteMode"] as? String == "unknown"
+            (try? mode(cluster, "a", ["mode"]))?.modes.map { $0.remoteMode == nil } == true
         }
         let certified = try mode(cluster, "a", ["peerdown"])
         #expect(certified.status == 0, "\(certified.text)")
-        #expect(certified.modes["remoteMode"] as? String == "peerdown")
-        #expect(certified.modes["remoteStatus"] as? String == "stopped")
+        #expect(certified.modes?.remoteMode?.rawValue == "peerdown")
+        #expect(certified.modes?.remoteStatus?.rawValue == "stopped")
         let single = try mode(cluster, "a", ["mode", "single"])
         #expect(single.status == 0, "\(single.text)")
-        #expect(single.modes["localMode"] as? String == "single")
+        #expect(single.modes?.localMode.rawValue == "single")
         // In single mode the lease no longer binds: with the witness gone as well, no voter renews
         // it, and a still serves its clients.
         cluster.stopWitness()
@@ -111,8 +113,8 @@ struct ModeProcessTests {
         try cluster.startWitness()
         try cluster.start("b")
         try cluster.waitFor("a erases the certification", seconds: 10) {
-            let modes = (try? mode(cluster, "a", ["mode"]))?.modes ?? [:]
-            return modes["peerCertifiedDown"] as? Bool == false && modes["localMode"] as? String == "default"
+            let modes = (try? mode(cluster, "a", ["mode"]))?.modes
+            return modes?.peerCertifiedDown == false && modes?.localMode == .default
         }
         let events = try Tools.check(
             try Tools.tandemBinary(), ["events", "--config", cluster.config, "--node", "a"]
@@ -130,9 +132,9 @@ struct ModeProcessTests {
         let stopped = try mode(cluster, "a", ["stop"])
         #expect(stopped.status == 0, "\(stopped.text)")
         try cluster.waitFor("both stopped", seconds: 20) {
-            let modes = (try? mode(cluster, "a", ["mode"]))?.modes ?? [:]
-            return modes["localStatus"] as? String == "stopped" && modes["remoteStatus"] as? String == "stopped"
-                && modes["localMode"] as? String == "default" && modes["remoteMode"] as? String == "default"
+            let modes = (try? mode(cluster, "a", ["mode"]))?.modes
+            return modes?.localStatus == .stopped && modes?.remoteStatus == .stopped
+                && modes?.localMode == .default && modes?.remoteMode == .default
         }
         #expect(cluster.primary() == nil)
         let journal = try Tools.check(
@@ -147,8 +149,8 @@ struct ModeProcessTests {
         let started = try mode(cluster, "b", ["start"])
         #expect(started.status == 0, "\(started.text)")
         try cluster.waitFor("b primary, a running", seconds: 30) {
-            let modes = (try? mode(cluster, "b", ["mode"]))?.modes ?? [:]
-            return modes["localStatus"] as? String == "primary" && modes["remoteStatus"] as? String == "running"
+            let modes = (try? mode(cluster, "b", ["mode"]))?.modes
+            return modes?.localStatus == .primary && modes?.remoteStatus == .running
         }
         #expect(cluster.primary() == "b")
         cluster.stop("a")
@@ -170,17 +172,17 @@ struct ModeProcessTests {
         #expect(resetLog.contains("HA reset: force-reset by administrator"))
         try cluster.start("b")
         let blocked = try mode(cluster, "b", ["mode"])
-        let blocker = blocked.modes["failedStartup"] as? String ?? ""
+        let blocker = blocked.modes?.failedStartup ?? ""
         #expect(blocker.contains("force-reset by administrator"), "\(blocked.text)")
-        #expect(blocked.modes["localStatus"] as? String == "stopped")
+        #expect(blocked.modes?.localStatus.rawValue == "stopped")
         let online = try Tools.run(try Tools.tandemBinary(), ["node", "online", "b", "--config", cluster.config])
         #expect(online.status == 1)
         #expect(online.combined.contains("blocked by failed-startup"))
         let cleared = try mode(cluster, "b", ["clear"])
         #expect(cleared.status == 0, "\(cleared.text)")
-        #expect(cleared.modes["failedStartup"] is NSNull)
+        #expect(cleared.modes != nil && cleared.modes?.failedStartup == nil)
         try cluster.waitFor("b running again") {
-            (try? mode(cluster, "b", ["mode"]))?.modes["localStatus"] as? String == "running"
+            (try? mode(cluster, "b", ["mode"]))?.modes?.localStatus.rawValue == "running"
         }
         cluster.stop("a")
         cluster.stop("b")

@@ -1,6 +1,7 @@
 import CTandemLinux
 import Foundation
 import Synchronization
+import TandemAPI
 import TandemTestSupport
 import Testing
 
@@ -184,20 +185,19 @@ final class NamespaceLab: @unchecked Sendable {
         try Tools.check("ip", ["netns", "exec", namespace, nft, "-f", file])
     }
 
-    /// The node's cluster view from `tandem status --json`, if its agent answers.
-    func cluster(_ node: String) -> [String: Any]? {
+    /// The node's status from `tandem status --json`, if its agent answers.
+    func cluster(_ node: String) -> StatusReply? {
         guard
             let output = try? Tools.run(
                 try Tools.tandemBinary(), ["status", "--json", "--config", config, "--node", node]),
-            output.status == 0,
-            let root = try? JSONSerialization.jsonObject(with: Data(output.standardOutput.utf8)) as? [String: Any]
+            output.status == 0
         else { return nil }
-        return root
+        return try? APICoding.decoder().decode(StatusReply.self, from: Data(output.standardOutput.utf8))
     }
 
     func role(_ node: String) -> String? {
         guard isRunning(node) else { return nil }
-        return (cluster(node)?["cluster"] as? [String: Any])?["role"] as? String
+        return cluster(node)?.cluster?.role.rawValue
     }
 
     /// Which nodes hold `address` (the floating one by default) now.
@@ -329,10 +329,8 @@ struct NamespaceLabTests {
         }
         try lab.waitFor("IPaddr2 holds the second address on a") { lab.floatingHolders(NamespaceLab.second) == ["a"] }
         try lab.waitFor("a and b in sync") {
-            let volumes = lab.cluster("a")?["volumes"] as? [[String: Any]] ?? []
-            return volumes.first?["connection"] as? String == "connected"
-                && volumes.first?["peerDisk"] as? String == "upToDate"
-                && volumes.first?["outOfSyncBytes"] as? Int == 0
+            let volume = lab.cluster("a")?.volumes.first
+            return volume?.connection == .connected && volume?.peerDisk == .upToDate && volume?.outOfSyncBytes == 0
         }
         usleep(1_000_000)
         // The nbd-export resource runs only on the primary: the secondary offers no export.
@@ -375,9 +373,8 @@ struct NamespaceLabTests {
         try lab.waitFor("writes on a while cut from b") { ledger.acknowledged(after: duringCut) >= 20 }
         try lab.cutBetweenNodes(false)
         try lab.waitFor("a and b in sync again", seconds: 90) {
-            let volumes = lab.cluster("a")?["volumes"] as? [[String: Any]] ?? []
-            return volumes.first?["peerDisk"] as? String == "upToDate"
-                && volumes.first?["outOfSyncBytes"] as? Int == 0
+            let volume = lab.cluster("a")?.volumes.first
+            return volume?.peerDisk == .upToDate && volume?.outOfSyncBytes == 0
         }
         usleep(1_000_000)
 
@@ -408,9 +405,8 @@ struct NamespaceLabTests {
         try lab.link("a", up: true)
         try lab.start("a")
         try lab.waitFor("a back in sync", seconds: 90) {
-            let volumes = lab.cluster("b")?["volumes"] as? [[String: Any]] ?? []
-            return volumes.first?["peerDisk"] as? String == "upToDate"
-                && volumes.first?["outOfSyncBytes"] as? Int == 0
+            let volume = lab.cluster("b")?.volumes.first
+            return volume?.peerDisk == .upToDate && volume?.outOfSyncBytes == 0
         }
         usleep(1_000_000)
         try lab.link("b", up: false)
@@ -445,8 +441,7 @@ struct NamespaceLabTests {
         }
         #expect(lab.floatingHolders().isEmpty)
         #expect(lab.isRunning("a") && lab.isRunning("b"))
-        let volumes = lab.cluster("a")?["volumes"] as? [[String: Any]] ?? []
-        #expect(volumes.first?["name"] as? String == "vol0", "the agent still answers with its volume")
+        #expect(lab.cluster("a")?.volumes.first?.name == "vol0", "the agent still answers with its volume")
     }
 }
 

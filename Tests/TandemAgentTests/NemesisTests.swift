@@ -323,9 +323,8 @@ struct NemesisTests {
     }
 
     func inSync(_ lab: NamespaceLab, _ node: String) -> Bool {
-        let volumes = lab.cluster(node)?["volumes"] as? [[String: Any]] ?? []
-        return volumes.first?["connection"] as? String == "connected"
-            && volumes.first?["peerDisk"] as? String == "upToDate" && volumes.first?["outOfSyncBytes"] as? Int == 0
+        let volume = lab.cluster(node)?.volumes.first
+        return volume?.connection == .connected && volume?.peerDisk == .upToDate && volume?.outOfSyncBytes == 0
     }
 
     func journal(_ lab: NamespaceLab, _ node: String) -> String {

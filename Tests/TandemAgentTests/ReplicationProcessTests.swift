@@ -86,30 +86,50 @@ import Testing
         let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
         try cluster.startInSyncWithPrimaryA()
         sleep(3)
-        let peer = try #require(try cluster.cluster("a")["peer"] as? [String: Any])
-        let links = try #require(peer["links"] as? [[String: Any]])
-        let ages = links.map { ($0["name"] as? String ?? "?", $0["lastHeardSecondsAgo"] as? Double ?? -1) }
+        let ages = try cluster.cluster("a").peer.links.map { ($0.name, $0.lastHeardSecondsAgo ?? -1) }
         let replication = try #require(ages.first { $0.0.contains("replication") }, "links: \(ages)")
         #expect(replication.1 >= 0 && replication.1 < 1.5, "links: \(ages)")
     }
 
-    /// Finding 9: the control socket runs the first line of a connection and nothing after it, and
-    /// closes a connection that sends no request within its deadline.
-    @Test func controlSocket_runsOnlyTheFirstLine_andClosesAnIdleConnection() throws {
+    /// Finding 9, on the HTTP control socket: bytes that are not HTTP close that one connection, a
+    /// connection that sends nothing is closed after the idle timeout, a caller that is neither
+    /// root nor the state directory's owner is refused by its peer credentials, and the agent
+    /// answers everyone else throughout.
+    @Test func controlSocket_refusesGarbage_idleConnections_andOtherUsers() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "16MiB")
         try cluster.startInSyncWithPrimaryA()
-        let twoLines = try cluster.controlConnection("a", seconds: 15)
-        defer { close(twoLines) }
-        _ = Array("status\nstandby\n".utf8).withUnsafeBytes { send(twoLines, $0.baseAddress, $0.count, 0) }
-        #expect(String(decoding: TwoNodeCluster.readToEnd(twoLines), as: UTF8.self).contains("\"node\""))
-        sleep(1)
-        #expect(!cluster.log("a").contains("standby by administrator"), "the second line ran: \(cluster.log("a"))")
-        let idle = try cluster.controlConnection("a", seconds: 15)
+        let garbage = try cluster.controlConnection("a", seconds: 15)
+        defer { close(garbage) }
+        _ = Array("status\nstandby\n".utf8).withUnsafeBytes { send(garbage, $0.baseAddress, $0.count, 0) }
+        let answer = String(decoding: TwoNodeCluster.readToEnd(garbage), as: UTF8.self)
+        #expect(answer.isEmpty || answer.hasPrefix("HTTP/1.1 400"), "\(answer)")
+        #expect(!cluster.log("a").contains("standby by administrator"), "a line ran: \(cluster.log("a"))")
+        #expect(try cluster.ask("a").node == "a", "the agent answers after a malformed request")
+
+        let idle = try cluster.controlConnection("a", seconds: 20)
         defer { close(idle) }
         let started = Date()
         #expect(TwoNodeCluster.readToEnd(idle).isEmpty)
         let waited = Date().timeIntervalSince(started)
         #expect(waited > 8 && waited < 14, "closed after \(waited) s")
+
+        // The socket file keeps strangers out; opened to everyone, the peer credentials still do.
+        let socket = cluster.controlSocket("a")
+        var info = stat()
+        #expect(stat(socket, &info) == 0 && info.st_mode & 0o777 == 0o600, "mode \(String(info.st_mode, radix: 8))")
+        #expect(chmod(socket, 0o666) == 0)
+        for folder in [cluster.directory.path, "\(cluster.directory.path)/a"] { chmod(folder, 0o711) }
+        let stranger = try Tools.run(
+            "/usr/bin/setpriv",
+            [
+                "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-sS", "--unix-socket", socket,
+                "-w", "\n%{http_code}", "http://localhost/v1/status",
+            ])
+        #expect(stranger.standardOutput.hasSuffix("403"), "\(stranger.combined)")
+        #expect(stranger.standardOutput.contains("may not administer this node"), "\(stranger.combined)")
+        let root = try Tools.run(
+            "/usr/bin/curl", ["-sS", "--unix-socket", socket, "-w", "\n%{http_code}", "http://localhost/v1/status"])
+        #expect(root.standardOutput.hasSuffix("200"), "\(root.combined)")
     }
 
     @Test func peerLink_takesTheConfiguredCongestionControl_oneTheKernelRefusesLeavesItsDefault() throws {
@@ -163,9 +183,9 @@ import Testing
     @Test func secondaryStopped_onePercentWritten_resyncMovesAtMostTwiceTheDirtiedBytes() throws {
         let cluster = try TwoNodeCluster(protocol: "C", size: "1GiB")
         try cluster.startInSyncWithPrimaryA(seconds: 300)
-        let fullSeconds = (try cluster.status("a")["lastResync"] as? [String: Any])?["seconds"] as? Double ?? 0
+        let fullSeconds = try cluster.status("a").lastResync?.seconds ?? 0
         cluster.stop("b")
-        try cluster.waitFor("a to notice b is gone") { cluster.field("a", "connection") == "connecting" }
+        try cluster.waitFor("a to notice b is gone") { cluster.view("a")?.connection == .connecting }
         // 1% of the volume, rounded up to whole 64 KiB writes (fio writes whole blocks).
         let dirtied = ((1 << 30) / 100 + 65535) / 65536 * 65536
         try Tools.check(
@@ -174,9 +194,9 @@ import Testing
                 "--name=onepercent", "--ioengine=nbd", "--uri=\(cluster.uri("a"))", "--rw=randwrite", "--bs=64k",
                 "--iodepth=8", "--size=1G", "--io_size=\(dirtied)", "--randrepeat=0",
             ])
-        let marked = Int(cluster.field("a", "outOfSyncBytes") ?? "0") ?? 0
+        let marked = Int(cluster.view("a")?.outOfSyncBytes ?? 0)
         #expect(marked > 0 && marked <= dirtied, "marked \(marked) bytes for \(dirtied) written")
-        let receivedBefore = Int(cluster.field("b", "resyncedBytesTotal") ?? "0") ?? 0
+        let receivedBefore = Int(cluster.view("b")?.resyncedBytesTotal ?? 0)
         #expect(receivedBefore == 0, "a restarted agent counts from zero")
         // As during the full sync, no client has written for the last half second: the printed
         // times then compare the same thing (a resync right after a client's write keeps to
@@ -184,8 +204,8 @@ import Testing
         usleep(1_000_000)
         try cluster.start("b")
         try cluster.waitInSync()
-        let moved = Int(cluster.field("b", "resyncedBytesTotal") ?? "0") ?? 0
-        let partialSeconds = (try cluster.status("a")["lastResync"] as? [String: Any])?["seconds"] as? Double ?? 0
+        let moved = Int(cluster.view("b")?.resyncedBytesTotal ?? 0)
+        let partialSeconds = try cluster.status("a").lastResync?.seconds ?? 0
         print(
             "resync after 1% written: moved \(moved) bytes for \(dirtied) dirtied; full sync \(fullSeconds) s, partial \(partialSeconds) s"
         )
@@ -210,9 +230,9 @@ import Testing
         stream.standardOutput = FileHandle.nullDevice
         stream.standardError = FileHandle.nullDevice
         try Tools.launch(stream)
-        try cluster.waitFor("writes to be flowing") { (Int(cluster.field("a", "epoch") ?? "0") ?? 0) > 0 }
+        try cluster.waitFor("writes to be flowing") { (cluster.view("a")?.epoch ?? 0) > 0 }
         usleep(1_500_000)
-        let waits = Int(cluster.field("a", "activityLogWaits") ?? "") ?? -1
+        let waits = cluster.view("a").map { Int($0.activityLogWaits) } ?? -1
         cluster.crash("a")
         Tools.wait(stream)
         if activityLogExtents != nil {
@@ -235,11 +255,11 @@ import Testing
         try Tools.check("qemu-io", ["-f", "raw", "-c", "write -P 0xbb 8M 2M", cluster.uri("b")])
         try cluster.start("a")
         try cluster.waitFor("split brain on both nodes") {
-            try cluster.status("a")["splitBrain"] != nil && cluster.status("b")["splitBrain"] != nil
+            try cluster.status("a").splitBrain != nil && cluster.status("b").splitBrain != nil
         }
-        let report = try cluster.status("a")["splitBrain"] as? [String: Any]
-        #expect(report?["localChangedBytes"] as? Int == 1 << 20)
-        #expect(report?["peerChangedBytes"] as? Int == 2 << 20)
+        let report = try cluster.status("a").splitBrain
+        #expect(report?.localChangedBytes == 1 << 20)
+        #expect(report?.peerChangedBytes == 2 << 20)
         let table = try cluster.volume("a", ["status"]).standardOutput
         #expect(table.contains("SPLIT BRAIN"), "\(table)")
         #expect(try cluster.volume("a", ["resolve", "vol0"]).status != 0, "resolve needs --discard-local")
@@ -269,10 +289,10 @@ import Testing
         #expect(try !cluster.identical())
         try cluster.volume("a", ["verify", "start", "vol0"])
         try cluster.waitFor("the verify to finish") {
-            ((try cluster.status("a"))["lastVerify"] as? [String: Any])?["finished"] as? Bool == true
+            (try cluster.status("a")).lastVerify?.finished == true
         }
-        let result = try cluster.status("a")["lastVerify"] as? [String: Any]
-        #expect(result?["outOfSyncOffsets"] as? [Int] == [5 * 65536], "exactly the corrupted 64 KiB region")
+        let result = try cluster.status("a").lastVerify
+        #expect(result?.outOfSyncOffsets == [5 * 65536], "exactly the corrupted 64 KiB region")
         try cluster.waitInSync()
         let finished =
             "vol0: online verify finished: 1024 of 1024 regions compared, 1 out of sync (offset+length: 327680+65536)"
@@ -300,7 +320,7 @@ import Testing
         try cluster.volume("a", ["primary", "vol0"])
         var reason = ""
         try cluster.waitFor("the resync to wait") {
-            reason = ((try cluster.status("a"))["resync"] as? [String: Any])?["stalled"] as? String ?? ""
+            reason = (try cluster.status("a")).resync?.stalled ?? ""
             return !reason.isEmpty
         }
         #expect(reason.hasPrefix("the peer could not write the block at offset "), "\(reason)")
@@ -309,7 +329,7 @@ import Testing
                 "cannot write the peer's resync data: pwrite \(cluster.backing("b")): No space left on device"),
             "\(cluster.log("b"))")
         // b knows its copy lacks the blocks it could not write.
-        #expect((Int(cluster.field("b", "outOfSyncBytes") ?? "") ?? 0) > 0, "b counts itself in sync")
+        #expect((cluster.view("b")?.outOfSyncBytes ?? 0) > 0, "b counts itself in sync")
         // Waiting, not spinning: over three seconds the two agents use a fraction of a core.
         let pids = try ["a", "b"].map { node in
             try #require(cluster.pid(node), "\(node)'s agent is not running")
@@ -386,8 +406,8 @@ import Testing
         try cluster.waitFor("the handshake to be refused") {
             (cluster.log("a") + cluster.log("b")).contains("failed authentication (wrong shared secret?)")
         }
-        #expect(cluster.field("a", "connection") == "connecting")
-        #expect(cluster.field("b", "connection") == "connecting")
-        #expect(cluster.field("a", "peerRole") == "<null>" || cluster.field("a", "peerRole") == nil)
+        #expect(cluster.view("a")?.connection == .connecting)
+        #expect(cluster.view("b")?.connection == .connecting)
+        #expect(cluster.view("a") != nil && cluster.view("a")?.peerRole == nil)
     }
 }

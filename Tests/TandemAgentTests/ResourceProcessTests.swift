@@ -1,4 +1,5 @@
 import Foundation
+import TandemAPI
 import TandemTestSupport
 import Testing
 
@@ -13,21 +14,21 @@ struct ResourceProcessTests {
         }
     }
 
-    func resources(_ cluster: TwoNodeCluster, _ node: String) throws -> [String: [String: Any]] {
+    /// The node's resources as `tandem resource status --json` prints them.
+    func resources(_ cluster: TwoNodeCluster, _ node: String) throws -> [String: ResourceView] {
         let output = try Tools.run(
             try Tools.tandemBinary(), ["resource", "status", "--json", "--config", cluster.config, "--node", node])
-        guard let root = try JSONSerialization.jsonObject(with: Data(output.standardOutput.utf8)) as? [String: Any],
-            let list = root["resources"] as? [[String: Any]]
+        guard let reply = try? APICoding.decoder().decode(StatusReply.self, from: Data(output.standardOutput.utf8))
         else { throw Tools.Failure(description: "no resource status from \(node): \(output.combined)") }
-        return Dictionary(uniqueKeysWithValues: list.map { ($0["name"] as? String ?? "", $0) })
+        return Dictionary(uniqueKeysWithValues: reply.resources.map { ($0.name, $0) })
     }
 
     func state(_ cluster: TwoNodeCluster, _ node: String, _ resource: String) -> String? {
-        (try? resources(cluster, node))?[resource]?["state"] as? String
+        (try? resources(cluster, node))?[resource]?.state.rawValue
     }
 
     func failCount(_ cluster: TwoNodeCluster, _ node: String, _ resource: String) -> Int? {
-        (try? resources(cluster, node))?[resource]?["failCount"] as? Int
+        (try? resources(cluster, node))?[resource]?.failCount
     }
 
     func events(_ cluster: TwoNodeCluster, _ node: String) throws -> String {
@@ -92,7 +93,7 @@ struct ResourceProcessTests {
         #expect(failCount(cluster, "a", "dummy") == 0)
         #expect(try events(cluster, "a").contains("fail counts cleared for dummy"))
         #expect(try events(cluster, "a").contains("fail counts cleared: a is online again"))
-        #expect(try cluster.cluster("a")["state"] as? String == "online")
+        #expect(try cluster.cluster("a").state == .online)
         cluster.stop("a")
         cluster.stop("b")
         cluster.stopWitness()

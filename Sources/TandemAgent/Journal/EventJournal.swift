@@ -1,5 +1,6 @@
 import Logging
 import Synchronization
+import TandemAPI
 
 #if canImport(Glibc)
     import Glibc
@@ -13,15 +14,7 @@ import Synchronization
 /// past `limit` bytes it is renamed to `NODE.events.1` (replacing the older one) and a new one starts.
 public final class EventJournal: Sendable {
     /// What an event is about.
-    public enum Kind: String, Sendable, CaseIterable {
-        case membership
-        case failover
-        case mode
-        case resource
-        case volume
-        case reset
-        case agent
-    }
+    public typealias Kind = JournalEntry.Kind
 
     public let path: String
     private let node: String
@@ -53,13 +46,10 @@ public final class EventJournal: Sendable {
 
     /// Appends one event. `durable` makes it reach stable storage before returning. A journal
     /// that cannot be written is logged and never stops the agent.
-    public func append(_ kind: Kind, _ message: String, durable: Bool = false, fields: [(String, JSONValue)] = []) {
-        let object: JSONValue = .object(
-            [
-                ("time", .string(Self.timestamp())), ("node", .string(node)), ("kind", .string(kind.rawValue)),
-                ("message", .string(message)),
-            ] + fields)
-        let line = Array((object.serialized() + "\n").utf8)
+    public func append(_ kind: Kind, _ message: String, durable: Bool = false) {
+        let entry = JournalEntry(time: Self.timestamp(), node: node, kind: kind, message: message)
+        guard let encoded = try? APICoding.encoder().encode(entry) else { return }
+        let line = Array(encoded) + [UInt8(ascii: "\n")]
         state.withLock { state in
             if state.size + line.count > limit { rotate(&state) }
             let written = line.withUnsafeBytes { write(state.descriptor, $0.baseAddress, $0.count) }
@@ -99,5 +89,15 @@ public final class EventJournal: Sendable {
         return "\(parts.tm_year + 1900)-\(pad(Int(parts.tm_mon) + 1, 2))-\(pad(Int(parts.tm_mday), 2))T"
             + "\(pad(Int(parts.tm_hour), 2)):\(pad(Int(parts.tm_min), 2)):\(pad(Int(parts.tm_sec), 2))."
             + "\(pad(now.tv_nsec / 1_000_000, 3))Z"
+    }
+}
+
+/// The time of day, for records an administrator reads; never for a decision.
+enum WallClock {
+    /// Seconds since the Unix epoch.
+    static func secondsSinceEpoch() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 }

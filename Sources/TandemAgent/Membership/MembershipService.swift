@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
+import TandemAPI
 import TandemCore
 import TandemReplication
 import TandemResources
@@ -54,7 +55,8 @@ public final class MembershipService: Service, Sendable {
         public var automaticFailoverBlocker: String?
         /// The copies this node's voter records as lacking acknowledged writes.
         public var recordedOutdated: [String] = []
-        public var lastPromotion: (ago: Duration, epoch: UInt64, peerSilentFor: Duration?)?
+        /// This node's promotions since the agent started, oldest first, with their gaps.
+        public var failovers: [FailoverRecord] = []
         public var events: [String] = []
         public var modes: ModeView?
     }
@@ -83,6 +85,8 @@ public final class MembershipService: Service, Sendable {
     /// One sender per link, bound to the link's local address.
     private let senders: [DatagramSender]
     private let current = Mutex(Snapshot())
+    /// The promotions of this node, for status and history.
+    private let history = Mutex(FailoverHistory())
     /// The last decisions, for status.
     private let events = Mutex<[String]>([])
     private let initialState: MembershipState
@@ -262,7 +266,9 @@ public final class MembershipService: Service, Sendable {
             return .datagram(message, link: link)
         case .standby(let value, let reply): return .standby(value, replies.hold(.text(reply)))
         case .peerStandby(let value, let reply): return .peerStandby(value, replies.hold(.text(reply)))
-        case .force(let reply): return .force(replies.hold(.text(reply)))
+        case .force(let reply):
+            history.withLock { $0.forceRequested = true }
+            return .force(replies.hold(.text(reply)))
         case .mode(let command, let reply): return .mode(command, replies.hold(.modes(reply)))
         case .fenced(let success, let output): return .fenced(success, output)
         }
@@ -522,6 +528,15 @@ public final class MembershipService: Service, Sendable {
 
     private func reset(reason: String) -> Never { haReset.reset(reason: reason) }
 
+    private static func reason(
+        _ promotion: (at: Duration, epoch: UInt64, peerSilentFor: Duration?), _ controller: NodeController,
+        forced: Bool
+    ) -> FailoverRecord.Reason {
+        if forced { return .forced }
+        if promotion.peerSilentFor != nil { return .peerSilent }
+        return controller.peerHeartbeat == nil ? .start : .handover
+    }
+
     private func publish(_ loop: NodeLoop, now: Duration) {
         let controller = loop.controller
         var snapshot = Snapshot()
@@ -537,7 +552,15 @@ public final class MembershipService: Service, Sendable {
         snapshot.witnessHeardAgo = controller.witnessHeardAt.map { now - $0 }
         snapshot.automaticFailoverBlocker = controller.automaticFailoverBlocker
         snapshot.recordedOutdated = controller.voter.record.outdated.sorted()
-        snapshot.lastPromotion = controller.lastPromotion.map { (now - $0.at, $0.epoch, $0.peerSilentFor) }
+        snapshot.failovers = history.withLock { history in
+            if let promotion = controller.lastPromotion, history.records.last?.epoch != promotion.epoch {
+                history.record(
+                    epoch: promotion.epoch, reason: Self.reason(promotion, controller, forced: history.forceRequested),
+                    ago: now - promotion.at, peerSilentFor: promotion.peerSilentFor)
+            }
+            history.fillGaps(from: volumes)
+            return history.records
+        }
         snapshot.events = events.withLock { $0 }
         snapshot.modes = loop.view(now: now)
         current.withLock { $0 = snapshot }
@@ -584,4 +607,36 @@ final class InputBacklog: Sendable {
     static let datagramLimit = 4096
     let datagrams = Atomic<Int>(0)
     let tickQueued = Atomic<Bool>(false)
+}
+
+/// This node's promotions, each with its volumes' side of the client-visible gap, filled in as the
+/// volumes learn it (the first client write after a promotion may come long after it).
+struct FailoverHistory {
+    private(set) var records: [FailoverRecord] = []
+    /// An administrator forced a promotion that has not happened yet.
+    var forceRequested = false
+    static let limit = 32
+
+    mutating func record(epoch: UInt64, reason: FailoverRecord.Reason, ago: Duration, peerSilentFor: Duration?) {
+        forceRequested = false
+        let at = WallClock.secondsSinceEpoch() - ago.seconds
+        records.append(
+            FailoverRecord(epoch: epoch, reason: reason, at: at, peerSilentSeconds: peerSilentFor?.seconds, volumes: [])
+        )
+        if records.count > Self.limit { records.removeFirst(records.count - Self.limit) }
+    }
+
+    /// Completes the last record from the volumes promoted in its epoch.
+    mutating func fillGaps(from volumes: [ReplicatedVolume]) {
+        guard var last = records.last, last.volumes.count < volumes.count || last.clientVisibleGapSeconds == nil
+        else { return }
+        last.volumes = volumes.compactMap { volume in
+            guard let timing = volume.lastPromotion, timing.epoch == last.epoch else { return nil }
+            return FailoverRecord.VolumeGap(
+                volume: volume.configuration.name,
+                lastReplicatedWriteSecondsBefore: timing.lastReplicatedWriteAt.map { (timing.promotedAt - $0).seconds },
+                firstWriteSecondsAfter: timing.firstWriteAckedAt.map { ($0 - timing.promotedAt).seconds })
+        }
+        records[records.count - 1] = last
+    }
 }

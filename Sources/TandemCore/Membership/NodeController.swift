@@ -136,7 +136,7 @@ public enum Answer: Sendable, Equatable {
 }
 
 /// The role of this node in the cluster.
-public enum ClusterRole: String, Sendable, Equatable {
+public enum ClusterRole: String, Sendable, Equatable, Codable {
     case secondary
     case candidate
     case primary

@@ -1,6 +1,6 @@
 /// An administrator's override of HA monitoring on one node, as StorNext's HA manager defines
 /// them.
-public enum NodeMode: String, Sendable, Equatable, CaseIterable {
+public enum NodeMode: String, Sendable, Equatable, CaseIterable, Codable {
     /// HA monitoring on: the cluster decides who is primary.
     case `default`
     /// The node runs alone, HA monitoring off; the peer must be locked or certified down.
@@ -15,7 +15,7 @@ public enum NodeMode: String, Sendable, Equatable, CaseIterable {
 }
 
 /// Whether a node runs services, and as what.
-public enum NodeRunStatus: String, Sendable, Equatable {
+public enum NodeRunStatus: String, Sendable, Equatable, Codable {
     case stopped
     case running
     case primary

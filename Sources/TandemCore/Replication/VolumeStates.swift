@@ -1,5 +1,5 @@
 /// Role of a node for one volume.
-public enum VolumeRole: String, Sendable, Equatable {
+public enum VolumeRole: String, Sendable, Equatable, Codable {
     case primary
     case secondary
 
@@ -17,7 +17,7 @@ public enum VolumeRole: String, Sendable, Equatable {
 }
 
 /// Connection state of a volume, as administrators know it.
-public enum ConnectionState: String, Sendable, Equatable {
+public enum ConnectionState: String, Sendable, Equatable, Codable {
     case standAlone
     case connecting
     case connected
@@ -26,7 +26,7 @@ public enum ConnectionState: String, Sendable, Equatable {
 }
 
 /// Disk state of one node's copy.
-public enum DiskState: String, Sendable, Equatable {
+public enum DiskState: String, Sendable, Equatable, Codable {
     case upToDate
     case inconsistent
     case outdated

@@ -1,5 +1,5 @@
 /// Where a resource runs.
-public enum RunOn: String, Sendable, Equatable, CaseIterable {
+public enum RunOn: String, Sendable, Equatable, CaseIterable, Codable {
     /// Only on the primary (the default).
     case primary
     /// Only on the secondary: a service kept warm on the standby.

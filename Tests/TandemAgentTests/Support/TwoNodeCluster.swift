@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import TandemAPI
 import TandemTestSupport
 import Testing
 
@@ -149,29 +150,30 @@ final class TwoNodeCluster: @unchecked Sendable {
     func pid(_ node: String) -> Int32? { processes[node]?.processIdentifier }
 
     /// The node's cluster view (`tandem status --json`'s "cluster").
-    func cluster(_ node: String) throws -> [String: Any] {
-        guard let cluster = try ask(node)["cluster"] as? [String: Any] else {
+    func cluster(_ node: String) throws -> ClusterView {
+        guard let cluster = try ask(node).cluster else {
             throw Tools.Failure(description: "no cluster status from \(node)")
         }
         return cluster
     }
 
-    /// The agent's answer to `status` on its control socket, read directly: the polling loops ask
-    /// many times a second, and a process per question is wasteful.
-    func ask(_ node: String) throws -> [String: Any] {
-        let descriptor = try controlConnection(node)
-        defer { close(descriptor) }
-        _ = Array("status\n".utf8).withUnsafeBytes { send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        let answer = Self.readToEnd(descriptor)
-        guard let root = try JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any] else {
-            throw Tools.Failure(description: "no status from \(node)")
-        }
-        return root
+    /// The agent's answer to `GET /v1/status` on its control socket, asked directly: the polling
+    /// loops ask many times a second, and a process per question is wasteful.
+    func ask(_ node: String) throws -> StatusReply {
+        try control(node).get(APIPath.status)
+    }
+
+    /// The node's control socket.
+    func controlSocket(_ node: String) -> String { "\(directory.path)/\(node)/\(node).control" }
+
+    /// A client of the node's control socket.
+    func control(_ node: String) -> APIClient {
+        APIClient(.unixSocket(path: controlSocket(node)), timeout: .seconds(10))
     }
 
     /// A connection to a node's control socket, reads timing out after `seconds`.
     func controlConnection(_ node: String, seconds: Int = 10) throws -> Int32 {
-        let path = "\(directory.path)/\(node)/\(node).control"
+        let path = controlSocket(node)
         let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard descriptor >= 0 else { throw Tools.Failure(description: "socket: \(errno)") }
         var timeout = timeval(tv_sec: seconds, tv_usec: 0)
@@ -205,7 +207,7 @@ final class TwoNodeCluster: @unchecked Sendable {
 
     /// The node that is primary for vol0, if exactly one is.
     func primary() -> String? {
-        let primaries = ["a", "b"].filter { isRunning($0) && field($0, "role") == "primary" }
+        let primaries = ["a", "b"].filter { isRunning($0) && view($0)?.role == .primary }
         return primaries.count == 1 ? primaries[0] : nil
     }
 
@@ -290,16 +292,15 @@ final class TwoNodeCluster: @unchecked Sendable {
     }
 
     /// The node's view of vol0.
-    func status(_ node: String) throws -> [String: Any] {
-        guard let volumes = try ask(node)["volumes"] as? [[String: Any]], let first = volumes.first else {
+    func status(_ node: String) throws -> VolumeView {
+        guard let first = try ask(node).volumes.first else {
             throw Tools.Failure(description: "no volume status from \(node)")
         }
         return first
     }
 
-    func field(_ node: String, _ key: String) -> String? {
-        (try? status(node))?[key].map { "\($0)" }
-    }
+    /// The node's view of vol0, or `nil` while its agent does not answer.
+    func view(_ node: String) -> VolumeView? { try? status(node) }
 
     /// Polls `condition` every 100 ms for at most `seconds`.
     func waitFor(_ what: String, seconds: Double = 60, _ condition: () throws -> Bool) throws {
@@ -312,14 +313,15 @@ final class TwoNodeCluster: @unchecked Sendable {
     func waitInSync(seconds: Double = 120) throws {
         try waitFor("both nodes connected and in sync", seconds: seconds) {
             ["a", "b"].allSatisfy { node in
-                field(node, "connection") == "connected" && field(node, "disk") == "upToDate"
-                    && field(node, "outOfSyncBytes") == "0" && field(node, "peerDisk") == "upToDate"
+                let volume = view(node)
+                return volume?.connection == .connected && volume?.disk == .upToDate
+                    && volume?.outOfSyncBytes == 0 && volume?.peerDisk == .upToDate
             }
         }
         // The voters learn that the secondary is in sync from the primary's next lease renewal;
         // until then it is recorded outdated and could not take over.
         try waitFor("no copy recorded outdated") {
-            try ["a", "b"].allSatisfy { node in (try cluster(node)["recordedOutdated"] as? [String])?.isEmpty == true }
+            try ["a", "b"].allSatisfy { node in try cluster(node).recordedOutdated.isEmpty }
         }
     }
 
