@@ -2,8 +2,10 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
-/// Calls a node's management API: over its local control socket (`/v1` on HTTP/1.1).
+/// Calls a node's management API (`/v1` on HTTP/1.1): over its local control socket, or over the
+/// network with TLS (the server checked against the cluster's authority) and a bearer token.
 ///
 /// One connection per call, closed after the reply: the CLI makes one or two calls, and a test's
 /// poll loop must not share a connection that an agent's restart broke.
@@ -11,12 +13,47 @@ public struct APIClient: Sendable {
     /// Where the agent listens.
     public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
         case unixSocket(path: String)
+        /// Plain HTTP: for an API that `[api] plain-http` keeps on loopback.
+        case http(host: String, port: Int)
+        /// TLS 1.2 or later; the server's certificate must chain to `authority` (a PEM file) and
+        /// name the host.
+        case https(host: String, port: Int, authority: String)
 
         public var description: String {
             switch self {
             case .unixSocket(let path): return path
+            case .http(let host, let port): return "http://\(Self.bracketed(host)):\(port)"
+            case .https(let host, let port, _): return "https://\(Self.bracketed(host)):\(port)"
             }
         }
+
+        /// `https://HOST:PORT` or `http://HOST:PORT`; nil for anything else.
+        public static func parse(_ url: String, authority: String) -> Endpoint? {
+            let secure = url.hasPrefix("https://")
+            guard secure || url.hasPrefix("http://") else { return nil }
+            var rest = Substring(url.dropFirst(secure ? 8 : 7))
+            if rest.hasSuffix("/") { rest = rest.dropLast() }
+            let host: Substring
+            let portText: Substring?
+            if rest.hasPrefix("[") {
+                guard let close = rest.firstIndex(of: "]") else { return nil }
+                host = rest[rest.index(after: rest.startIndex)..<close]
+                let after = rest[rest.index(after: close)...]
+                portText = after.hasPrefix(":") ? after.dropFirst() : (after.isEmpty ? nil : "x")
+            } else if let colon = rest.lastIndex(of: ":") {
+                host = rest[..<colon]
+                portText = rest[rest.index(after: colon)...]
+            } else {
+                host = rest
+                portText = nil
+            }
+            let port = portText.map { Int($0) } ?? 7443
+            guard !host.isEmpty, !host.contains("/"), let port, (1...65535).contains(port) else { return nil }
+            return secure
+                ? .https(host: String(host), port: port, authority: authority) : .http(host: String(host), port: port)
+        }
+
+        static func bracketed(_ host: String) -> String { host.contains(":") ? "[\(host)]" : host }
     }
 
     /// The call did not get a reply from the agent, or the reply was not one of the contract's.
@@ -25,13 +62,16 @@ public struct APIClient: Sendable {
     }
 
     public let endpoint: Endpoint
+    /// The bearer token sent with every call, for the network API.
+    public var token: String?
     /// How long a call may take, from connecting to the end of the reply.
     public var timeout: TimeAmount
     /// The largest reply read; a larger one fails the call.
     public var replyLimit = 16 << 20
 
-    public init(_ endpoint: Endpoint, timeout: TimeAmount = .seconds(30)) {
+    public init(_ endpoint: Endpoint, token: String? = nil, timeout: TimeAmount = .seconds(30)) {
         self.endpoint = endpoint
+        self.token = token
         self.timeout = timeout
     }
 
@@ -82,19 +122,49 @@ public struct APIClient: Sendable {
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: Reply.self)
         let limit = replyLimit
+        let tls: NIOSSLContext?
+        var serverName: String?
+        if case .https(let host, _, let authority) = endpoint {
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.minimumTLSVersion = .tlsv12
+            configuration.trustRoots = .file(authority)
+            do {
+                tls = try NIOSSLContext(configuration: configuration)
+            } catch {
+                return eventLoop.makeFailedFuture(
+                    Unreachable(description: "cannot use the cluster's authority \(authority): \(error)"))
+            }
+            // An IP address is checked against the certificate's addresses, a name against its names.
+            var scratch = [UInt8](repeating: 0, count: 16)
+            let isAddress = inet_pton(AF_INET, host, &scratch) == 1 || inet_pton(AF_INET6, host, &scratch) == 1
+            serverName = isAddress ? nil : host
+        } else {
+            tls = nil
+        }
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(timeout)
-            .channelInitializer { channel in
+            .channelInitializer { [serverName] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(
+                            try NIOSSLClientHandler(context: tls, serverHostname: serverName))
+                    }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(ReplyCollector(promise: promise, limit: limit))
                 }
             }
         let connecting: EventLoopFuture<any Channel>
+        let hostHeader: String
         switch endpoint {
-        case .unixSocket(let socketPath): connecting = bootstrap.connect(unixDomainSocketPath: socketPath)
+        case .unixSocket(let socketPath):
+            connecting = bootstrap.connect(unixDomainSocketPath: socketPath)
+            hostHeader = "localhost"
+        case .http(let host, let port), .https(let host, let port, _):
+            connecting = bootstrap.connect(host: host, port: port)
+            hostHeader = "\(Endpoint.bracketed(host)):\(port)"
         }
         let endpoint = endpoint
+        let token = token
         connecting.whenFailure { error in
             promise.fail(
                 Unreachable(description: "cannot reach the agent at \(endpoint): \(error) (is `tandem agent` running?)")
@@ -102,8 +172,9 @@ public struct APIClient: Sendable {
         }
         connecting.whenSuccess { channel in
             var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
-            head.headers.add(name: "Host", value: "localhost")
+            head.headers.add(name: "Host", value: hostHeader)
             head.headers.add(name: "Connection", value: "close")
+            if let token { head.headers.add(name: "Authorization", value: "Bearer \(token)") }
             if let body {
                 head.headers.add(name: "Content-Type", value: "application/json")
                 head.headers.add(name: "Content-Length", value: String(body.count))
@@ -190,6 +261,8 @@ public enum APIPath {
     public static let resourceCleanup = "/v1/resources/cleanup"
     public static let resourceRefresh = "/v1/resources/refresh"
     public static let failovers = "/v1/failovers"
+    public static let tokens = "/v1/tokens"
+    public static func token(_ key: String) -> String { "/v1/tokens/\(escape(key))" }
 
     /// A name as one path segment: config names are letters, digits, `-`, `_` and `.`, and anything
     /// else is percent-encoded so that a hostile name cannot add a segment.

@@ -449,7 +449,7 @@ public struct APIError: Codable, Sendable, Equatable, Error, CustomStringConvert
 public struct JournalEntry: Codable, Sendable, Equatable {
     /// What an event is about.
     public enum Kind: String, Codable, Sendable, CaseIterable {
-        case membership, failover, mode, resource, volume, reset, agent
+        case membership, failover, mode, resource, volume, reset, agent, api
     }
 
     /// UTC, ISO 8601 with milliseconds.
@@ -474,5 +474,81 @@ public struct FailoverHistoryReply: Codable, Sendable, Equatable {
     public init(node: String, failovers: [FailoverRecord]) {
         self.node = node
         self.failovers = failovers
+    }
+}
+
+// MARK: Tokens
+
+/// What a token may do. Each role may do everything the ones before it may.
+public enum APIRole: String, Codable, Sendable, CaseIterable, Comparable {
+    /// Reads status, modes, failovers, events.
+    case viewer
+    /// Also node standby and online, resource cleanup and refresh, volume verify.
+    case `operator`
+    /// Also modes, forced promotion, split-brain resolution, start and stop, roles by hand, tokens.
+    case admin
+
+    public static func < (left: APIRole, right: APIRole) -> Bool {
+        allCases.firstIndex(of: left)! < allCases.firstIndex(of: right)!
+    }
+}
+
+/// A token as the cluster keeps it: never the token itself, only its name, role and times.
+public struct TokenRecord: Codable, Sendable, Equatable {
+    /// 16 hexadecimal digits, chosen at random: how `tandem token revoke` names it.
+    public var id: String
+    public var name: String
+    public var role: APIRole
+    /// Seconds since the Unix epoch.
+    public var createdAt: Double
+    /// `nil`: it does not expire.
+    public var expiresAt: Double?
+    /// Which node created it.
+    public var createdOn: String
+
+    public init(id: String, name: String, role: APIRole, createdAt: Double, expiresAt: Double?, createdOn: String) {
+        self.id = id
+        self.name = name
+        self.role = role
+        self.createdAt = createdAt
+        self.expiresAt = expiresAt
+        self.createdOn = createdOn
+    }
+}
+
+/// `POST /v1/tokens`.
+public struct CreateTokenRequest: Codable, Sendable, Equatable {
+    public var name: String
+    public var role: APIRole
+    /// `nil`: it does not expire.
+    public var expiresInSeconds: Double?
+
+    public init(name: String, role: APIRole, expiresInSeconds: Double?) {
+        self.name = name
+        self.role = role
+        self.expiresInSeconds = expiresInSeconds
+    }
+}
+
+/// The reply to `POST /v1/tokens`: the only time the token is ever shown.
+public struct CreatedToken: Codable, Sendable, Equatable {
+    public var token: String
+    public var record: TokenRecord
+
+    public init(token: String, record: TokenRecord) {
+        self.token = token
+        self.record = record
+    }
+}
+
+/// `GET /v1/tokens`, and the reply to `DELETE /v1/tokens/{id}`.
+public struct TokenList: Codable, Sendable, Equatable {
+    /// Raised by every change on either node; the higher list wins when the nodes meet.
+    public var version: UInt64
+    public var tokens: [TokenRecord]
+
+    public init(version: UInt64, tokens: [TokenRecord]) {
+        self.version = version
+        self.tokens = tokens
     }
 }

@@ -29,6 +29,8 @@ public struct Agent: Sendable {
     public let nbdServer: NBDServer
     /// The local command socket.
     public let controlServer: ControlServer
+    /// The management API on the node's `api-listen` addresses.
+    public let apiServers: [APIServer]
     /// The link to the peer, when there is one.
     public let peerLink: PeerLink?
     /// Membership (heartbeats, votes, leases), when there is a peer.
@@ -149,12 +151,33 @@ public struct Agent: Sendable {
                 }
             },
             events: volumeEvents, logger: logger)
+        let tokens: TokenStore
+        do {
+            tokens = try TokenStore(
+                path: "\(configuration.cluster.stateDirectory)/\(node.name).tokens", node: node.name)
+        } catch {
+            throw .unsupported(error.description)
+        }
+        // Every call that changes something is in the journal: an audit trail of who did what.
+        let audit: @Sendable (String) -> Void = { journal.append(.api, $0, durable: true) }
         let control = ControlServer(
             path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
-            stateDirectory: configuration.cluster.stateDirectory, api: api, logger: logger)
+            stateDirectory: configuration.cluster.stateDirectory, api: api, tokens: tokens, audit: audit,
+            logger: logger)
+        let apiTLS =
+            node.apiListen.isEmpty || configuration.api.plainHTTP
+            ? nil
+            : try APIServer.tlsConfiguration(
+                directory: "\(configuration.cluster.tlsDirectory)/\(node.name)", node: node.name)
+        let apiServers = node.apiListen.map { listen in
+            APIServer(
+                host: listen.host, port: listen.port, tls: apiTLS, api: api, tokens: tokens, audit: audit,
+                logger: logger)
+        }
         return Agent(
-            node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control, peerLink: link,
-            membership: membership, resources: resources, journal: journal, logger: logger)
+            node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control,
+            apiServers: apiServers, peerLink: link, membership: membership, resources: resources, journal: journal,
+            logger: logger)
     }
 
     private static func openVolumes(
@@ -244,9 +267,10 @@ public struct Agent: Sendable {
     /// On the way out every volume's bitmap is made durable and its activity log emptied.
     public func run(onListening: @escaping @Sendable ([SocketAddress]) -> Void = { _ in }) async throws {
         nbdServer.onListening = onListening
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: controlServer), .init(service: nbdServer),
-        ]
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] =
+            [
+                .init(service: controlServer), .init(service: nbdServer),
+            ] + apiServers.map { .init(service: $0) }
         if let peerLink { services.insert(.init(service: peerLink), at: 0) }
         if let membership { services.insert(.init(service: membership), at: 1) }
         // Last to start, first to stop: the services release the volumes before anything else ends.

@@ -46,7 +46,7 @@ extension NodeOptions {
     /// peer and answers once the peer's heartbeat shows the new state.
     func runNodeState(_ action: String, of name: String) throws {
         var options = self
-        if node == nil || node == name {
+        if remote == nil, node == nil || node == name {
             options.node = name
             if FileManager.default.fileExists(atPath: try options.socketPath()) || node == name {
                 return try options.run(APIPath.node(name, action), cluster: true)

@@ -17,7 +17,7 @@ struct Tandem: AsyncParsableCommand {
             FailoverCommand.self, VolumeCommand.self, ResourceCommand.self, EventsCommand.self, ModeCommand.self,
             PeerdownCommand.self, PeerupCommand.self, ClearCommand.self, StartCommand.self, StopCommand.self,
             ForceResetCommand.self, ConfigCommand.self,
-            InitCommand.self, CertCommand.self,
+            InitCommand.self, CertCommand.self, TokenCommand.self,
         ]
     )
 }

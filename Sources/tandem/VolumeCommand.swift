@@ -16,6 +16,24 @@ struct NodeOptions: ParsableArguments {
     @Flag(help: "Print the agent's answer as JSON.")
     var json = false
 
+    @Option(
+        help: ArgumentHelp(
+            "Call this node's management API over the network (https://HOST:PORT) instead of the local "
+                + "control socket; also $TANDEM_SERVER."))
+    var server: String?
+
+    @Option(help: "The file holding the API token, for --server; also $TANDEM_TOKEN_FILE.")
+    var tokenFile: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The cluster authority's certificate the server must chain to, for --server; also $TANDEM_CA "
+                + "(default: ca-cert.pem in the config's tls-dir)."))
+    var ca: String?
+
+    /// `--server` or `$TANDEM_SERVER`.
+    var remote: String? { server ?? ProcessInfo.processInfo.environment["TANDEM_SERVER"] }
+
     /// The node asked for and its state directory, from the config.
     func stateDirectory() throws -> (node: String, directory: String) {
         let configuration: Configuration
@@ -36,9 +54,24 @@ struct NodeOptions: ParsableArguments {
         return ControlServer.socketPath(stateDirectory: directory, node: name)
     }
 
-    /// The node's agent, over its control socket.
+    /// The node's agent: over the network with `--server`, else over its control socket.
     func client() throws -> APIClient {
-        APIClient(.unixSocket(path: try socketPath()))
+        guard let remote else { return APIClient(.unixSocket(path: try socketPath())) }
+        let environment = ProcessInfo.processInfo.environment
+        let authority =
+            ca ?? environment["TANDEM_CA"]
+            ?? "\((try? ConfigFile.load(path: config))?.cluster.tlsDirectory ?? "/etc/tandem/tls")/ca-cert.pem"
+        guard let endpoint = APIClient.Endpoint.parse(remote, authority: authority) else {
+            throw fail("--server: expected https://HOST:PORT, found \(remote)")
+        }
+        guard let file = tokenFile ?? environment["TANDEM_TOKEN_FILE"] else {
+            throw fail(
+                "--server needs a token: --token-file FILE or $TANDEM_TOKEN_FILE (`tandem token create` makes one)")
+        }
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+            throw fail("cannot read the token file \(file)")
+        }
+        return APIClient(endpoint, token: text.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
     /// Calls the node's agent: prints the reply as JSON with `--json`, else with `printText`; fails

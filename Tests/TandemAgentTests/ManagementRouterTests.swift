@@ -17,14 +17,16 @@ import Testing
 /// every way a request can be refused, each with the contract's error body.
 @Suite("Management API routes")
 struct ManagementRouterTests {
-    /// Admits everyone as "test", as a listener's admission would after its own check.
+    /// Admits everyone as "test" with `role`, as a listener's admission would after its own check.
     struct AdmitAll: RouterMiddleware {
         typealias Context = APIRequestContext
+        var role = APIRole.admin
         func handle(
             _ request: Request, context: Context, next: (Request, Context) async throws -> Response
         ) async throws -> Response {
             var context = context
             context.caller = "test"
+            context.role = role
             return try await next(request, context)
         }
     }
@@ -215,5 +217,67 @@ struct ManagementRouterTests {
         }
         // Nothing ran: the volume is still secondary.
         #expect(api.status().volume("vol0")?.role == .secondary)
+    }
+
+    @Test("roles: a viewer only reads, an operator also switches over and verifies, only an admin changes modes")
+    func roles() async throws {
+        let admin: [(String, HTTPRequest.Method)] = [
+            ("/v1/modes/stop", .post), ("/v1/modes/force-reset", .post), ("/v1/volumes/vol0/primary", .post),
+            ("/v1/volumes/vol0/resolve", .post), ("/v1/tokens", .get), ("/v1/tokens/x", .delete),
+        ]
+        let operatorRoutes: [(String, HTTPRequest.Method)] = [
+            ("/v1/nodes/solo/standby", .post), ("/v1/nodes/solo/online", .post), ("/v1/volumes/vol0/verify", .post),
+            ("/v1/volumes/vol0/verify", .delete), ("/v1/resources/refresh", .post),
+        ]
+        let api = try singleNode()
+        let tokens = try TokenStore(path: "\(directory.path)/solo.tokens", node: "solo")
+        for role in APIRole.allCases {
+            let router = ManagementRouter.build(api, admission: AdmitAll(role: role), tokens: tokens)
+            try await Application(router: router).test(.router) { client in
+                try await client.execute(uri: "/v1/status", method: .get) { response in
+                    #expect(response.status == .ok, "\(role) reads")
+                }
+                for (uri, method) in admin + operatorRoutes {
+                    let allowed = admin.contains { $0 == (uri, method) } ? role == .admin : role >= .operator
+                    try await client.execute(uri: uri, method: method) { response in
+                        if allowed {
+                            #expect(response.status != .forbidden, "\(role) may \(method) \(uri)")
+                        } else {
+                            let message = try Self.refusal(response, .forbidden).message
+                            #expect(message.contains("needs the"), "\(role) \(method) \(uri): \(message)")
+                        }
+                    }
+                }
+            }
+        }
+        // Nothing a refused caller asked for happened.
+        #expect(api.status().volume("vol0")?.role == .primary, "only the admin's primary ran")
+    }
+
+    @Test("tokens: created once, listed without their secret, refused when unknown or expired, revoked")
+    func tokenLifecycle() throws {
+        let tokens = try TokenStore(path: "\(directory.path)/solo.tokens", node: "solo")
+        let made = try tokens.create(name: "ops", role: .operator, expiresIn: 60, now: 1000)
+        #expect(made.token.hasPrefix("tdm_") && made.token.count == 68)
+        #expect(throws: TokenStore.Failure.duplicateName("ops")) {
+            try tokens.create(name: "ops", role: .admin, expiresIn: nil, now: 1000)
+        }
+        #expect(throws: TokenStore.Failure.badName("a b")) {
+            try tokens.create(name: "a b", role: .admin, expiresIn: nil, now: 1000)
+        }
+        #expect(tokens.authenticate(made.token, now: 1010) == .success(made.record))
+        #expect(tokens.authenticate(made.token, now: 1060) == .failure(.expired(name: "ops")))
+        #expect(tokens.authenticate(made.token + "0", now: 1010) == .failure(.unknown))
+        let file = try String(contentsOfFile: tokens.path, encoding: .utf8)
+        #expect(!file.contains(made.token.dropFirst(4)), "only the hash is stored")
+        var info = stat()
+        #expect(stat(tokens.path, &info) == 0 && info.st_mode & 0o777 == 0o600)
+        // Read again from the file, as after a restart.
+        let again = try TokenStore(path: tokens.path, node: "solo")
+        #expect(again.list == tokens.list && again.list.version == 1)
+        try again.revoke(made.record.id)
+        #expect(again.list.tokens.isEmpty && again.list.version == 2)
+        #expect(again.authenticate(made.token, now: 1010) == .failure(.unknown))
+        #expect(throws: TokenStore.Failure.unknown("ops")) { try again.revoke("ops") }
     }
 }

@@ -18,6 +18,8 @@ import TandemAPI
 public final class ControlServer: Service, Sendable {
     private let path: String
     private let api: ManagementAPI
+    private let tokens: TokenStore?
+    private let audit: @Sendable (String) -> Void
     private let allowedUser: uid_t
     private let logger: Logger
 
@@ -27,9 +29,14 @@ public final class ControlServer: Service, Sendable {
     }
 
     /// Creates the server; nothing is bound until `run()`. `stateDirectory`'s owner may call.
-    public init(path: String, stateDirectory: String, api: ManagementAPI, logger: Logger) {
+    public init(
+        path: String, stateDirectory: String, api: ManagementAPI, tokens: TokenStore?,
+        audit: @escaping @Sendable (String) -> Void, logger: Logger
+    ) {
         self.path = path
         self.api = api
+        self.tokens = tokens
+        self.audit = audit
         var info = stat()
         self.allowedUser = stat(stateDirectory, &info) == 0 ? info.st_uid : getuid()
         self.logger = logger
@@ -38,7 +45,8 @@ public final class ControlServer: Service, Sendable {
     /// Serves until graceful shutdown.
     public func run() async throws {
         unlink(path)
-        let router = ManagementRouter.build(api, admission: PeerCredentialAdmission(allowedUser: allowedUser))
+        let router = ManagementRouter.build(
+            api, admission: PeerCredentialAdmission(allowedUser: allowedUser), audit: audit, tokens: tokens)
         // The socket is created owner-only: set afterwards, its mode would leave a moment in which
         // anyone on the host could connect.
         let previous = umask(0o177)
@@ -84,6 +92,7 @@ struct PeerCredentialAdmission: RouterMiddleware {
         }
         var context = context
         context.caller = "administrator (uid \(credentials.uid), pid \(credentials.pid))"
+        context.role = .admin
         return try await next(request, context)
     }
 }

@@ -13,6 +13,8 @@ public struct APIRequestContext: RequestContext {
     public let channel: any Channel
     /// Who called, for the log and the journal; set by the listener's admission middleware.
     public var caller = "an unidentified caller"
+    /// What the caller may do; the admission middleware sets it.
+    public var role: APIRole = .viewer
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
@@ -33,21 +35,34 @@ extension ManagementAPI.Refusal: HTTPResponseError {
 
 /// `/v1` on any listener: the routes of the management contract over `ManagementAPI`.
 public enum ManagementRouter {
-    /// The router for `api`; `admission` identifies (and may refuse) each caller first.
+    /// The router for `api`; `admission` identifies (and may refuse) each caller first, and every
+    /// call that is not a read is written to `audit` with its caller and outcome.
     public static func build(
-        _ api: ManagementAPI, admission: some RouterMiddleware<APIRequestContext>
+        _ api: ManagementAPI, admission: some RouterMiddleware<APIRequestContext>,
+        audit: @escaping @Sendable (String) -> Void = { _ in }, tokens: TokenStore? = nil
     ) -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         router.middlewares.add(ErrorMiddleware())
         router.middlewares.add(admission)
+        router.middlewares.add(AuditMiddleware(audit: audit))
         let v1 = router.group("v1")
 
-        v1.get("status") { _, _ in api.status() }
-        v1.get("failovers") { _, _ in FailoverHistoryReply(node: api.nodeName, failovers: api.failovers()) }
+        v1.get("status") { _, context in
+            try need(.viewer, context)
+            return api.status()
+        }
+        v1.get("failovers") { _, context in
+            try need(.viewer, context)
+            return FailoverHistoryReply(node: api.nodeName, failovers: api.failovers())
+        }
 
-        v1.get("modes") { _, _ in try await api.modes() }
+        v1.get("modes") { _, context in
+            try need(.viewer, context)
+            return try await api.modes()
+        }
         v1.put("modes") { request, context in
-            let body = try await request.decode(as: SetModeRequest.self, context: context)
+            try need(.admin, context)
+            let body = try await decode(SetModeRequest.self, request, context)
             guard body.mode != .peerdown else {
                 throw ManagementAPI.Refusal(
                     .badRequest, "mode: peerdown is not set, it is certified",
@@ -56,6 +71,7 @@ public enum ManagementRouter {
             return try await api.mode(.set(body.mode), caller: context.caller)
         }
         v1.post("modes/:command") { _, context in
+            try need(.admin, context)
             let word = context.parameters.get("command") ?? ""
             let commands: [String: ModeCommand] = [
                 "peerdown": .peerdown, "peerup": .peerup, "clear": .clear, "start": .start, "stop": .stop,
@@ -70,35 +86,108 @@ public enum ManagementRouter {
         }
 
         v1.post("nodes/:node/standby") { _, context in
-            try await api.setStandby(true, node: try context.parameters.require("node"), caller: context.caller)
+            try need(.operator, context)
+            return try await api.setStandby(true, node: try context.parameters.require("node"), caller: context.caller)
         }
         v1.post("nodes/:node/online") { _, context in
-            try await api.setStandby(false, node: try context.parameters.require("node"), caller: context.caller)
+            try need(.operator, context)
+            return try await api.setStandby(false, node: try context.parameters.require("node"), caller: context.caller)
         }
         v1.post("nodes/:node/force-primary") { request, context in
-            let body = try await request.decode(as: ForcePrimaryRequest.self, context: context)
+            try need(.admin, context)
+            let body = try await decode(ForcePrimaryRequest.self, request, context)
             return try await api.forcePrimary(
                 node: try context.parameters.require("node"), confirm: body.confirm, caller: context.caller)
         }
 
         for action in [ManagementAPI.VolumeAction.primary, .secondary, .resolve] {
             v1.post("volumes/:volume/\(action.rawValue)") { _, context in
-                try api.volume(try context.parameters.require("volume"), action, caller: context.caller)
+                try need(.admin, context)
+                return try api.volume(try context.parameters.require("volume"), action, caller: context.caller)
             }
         }
         v1.post("volumes/:volume/verify") { _, context in
-            try api.volume(try context.parameters.require("volume"), .verifyStart, caller: context.caller)
+            try need(.operator, context)
+            return try api.volume(try context.parameters.require("volume"), .verifyStart, caller: context.caller)
         }
         v1.delete("volumes/:volume/verify") { _, context in
-            try api.volume(try context.parameters.require("volume"), .verifyStop, caller: context.caller)
+            try need(.operator, context)
+            return try api.volume(try context.parameters.require("volume"), .verifyStop, caller: context.caller)
         }
 
         v1.post("resources/cleanup") { request, context in
-            let body = try await request.decode(as: CleanupRequest.self, context: context)
+            try need(.operator, context)
+            let body = try await decode(CleanupRequest.self, request, context)
             return try await api.cleanup(body.resource, caller: context.caller)
         }
-        v1.post("resources/refresh") { _, context in try await api.refresh(caller: context.caller) }
+        v1.post("resources/refresh") { _, context in
+            try need(.operator, context)
+            return try await api.refresh(caller: context.caller)
+        }
+
+        if let tokens { addTokenRoutes(v1, tokens: tokens) }
         return router
+    }
+
+    private static func addTokenRoutes(_ v1: RouterGroup<APIRequestContext>, tokens: TokenStore) {
+        v1.get("tokens") { _, context in
+            try need(.admin, context)
+            return tokens.list
+        }
+        v1.post("tokens") { request, context in
+            try need(.admin, context)
+            let body = try await decode(CreateTokenRequest.self, request, context)
+            if let seconds = body.expiresInSeconds, !(seconds > 0 && seconds <= 10 * 365 * 86400) {
+                throw ManagementAPI.Refusal(.badRequest, "expiresInSeconds: expected more than 0 and at most ten years")
+            }
+            do throws(TokenStore.Failure) {
+                let created = try tokens.create(
+                    name: body.name, role: body.role, expiresIn: body.expiresInSeconds,
+                    now: WallClock.secondsSinceEpoch())
+                return EditedResponse(status: .created, response: created)
+            } catch {
+                switch error {
+                case .duplicateName: throw ManagementAPI.Refusal(.conflict, error.description)
+                case .notStored(let reason):
+                    throw ManagementAPI.Refusal(.internalServerError, "the token was not stored", cause: reason)
+                default: throw ManagementAPI.Refusal(.badRequest, "name: \(error)")
+                }
+            }
+        }
+        v1.delete("tokens/:key") { _, context in
+            try need(.admin, context)
+            let key = try context.parameters.require("key")
+            do throws(TokenStore.Failure) {
+                try tokens.revoke(key)
+            } catch {
+                if case .unknown = error { throw ManagementAPI.Refusal(.notFound, error.description) }
+                throw ManagementAPI.Refusal(.internalServerError, "the token was not revoked", cause: "\(error)")
+            }
+            return tokens.list
+        }
+    }
+
+    /// Refuses a caller whose role is below `role`.
+    static func need(_ role: APIRole, _ context: APIRequestContext) throws(ManagementAPI.Refusal) {
+        guard context.role >= role else {
+            throw ManagementAPI.Refusal(
+                .forbidden, "this needs the \(role.rawValue) role; the caller has \(context.role.rawValue)")
+        }
+    }
+
+    /// Reads a JSON body, given 10 s to arrive (408 after that).
+    static func decode<T: Decodable & Sendable>(
+        _ type: T.Type, _ request: Request, _ context: APIRequestContext
+    ) async throws -> T {
+        try await withThrowingTaskGroup(of: T.self) { group in
+            group.addTask { try await request.decode(as: T.self, context: context) }
+            group.addTask {
+                try await Task.sleep(for: .seconds(10))
+                throw ManagementAPI.Refusal(.requestTimeout, "the request body did not arrive within 10 s")
+            }
+            defer { group.cancelAll() }
+            return try await group.next()!
+        }
     }
 
     static func errorResponse(_ error: APIError, status: HTTPResponse.Status) throws -> Response {
@@ -141,7 +230,33 @@ struct ErrorMiddleware: RouterMiddleware {
     }
 }
 
+/// Records every call that is not a read: what, by whom, and how it ended.
+struct AuditMiddleware: RouterMiddleware {
+    typealias Context = APIRequestContext
+    let audit: @Sendable (String) -> Void
+
+    func handle(
+        _ request: Request, context: Context, next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        guard request.method != .get, request.method != .head else { return try await next(request, context) }
+        let what = "\(request.method) \(UntrustedText.quoted(request.uri.path, limit: 128)) by \(context.caller)"
+        do {
+            let response = try await next(request, context)
+            audit("\(what): \(response.status.code)")
+            return response
+        } catch let refusal as ManagementAPI.Refusal {
+            audit("\(what): \(refusal.status.code) \(refusal.error.message)")
+            throw refusal
+        } catch {
+            audit("\(what): failed: \(error)")
+            throw error
+        }
+    }
+}
+
 // The contract's replies, sent as JSON.
+extension TokenList: ResponseEncodable {}
+extension CreatedToken: ResponseEncodable {}
 extension StatusReply: ResponseEncodable {}
 extension ModesView: ResponseEncodable {}
 extension FailoverHistoryReply: ResponseEncodable {}

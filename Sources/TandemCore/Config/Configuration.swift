@@ -17,6 +17,8 @@ public struct Configuration: Sendable, Equatable {
     public var volumes: [Volume]
     /// `[[group]]`, in file order.
     public var groups: [Group]
+    /// `[api]`: the management API's settings shared by both nodes.
+    public var api = API()
 
     /// The node called `name`.
     public func node(named name: String) -> Node? {
@@ -112,6 +114,25 @@ public struct Configuration: Sendable, Equatable {
         public var nbdListen: [ListenAddress]
         /// TLS on this node's NBD server.
         public var tls: TLSMode = .off
+        /// Where this node serves the management API over HTTPS (`api-listen`); empty: only on its
+        /// control socket.
+        public var apiListen: [(host: String, port: Int)] = []
+
+        public static func == (left: Node, right: Node) -> Bool {
+            left.name == right.name && left.address == right.address && left.port == right.port
+                && left.heartbeat == right.heartbeat && left.precedence == right.precedence
+                && left.nbdListen == right.nbdListen && left.tls == right.tls
+                && left.apiListen.map { "\($0.host):\($0.port)" } == right.apiListen.map { "\($0.host):\($0.port)" }
+        }
+    }
+
+    /// `[api]`: the management API.
+    public struct API: Sendable, Equatable {
+        /// Serve plain HTTP instead of HTTPS; allowed only when every `api-listen` is a loopback
+        /// address.
+        public var plainHTTP = false
+
+        public init(plainHTTP: Bool = false) { self.plainHTTP = plainHTTP }
     }
 
     /// `[witness]`: the third voter.

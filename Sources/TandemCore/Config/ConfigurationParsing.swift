@@ -67,6 +67,8 @@ extension Configuration {
 /// Reads typed values out of TOML tables, collecting every problem instead of stopping at the first.
 struct ConfigReader {
     private(set) var issues: [ConfigIssue] = []
+    /// Each node's `api-listen` line, for `[api]`'s checks that come after the nodes.
+    private var apiListenLines: [String: Int] = [:]
 
     mutating func report(_ line: Int?, _ key: String, _ message: String) {
         issues.append(ConfigIssue(line: line, key: key, message: message))
@@ -79,7 +81,8 @@ struct ConfigReader {
     static let shortestHeartbeatInterval = Duration.milliseconds(10)
 
     mutating func readConfiguration(_ root: TOMLTable) -> Configuration? {
-        checkKeys(root, path: "", allowed: ["cluster", "node", "witness", "timing", "limits", "volume", "group"])
+        checkKeys(
+            root, path: "", allowed: ["cluster", "node", "witness", "timing", "limits", "volume", "group", "api"])
         let cluster = readCluster(table(root, "cluster", required: true))
         let nodeTables = tables(root, "node")
         let volumeTables = tables(root, "volume")
@@ -105,10 +108,11 @@ struct ConfigReader {
             report(root.line, "node", "at least one [[node]] is required")
         }
         checkReferences(groupTables: groupTables, nodeTables: nodeTables, volumeTables: volumeTables)
+        let api = readAPI(table(root, "api", required: false), nodes: nodes)
         guard let cluster, let timing else { return nil }
         return Configuration(
             cluster: cluster, nodes: nodes, witness: witness, timing: timing, limits: limits,
-            volumes: volumes, groups: groups
+            volumes: volumes, groups: groups, api: api
         )
     }
 
@@ -194,7 +198,8 @@ struct ConfigReader {
 
     private mutating func readNode(_ table: TOMLTable, path: String) -> Configuration.Node? {
         checkKeys(
-            table, path: path, allowed: ["name", "address", "port", "heartbeat", "precedence", "nbd-listen", "tls"])
+            table, path: path,
+            allowed: ["name", "address", "port", "heartbeat", "precedence", "nbd-listen", "tls", "api-listen"])
         let tlsText = string(table, "tls", path: path, required: false) ?? "off"
         let tls = Configuration.TLSMode(rawValue: tlsText)
         if tls == nil {
@@ -229,11 +234,41 @@ struct ConfigReader {
             }
             listen.append(parsed)
         }
+        var apiListen: [(host: String, port: Int)] = []
+        for text in stringArray(table, "api-listen", path: path) ?? [] {
+            guard let (host, port) = ListenAddress.splitHostPort(text, defaultPort: 7443),
+                IPAddressText.isAddress(host), (1...65535).contains(port)
+            else {
+                report(
+                    table["api-listen"]?.line, "\(path).api-listen",
+                    "expected \"IP-ADDRESS:PORT\", found \(UntrustedText.quoted(text))")
+                continue
+            }
+            apiListen.append((host, port))
+        }
+        apiListenLines[name ?? ""] = table["api-listen"]?.line
         guard let name, let address else { return nil }
         return Configuration.Node(
             name: name, address: address, port: port, heartbeat: heartbeat ?? [address],
-            precedence: precedence, nbdListen: listen, tls: tls ?? .off
+            precedence: precedence, nbdListen: listen, tls: tls ?? .off, apiListen: apiListen
         )
+    }
+
+    private mutating func readAPI(_ table: TOMLTable?, nodes: [Configuration.Node]) -> Configuration.API {
+        guard let table else { return Configuration.API() }
+        checkKeys(table, path: "api", allowed: ["plain-http"])
+        let plain = boolean(table, "plain-http", path: "api") ?? false
+        if plain {
+            for node in nodes {
+                for listen in node.apiListen where !IPAddressText.isLoopback(listen.host) {
+                    report(
+                        apiListenLines[node.name] ?? table["plain-http"]?.line, "api.plain-http",
+                        "plain HTTP is for loopback only, but node \(node.name) listens on \(listen.host): "
+                            + "remove plain-http (the API then uses the node's TLS certificate)")
+                }
+            }
+        }
+        return Configuration.API(plainHTTP: plain)
     }
 
     /// Reports every entry of `key` that is not an IP address.

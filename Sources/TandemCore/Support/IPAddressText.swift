@@ -12,4 +12,15 @@ public enum IPAddressText {
         let family = text.contains(":") ? AF_INET6 : AF_INET
         return inet_pton(family, text, &buffer) == 1
     }
+
+    /// Whether `text` is a loopback address: 127.0.0.0/8 or ::1.
+    public static func isLoopback(_ text: String) -> Bool {
+        guard isAddress(text) else { return false }
+        if text.contains(":") {
+            var buffer = [UInt8](repeating: 0, count: 16)
+            _ = inet_pton(AF_INET6, text, &buffer)
+            return buffer == [UInt8](repeating: 0, count: 15) + [1]
+        }
+        return text.hasPrefix("127.")
+    }
 }

@@ -18,6 +18,8 @@ final class TwoNodeCluster: @unchecked Sendable {
 
     let witnessPort: Int?
     private var witnessProcess: Process?
+    /// Each node's management API port on 127.0.0.1, when the cluster was made with `api`.
+    let apiPorts: [String: Int]
     /// Each node's backing file, `{node}` standing for its name.
     private let backingPattern: String
 
@@ -25,10 +27,11 @@ final class TwoNodeCluster: @unchecked Sendable {
     /// their HA reset.
     init(
         protocol replication: String, size: String, witness: Bool = false, deadTime: String = "2s", extra: String = "",
-        clusterExtra: String = "", volumeExtra: String = "", backing: String? = nil
+        clusterExtra: String = "", volumeExtra: String = "", backing: String? = nil, api: Bool = false
     ) throws {
         backingPattern = backing ?? "\(directory.path)/{node}/vol0.img"
-        let ports = try (0..<5).map { _ in try freeLoopbackPort() }
+        let ports = try (0..<7).map { _ in try freeLoopbackPort() }
+        apiPorts = api ? ["a": ports[5], "b": ports[6]] : [:]
         nbdPorts = ["a": ports[2], "b": ports[3]]
         peerPorts = ["a": ports[0], "b": ports[1]]
         witnessPort = witness ? ports[4] : nil
@@ -60,6 +63,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         port = \(ports[0])
         precedence = 10
         nbd-listen = ["127.0.0.1:\(ports[2])"]
+        \(api ? "api-listen = [\"127.0.0.1:\(ports[5])\"]" : "")
 
         [[node]]
         name = "b"
@@ -67,6 +71,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         port = \(ports[1])
         precedence = 20
         nbd-listen = ["127.0.0.1:\(ports[3])"]
+        \(api ? "api-listen = [\"127.0.0.1:\(ports[6])\"]" : "")
 
         [[volume]]
         name = "vol0"
