@@ -63,6 +63,8 @@ data = frame(5, struct.pack(">HQQQB", 0, 7, 3, 4096, 1) + b"x" * 64)
 ping = frame(10, struct.pack(">Q", 42))
 write("peer", "hello-data-ping", bytes([0]) + hello + data + ping)
 write("peer", "in-pieces", bytes([3]) + hello + frame(3, b"") + ping + frame(11, struct.pack(">Q", 42)))
+tokens = b'{"tokens":[],"version":1}'
+write("peer", "token-document", bytes([0]) + frame(15, struct.pack(">BI", 1, len(tokens)) + tokens))
 
 
 # Membership datagrams for cluster "fuzz": magic TDMB, version, cluster, type, fields.

@@ -117,7 +117,18 @@ public struct APIClient: Sendable {
         return try call(method, path, body: body).decode(T.self)
     }
 
-    private func send(_ method: HTTPMethod, _ path: String, body: [UInt8]?) -> EventLoopFuture<Reply> {
+    /// `GET path` whose 2xx body is handed to `chunk` piece by piece as it arrives, with no time
+    /// limit (an event stream); returns when the server ends it. A refusal's body is collected.
+    public func stream(
+        _ path: String, headers: [(String, String)] = [], chunk: @escaping @Sendable (ByteBuffer) -> Void
+    ) async throws -> Reply {
+        try await send(.GET, path, body: nil, headers: headers, streaming: chunk).get()
+    }
+
+    private func send(
+        _ method: HTTPMethod, _ path: String, body: [UInt8]?, headers: [(String, String)] = [],
+        streaming: (@Sendable (ByteBuffer) -> Void)? = nil
+    ) -> EventLoopFuture<Reply> {
         let group = MultiThreadedEventLoopGroup.singleton
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: Reply.self)
@@ -150,7 +161,8 @@ public struct APIClient: Sendable {
                             try NIOSSLClientHandler(context: tls, serverHostname: serverName))
                     }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(ReplyCollector(promise: promise, limit: limit))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ReplyCollector(promise: promise, limit: limit, streaming: streaming))
                 }
             }
         let connecting: EventLoopFuture<any Channel>
@@ -175,6 +187,7 @@ public struct APIClient: Sendable {
             head.headers.add(name: "Host", value: hostHeader)
             head.headers.add(name: "Connection", value: "close")
             if let token { head.headers.add(name: "Authorization", value: "Bearer \(token)") }
+            for (name, value) in headers { head.headers.add(name: name, value: value) }
             if let body {
                 head.headers.add(name: "Content-Type", value: "application/json")
                 head.headers.add(name: "Content-Length", value: String(body.count))
@@ -185,11 +198,14 @@ public struct APIClient: Sendable {
             }
             channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         }
-        let deadline = eventLoop.scheduleTask(in: timeout) {
-            promise.fail(Unreachable(description: "no reply from the agent at \(endpoint) within \(timeout)"))
-        }
+        let deadline =
+            streaming != nil
+            ? nil
+            : eventLoop.scheduleTask(in: timeout) {
+                promise.fail(Unreachable(description: "no reply from the agent at \(endpoint) within \(timeout)"))
+            }
         promise.futureResult.whenComplete { _ in
-            deadline.cancel()
+            deadline?.cancel()
             connecting.whenSuccess { $0.close(promise: nil) }
         }
         return promise.futureResult
@@ -202,12 +218,14 @@ private final class ReplyCollector: ChannelInboundHandler {
 
     private let promise: EventLoopPromise<APIClient.Reply>
     private let limit: Int
+    private let streaming: (@Sendable (ByteBuffer) -> Void)?
     private var status: HTTPResponseStatus?
     private var body: [UInt8] = []
 
-    init(promise: EventLoopPromise<APIClient.Reply>, limit: Int) {
+    init(promise: EventLoopPromise<APIClient.Reply>, limit: Int, streaming: (@Sendable (ByteBuffer) -> Void)?) {
         self.promise = promise
         self.limit = limit
+        self.streaming = streaming
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -215,6 +233,10 @@ private final class ReplyCollector: ChannelInboundHandler {
         case .head(let head):
             status = head.status
         case .body(let buffer):
+            if let streaming, let status, (200..<300).contains(Int(status.code)) {
+                streaming(buffer)
+                return
+            }
             guard body.count + buffer.readableBytes <= limit else {
                 promise.fail(APIClient.Unreachable(description: "the agent's reply is larger than \(limit) bytes"))
                 context.close(promise: nil)
@@ -262,6 +284,7 @@ public enum APIPath {
     public static let resourceRefresh = "/v1/resources/refresh"
     public static let failovers = "/v1/failovers"
     public static let tokens = "/v1/tokens"
+    public static let eventStream = "/v1/events/stream"
     public static func token(_ key: String) -> String { "/v1/tokens/\(escape(key))" }
 
     /// A name as one path segment: config names are letters, digits, `-`, `_` and `.`, and anything

@@ -4,9 +4,9 @@ import TandemCore
 // agent, the CLI and the tests read and write them. A field added here is seen by all three; a
 // field renamed breaks the build of all three, never one of them at run time.
 //
-// Durations are seconds (`Double`), sizes bytes, times of day seconds since the Unix epoch. A
-// field that has no value is `null`, never missing, except where its doc comment says it is
-// absent.
+// Durations are seconds (`Double`), sizes bytes, times of day seconds since the Unix epoch. An
+// optional field without a value is left out of the JSON. docs/openapi.yaml describes the same
+// types; the tests validate real replies against it.
 
 /// `GET /v1/status`, and the reply to every action on a node or a volume: the node's state after it.
 public struct StatusReply: Codable, Sendable, Equatable {
@@ -174,9 +174,9 @@ public struct FailoverRecord: Codable, Sendable, Equatable {
         try container.encode(epoch, forKey: .epoch)
         try container.encode(reason, forKey: .reason)
         try container.encode(at, forKey: .at)
-        try container.encode(peerSilentSeconds, forKey: .peerSilentSeconds)
+        try container.encodeIfPresent(peerSilentSeconds, forKey: .peerSilentSeconds)
         try container.encode(volumes, forKey: .volumes)
-        try container.encode(clientVisibleGapSeconds, forKey: .clientVisibleGapSeconds)
+        try container.encodeIfPresent(clientVisibleGapSeconds, forKey: .clientVisibleGapSeconds)
     }
 
     /// One volume's side of a promotion.
@@ -213,9 +213,9 @@ public struct FailoverRecord: Codable, Sendable, Equatable {
         public func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
             try container.encode(volume, forKey: .volume)
-            try container.encode(lastReplicatedWriteSecondsBefore, forKey: .lastReplicatedWriteSecondsBefore)
-            try container.encode(firstWriteSecondsAfter, forKey: .firstWriteSecondsAfter)
-            try container.encode(clientVisibleGapSeconds, forKey: .clientVisibleGapSeconds)
+            try container.encodeIfPresent(lastReplicatedWriteSecondsBefore, forKey: .lastReplicatedWriteSecondsBefore)
+            try container.encodeIfPresent(firstWriteSecondsAfter, forKey: .firstWriteSecondsAfter)
+            try container.encodeIfPresent(clientVisibleGapSeconds, forKey: .clientVisibleGapSeconds)
         }
     }
 }

@@ -158,12 +158,32 @@ public struct Agent: Sendable {
         } catch {
             throw .unsupported(error.description)
         }
+        // The token list is cluster-wide: it rides the peer link, and the newer list wins.
+        if let link, let peer {
+            link.shareDocuments(
+                current: { [(TokenStore.documentKind, tokens.document)] },
+                received: { kind, bytes in
+                    guard kind == TokenStore.documentKind else { return }
+                    switch tokens.merge(bytes, from: peer.name) {
+                    case .kept: break
+                    case .adopted(let version, let added, let removed):
+                        journal.append(
+                            .api,
+                            "token list version \(version) from \(peer.name) adopted: added "
+                                + "\(added.isEmpty ? "none" : added.joined(separator: ", ")), removed "
+                                + "\(removed.isEmpty ? "none" : removed.joined(separator: ", "))", durable: true)
+                    case .refused(let reason):
+                        logger.warning("\(reason)")
+                    }
+                })
+            tokens.onChange { bytes in link.send(document: TokenStore.documentKind, bytes: bytes) }
+        }
         // Every call that changes something is in the journal: an audit trail of who did what.
         let audit: @Sendable (String) -> Void = { journal.append(.api, $0, durable: true) }
         let control = ControlServer(
             path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
             stateDirectory: configuration.cluster.stateDirectory, api: api, tokens: tokens, audit: audit,
-            logger: logger)
+            events: journal.bus, logger: logger)
         let apiTLS =
             node.apiListen.isEmpty || configuration.api.plainHTTP
             ? nil
@@ -172,7 +192,7 @@ public struct Agent: Sendable {
         let apiServers = node.apiListen.map { listen in
             APIServer(
                 host: listen.host, port: listen.port, tls: apiTLS, api: api, tokens: tokens, audit: audit,
-                logger: logger)
+                events: journal.bus, logger: logger)
         }
         return Agent(
             node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control,
@@ -270,7 +290,7 @@ public struct Agent: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] =
             [
                 .init(service: controlServer), .init(service: nbdServer),
-            ] + apiServers.map { .init(service: $0) }
+            ] + apiServers.map { .init(service: $0) } + [.init(service: EventBusCloser(bus: journal.bus))]
         if let peerLink { services.insert(.init(service: peerLink), at: 0) }
         if let membership { services.insert(.init(service: membership), at: 1) }
         // Last to start, first to stop: the services release the volumes before anything else ends.

@@ -75,7 +75,7 @@ extension ReplicatedVolume {
             return []
         case .verifyReply(_, let sequence, let equal):
             return onVerifyReply(sequence: sequence, equal: equal)
-        case .hello, .authenticate, .welcome, .ping, .pong:
+        case .hello, .authenticate, .welcome, .ping, .pong, .document:
             preconditionFailure("link frame \(frame) routed to volume \(configuration.name)")
         }
     }

@@ -35,6 +35,9 @@ public enum PeerFrame: Equatable, Sendable {
     case verifyRequest(PeerVerify)
     /// Whether the receiver's region has the same digest.
     case verifyReply(volume: UInt16, sequence: UInt64, equal: Bool)
+    /// A cluster-wide document the nodes keep alike (kind 1: the management API's token list),
+    /// sent when the link comes up and whenever it changes.
+    case document(kind: UInt8, bytes: [UInt8])
 
     /// The write a `data` or `resyncData` frame carries.
     public var write: PeerWrite? {
@@ -75,6 +78,7 @@ public enum PeerFrame: Equatable, Sendable {
         case .bitmap: return 12
         case .verifyRequest: return 13
         case .verifyReply: return 14
+        case .document: return 15
         }
     }
 }
@@ -296,6 +300,10 @@ public enum PeerCodec {
             buffer.writePeerBytes(verify.digest)
         case .verifyReply(let volume, let sequence, let equal):
             buffer.writeMultipleIntegers(volume, sequence, UInt8(equal ? 1 : 0))
+        case .document(let kind, let bytes):
+            buffer.writeInteger(kind)
+            buffer.writeInteger(UInt32(bytes.count))
+            buffer.writeBytes(bytes)
         }
         let bodyBytes = buffer.writerIndex - start - headerBytes
         buffer.setInteger(UInt32(bodyBytes + trailingBytes), at: start + 8)
@@ -470,6 +478,11 @@ public struct PeerFrameDecoder: NIOSingleStepByteToMessageDecoder {
                 equal <= 1
             else { return nil }
             return .verifyReply(volume: volume, sequence: sequence, equal: equal == 1)
+        case 15:
+            guard let kind = body.readInteger(as: UInt8.self), let count = body.readInteger(as: UInt32.self),
+                let bytes = body.readBytes(length: Int(count))
+            else { return nil }
+            return .document(kind: kind, bytes: bytes)
         default:
             throw PeerWireError.unknownType(type)
         }

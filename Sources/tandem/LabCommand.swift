@@ -27,6 +27,9 @@ struct LabCommand: AsyncParsableCommand {
     @Option(help: "Dead time of the failure detector.")
     var deadTime: String = "2s"
 
+    @Option(help: "TCP port of each node's management API (HTTPS).")
+    var apiPort: Int = 7443
+
     func run() async throws {
         guard Units.parseByteCount(size) != nil else {
             throw fail("--size: expected a size such as 1GiB, found \(size)")
@@ -52,12 +55,26 @@ struct LabCommand: AsyncParsableCommand {
         }
         let configPath = "\(directory)/tandem.toml"
         try TextFile.write(
-            ConfigTemplate.lab(directory: directory, sizeText: size, port: port, deadTime: deadTime), to: configPath,
-            mode: 0o644)
+            ConfigTemplate.lab(directory: directory, sizeText: size, port: port, deadTime: deadTime, apiPort: apiPort),
+            to: configPath, mode: 0o644)
+        let configuration: Configuration
         do {
-            _ = try ConfigFile.load(path: configPath)
+            configuration = try ConfigFile.load(path: configPath)
         } catch {
             throw fail("the lab's config is invalid:\n\(error)")
+        }
+        // The lab's own authority, and each node's certificate for its API (kept between runs).
+        let tls = "\(directory)/tls"
+        do {
+            _ = try await ClusterCA.create(in: tls, cluster: "lab")
+            for node in configuration.nodes {
+                try await ClusterCA.issue(
+                    directory: tls, commonName: node.name,
+                    subjectNames: ClusterCA.subjectNames(of: node, in: configuration), isServer: true,
+                    output: "\(tls)/\(node.name)")
+            }
+        } catch {
+            throw fail("lab: cannot make the lab's TLS certificates: \(error)")
         }
         signal(SIGINT, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
@@ -89,7 +106,13 @@ struct LabCommand: AsyncParsableCommand {
             for (_, process) in children { process.waitUntilExit() }
             throw fail("lab: the cluster did not come up; see \(directory)/*.log")
         }
-        printGuide(directory: directory, configPath: configPath, primary: primary)
+        let tokenPath = "\(directory)/admin.token"
+        do {
+            try await makeAdminToken(directory: directory, path: tokenPath)
+        } catch {
+            print("lab: no admin token for the API: \(error)")
+        }
+        printGuide(directory: directory, configPath: configPath, primary: primary, tokenPath: tokenPath)
         await waitForSignal()
         print("\nlab: stopping everything it started")
         for (_, process) in children where process.isRunning { process.terminate() }
@@ -148,7 +171,18 @@ struct LabCommand: AsyncParsableCommand {
         }
     }
 
-    private func printGuide(directory: String, configPath: String, primary: String) {
+    /// Makes the lab's admin token on lab-a (a new one each run) and writes it owner-only.
+    private func makeAdminToken(directory: String, path: String) async throws {
+        let socket = ControlServer.socketPath(stateDirectory: "\(directory)/state/lab-a", node: "lab-a")
+        let client = APIClient(.unixSocket(path: socket))
+        _ = try? await client.call(.DELETE, APIPath.token("lab-admin"))
+        let request = try APICoding.encoder().encode(
+            CreateTokenRequest(name: "lab-admin", role: .admin, expiresInSeconds: nil))
+        let created = try await client.call(.POST, APIPath.tokens, body: Array(request)).decode(CreatedToken.self)
+        try TextFile.write(created.token + "\n", to: path, mode: 0o600)
+    }
+
+    private func printGuide(directory: String, configPath: String, primary: String, tokenPath: String) {
         let host = primary == "lab-a" ? "127.0.0.1" : "127.0.0.2"
         print(
             """
@@ -175,6 +209,12 @@ struct LabCommand: AsyncParsableCommand {
             What each node decided, and the modes of both:
               tandem events --config \(configPath) --node lab-b --follow
               tandem mode --config \(configPath) --node lab-a
+
+            The management API, on each node (HTTPS, the lab's authority in \(directory)/tls/ca-cert.pem):
+              lab-a     https://127.0.0.1:\(apiPort)/v1/status   lab-b  https://127.0.0.2:\(apiPort)/v1/status
+              token     \(tokenPath) (admin, works on both nodes)
+              curl --cacert \(directory)/tls/ca-cert.pem -H "Authorization: Bearer $(cat \(tokenPath))" https://127.0.0.1:\(apiPort)/v1/status
+              tandem status --server https://127.0.0.2:\(apiPort) --token-file \(tokenPath) --ca \(directory)/tls/ca-cert.pem
 
             Press Ctrl-C to stop everything the lab started.
             """)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NIOCore
 import NIOHTTP1
 import TandemAPI
 import TandemAgent
@@ -69,6 +70,7 @@ struct EventsCommand: AsyncParsableCommand {
     @Option(help: "Print only the last N events first.") var last: Int?
 
     func run() async throws {
+        if options.remote != nil { return try await runRemote() }
         let (name, directory) = try options.stateDirectory()
         let path = "\(directory)/\(name).events"
         guard let handle = FileHandle(forReadingAtPath: path) else {
@@ -94,6 +96,39 @@ struct EventsCommand: AsyncParsableCommand {
         }
     }
 
+    /// Reads the node's live event stream (`GET /v1/events/stream`) over `--server`: what the node
+    /// holds, then, with `--follow`, every new event, reconnecting after the last one seen.
+    func runRemote() async throws {
+        let client = try options.client()
+        let command = self
+        // Following, each event is printed as it arrives; else the last ones once the node sent all.
+        let parser = EventStreamParser(keep: !follow) { line in if command.follow { command.emit(line) } }
+        repeat {
+            let reply: APIClient.Reply
+            do {
+                reply = try await client.stream(
+                    APIPath.eventStream + (follow ? "" : "?follow=false"),
+                    headers: [("Last-Event-ID", String(parser.lastID))]
+                ) { chunk in parser.feed(chunk) }
+            } catch let error as APIClient.Unreachable {
+                guard follow else { throw fail(error.description) }
+                FileHandleOutput.standardError("events: \(error); reconnecting")
+                try await Task.sleep(for: .seconds(1))
+                continue
+            }
+            if !(200..<300).contains(Int(reply.status.code)) {
+                let refusal = (try? APICoding.decoder().decode(APIError.self, from: Data(reply.body)))
+                throw fail("refused: \(refusal.map { "\($0)" } ?? "\(reply.status)")")
+            }
+            if !follow {
+                let lines = parser.take()
+                for line in last.map({ Array(lines.suffix(max(0, $0))) }) ?? lines { emit(line) }
+            } else {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        } while follow
+    }
+
     /// Prints one journal line; a damaged line is shown as it is, marked.
     func emit(_ line: String) {
         if options.json {
@@ -107,5 +142,59 @@ struct EventsCommand: AsyncParsableCommand {
         let kind = entry.kind.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)
         print("\(entry.time)  \(entry.node)  \(kind) \(entry.message)")
         fflush(nil)
+    }
+}
+
+/// Splits a Server-Sent Events stream into its events' data lines, remembering the last id.
+final class EventStreamParser: @unchecked Sendable {
+    private let lock = NSLock()
+    private var pending = ""
+    private var lines: [String] = []
+    private var last: UInt64 = 0
+    private let keep: Bool
+    private let onEvent: @Sendable (String) -> Void
+
+    /// `keep`: hold the lines for `take()` as well.
+    init(keep: Bool, onEvent: @escaping @Sendable (String) -> Void) {
+        self.keep = keep
+        self.onEvent = onEvent
+    }
+
+    /// The id of the last event seen, for `Last-Event-ID` (0: none).
+    var lastID: UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        return last
+    }
+
+    func feed(_ chunk: ByteBuffer) {
+        var complete: [String] = []
+        lock.lock()
+        pending += String(buffer: chunk)
+        while let end = pending.range(of: "\n\n") {
+            let block = pending[..<end.lowerBound]
+            pending = String(pending[end.upperBound...])
+            var id: UInt64?
+            var data: String?
+            for line in block.split(separator: "\n") {
+                if line.hasPrefix("id: ") { id = UInt64(line.dropFirst(4)) }
+                if line.hasPrefix("data: ") { data = String(line.dropFirst(6)) }
+            }
+            if let id, let data, id > last {
+                last = id
+                if keep { lines.append(data) }
+                complete.append(data)
+            }
+        }
+        lock.unlock()
+        for line in complete { onEvent(line) }
+    }
+
+    /// The data lines parsed so far, each once.
+    func take() -> [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        defer { lines.removeAll() }
+        return lines
     }
 }

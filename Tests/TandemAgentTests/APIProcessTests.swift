@@ -78,6 +78,7 @@ struct APIProcessTests {
         #expect(read.code == 200, "\(read.body)")
         let status = try APICoding.decoder().decode(StatusReply.self, from: Data(read.body.utf8))
         #expect(status.node == "a" && status.cluster?.role == .primary)
+        #expect(status.cluster?.failovers.map(\.reason) == [.start], "the first primary took the role at start")
         let forbidden = try curl(cluster, tls, "a", "POST", "/v1/nodes/a/standby", token: viewer)
         #expect(forbidden.code == 403, "\(forbidden.body)")
         #expect(forbidden.body.contains("operator"), "\(forbidden.body)")
@@ -112,6 +113,20 @@ struct APIProcessTests {
         let waited = Double(slow.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
         #expect(waited >= 8 && waited < 15, "the slow client was dropped after \(waited) s: \(slow.combined)")
         #expect(try curl(cluster, tls, "a", "GET", "/v1/status", token: viewer).code == 200)
+
+        // Tokens are cluster-wide: one made on a works on b, and a revocation made while b was
+        // down reaches b when it returns.
+        try cluster.waitFor("a's token to work on b", seconds: 10) {
+            try curl(cluster, tls, "b", "GET", "/v1/status", token: viewer).code == 200
+        }
+        cluster.stop("b")
+        try Tools.check(
+            try Tools.tandemBinary(), ["token", "revoke", "watcher", "--config", cluster.config, "--node", "a"])
+        try cluster.start("b")
+        try cluster.waitFor("the revocation to reach b", seconds: 30) {
+            try curl(cluster, tls, "b", "GET", "/v1/status", token: viewer).code == 401
+        }
+        #expect(try curl(cluster, tls, "b", "GET", "/v1/status", token: admin).code == 200)
 
         // After ten failures in a minute an address is told to wait.
         for _ in 0..<12 { _ = try curl(cluster, tls, "a", "GET", "/v1/status", token: "tdm_wrong") }
@@ -163,6 +178,137 @@ struct APIProcessTests {
         #expect(wrongCA.status != 0, "\(wrongCA.combined)")
         cluster.stop("a")
         cluster.stop("b")
+        cluster.stopWitness()
+    }
+
+    @Test("every route's real replies, successes and errors, validate against docs/openapi.yaml")
+    func realReplies_validateAgainstTheDocument() throws {
+        let (cluster, tls) = try startPair()
+        let admin = try token(cluster, "a", role: "admin", name: "documenter")
+        let viewer = try token(cluster, "a", role: "viewer", name: "reader")
+        let records = TemporaryDirectory()
+        var count = 0
+        var statuses: [String: Set<Int>] = [:]
+        func record(_ method: String, _ path: String, token: String? = admin, body: String? = nil) throws {
+            let reply = try curl(cluster, tls, "a", method, path, token: token, body: body)
+            let parsed = try JSONSerialization.jsonObject(with: Data(reply.body.utf8), options: [.fragmentsAllowed])
+            let document: [String: Any] = ["method": method, "path": path, "status": reply.code, "body": parsed]
+            count += 1
+            try JSONSerialization.data(withJSONObject: document).write(
+                to: URL(fileURLWithPath: "\(records.path)/\(count).json"))
+            statuses["\(method) \(path)", default: []].insert(reply.code)
+        }
+        try record("GET", "/v1/status")
+        try record("GET", "/v1/failovers")
+        try record("GET", "/v1/modes")
+        try record("PUT", "/v1/modes", body: #"{"mode":"default"}"#)
+        try record("PUT", "/v1/modes", body: #"{"mode":"sideways"}"#)
+        try record("POST", "/v1/modes/peerdown")
+        try record("POST", "/v1/modes/peerup")
+        try record("POST", "/v1/modes/clear")
+        try record("POST", "/v1/modes/explode")
+        try record("POST", "/v1/nodes/b/online")
+        try record("POST", "/v1/nodes/c/standby")
+        try record("POST", "/v1/nodes/a/force-primary", body: "{}")
+        try record("POST", "/v1/volumes/vol0/secondary")
+        try record("POST", "/v1/volumes/vol0/primary")
+        try record("POST", "/v1/volumes/vol0/resolve")
+        try record("POST", "/v1/volumes/vol0/verify")
+        try record("DELETE", "/v1/volumes/vol0/verify")
+        try record("POST", "/v1/volumes/nope/verify")
+        try record("POST", "/v1/resources/cleanup", body: #"{"resource":null}"#)
+        try record("POST", "/v1/resources/refresh")
+        try record("GET", "/v1/tokens")
+        try record("POST", "/v1/tokens", body: #"{"name":"spare","role":"viewer","expiresInSeconds":3600}"#)
+        try record("POST", "/v1/tokens", body: #"{"name":"spare","role":"viewer"}"#)
+        try record("DELETE", "/v1/tokens/spare")
+        try record("DELETE", "/v1/tokens/spare")
+        try record("GET", "/v1/status", token: nil)
+        try record("GET", "/v1/tokens", token: viewer)
+        try record("GET", "/v1/nothing")
+        try record("PUT", "/v1/modes", body: "{")
+        #expect(statuses["GET /v1/status"] == [200, 401])
+        #expect(statuses["POST /v1/volumes/vol0/verify"] == [200], "the verify started: \(statuses)")
+        #expect(statuses["POST /v1/tokens"] == [201, 409])
+        #expect(statuses["GET /v1/tokens"] == [200, 403])
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().path
+        let files = (1...count).map { "\(records.path)/\($0).json" }
+        let check = try Tools.run(
+            "python3", ["\(root)/scripts/check-openapi.py", "\(root)/docs/openapi.yaml"] + files)
+        #expect(check.status == 0, "\(check.combined)")
+        #expect(check.standardOutput.contains("\(count) replies checked"), "\(check.combined)")
+        cluster.stop("a")
+        cluster.stop("b")
+        cluster.stopWitness()
+    }
+
+    @Test("the event stream delivers b's takeover while a is killed; a client resumes after Last-Event-ID")
+    func eventStream_deliversTheFailover() throws {
+        let (cluster, tls) = try startPair()
+        let viewer = try token(cluster, "b", role: "viewer", name: "watch-b")
+        let output = "\(tls.path)/stream.txt"
+        FileManager.default.createFile(atPath: output, contents: nil)
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: try Tools.path(of: "curl"))
+        curl.arguments = [
+            "-sS", "-N", "--cacert", "\(tls.path)/ca-cert.pem", "-H", "Authorization: Bearer \(viewer)",
+            "https://127.0.0.1:\(cluster.apiPorts["b"]!)/v1/events/stream",
+        ]
+        curl.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        try Tools.launch(curl)
+        defer { if curl.isRunning { curl.terminate() } }
+        try cluster.waitFor("the stream to open", seconds: 10) {
+            (try? String(contentsOfFile: output, encoding: .utf8))?.contains(": tandem events") == true
+        }
+        cluster.crash("a")
+        try cluster.waitFor("b's takeover on the stream", seconds: 30) {
+            (try? String(contentsOfFile: output, encoding: .utf8))?.contains("b is primary in epoch") == true
+        }
+        curl.terminate()
+        let text = try String(contentsOfFile: output, encoding: .utf8)
+        let blocks = text.components(separatedBy: "\n\n").filter { $0.hasPrefix("id: ") }
+        let ids = blocks.compactMap { UInt64($0.dropFirst(4).prefix { $0.isNumber }) }
+        #expect(!ids.isEmpty && ids == ids.sorted(), "ids in order: \(ids)")
+        let takeover = try #require(blocks.first { $0.contains("b is primary in epoch") })
+        #expect(takeover.contains("event: membership"), "\(takeover)")
+        let data = try #require(takeover.split(separator: "\n").first { $0.hasPrefix("data: ") })
+        let entry = try APICoding.decoder().decode(JournalEntry.self, from: Data(data.dropFirst(6).utf8))
+        #expect(entry.node == "b" && entry.kind == .membership)
+
+        // Resuming after the first event gives the rest again; the CLI reads it over --server.
+        let first = try #require(ids.first)
+        let resumed = try Tools.run(
+            "curl",
+            [
+                "-sS", "--max-time", "10", "--cacert", "\(tls.path)/ca-cert.pem", "-H",
+                "Authorization: Bearer \(viewer)",
+                "-H", "Last-Event-ID: \(first)",
+                "https://127.0.0.1:\(cluster.apiPorts["b"]!)/v1/events/stream?follow=false",
+            ])
+        #expect(!resumed.standardOutput.contains("id: \(first)\n"), "\(resumed.standardOutput.prefix(500))")
+        #expect(resumed.standardOutput.contains("b is primary in epoch"), "\(resumed.combined.prefix(500))")
+        let tokenFile = "\(tls.path)/viewer.token"
+        try viewer.write(toFile: tokenFile, atomically: true, encoding: .utf8)
+        let events = try Tools.run(
+            try Tools.tandemBinary(),
+            [
+                "events", "--last", "50", "--server", "https://127.0.0.1:\(cluster.apiPorts["b"]!)", "--token-file",
+                tokenFile, "--ca", "\(tls.path)/ca-cert.pem",
+            ])
+        #expect(events.status == 0 && events.standardOutput.contains("b is primary in epoch"), "\(events.combined)")
+        // An open stream does not hold up the agent's stop.
+        let open = Process()
+        open.executableURL = curl.executableURL
+        open.arguments = curl.arguments
+        open.standardOutput = FileHandle.nullDevice
+        try Tools.launch(open)
+        defer { if open.isRunning { open.terminate() } }
+        usleep(500_000)
+        let stopping = Date()
+        cluster.stop("b")
+        let stopSeconds = Date().timeIntervalSince(stopping)
+        #expect(stopSeconds < 5, "b took \(stopSeconds) s to stop with an event stream open")
         cluster.stopWitness()
     }
 }

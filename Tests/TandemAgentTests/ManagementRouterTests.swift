@@ -280,4 +280,72 @@ struct ManagementRouterTests {
         #expect(again.authenticate(made.token, now: 1010) == .failure(.unknown))
         #expect(throws: TokenStore.Failure.unknown("ops")) { try again.revoke("ops") }
     }
+
+    @Test("token lists merge: the newer wins, a tie goes to the node that sorts first, a bad list changes nothing")
+    func tokenListMerge() throws {
+        let a = try TokenStore(path: "\(directory.path)/a.tokens", node: "a")
+        let b = try TokenStore(path: "\(directory.path)/b.tokens", node: "b")
+        let one = try a.create(name: "one", role: .viewer, expiresIn: nil, now: 1)
+        #expect(b.merge(a.document, from: "a") == .adopted(version: 1, added: ["one"], removed: []))
+        #expect(b.authenticate(one.token, now: 2) == .success(one.record))
+        #expect(a.merge(b.document, from: "b") == .kept, "the same list")
+        // Apart, each node makes a token: the same version, different lists.
+        let fromA = try a.create(name: "made-on-a", role: .admin, expiresIn: nil, now: 3)
+        let fromB = try b.create(name: "made-on-b", role: .admin, expiresIn: nil, now: 3)
+        #expect(a.merge(b.document, from: "b") == .kept, "a sorts first and keeps its list")
+        #expect(b.merge(a.document, from: "a") == .adopted(version: 2, added: ["made-on-a"], removed: ["made-on-b"]))
+        #expect(b.authenticate(fromA.token, now: 4) == .success(fromA.record))
+        #expect(b.authenticate(fromB.token, now: 4) == .failure(.unknown))
+        // A revocation on b, newer, reaches a.
+        try b.revoke("one")
+        #expect(a.merge(b.document, from: "b") == .adopted(version: 3, added: [], removed: ["one"]))
+        #expect(a.authenticate(one.token, now: 5) == .failure(.unknown))
+        // Hostile documents change nothing.
+        let before = a.list
+        for bad in [
+            Array("{".utf8),
+            Array(
+                #"{"version":9,"tokens":[{"record":{"id":"x","name":"a b","role":"admin","createdAt":0,"createdOn":"b"},"sha256":"00"}]}"#
+                    .utf8),
+        ] {
+            guard case .refused = a.merge(bad, from: "b") else {
+                Issue.record("a malformed list was not refused")
+                continue
+            }
+        }
+        #expect(a.list == before)
+    }
+
+    @Test("the event stream without follow: what the node holds after Last-Event-ID, as Server-Sent Events")
+    func eventStreamHeld() async throws {
+        let bus = EventBus(capacity: 4)
+        for index in 1...6 {
+            bus.publish(JournalEntry(time: "t\(index)", node: "solo", kind: .volume, message: "event \(index)"))
+        }
+        let router = ManagementRouter.build(try singleNode(), admission: AdmitAll(role: .viewer), events: bus)
+        try await Application(router: router).test(.router) { client in
+            try await client.execute(
+                uri: "/v1/events/stream?follow=false", method: .get, headers: [HTTPField.Name("Last-Event-ID")!: "4"]
+            ) { response in
+                #expect(response.status == .ok)
+                #expect(response.headers[.contentType] == "text/event-stream")
+                let text = String(buffer: response.body)
+                #expect(text.hasPrefix("id: 5\nevent: volume\ndata: {"), "\(text)")
+                #expect(text.contains("id: 6\n") && !text.contains("id: 4\n"), "\(text)")
+            }
+            try await client.execute(uri: "/v1/events/stream?follow=false", method: .get) { response in
+                // The ring keeps the last four.
+                #expect(String(buffer: response.body).components(separatedBy: "id: ").count - 1 == 4)
+            }
+        }
+        // A subscriber that falls behind by more than its queue is cut off; it resumes from the ring.
+        let small = EventBus(capacity: 2, queueLimit: 1, subscriberLimit: 1)
+        let stream = try #require(small.subscribe(after: nil))
+        #expect(small.subscribe(after: nil) == nil, "one subscriber at most")
+        for index in 1...10 { small.publish(JournalEntry(time: "t", node: "n", kind: .api, message: "\(index)")) }
+        var received: [UInt64] = []
+        for await event in stream { received.append(event.id) }
+        #expect(received == [1, 2, 3], "the queue held three, then the stream ended: \(received)")
+        #expect(small.subscriberCount == 0)
+    }
 }

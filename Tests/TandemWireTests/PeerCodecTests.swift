@@ -31,6 +31,7 @@ import Testing
         .bitmap(volume: 2, bytes: [1, 2, 3]),
         .verifyRequest(PeerVerify(volume: 1, sequence: 9, offset: 65536, length: 65536, digest: [7, 7, 7])),
         .verifyReply(volume: 1, sequence: 9, equal: false),
+        .document(kind: 1, bytes: Array(#"{"version":1,"tokens":[]}"#.utf8)),
     ]
 
     private static func encoded(_ frames: [PeerFrame]) -> ByteBuffer {

@@ -21,13 +21,15 @@ public final class APIServer: Service, Sendable {
     private let api: ManagementAPI
     private let tokens: TokenStore
     private let audit: @Sendable (String) -> Void
+    private let events: EventBus?
     private let logger: Logger
 
     /// `tls` nil serves plain HTTP (loopback only, which the config has checked).
     public init(
         host: String, port: Int, tls: TLSConfiguration?, api: ManagementAPI, tokens: TokenStore,
-        audit: @escaping @Sendable (String) -> Void, logger: Logger
+        audit: @escaping @Sendable (String) -> Void, events: EventBus? = nil, logger: Logger
     ) {
+        self.events = events
         self.host = host
         self.port = port
         self.tls = tls
@@ -46,6 +48,9 @@ public final class APIServer: Service, Sendable {
                 },
                 privateKey: .privateKey(try NIOSSLPrivateKey(file: "\(directory)/server-key.pem", format: .pem)))
             configuration.minimumTLSVersion = .tlsv12
+            // A stopping agent waits at most this long for a client's close_notify (5 s by default,
+            // which an open event stream's client made every stop pay).
+            configuration.shutdownTimeout = .milliseconds(500)
             return configuration
         } catch {
             throw .unsupported(
@@ -59,7 +64,8 @@ public final class APIServer: Service, Sendable {
         let http = HTTPServerBuilder.http1(configuration: .init(idleTimeout: .seconds(10)))
         let server = try tls.map { try HTTPServerBuilder.tls(http, tlsConfiguration: $0) } ?? http
         let router = ManagementRouter.build(
-            api, admission: TokenAdmission(tokens: tokens, logger: logger), audit: audit, tokens: tokens)
+            api, admission: TokenAdmission(tokens: tokens, logger: logger), audit: audit, tokens: tokens,
+            events: events)
         let application = Application(
             router: router, server: server,
             configuration: .init(address: .hostname(host, port: port), serverName: nil, backlog: 64),

@@ -20,6 +20,7 @@ public final class ControlServer: Service, Sendable {
     private let api: ManagementAPI
     private let tokens: TokenStore?
     private let audit: @Sendable (String) -> Void
+    private let events: EventBus?
     private let allowedUser: uid_t
     private let logger: Logger
 
@@ -31,8 +32,9 @@ public final class ControlServer: Service, Sendable {
     /// Creates the server; nothing is bound until `run()`. `stateDirectory`'s owner may call.
     public init(
         path: String, stateDirectory: String, api: ManagementAPI, tokens: TokenStore?,
-        audit: @escaping @Sendable (String) -> Void, logger: Logger
+        audit: @escaping @Sendable (String) -> Void, events: EventBus? = nil, logger: Logger
     ) {
+        self.events = events
         self.path = path
         self.api = api
         self.tokens = tokens
@@ -46,7 +48,8 @@ public final class ControlServer: Service, Sendable {
     public func run() async throws {
         unlink(path)
         let router = ManagementRouter.build(
-            api, admission: PeerCredentialAdmission(allowedUser: allowedUser), audit: audit, tokens: tokens)
+            api, admission: PeerCredentialAdmission(allowedUser: allowedUser), audit: audit, tokens: tokens,
+            events: events)
         // The socket is created owner-only: set afterwards, its mode would leave a moment in which
         // anyone on the host could connect.
         let previous = umask(0o177)

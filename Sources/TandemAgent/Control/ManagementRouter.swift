@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import ServiceLifecycle
 import TandemAPI
 import TandemCore
 
@@ -39,7 +40,7 @@ public enum ManagementRouter {
     /// call that is not a read is written to `audit` with its caller and outcome.
     public static func build(
         _ api: ManagementAPI, admission: some RouterMiddleware<APIRequestContext>,
-        audit: @escaping @Sendable (String) -> Void = { _ in }, tokens: TokenStore? = nil
+        audit: @escaping @Sendable (String) -> Void = { _ in }, tokens: TokenStore? = nil, events: EventBus? = nil
     ) -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         router.middlewares.add(ErrorMiddleware())
@@ -126,7 +127,61 @@ public enum ManagementRouter {
         }
 
         if let tokens { addTokenRoutes(v1, tokens: tokens) }
+        if let events { addEventStream(v1, events: events) }
         return router
+    }
+
+    /// `GET /v1/events/stream`: Server-Sent Events, one per journal entry (`id` its number,
+    /// `event` its kind, `data` the entry as JSON), resumed after `Last-Event-ID`; a comment every
+    /// 15 s keeps idle connections and proxies open.
+    private static func addEventStream(_ v1: RouterGroup<APIRequestContext>, events: EventBus) {
+        v1.get("events/stream") { request, context in
+            try need(.viewer, context)
+            let last = request.headers[values: HTTPField.Name("Last-Event-ID")!].first.flatMap { UInt64($0) }
+            if request.uri.queryParameters.get("follow") == "false" {
+                // What the node still holds, then the end: `tandem events` without --follow.
+                let held = events.recent(after: last ?? 0).map(sse)
+                return Response(
+                    status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                    body: ResponseBody(contentsOf: held))
+            }
+            guard let stream = events.subscribe(after: last) else {
+                throw ManagementAPI.Refusal(
+                    .serviceUnavailable, "too many event streams are open (\(events.subscriberLimit))",
+                    correction: "close one, or poll GET /v1/status")
+            }
+            let body = ResponseBody { writer in
+                // One queue for the writer: the events and the keep-alive comments.
+                let (out, sink) = AsyncStream.makeStream(
+                    of: ByteBuffer.self, bufferingPolicy: .bufferingOldest(events.queueLimit + 16))
+                let forward = Task {
+                    for await event in stream { sink.yield(sse(event)) }
+                    sink.finish()
+                }
+                let keepAlive = Task {
+                    while !Task.isCancelled {
+                        try await Task.sleep(for: .seconds(15))
+                        sink.yield(ByteBuffer(string: ": keep-alive\n\n"))
+                    }
+                }
+                defer {
+                    forward.cancel()
+                    keepAlive.cancel()
+                }
+                try await writer.write(ByteBuffer(string: ": tandem events\n\n"))
+                // A stream never ends on its own: the agent's shutdown ends it, or a stopping agent
+                // would wait for its clients.
+                try await withGracefulShutdownHandler {
+                    for await chunk in out { try await writer.write(chunk) }
+                } onGracefulShutdown: {
+                    sink.finish()
+                }
+                try await writer.finish(nil)
+            }
+            return Response(
+                status: .ok,
+                headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+        }
     }
 
     private static func addTokenRoutes(_ v1: RouterGroup<APIRequestContext>, tokens: TokenStore) {
@@ -165,6 +220,12 @@ public enum ManagementRouter {
             }
             return tokens.list
         }
+    }
+
+    /// One event in the Server-Sent Events format.
+    static func sse(_ event: EventBus.Event) -> ByteBuffer {
+        let data = (try? APICoding.encoder().encode(event.entry)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return ByteBuffer(string: "id: \(event.id)\nevent: \(event.entry.kind.rawValue)\ndata: \(data)\n\n")
     }
 
     /// Refuses a caller whose role is below `role`.

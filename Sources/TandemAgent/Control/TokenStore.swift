@@ -8,6 +8,12 @@ import TandemStorage
 /// The API's bearer tokens: only their SHA-256 is kept, in `STATE-DIR/NODE.tokens` (owner-only,
 /// replaced atomically), with a version that every change raises.
 ///
+/// The list is cluster-wide: each node sends it to its peer over the peer link when the link comes
+/// up and after every change, and a node adopts a list with a higher version. Lists changed on both
+/// nodes while they were apart can end with the same version and different tokens: then the list of
+/// the node whose name sorts first wins on both, and the other node's journal names the tokens it
+/// dropped and gained (make them again if they are still wanted).
+///
 /// No token exists until an administrator creates one on the node (through the control socket,
 /// which only root or the state directory's owner reaches): there is no default token, user or
 /// password.
@@ -45,6 +51,10 @@ public final class TokenStore: Sendable {
     public let path: String
     private let node: String
     private let state: Mutex<File>
+    private let changed = Mutex<(@Sendable ([UInt8]) -> Void)?>(nil)
+
+    /// The peer-link document kind of the token list.
+    public static let documentKind: UInt8 = 1
 
     /// Reads the node's tokens; a missing file is an empty list, a damaged one an error.
     public init(path: String, node: String) throws(Failure) {
@@ -121,8 +131,62 @@ public final class TokenStore: Sendable {
         return .success(match)
     }
 
+    // MARK: Keeping both nodes alike
+
+    /// Calls `send` with the list after every local change (to send it to the peer).
+    public func onChange(_ send: @escaping @Sendable ([UInt8]) -> Void) {
+        changed.withLock { $0 = send }
+    }
+
+    /// The list as the peer link carries it.
+    public var document: [UInt8] {
+        state.withLock { (try? Array(APICoding.encoder().encode($0))) ?? [] }
+    }
+
+    /// What became of a list the peer sent.
+    public enum MergeOutcome: Equatable {
+        /// This node's list stays (it is newer, the same, or wins the tie).
+        case kept
+        /// The peer's list replaced this node's; the names of the tokens that came and went.
+        case adopted(version: UInt64, added: [String], removed: [String])
+        /// The document does not parse or holds a malformed token; nothing changed.
+        case refused(String)
+    }
+
+    /// Takes the peer's list if it is newer, or as new and `peer` sorts before this node.
+    public func merge(_ bytes: [UInt8], from peer: String) -> MergeOutcome {
+        let offered: File
+        do {
+            offered = try APICoding.decoder().decode(File.self, from: Data(bytes))
+        } catch {
+            return .refused("the peer's token list does not parse: \(error)")
+        }
+        for stored in offered.tokens
+        where !Self.isName(stored.record.name) || stored.sha256.utf8.count != 64
+            || Self.bytes(fromHex: stored.sha256) == nil
+        {
+            return .refused("the peer's token list holds a malformed token \(UntrustedText.quoted(stored.record.name))")
+        }
+        return state.withLock { file -> MergeOutcome in
+            guard offered != file else { return .kept }
+            let adopt = offered.version > file.version || (offered.version == file.version && peer < node)
+            guard adopt else { return .kept }
+            do {
+                try AtomicFile.replace(path: path, bytes: Array(APICoding.encoder().encode(offered)))
+            } catch {
+                return .refused("the peer's token list was not stored: \(error)")
+            }
+            let before = Set(file.tokens.map(\.record.id))
+            let after = Set(offered.tokens.map(\.record.id))
+            let added = offered.tokens.filter { !before.contains($0.record.id) }.map(\.record.name)
+            let removed = file.tokens.filter { !after.contains($0.record.id) }.map(\.record.name)
+            file = offered
+            return .adopted(version: offered.version, added: added, removed: removed)
+        }
+    }
+
     private func change(_ edit: (inout File) throws(Failure) -> Void) throws(Failure) {
-        try state.withLock { file throws(Failure) in
+        let document = try state.withLock { file throws(Failure) -> [UInt8] in
             var next = file
             try edit(&next)
             next.version += 1
@@ -138,7 +202,9 @@ public final class TokenStore: Sendable {
                 throw .notStored("\(error)")
             }
             file = next
+            return Array(bytes)
         }
+        changed.withLock { $0 }?(document)
     }
 
     static func isName(_ name: String) -> Bool {

@@ -17,6 +17,8 @@ public final class EventJournal: Sendable {
     public typealias Kind = JournalEntry.Kind
 
     public let path: String
+    /// The same entries, live, for the API's event stream.
+    public let bus = EventBus()
     private let node: String
     private let limit: Int
     private let logger: Logger
@@ -48,6 +50,7 @@ public final class EventJournal: Sendable {
     /// that cannot be written is logged and never stops the agent.
     public func append(_ kind: Kind, _ message: String, durable: Bool = false) {
         let entry = JournalEntry(time: Self.timestamp(), node: node, kind: kind, message: message)
+        defer { bus.publish(entry) }
         guard let encoded = try? APICoding.encoder().encode(entry) else { return }
         let line = Array(encoded) + [UInt8(ascii: "\n")]
         state.withLock { state in

@@ -529,12 +529,12 @@ public final class MembershipService: Service, Sendable {
     private func reset(reason: String) -> Never { haReset.reset(reason: reason) }
 
     private static func reason(
-        _ promotion: (at: Duration, epoch: UInt64, peerSilentFor: Duration?), _ controller: NodeController,
-        forced: Bool
+        _ promotion: (at: Duration, epoch: UInt64, peerSilentFor: Duration?), history: FailoverHistory
     ) -> FailoverRecord.Reason {
-        if forced { return .forced }
+        if history.forceRequested { return .forced }
         if promotion.peerSilentFor != nil { return .peerSilent }
-        return controller.peerHeartbeat == nil ? .start : .handover
+        // The peer was primary and is alive: it handed the role over. Else nobody held it yet.
+        return history.peerWasPrimary ? .handover : .start
     }
 
     private func publish(_ loop: NodeLoop, now: Duration) {
@@ -555,8 +555,11 @@ public final class MembershipService: Service, Sendable {
         snapshot.failovers = history.withLock { history in
             if let promotion = controller.lastPromotion, history.records.last?.epoch != promotion.epoch {
                 history.record(
-                    epoch: promotion.epoch, reason: Self.reason(promotion, controller, forced: history.forceRequested),
+                    epoch: promotion.epoch, reason: Self.reason(promotion, history: history),
                     ago: now - promotion.at, peerSilentFor: promotion.peerSilentFor)
+            }
+            if controller.role != .primary, controller.peerHeartbeat?.isPrimary == true {
+                history.peerWasPrimary = true
             }
             history.fillGaps(from: volumes)
             return history.records
@@ -615,10 +618,13 @@ struct FailoverHistory {
     private(set) var records: [FailoverRecord] = []
     /// An administrator forced a promotion that has not happened yet.
     var forceRequested = false
+    /// This node heard the peer as primary since its last promotion.
+    var peerWasPrimary = false
     static let limit = 32
 
     mutating func record(epoch: UInt64, reason: FailoverRecord.Reason, ago: Duration, peerSilentFor: Duration?) {
         forceRequested = false
+        peerWasPrimary = false
         let at = WallClock.secondsSinceEpoch() - ago.seconds
         records.append(
             FailoverRecord(epoch: epoch, reason: reason, at: at, peerSilentSeconds: peerSilentFor?.seconds, volumes: [])

@@ -396,13 +396,42 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     }
 
     private func disconnectVolumes() {
+        outbox.withLock { $0 = nil }
         for volume in volumes.values {
             events.record(volume.peerDisconnected())
         }
     }
 
+    // MARK: Cluster-wide documents
+
+    /// What rides the link beside the volumes: documents both nodes keep alike.
+    struct Documents: Sendable {
+        var current: @Sendable () -> [(kind: UInt8, bytes: [UInt8])]
+        var received: @Sendable (UInt8, [UInt8]) -> Void
+    }
+    private let documents = Mutex<Documents?>(nil)
+    private let outbox = Mutex<PeerOutbox?>(nil)
+
+    /// Shares documents with the peer: `current` is sent each time the link comes up, and what the
+    /// peer sends goes to `received`.
+    public func shareDocuments(
+        current: @escaping @Sendable () -> [(kind: UInt8, bytes: [UInt8])],
+        received: @escaping @Sendable (UInt8, [UInt8]) -> Void
+    ) {
+        documents.withLock { $0 = Documents(current: current, received: received) }
+    }
+
+    /// Sends a changed document, if the link is up; else it goes when the link comes up.
+    public func send(document kind: UInt8, bytes: [UInt8]) {
+        outbox.withLock { $0 }?.enqueue([.document(kind: kind, bytes: bytes)])
+    }
+
     private func connectVolumes(_ channel: any Channel) {
         let outbox = PeerOutbox(channel: channel)
+        self.outbox.withLock { $0 = outbox }
+        if let documents = documents.withLock({ $0 }) {
+            outbox.enqueue(documents.current().map { PeerFrame.document(kind: $0.kind, bytes: $0.bytes) })
+        }
         for volume in volumes.values.sorted(by: { $0.index < $1.index }) {
             volume.peerConnected(ChannelPeerSender(outbox: outbox, files: files))
         }
@@ -411,6 +440,10 @@ public final class PeerLink: Service, PeerLinkDelegate, Sendable {
     func linkReceived(_ frame: PeerFrame, on channel: any Channel) {
         guard current.withLock({ $0?.channel === channel }) else { return }
         noteHeard()
+        if case .document(let kind, let bytes) = frame {
+            documents.withLock { $0 }?.received(kind, bytes)
+            return
+        }
         guard let index = frame.volumeIndex, let volume = volumes[index] else {
             logger.warning("peer sent a frame for unknown volume \(frame.volumeIndex.map(String.init) ?? "-")")
             return
@@ -450,7 +483,7 @@ extension PeerFrame {
         case .flush(let volume, _), .resyncDone(let volume, _), .bitmap(let volume, _): return volume
         case .verifyRequest(let verify): return verify.volume
         case .verifyReply(let volume, _, _): return volume
-        case .hello, .authenticate, .welcome, .ping, .pong: return nil
+        case .hello, .authenticate, .welcome, .ping, .pong, .document: return nil
         }
     }
 }

@@ -64,6 +64,9 @@ public enum ClusterCA {
         for listen in node.nbdListen {
             if case .tcp(let host, _) = listen, host != "0.0.0.0", host != "::" { names.append(host) }
         }
+        for listen in node.apiListen where listen.host != "0.0.0.0" && listen.host != "::" {
+            names.append(listen.host)
+        }
         for group in configuration.groups(on: node.name) {
             for resource in group.resources where resource.type == .ip {
                 if let address = resource.parameters["address"]?.split(separator: "/").first {

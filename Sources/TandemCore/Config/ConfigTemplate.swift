@@ -27,6 +27,7 @@ public enum ConfigTemplate {
         precedence = 10                       # the lowest number is the preferred primary
         nbd-listen = ["10.0.0.1:10809", "10.0.0.50:10809"]  # own and floating addresses; "unix:/path" too
         tls = "require"                       # NBD over TLS: "off", "allow" or "require"
+        api-listen = ["10.0.0.1:7443"]        # the management API over HTTPS (tokens: `tandem token create`)
 
         [[node]]
         name = "box-b"
@@ -35,6 +36,7 @@ public enum ConfigTemplate {
         precedence = 20
         nbd-listen = ["10.0.0.2:10809", "10.0.0.50:10809"]
         tls = "require"
+        api-listen = ["10.0.0.2:7443"]
 
         [witness]
         address = "10.0.0.3"                  # `tandem witness` on a third machine breaks ties
@@ -71,7 +73,9 @@ public enum ConfigTemplate {
     }
 
     /// The lab: two nodes and a witness on loopback addresses, file-backed volumes in `directory`.
-    public static func lab(directory: String, sizeText: String, port: Int, deadTime: String = "2s") -> String {
+    public static func lab(
+        directory: String, sizeText: String, port: Int, deadTime: String = "2s", apiPort: Int = 7443
+    ) -> String {
         """
         # Written by `tandem lab`: two nodes and a witness on loopback, file-backed volumes.
 
@@ -80,6 +84,7 @@ public enum ConfigTemplate {
         secret-file = "\(directory)/secret"
         state-dir = "\(directory)/state/{node}"
         ha-reset = "exit"                     # the lab's agents exit instead of rebooting the machine
+        tls-dir = "\(directory)/tls"          # the lab's own authority and node certificates
 
         [[node]]
         name = "lab-a"
@@ -87,6 +92,7 @@ public enum ConfigTemplate {
         heartbeat = ["127.0.0.1", "127.0.1.1"]
         precedence = 10
         nbd-listen = ["127.0.0.1:\(port)"]
+        api-listen = ["127.0.0.1:\(apiPort)"]
 
         [[node]]
         name = "lab-b"
@@ -94,6 +100,7 @@ public enum ConfigTemplate {
         heartbeat = ["127.0.0.2", "127.0.1.2"]
         precedence = 20
         nbd-listen = ["127.0.0.2:\(port)"]
+        api-listen = ["127.0.0.2:\(apiPort)"]
 
         [witness]
         address = "127.0.0.3"
