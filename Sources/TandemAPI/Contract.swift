@@ -343,7 +343,9 @@ public struct SplitBrainView: Codable, Sendable, Equatable {
 
 /// One resource of a group on the answering node.
 public struct ResourceView: Codable, Sendable, Equatable {
-    public enum State: String, Codable, Sendable { case stopped, starting, running, stopping, failed, invalid }
+    public enum State: String, Codable, Sendable, CaseIterable {
+        case stopped, starting, running, stopping, failed, invalid
+    }
 
     public var name: String
     public var group: String

@@ -31,6 +31,8 @@ public struct Agent: Sendable {
     public let controlServer: ControlServer
     /// The management API on the node's `api-listen` addresses.
     public let apiServers: [APIServer]
+    /// The health checks on `health-listen`, and the task that keeps their state fresh.
+    let healthServices: [any Service]
     /// The link to the peer, when there is one.
     public let peerLink: PeerLink?
     /// Membership (heartbeats, votes, leases), when there is a peer.
@@ -180,10 +182,13 @@ public struct Agent: Sendable {
         }
         // Every call that changes something is in the journal: an audit trail of who did what.
         let audit: @Sendable (String) -> Void = { journal.append(.api, $0, durable: true) }
+        let metrics = MetricsExporter(
+            configuration: configuration, node: node.name, volumes: volumes, membership: membership,
+            groups: resources.manager, events: journal.bus)
         let control = ControlServer(
             path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
             stateDirectory: configuration.cluster.stateDirectory, api: api, tokens: tokens, audit: audit,
-            events: journal.bus, logger: logger)
+            events: journal.bus, metrics: metrics, logger: logger)
         let apiTLS =
             node.apiListen.isEmpty || configuration.api.plainHTTP
             ? nil
@@ -192,12 +197,22 @@ public struct Agent: Sendable {
         let apiServers = node.apiListen.map { listen in
             APIServer(
                 host: listen.host, port: listen.port, tls: apiTLS, api: api, tokens: tokens, audit: audit,
-                events: journal.bus, logger: logger)
+                events: journal.bus, metrics: metrics, logger: logger)
         }
+        let health = HealthState()
+        let healthServices: [any Service] =
+            node.healthListen.isEmpty
+            ? []
+            : [
+                HealthRefresher(
+                    state: health, volumes: volumes, membership: membership, groups: resources.manager,
+                    groupNames: configuration.groups(on: node.name).map(\.name),
+                    leaseBinds: configuration.witness != nil || configuration.cluster.fenceCommand != nil)
+            ] + node.healthListen.map { HealthServer(host: $0.host, port: $0.port, state: health, logger: logger) }
         return Agent(
             node: node, peer: peer, volumes: volumes, nbdServer: server, controlServer: control,
-            apiServers: apiServers, peerLink: link, membership: membership, resources: resources, journal: journal,
-            logger: logger)
+            apiServers: apiServers, healthServices: healthServices, peerLink: link, membership: membership,
+            resources: resources, journal: journal, logger: logger)
     }
 
     private static func openVolumes(
@@ -290,7 +305,8 @@ public struct Agent: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] =
             [
                 .init(service: controlServer), .init(service: nbdServer),
-            ] + apiServers.map { .init(service: $0) } + [.init(service: EventBusCloser(bus: journal.bus))]
+            ] + apiServers.map { .init(service: $0) } + healthServices.map { .init(service: $0) }
+            + [.init(service: EventBusCloser(bus: journal.bus))]
         if let peerLink { services.insert(.init(service: peerLink), at: 0) }
         if let membership { services.insert(.init(service: membership), at: 1) }
         // Last to start, first to stop: the services release the volumes before anything else ends.

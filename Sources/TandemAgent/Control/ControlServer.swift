@@ -21,6 +21,7 @@ public final class ControlServer: Service, Sendable {
     private let tokens: TokenStore?
     private let audit: @Sendable (String) -> Void
     private let events: EventBus?
+    private let metrics: MetricsExporter?
     private let allowedUser: uid_t
     private let logger: Logger
 
@@ -32,9 +33,11 @@ public final class ControlServer: Service, Sendable {
     /// Creates the server; nothing is bound until `run()`. `stateDirectory`'s owner may call.
     public init(
         path: String, stateDirectory: String, api: ManagementAPI, tokens: TokenStore?,
-        audit: @escaping @Sendable (String) -> Void, events: EventBus? = nil, logger: Logger
+        audit: @escaping @Sendable (String) -> Void, events: EventBus? = nil, metrics: MetricsExporter? = nil,
+        logger: Logger
     ) {
         self.events = events
+        self.metrics = metrics
         self.path = path
         self.api = api
         self.tokens = tokens
@@ -49,7 +52,7 @@ public final class ControlServer: Service, Sendable {
         unlink(path)
         let router = ManagementRouter.build(
             api, admission: PeerCredentialAdmission(allowedUser: allowedUser), audit: audit, tokens: tokens,
-            events: events)
+            events: events, metrics: metrics)
         // The socket is created owner-only: set afterwards, its mode would leave a moment in which
         // anyone on the host could connect.
         let previous = umask(0o177)

@@ -40,7 +40,8 @@ public enum ManagementRouter {
     /// call that is not a read is written to `audit` with its caller and outcome.
     public static func build(
         _ api: ManagementAPI, admission: some RouterMiddleware<APIRequestContext>,
-        audit: @escaping @Sendable (String) -> Void = { _ in }, tokens: TokenStore? = nil, events: EventBus? = nil
+        audit: @escaping @Sendable (String) -> Void = { _ in }, tokens: TokenStore? = nil, events: EventBus? = nil,
+        metrics: MetricsExporter? = nil
     ) -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         router.middlewares.add(ErrorMiddleware())
@@ -128,6 +129,15 @@ public enum ManagementRouter {
 
         if let tokens { addTokenRoutes(v1, tokens: tokens) }
         if let events { addEventStream(v1, events: events) }
+        if let metrics {
+            // Prometheus scrapes with a viewer token (`authorization: credentials_file` in its config).
+            router.get("metrics") { _, context in
+                try need(.viewer, context)
+                return Response(
+                    status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                    body: ResponseBody(byteBuffer: ByteBuffer(string: metrics.scrape())))
+            }
+        }
         return router
     }
 

@@ -188,6 +188,9 @@ public final class MembershipService: Service, Sendable {
     /// The latest view, for status.
     public var snapshot: Snapshot { current.withLock { $0 } }
 
+    /// This node's promotions since its agent started, by reason.
+    public var failoverTotals: [FailoverRecord.Reason: Int] { history.withLock { $0.totals } }
+
     /// Puts this node in standby (handing the primary role over) or back online; `nil` on success.
     public func setStandby(_ standby: Bool) async -> String? {
         await continuation.request(orWhenEnded: Self.stopped) { .standby(standby, reply: $0) }
@@ -620,11 +623,14 @@ struct FailoverHistory {
     var forceRequested = false
     /// This node heard the peer as primary since its last promotion.
     var peerWasPrimary = false
+    /// Every promotion since the agent started, by reason (the records keep only the last 32).
+    private(set) var totals: [FailoverRecord.Reason: Int] = [:]
     static let limit = 32
 
     mutating func record(epoch: UInt64, reason: FailoverRecord.Reason, ago: Duration, peerSilentFor: Duration?) {
         forceRequested = false
         peerWasPrimary = false
+        totals[reason, default: 0] += 1
         let at = WallClock.secondsSinceEpoch() - ago.seconds
         records.append(
             FailoverRecord(epoch: epoch, reason: reason, at: at, peerSilentSeconds: peerSilentFor?.seconds, volumes: [])

@@ -117,12 +117,17 @@ public struct Configuration: Sendable, Equatable {
         /// Where this node serves the management API over HTTPS (`api-listen`); empty: only on its
         /// control socket.
         public var apiListen: [(host: String, port: Int)] = []
+        /// Where this node answers load balancers' health checks (`health-listen`, plain HTTP,
+        /// unauthenticated: they reveal only a role); empty: nowhere.
+        public var healthListen: [(host: String, port: Int)] = []
 
         public static func == (left: Node, right: Node) -> Bool {
             left.name == right.name && left.address == right.address && left.port == right.port
                 && left.heartbeat == right.heartbeat && left.precedence == right.precedence
                 && left.nbdListen == right.nbdListen && left.tls == right.tls
                 && left.apiListen.map { "\($0.host):\($0.port)" } == right.apiListen.map { "\($0.host):\($0.port)" }
+                && left.healthListen.map { "\($0.host):\($0.port)" }
+                    == right.healthListen.map { "\($0.host):\($0.port)" }
         }
     }
 

@@ -199,7 +199,9 @@ struct ConfigReader {
     private mutating func readNode(_ table: TOMLTable, path: String) -> Configuration.Node? {
         checkKeys(
             table, path: path,
-            allowed: ["name", "address", "port", "heartbeat", "precedence", "nbd-listen", "tls", "api-listen"])
+            allowed: [
+                "name", "address", "port", "heartbeat", "precedence", "nbd-listen", "tls", "api-listen", "health-listen",
+            ])
         let tlsText = string(table, "tls", path: path, required: false) ?? "off"
         let tls = Configuration.TLSMode(rawValue: tlsText)
         if tls == nil {
@@ -234,24 +236,33 @@ struct ConfigReader {
             }
             listen.append(parsed)
         }
-        var apiListen: [(host: String, port: Int)] = []
-        for text in stringArray(table, "api-listen", path: path) ?? [] {
-            guard let (host, port) = ListenAddress.splitHostPort(text, defaultPort: 7443),
-                IPAddressText.isAddress(host), (1...65535).contains(port)
-            else {
-                report(
-                    table["api-listen"]?.line, "\(path).api-listen",
-                    "expected \"IP-ADDRESS:PORT\", found \(UntrustedText.quoted(text))")
-                continue
-            }
-            apiListen.append((host, port))
-        }
+        let apiListen = hostPorts(table, "api-listen", path: path, defaultPort: 7443)
+        let healthListen = hostPorts(table, "health-listen", path: path, defaultPort: 7444)
         apiListenLines[name ?? ""] = table["api-listen"]?.line
         guard let name, let address else { return nil }
         return Configuration.Node(
             name: name, address: address, port: port, heartbeat: heartbeat ?? [address],
-            precedence: precedence, nbdListen: listen, tls: tls ?? .off, apiListen: apiListen
+            precedence: precedence, nbdListen: listen, tls: tls ?? .off, apiListen: apiListen,
+            healthListen: healthListen
         )
+    }
+
+    /// A list of `"IP-ADDRESS:PORT"`, each checked.
+    private mutating func hostPorts(
+        _ table: TOMLTable, _ key: String, path: String, defaultPort: Int
+    ) -> [(host: String, port: Int)] {
+        var result: [(host: String, port: Int)] = []
+        for text in stringArray(table, key, path: path) ?? [] {
+            guard let (host, port) = ListenAddress.splitHostPort(text, defaultPort: defaultPort),
+                IPAddressText.isAddress(host), (1...65535).contains(port)
+            else {
+                report(
+                    table[key]?.line, "\(path).\(key)", "expected \"IP-ADDRESS:PORT\", found \(UntrustedText.quoted(text))")
+                continue
+            }
+            result.append((host, port))
+        }
+        return result
     }
 
     private mutating func readAPI(_ table: TOMLTable?, nodes: [Configuration.Node]) -> Configuration.API {

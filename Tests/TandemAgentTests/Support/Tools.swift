@@ -16,7 +16,8 @@ enum Tools {
     /// The Debian package that provides each tool, for the error when one is missing.
     private static let packages = [
         "qemu-io": "qemu-utils", "qemu-img": "qemu-utils", "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin",
-        "fio": "fio", "nbdkit": "nbdkit", "ss": "iproute2", "nft": "nftables",
+        "fio": "fio", "nbdkit": "nbdkit", "ss": "iproute2", "nft": "nftables", "haproxy": "haproxy",
+        "promtool": "prometheus", "curl": "curl",
     ]
 
     /// The absolute path of `name` on PATH; a missing tool is a failure naming its package, never a skip.

@@ -20,6 +20,8 @@ final class TwoNodeCluster: @unchecked Sendable {
     private var witnessProcess: Process?
     /// Each node's management API port on 127.0.0.1, when the cluster was made with `api`.
     let apiPorts: [String: Int]
+    /// Each node's health-check port on 127.0.0.1, when the cluster was made with `health`.
+    let healthPorts: [String: Int]
     /// Each node's backing file, `{node}` standing for its name.
     private let backingPattern: String
 
@@ -27,11 +29,13 @@ final class TwoNodeCluster: @unchecked Sendable {
     /// their HA reset.
     init(
         protocol replication: String, size: String, witness: Bool = false, deadTime: String = "2s", extra: String = "",
-        clusterExtra: String = "", volumeExtra: String = "", backing: String? = nil, api: Bool = false
+        clusterExtra: String = "", volumeExtra: String = "", backing: String? = nil, api: Bool = false,
+        health: Bool = false
     ) throws {
         backingPattern = backing ?? "\(directory.path)/{node}/vol0.img"
-        let ports = try (0..<7).map { _ in try freeLoopbackPort() }
+        let ports = try (0..<9).map { _ in try freeLoopbackPort() }
         apiPorts = api ? ["a": ports[5], "b": ports[6]] : [:]
+        healthPorts = health ? ["a": ports[7], "b": ports[8]] : [:]
         nbdPorts = ["a": ports[2], "b": ports[3]]
         peerPorts = ["a": ports[0], "b": ports[1]]
         witnessPort = witness ? ports[4] : nil
@@ -64,6 +68,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         precedence = 10
         nbd-listen = ["127.0.0.1:\(ports[2])"]
         \(api ? "api-listen = [\"127.0.0.1:\(ports[5])\"]" : "")
+        \(health ? "health-listen = [\"127.0.0.1:\(ports[7])\"]" : "")
 
         [[node]]
         name = "b"
@@ -72,6 +77,7 @@ final class TwoNodeCluster: @unchecked Sendable {
         precedence = 20
         nbd-listen = ["127.0.0.1:\(ports[3])"]
         \(api ? "api-listen = [\"127.0.0.1:\(ports[6])\"]" : "")
+        \(health ? "health-listen = [\"127.0.0.1:\(ports[8])\"]" : "")
 
         [[volume]]
         name = "vol0"
