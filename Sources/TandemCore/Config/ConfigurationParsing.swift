@@ -200,7 +200,8 @@ struct ConfigReader {
         checkKeys(
             table, path: path,
             allowed: [
-                "name", "address", "port", "heartbeat", "precedence", "nbd-listen", "tls", "api-listen", "health-listen",
+                "name", "address", "port", "heartbeat", "precedence", "nbd-listen", "tls", "api-listen",
+                "health-listen",
             ])
         let tlsText = string(table, "tls", path: path, required: false) ?? "off"
         let tls = Configuration.TLSMode(rawValue: tlsText)
@@ -257,7 +258,8 @@ struct ConfigReader {
                 IPAddressText.isAddress(host), (1...65535).contains(port)
             else {
                 report(
-                    table[key]?.line, "\(path).\(key)", "expected \"IP-ADDRESS:PORT\", found \(UntrustedText.quoted(text))")
+                    table[key]?.line, "\(path).\(key)",
+                    "expected \"IP-ADDRESS:PORT\", found \(UntrustedText.quoted(text))")
                 continue
             }
             result.append((host, port))
