@@ -285,6 +285,7 @@ public enum APIPath {
     public static let failovers = "/v1/failovers"
     public static let tokens = "/v1/tokens"
     public static let eventStream = "/v1/events/stream"
+    public static func job(_ id: String) -> String { "/v1/jobs/\(escape(id))" }
     public static func token(_ key: String) -> String { "/v1/tokens/\(escape(key))" }
 
     /// A name as one path segment: config names are letters, digits, `-`, `_` and `.`, and anything

@@ -554,3 +554,66 @@ public struct TokenList: Codable, Sendable, Equatable {
         self.tokens = tokens
     }
 }
+
+// MARK: Jobs
+
+/// Long work run in the background (`Prefer: respond-async` on an action that takes time answers
+/// 202 with `Location: /v1/jobs/ID`): its state, its result, and its steps with their times.
+public struct JobView: Codable, Sendable, Equatable {
+    public enum State: String, Codable, Sendable { case queued, running, finished }
+    public enum Outcome: String, Codable, Sendable { case success, failed, cancelled, timedOut }
+
+    public var id: String
+    /// What it does: `node-standby`, `node-online`, `volume-verify`.
+    public var kind: String
+    /// What it acts on: a node or a volume.
+    public var target: String
+    public var state: State
+    /// Set once finished.
+    public var result: Outcome?
+    /// Who asked, as the audit trail names them.
+    public var caller: String
+    public var createdAt: Double
+    public var finishedAt: Double?
+    public var steps: [JobStep]
+    /// Why it failed, was cancelled or timed out.
+    public var error: APIError?
+
+    public init(
+        id: String, kind: String, target: String, state: State, result: Outcome?, caller: String, createdAt: Double,
+        finishedAt: Double?, steps: [JobStep], error: APIError?
+    ) {
+        self.id = id
+        self.kind = kind
+        self.target = target
+        self.state = state
+        self.result = result
+        self.caller = caller
+        self.createdAt = createdAt
+        self.finishedAt = finishedAt
+        self.steps = steps
+        self.error = error
+    }
+}
+
+/// One step of a job.
+public struct JobStep: Codable, Sendable, Equatable {
+    public var name: String
+    public var startedAt: Double
+    public var finishedAt: Double?
+    public var message: String?
+
+    public init(name: String, startedAt: Double, finishedAt: Double?, message: String?) {
+        self.name = name
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+        self.message = message
+    }
+}
+
+/// `GET /v1/jobs`: the node's recent jobs, newest last.
+public struct JobList: Codable, Sendable, Equatable {
+    public var jobs: [JobView]
+
+    public init(jobs: [JobView]) { self.jobs = jobs }
+}

@@ -182,13 +182,14 @@ public struct Agent: Sendable {
         }
         // Every call that changes something is in the journal: an audit trail of who did what.
         let audit: @Sendable (String) -> Void = { journal.append(.api, $0, durable: true) }
+        let jobs = JobRegistry(record: { journal.append(.api, $0, durable: true) })
         let metrics = MetricsExporter(
             configuration: configuration, node: node.name, volumes: volumes, membership: membership,
             groups: resources.manager, events: journal.bus)
         let control = ControlServer(
             path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
             stateDirectory: configuration.cluster.stateDirectory, api: api, tokens: tokens, audit: audit,
-            events: journal.bus, metrics: metrics, logger: logger)
+            events: journal.bus, metrics: metrics, jobs: jobs, logger: logger)
         let apiTLS =
             node.apiListen.isEmpty || configuration.api.plainHTTP
             ? nil
@@ -197,7 +198,7 @@ public struct Agent: Sendable {
         let apiServers = node.apiListen.map { listen in
             APIServer(
                 host: listen.host, port: listen.port, tls: apiTLS, api: api, tokens: tokens, audit: audit,
-                events: journal.bus, metrics: metrics, logger: logger)
+                events: journal.bus, metrics: metrics, jobs: jobs, logger: logger)
         }
         let health = HealthState()
         let healthServices: [any Service] =

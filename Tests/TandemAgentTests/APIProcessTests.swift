@@ -1,4 +1,5 @@
 import Foundation
+import NIOHTTP1
 import TandemAPI
 import TandemTestSupport
 import Testing
@@ -42,13 +43,14 @@ struct APIProcessTests {
     /// curl against node `node`'s API; the status code and the body.
     func curl(
         _ cluster: TwoNodeCluster, _ tls: TemporaryDirectory, _ node: String, _ method: String, _ path: String,
-        token: String? = nil, body: String? = nil
+        token: String? = nil, body: String? = nil, headers: [String] = []
     ) throws -> (code: Int, body: String) {
         var arguments = [
             "-sS", "--max-time", "20", "--cacert", "\(tls.path)/ca-cert.pem", "-X", method, "-w", "\n%{http_code}",
             "https://127.0.0.1:\(cluster.apiPorts[node]!)\(path)",
         ]
         if let token { arguments += ["-H", "Authorization: Bearer \(token)"] }
+        for header in headers { arguments += ["-H", header] }
         if let body {
             let file = "\(tls.path)/body-\(UInt32.random(in: 0...UInt32.max))"
             try body.write(toFile: file, atomically: true, encoding: .utf8)
@@ -150,16 +152,50 @@ struct APIProcessTests {
         ]
         let status = try Tools.run(tandem, ["status"] + remote)
         #expect(status.status == 0 && status.standardOutput.contains("node b"), "\(status.combined)")
-        let standby = try Tools.run(tandem, ["node", "standby", "a"] + remote)
-        #expect(standby.status == 0, "\(standby.combined)")
-        try cluster.waitFor("b primary", seconds: 30) { cluster.primary() == "b" }
+        // As a job: 202 at once, then its steps until the role has moved.
+        let accepted = try Tools.run(
+            "curl",
+            [
+                "-sS", "-D", "\(tls.path)/headers", "--cacert", "\(tls.path)/ca-cert.pem", "-H",
+                "Authorization: Bearer \(admin)", "-H", "Prefer: respond-async", "-X", "POST", "-w", "\n%{http_code}",
+                "https://127.0.0.1:\(cluster.apiPorts["b"]!)/v1/nodes/a/standby",
+            ])
+        #expect(accepted.standardOutput.hasSuffix("202"), "\(accepted.combined)")
+        let headers = try String(contentsOfFile: "\(tls.path)/headers", encoding: .utf8).lowercased()
+        let queued = try APICoding.decoder().decode(
+            JobView.self, from: Data(accepted.standardOutput.split(separator: "\n").first!.utf8))
+        #expect(headers.contains("location: /v1/jobs/\(queued.id)"), "\(headers)")
+        var job = queued
+        try cluster.waitFor("the standby job to finish", seconds: 60) {
+            job = try APIClient(
+                .https(host: "127.0.0.1", port: cluster.apiPorts["b"]!, authority: "\(tls.path)/ca-cert.pem"),
+                token: admin
+            ).get(APIPath.job(queued.id))
+            return job.state == .finished
+        }
+        #expect(job.result == .success, "\(job)")
+        #expect(job.kind == "node-standby" && job.target == "a" && job.caller.contains("ops-on-b"))
+        #expect(
+            job.steps.map(\.name) == ["ask a to hand the primary role over", "wait until the other node is primary"],
+            "\(job.steps)")
+        #expect(job.steps.allSatisfy { $0.finishedAt != nil && $0.finishedAt! >= $0.startedAt })
+        #expect(cluster.primary() == "b")
+        // Finished, it cannot be cancelled into anything else.
+        let again = try APIClient(
+            .https(host: "127.0.0.1", port: cluster.apiPorts["b"]!, authority: "\(tls.path)/ca-cert.pem"), token: admin
+        ).send(.DELETE, APIPath.job(queued.id), as: JobView.self)
+        #expect(again.result == .success)
         let json = try Tools.run(tandem, ["status", "--json"] + remote)
         let reply = try APICoding.decoder().decode(StatusReply.self, from: Data(json.standardOutput.utf8))
         #expect(reply.cluster?.failovers.last?.reason == .handover, "\(json.standardOutput)")
         let journal = try Tools.check(tandem, ["events", "--config", cluster.config, "--node", "b"]).standardOutput
         #expect(
-            journal.contains("POST \"/v1/nodes/a/standby\" by token ops-on-b (operator) from 127.0.0.1: 200"),
+            journal.contains("POST \"/v1/nodes/a/standby\" by token ops-on-b (operator) from 127.0.0.1: 202"),
             "\(journal)")
+        #expect(journal.contains("job \(queued.id) node-standby of a: success"), "\(journal)")
+        // The CLI's --server runs actions too.
+        let online = try Tools.run(tandem, ["node", "online", "a"] + remote)
+        #expect(online.status == 0, "\(online.combined)")
         // A wrong server certificate authority is refused before any token is sent.
         let otherCA = TemporaryDirectory()
         try Tools.check(
@@ -189,9 +225,15 @@ struct APIProcessTests {
         let records = TemporaryDirectory()
         var count = 0
         var statuses: [String: Set<Int>] = [:]
-        func record(_ method: String, _ path: String, token: String? = admin, body: String? = nil) throws {
-            let reply = try curl(cluster, tls, "a", method, path, token: token, body: body)
+        var lastBody: [String: Any] = [:]
+        func record(
+            _ method: String, _ path: String, token: String? = admin, body: String? = nil, prefer: Bool = false
+        ) throws {
+            let reply = try curl(
+                cluster, tls, "a", method, path, token: token, body: body,
+                headers: prefer ? ["Prefer: respond-async"] : [])
             let parsed = try JSONSerialization.jsonObject(with: Data(reply.body.utf8), options: [.fragmentsAllowed])
+            lastBody = parsed as? [String: Any] ?? [:]
             let document: [String: Any] = ["method": method, "path": path, "status": reply.code, "body": parsed]
             count += 1
             try JSONSerialization.data(withJSONObject: document).write(
@@ -215,6 +257,13 @@ struct APIProcessTests {
         try record("POST", "/v1/volumes/vol0/resolve")
         try record("POST", "/v1/volumes/vol0/verify")
         try record("DELETE", "/v1/volumes/vol0/verify")
+        try record("POST", "/v1/volumes/vol0/verify", prefer: true)
+        let jobID = try #require(lastBody["id"] as? String)
+        try record("GET", "/v1/jobs")
+        try record("GET", "/v1/jobs/\(jobID)")
+        try record("DELETE", "/v1/jobs/\(jobID)")
+        try record("GET", "/v1/jobs/0123456789abcdef")
+        try record("POST", "/v1/nodes/b/standby", prefer: true)
         try record("POST", "/v1/volumes/nope/verify")
         try record("POST", "/v1/resources/cleanup", body: #"{"resource":null}"#)
         try record("POST", "/v1/resources/refresh")
@@ -228,7 +277,7 @@ struct APIProcessTests {
         try record("GET", "/v1/nothing")
         try record("PUT", "/v1/modes", body: "{")
         #expect(statuses["GET /v1/status"] == [200, 401])
-        #expect(statuses["POST /v1/volumes/vol0/verify"] == [200], "the verify started: \(statuses)")
+        #expect(statuses["POST /v1/volumes/vol0/verify"] == [200, 202], "the verify started: \(statuses)")
         #expect(statuses["POST /v1/tokens"] == [201, 409])
         #expect(statuses["GET /v1/tokens"] == [200, 403])
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -348,4 +348,50 @@ struct ManagementRouterTests {
         #expect(received == [1, 2, 3], "the queue held three, then the stream ended: \(received)")
         #expect(small.subscriberCount == 0)
     }
+
+    @Test("jobs: Prefer respond-async answers 202 with a Location; the job fails with the refusal; 404 unknown")
+    func jobs() async throws {
+        let jobs = JobRegistry()
+        let router = ManagementRouter.build(try singleNode(), admission: AdmitAll(role: .operator), jobs: jobs)
+        try await Application(router: router).test(.router) { client in
+            var id = ""
+            try await client.execute(
+                uri: "/v1/nodes/solo/standby", method: .post, headers: [HTTPField.Name("Prefer")!: "respond-async"]
+            ) { response in
+                #expect(response.status == .accepted)
+                let job = try Self.decode(JobView.self, response)
+                #expect(response.headers[.location] == "/v1/jobs/\(job.id)")
+                #expect(job.kind == "node-standby" && job.target == "solo" && job.caller == "test")
+                id = job.id
+            }
+            var finished: JobView?
+            for _ in 0..<100 {
+                try await client.execute(uri: "/v1/jobs/\(id)", method: .get) { response in
+                    let job = try Self.decode(JobView.self, response)
+                    if job.state == .finished { finished = job }
+                }
+                if finished != nil { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(finished?.result == .failed, "\(String(describing: finished))")
+            #expect(finished?.error?.message.contains("no peer") == true)
+            #expect(finished?.steps.map(\.name) == ["ask solo to hand the primary role over"])
+            try await client.execute(uri: "/v1/jobs", method: .get) { response in
+                let listed = try Self.decode(JobList.self, response).jobs.map(\.id)
+                #expect(listed == [id])
+            }
+            try await client.execute(uri: "/v1/jobs/0123456789abcdef", method: .get) { response in
+                try Self.refusal(response, .notFound)
+            }
+            try await client.execute(uri: "/v1/jobs/\(id)", method: .delete) { response in
+                let result = try Self.decode(JobView.self, response).result
+                #expect(result == .failed, "a finished job stays as it ended")
+            }
+            // A verify on a node without a peer is refused before any job exists.
+            try await client.execute(
+                uri: "/v1/volumes/vol0/verify", method: .post, headers: [HTTPField.Name("Prefer")!: "respond-async"]
+            ) { response in try Self.refusal(response, .conflict) }
+        }
+        #expect(jobs.all.count == 1)
+    }
 }

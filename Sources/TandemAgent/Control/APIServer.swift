@@ -23,14 +23,16 @@ public final class APIServer: Service, Sendable {
     private let audit: @Sendable (String) -> Void
     private let events: EventBus?
     private let metrics: MetricsExporter?
+    private let jobs: JobRegistry
     private let logger: Logger
 
     /// `tls` nil serves plain HTTP (loopback only, which the config has checked).
     public init(
         host: String, port: Int, tls: TLSConfiguration?, api: ManagementAPI, tokens: TokenStore,
         audit: @escaping @Sendable (String) -> Void, events: EventBus? = nil, metrics: MetricsExporter? = nil,
-        logger: Logger
+        jobs: JobRegistry = JobRegistry(), logger: Logger
     ) {
+        self.jobs = jobs
         self.events = events
         self.metrics = metrics
         self.host = host
@@ -68,7 +70,7 @@ public final class APIServer: Service, Sendable {
         let server = try tls.map { try HTTPServerBuilder.tls(http, tlsConfiguration: $0) } ?? http
         let router = ManagementRouter.build(
             api, admission: TokenAdmission(tokens: tokens, logger: logger), audit: audit, tokens: tokens,
-            events: events, metrics: metrics)
+            events: events, metrics: metrics, jobs: jobs)
         let application = Application(
             router: router, server: server,
             configuration: .init(address: .hostname(host, port: port), serverName: nil, backlog: 64),

@@ -22,6 +22,7 @@ public final class ControlServer: Service, Sendable {
     private let audit: @Sendable (String) -> Void
     private let events: EventBus?
     private let metrics: MetricsExporter?
+    private let jobs: JobRegistry
     private let allowedUser: uid_t
     private let logger: Logger
 
@@ -34,8 +35,9 @@ public final class ControlServer: Service, Sendable {
     public init(
         path: String, stateDirectory: String, api: ManagementAPI, tokens: TokenStore?,
         audit: @escaping @Sendable (String) -> Void, events: EventBus? = nil, metrics: MetricsExporter? = nil,
-        logger: Logger
+        jobs: JobRegistry = JobRegistry(), logger: Logger
     ) {
+        self.jobs = jobs
         self.events = events
         self.metrics = metrics
         self.path = path
@@ -52,7 +54,7 @@ public final class ControlServer: Service, Sendable {
         unlink(path)
         let router = ManagementRouter.build(
             api, admission: PeerCredentialAdmission(allowedUser: allowedUser), audit: audit, tokens: tokens,
-            events: events, metrics: metrics)
+            events: events, metrics: metrics, jobs: jobs)
         // The socket is created owner-only: set afterwards, its mode would leave a moment in which
         // anyone on the host could connect.
         let previous = umask(0o177)

@@ -26,7 +26,7 @@ public final class ManagementAPI: Sendable {
 
     let nodeName: String
     private let volumes: [ReplicatedVolume]
-    private let membership: MembershipService?
+    let membership: MembershipService?
     private let groups: GroupManager?
     private let reset: HAReset?
     private let afterCleanup: @Sendable () async -> Void
@@ -192,6 +192,13 @@ public final class ManagementAPI: Sendable {
         logger.notice("resource-refresh by \(caller)")
         await groups.refresh()
         return status()
+    }
+
+    /// Whether the primary role has left `node` for the other one.
+    func roleMoved(awayFrom node: String) -> Bool {
+        guard let snapshot = membership?.snapshot else { return false }
+        if node == nodeName { return snapshot.role != .primary && snapshot.peerHeartbeat?.isPrimary == true }
+        return snapshot.role == .primary
     }
 
     // MARK: Helpers

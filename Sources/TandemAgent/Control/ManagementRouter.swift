@@ -41,7 +41,7 @@ public enum ManagementRouter {
     public static func build(
         _ api: ManagementAPI, admission: some RouterMiddleware<APIRequestContext>,
         audit: @escaping @Sendable (String) -> Void = { _ in }, tokens: TokenStore? = nil, events: EventBus? = nil,
-        metrics: MetricsExporter? = nil
+        metrics: MetricsExporter? = nil, jobs: JobRegistry = JobRegistry()
     ) -> Router<APIRequestContext> {
         let router = Router(context: APIRequestContext.self)
         router.middlewares.add(ErrorMiddleware())
@@ -87,13 +87,16 @@ public enum ManagementRouter {
             return try await api.mode(command, caller: context.caller)
         }
 
-        v1.post("nodes/:node/standby") { _, context in
-            try need(.operator, context)
-            return try await api.setStandby(true, node: try context.parameters.require("node"), caller: context.caller)
-        }
-        v1.post("nodes/:node/online") { _, context in
-            try need(.operator, context)
-            return try await api.setStandby(false, node: try context.parameters.require("node"), caller: context.caller)
+        for (action, standby) in [("standby", true), ("online", false)] {
+            v1.post("nodes/:node/\(action)") { request, context in
+                try need(.operator, context)
+                let node = try context.parameters.require("node")
+                if wantsJob(request) {
+                    return accepted(api.nodeStateJob(standby, node: node, caller: context.caller, jobs: jobs))
+                }
+                return try await api.setStandby(standby, node: node, caller: context.caller).response(
+                    from: request, context: context)
+            }
         }
         v1.post("nodes/:node/force-primary") { request, context in
             try need(.admin, context)
@@ -108,9 +111,14 @@ public enum ManagementRouter {
                 return try api.volume(try context.parameters.require("volume"), action, caller: context.caller)
             }
         }
-        v1.post("volumes/:volume/verify") { _, context in
+        v1.post("volumes/:volume/verify") { request, context in
             try need(.operator, context)
-            return try api.volume(try context.parameters.require("volume"), .verifyStart, caller: context.caller)
+            let volume = try context.parameters.require("volume")
+            if wantsJob(request) {
+                return accepted(try api.verifyJob(volume: volume, caller: context.caller, jobs: jobs))
+            }
+            return try api.volume(volume, .verifyStart, caller: context.caller).response(
+                from: request, context: context)
         }
         v1.delete("volumes/:volume/verify") { _, context in
             try need(.operator, context)
@@ -127,6 +135,22 @@ public enum ManagementRouter {
             return try await api.refresh(caller: context.caller)
         }
 
+        v1.get("jobs") { _, context in
+            try need(.viewer, context)
+            return JobList(jobs: jobs.all)
+        }
+        v1.get("jobs/:id") { _, context in
+            try need(.viewer, context)
+            let id = try context.parameters.require("id")
+            guard let job = jobs.job(id) else {
+                throw ManagementAPI.Refusal(.notFound, "no job \(UntrustedText.quoted(id))")
+            }
+            return job
+        }
+        v1.delete("jobs/:id") { _, context in
+            try need(.operator, context)
+            return try await jobs.cancel(try context.parameters.require("id"))
+        }
         if let tokens { addTokenRoutes(v1, tokens: tokens) }
         if let events { addEventStream(v1, events: events) }
         if let metrics {
@@ -232,6 +256,19 @@ public enum ManagementRouter {
         }
     }
 
+    /// Whether the caller asked for a job (`Prefer: respond-async`, RFC 7240) instead of waiting.
+    static func wantsJob(_ request: Request) -> Bool {
+        request.headers[values: HTTPField.Name("Prefer")!].contains { $0.contains("respond-async") }
+    }
+
+    /// 202 with the job and where to follow it.
+    static func accepted(_ job: JobView) -> Response {
+        let data = (try? APICoding.encoder().encode(job)) ?? Data()
+        return Response(
+            status: .accepted, headers: [.contentType: "application/json", .location: "/v1/jobs/\(job.id)"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
     /// One event in the Server-Sent Events format.
     static func sse(_ event: EventBus.Event) -> ByteBuffer {
         let data = (try? APICoding.encoder().encode(event.entry)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
@@ -327,6 +364,8 @@ struct AuditMiddleware: RouterMiddleware {
 
 // The contract's replies, sent as JSON.
 extension TokenList: ResponseEncodable {}
+extension JobView: ResponseEncodable {}
+extension JobList: ResponseEncodable {}
 extension CreatedToken: ResponseEncodable {}
 extension StatusReply: ResponseEncodable {}
 extension ModesView: ResponseEncodable {}
