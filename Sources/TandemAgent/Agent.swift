@@ -302,12 +302,17 @@ public struct Agent: Sendable {
     /// Runs every service until SIGTERM or SIGINT; `onListening` is called once the NBD server is bound.
     /// On the way out every volume's bitmap is made durable and its activity log emptied.
     public func run(onListening: @escaping @Sendable ([SocketAddress]) -> Void = { _ in }) async throws {
-        nbdServer.onListening = onListening
+        let node = node.name
+        nbdServer.onListening = { addresses in
+            onListening(addresses)
+            // Its listeners are open: a Type=notify unit's dependents may start.
+            SystemdNotify.send("READY=1\nSTATUS=serving as \(node)")
+        }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] =
             [
                 .init(service: controlServer), .init(service: nbdServer),
             ] + apiServers.map { .init(service: $0) } + healthServices.map { .init(service: $0) }
-            + [.init(service: EventBusCloser(bus: journal.bus))]
+            + [.init(service: ShutdownAnnouncer(bus: journal.bus))]
         if let peerLink { services.insert(.init(service: peerLink), at: 0) }
         if let membership { services.insert(.init(service: membership), at: 1) }
         // Last to start, first to stop: the services release the volumes before anything else ends.
@@ -320,11 +325,13 @@ public struct Agent: Sendable {
     }
 
     /// Runs `services` as one group until SIGTERM or SIGINT.
+    /// Runs `services` (the witness's) until SIGTERM or SIGINT, telling the service manager when
+    /// they stop.
     public static func runServices(_ services: [any Service], logger: Logger) async throws {
         let group = ServiceGroup(
             configuration: .init(
-                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+                services: (services + [ShutdownAnnouncer(bus: nil)]).map { .init(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 

@@ -182,8 +182,23 @@ struct LabCommand: AsyncParsableCommand {
         try TextFile.write(created.token + "\n", to: path, mode: 0o600)
     }
 
+    /// How the guide names this program: `tandem` when that is this binary on PATH (installed),
+    /// else its absolute path (`swift run tandem lab` on a fresh clone), so every command works as
+    /// printed.
+    static func invocation() -> String {
+        let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        for folder in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let candidate = URL(fileURLWithPath: "\(folder)/tandem").resolvingSymlinksInPath().path
+            if FileManager.default.isExecutableFile(atPath: candidate) {
+                return candidate == executable ? "tandem" : executable
+            }
+        }
+        return executable
+    }
+
     private func printGuide(directory: String, configPath: String, primary: String, tokenPath: String) {
         let host = primary == "lab-a" ? "127.0.0.1" : "127.0.0.2"
+        let tool = Self.invocation()
         print(
             """
 
@@ -196,25 +211,25 @@ struct LabCommand: AsyncParsableCommand {
             Try it from another terminal:
               nbdinfo nbd://\(host):\(port)/vol0
               qemu-io -f raw -c 'write -P 0xab 0 1M' nbd://\(host):\(port)/vol0
-              tandem status --config \(configPath) --node lab-a
-              watch -n 0.5 tandem status --config \(configPath) --node lab-b
+              \(tool) status --config \(configPath) --node lab-a
+              watch -n 0.5 \(tool) status --config \(configPath) --node lab-b
 
             See a failover: kill the primary's agent and watch the other node take over within seconds:
               pkill -9 -f 'node \(primary)'
-              tandem status --config \(configPath) --node \(primary == "lab-a" ? "lab-b" : "lab-a")
+              \(tool) status --config \(configPath) --node \(primary == "lab-a" ? "lab-b" : "lab-a")
             Start it again (it rejoins as secondary and resyncs):
-              tandem agent --config \(configPath) --node \(primary) 2>>\(directory)/\(primary).log &
+              \(tool) agent --config \(configPath) --node \(primary) 2>>\(directory)/\(primary).log &
             Planned switchover without data loss:
-              tandem node standby --config \(configPath) \(primary)
+              \(tool) node standby --config \(configPath) \(primary)
             What each node decided, and the modes of both:
-              tandem events --config \(configPath) --node lab-b --follow
-              tandem mode --config \(configPath) --node lab-a
+              \(tool) events --config \(configPath) --node lab-b --follow
+              \(tool) mode --config \(configPath) --node lab-a
 
             The management API, on each node (HTTPS, the lab's authority in \(directory)/tls/ca-cert.pem):
               lab-a     https://127.0.0.1:\(apiPort)/v1/status   lab-b  https://127.0.0.2:\(apiPort)/v1/status
               token     \(tokenPath) (admin, works on both nodes)
               curl --cacert \(directory)/tls/ca-cert.pem -H "Authorization: Bearer $(cat \(tokenPath))" https://127.0.0.1:\(apiPort)/v1/status
-              tandem status --server https://127.0.0.2:\(apiPort) --token-file \(tokenPath) --ca \(directory)/tls/ca-cert.pem
+              \(tool) status --server https://127.0.0.2:\(apiPort) --token-file \(tokenPath) --ca \(directory)/tls/ca-cert.pem
 
             Press Ctrl-C to stop everything the lab started.
             """)

@@ -1,4 +1,3 @@
-import ServiceLifecycle
 import Synchronization
 import TandemAPI
 
@@ -92,15 +91,4 @@ public final class EventBus: Sendable {
 
     /// Connected subscribers.
     public var subscriberCount: Int { state.withLock { $0.subscribers.count } }
-}
-
-/// Closes the bus when the agent begins to stop, before the servers that stream it wait for their
-/// responses to end.
-struct EventBusCloser: Service {
-    let bus: EventBus
-
-    func run() async throws {
-        try? await gracefulShutdown()
-        bus.close()
-    }
 }

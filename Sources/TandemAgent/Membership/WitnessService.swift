@@ -96,6 +96,7 @@ public final class WitnessService: Service, Sendable {
             }
         }
         logger.info("witness of cluster \(configuration.cluster.name) listening on \(witness.address):\(witness.port)")
+        SystemdNotify.send("READY=1\nSTATUS=witness of \(configuration.cluster.name)")
         try? await gracefulShutdown()
         try? await channel.close()
     }
