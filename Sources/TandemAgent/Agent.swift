@@ -95,12 +95,14 @@ public struct Agent: Sendable {
                 requireClientCertificates: configuration.cluster.nbdClientCertificates == .required,
                 pskFile: configuration.cluster.nbdTLSPSKFile, peerLink: configuration.cluster.peerTLS && peer != nil)
         if let credentials { reloadOnHangup(credentials, logger: logger) }
+        let nbdMetrics = NBDMetrics()
         let server = NBDServer(
             listen: node.nbdListen, exports: exports, limits: configuration.limits, group: dataThread,
             adjust: { settings in
                 settings.tls = node.tls
                 settings.tlsCredentials = credentials
                 settings.allowedClientNames = Set(configuration.cluster.nbdClientNames)
+                settings.metrics = nbdMetrics
             }, logger: logger)
         let link = peer.map { peer in
             PeerLink(
@@ -185,7 +187,7 @@ public struct Agent: Sendable {
         let jobs = JobRegistry(record: { journal.append(.api, $0, durable: true) })
         let metrics = MetricsExporter(
             configuration: configuration, node: node.name, volumes: volumes, membership: membership,
-            groups: resources.manager, events: journal.bus)
+            groups: resources.manager, events: journal.bus, nbd: nbdMetrics)
         let control = ControlServer(
             path: ControlServer.socketPath(stateDirectory: configuration.cluster.stateDirectory, node: node.name),
             stateDirectory: configuration.cluster.stateDirectory, api: api, tokens: tokens, audit: audit,

@@ -203,6 +203,16 @@ struct HealthCheckTests {
         ] {
             #expect(scraped.contains(series + "\n"), "\(series) in\n\(scraped)")
         }
+        // b served one 1 MiB read and one 1 MiB write and a read through HAProxy after the takeover.
+        func value(_ series: String) -> Double? {
+            scraped.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap {
+                Double($0.split(separator: " ").last ?? "")
+            }
+        }
+        #expect((value(#"tandem_nbd_requests_total{operation="read"}"#) ?? 0) >= 2, "\(scraped)")
+        #expect((value(#"tandem_nbd_bytes_total{operation="write"}"#) ?? 0) >= 1_048_576, "\(scraped)")
+        #expect(value(#"tandem_nbd_requests_total{operation="trim"}"#) != nil, "every operation from the start")
+        #expect(value("tandem_nbd_connections") != nil)
         let file = "\(cluster.directory.path)/metrics.txt"
         try scraped.write(toFile: file, atomically: true, encoding: .utf8)
         let checked = try Tools.run("/bin/sh", ["-c", "\(promtool) check metrics < \(file)"])

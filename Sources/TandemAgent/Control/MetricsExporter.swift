@@ -22,6 +22,7 @@ public final class MetricsExporter: Sendable {
     private let membership: MembershipService?
     private let groups: GroupManager?
     private let events: EventBus?
+    private let nbd: NBDMetrics?
     private let volumeGroups: [String: String]
     private let certificateExpiry: Double?
     private let seen = Mutex<Seen>(Seen())
@@ -29,13 +30,15 @@ public final class MetricsExporter: Sendable {
     /// What earlier scrapes counted, so that counters only grow.
     private struct Seen {
         var failovers: [FailoverRecord.Reason: Int] = [:]
+        var nbd: [String: UInt64] = [:]
         var gapsRecorded: Set<UInt64> = []
     }
 
     public init(
         configuration: Configuration, node: String, volumes: [ReplicatedVolume], membership: MembershipService?,
-        groups: GroupManager?, events: EventBus?
+        groups: GroupManager?, events: EventBus?, nbd: NBDMetrics? = nil
     ) {
+        self.nbd = nbd
         self.volumes = volumes
         self.membership = membership
         self.groups = groups
@@ -173,6 +176,26 @@ public final class MetricsExporter: Sendable {
             guard let gap = record.clientVisibleGapSeconds else { continue }
             gaps.record(.nanoseconds(Int64(gap * 1e9)))
             seen.gapsRecorded.insert(record.epoch)
+        }
+        if let nbd {
+            gauge("nbd_connections", "", "NBD client connections open now")
+                .set(Double(nbd.connections.load(ordering: .relaxed)))
+            for operation in NBDMetrics.Operation.allCases {
+                let totals = nbd.totals(operation)
+                for (name, unit, help, value) in [
+                    ("nbd_requests", "total", "NBD requests received, by operation", totals.requests),
+                    ("nbd", "bytes_total", "Bytes NBD requests asked to move, by operation", totals.bytes),
+                ] {
+                    let counter = registry.makeCounter(
+                        descriptor: MetricNameDescriptor(
+                            namespace: "tandem", metricName: name, unitName: unit, helpText: help),
+                        labels: [("operation", operation.rawValue)])
+                    let key = "\(name)/\(operation.rawValue)"
+                    let before = seen.nbd[key] ?? 0
+                    if value > before { counter.increment(by: Int64(value - before)) }
+                    seen.nbd[key] = max(value, before)
+                }
+            }
         }
         gauge("event_stream_clients", "", "Clients connected to the live event stream")
             .set(Double(events?.subscriberCount ?? 0))

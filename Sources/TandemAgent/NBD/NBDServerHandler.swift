@@ -40,6 +40,8 @@ public struct NBDServerSettings: Sendable {
     /// The clients served over TLS, by their certificate's common name; empty serves every client
     /// the handshake accepted.
     public var allowedClientNames: Set<String> = []
+    /// Where connections, requests and bytes are counted, if anywhere.
+    public var metrics: NBDMetrics?
 
     /// Creates settings.
     public init(maximumRequestBytes: Int, maximumInFlight: Int, connectionBudgetBytes: Int? = nil) {
@@ -144,6 +146,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
     func channelActive(context: ChannelHandlerContext) {
         logger[metadataKey: "client"] = "\(context.remoteAddress.map { "\($0)" } ?? "unix")"
         logger.debug("NBD client connected")
+        settings.metrics?.connections.add(1, ordering: .relaxed)
         var greeting = context.channel.allocator.buffer(capacity: 18)
         greeting.writeNBDGreeting(flags: [.fixedNewstyle, .noZeroes])
         context.writeAndFlush(wrapOutboundOut(greeting), promise: nil)
@@ -160,6 +163,7 @@ final class NBDServerHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        settings.metrics?.connections.subtract(1, ordering: .relaxed)
         do {
             try processor.finishProcessing(seenEOF: true) { _ in }
         } catch {
@@ -553,25 +557,30 @@ final class NBDServerHandler: ChannelDuplexHandler {
             disconnectRequested = true
             if inFlight == 0 { context.close(promise: nil) }
         case .read:
+            settings.metrics?.count(.read, bytes: UInt64(request.length))
             performRead(request, holding: cost, export: export, context: context)
         case .writeZeroes(let durable, _):
+            settings.metrics?.count(.writeZeroes, bytes: UInt64(request.length))
             performUpdate(request, export: export, context: context) { completion in
                 export.volume.writeZeroes(
                     offset: request.offset, length: UInt64(request.length), fua: durable, trim: false,
                     completion: completion)
             }
         case .trim(let durable):
+            settings.metrics?.count(.trim, bytes: UInt64(request.length))
             performUpdate(request, export: export, context: context) { completion in
                 export.volume.writeZeroes(
                     offset: request.offset, length: UInt64(request.length), fua: durable, trim: true,
                     completion: completion)
             }
         case .write(let durable):
+            settings.metrics?.count(.write, bytes: UInt64(request.length))
             let payload = request.payload!
             performUpdate(request, holding: cost, export: export, context: context) { completion in
                 export.volume.write(offset: request.offset, payload: payload, fua: durable, completion: completion)
             }
         case .flush:
+            settings.metrics?.count(.flush, bytes: 0)
             performUpdate(request, export: export, context: context) { completion in
                 export.volume.flush(completion: completion)
             }
