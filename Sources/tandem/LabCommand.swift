@@ -27,7 +27,7 @@ struct LabCommand: AsyncParsableCommand {
     @Option(help: "Dead time of the failure detector.")
     var deadTime: String = "2s"
 
-    @Option(help: "TCP port of each node's management API (HTTPS).")
+    @Option(help: "TCP port of each node's management API (HTTPS); its health checks listen on the next one.")
     var apiPort: Int = 7443
 
     func run() async throws {
@@ -230,6 +230,9 @@ struct LabCommand: AsyncParsableCommand {
               token     \(tokenPath) (admin, works on both nodes)
               curl --cacert \(directory)/tls/ca-cert.pem -H "Authorization: Bearer $(cat \(tokenPath))" https://127.0.0.1:\(apiPort)/v1/status
               \(tool) status --server https://127.0.0.2:\(apiPort) --token-file \(tokenPath) --ca \(directory)/tls/ca-cert.pem
+            Health checks for a load balancer (no token; 200 or 503):
+              curl http://127.0.0.1:\(apiPort + 1)/health/primary    curl http://127.0.0.2:\(apiPort + 1)/health/primary
+              curl http://127.0.0.1:\(apiPort + 1)/health/replica    curl http://127.0.0.2:\(apiPort + 1)/health/replica
 
             Press Ctrl-C to stop everything the lab started.
             """)

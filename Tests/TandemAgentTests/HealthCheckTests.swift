@@ -64,11 +64,15 @@ struct HealthCheckTests {
                 #expect(response.status == .serviceUnavailable, "never refreshed")
             }
         }
+        // The state's age is read on a clock of the test's: a suite that keeps this test waiting
+        // for a thread must not make its facts stale.
+        let base = ContinuousClock.now
+        let later: @Sendable () -> ContinuousClock.Instant = { base + .milliseconds(500) }
         let refresher = HealthState.Facts(
-            takenAt: .now, clusterRole: .primary, leaseRemaining: .seconds(3), leaseBinds: true,
+            takenAt: base, clusterRole: .primary, leaseRemaining: .seconds(3), leaseBinds: true,
             volumes: [Self.volume(.primary)], groupsRunning: ["storage": true])
         state.store(refresher)
-        try await Application(router: HealthServer.router(state)).test(.router) { client in
+        try await Application(router: HealthServer.router(state, now: later)).test(.router) { client in
             for method in [HTTPRequest.Method.get, .head, .options] {
                 try await client.execute(uri: "/health/primary", method: method) { response in
                     #expect(response.status == .ok, "\(method)")
@@ -93,9 +97,9 @@ struct HealthCheckTests {
             }
         }
         var old = refresher
-        old.takenAt = .now - .seconds(3)
+        old.takenAt = base - .seconds(3)
         state.store(old)
-        try await Application(router: HealthServer.router(state)).test(.router) { client in
+        try await Application(router: HealthServer.router(state, now: later)).test(.router) { client in
             for path in ["/health/primary", "/health/live"] {
                 try await client.execute(uri: path, method: .get) { response in
                     #expect(response.status == .serviceUnavailable, "\(path) on stale state")

@@ -153,7 +153,10 @@ public final class HealthServer: Service, Sendable {
         try await application.run()
     }
 
-    public static func router(_ state: HealthState) -> Router<BasicRequestContext> {
+    /// The checks' routes; `now` is the clock the state's age is read on.
+    public static func router(
+        _ state: HealthState, now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }
+    ) -> Router<BasicRequestContext> {
         let router = Router()
         let health = router.group("health")
         @Sendable func answer(_ verdict: String?, _ request: Request) -> Response {
@@ -165,7 +168,7 @@ public final class HealthServer: Service, Sendable {
         }
         for method in [HTTPRequest.Method.get, .head, .options] {
             health.on("primary", method: method) { request, _ in
-                guard let facts = fresh(state) else { return answer(stale, request) }
+                guard let facts = fresh(state, now: now()) else { return answer(stale, request) }
                 return answer(HealthState.primary(facts, group: request.uri.queryParameters.get("group")), request)
             }
             health.on("replica", method: method) { request, _ in
@@ -178,11 +181,11 @@ public final class HealthServer: Service, Sendable {
                     }
                     limit = bytes
                 }
-                guard let facts = fresh(state) else { return answer(stale, request) }
+                guard let facts = fresh(state, now: now()) else { return answer(stale, request) }
                 return answer(HealthState.replica(facts, maxOutOfSync: limit), request)
             }
             health.on("live", method: method) { request, _ in
-                answer(fresh(state) == nil ? stale : nil, request)
+                answer(fresh(state, now: now()) == nil ? stale : nil, request)
             }
         }
         return router
@@ -192,9 +195,9 @@ public final class HealthServer: Service, Sendable {
 
     /// The facts, or `nil` when they are more than 2 s old: a stuck agent must not keep answering
     /// "primary".
-    static func fresh(_ state: HealthState) -> HealthState.Facts? {
+    static func fresh(_ state: HealthState, now: ContinuousClock.Instant) -> HealthState.Facts? {
         let facts = state.current
-        guard let taken = facts.takenAt, ContinuousClock.now - taken <= .seconds(2) else { return nil }
+        guard let taken = facts.takenAt, now - taken <= .seconds(2) else { return nil }
         return facts
     }
 }

@@ -93,6 +93,7 @@ public enum ConfigTemplate {
         precedence = 10
         nbd-listen = ["127.0.0.1:\(port)"]
         api-listen = ["127.0.0.1:\(apiPort)"]
+        health-listen = ["127.0.0.1:\(apiPort + 1)"]
 
         [[node]]
         name = "lab-b"
@@ -101,6 +102,7 @@ public enum ConfigTemplate {
         precedence = 20
         nbd-listen = ["127.0.0.2:\(port)"]
         api-listen = ["127.0.0.2:\(apiPort)"]
+        health-listen = ["127.0.0.2:\(apiPort + 1)"]
 
         [witness]
         address = "127.0.0.3"
