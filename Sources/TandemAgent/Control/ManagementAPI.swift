@@ -86,7 +86,7 @@ public final class ManagementAPI: Sendable {
         guard case .success(let view) = await membership.mode(nil), view.localMode == .default else {
             throw .conflict("force-reset is allowed only in default mode")
         }
-        guard let reset else { throw Refusal(.notImplemented, "this node has no reset configured") }
+        guard let reset else { throw .conflict("this node has no HA reset configured") }
         logger.critical("force-reset by \(caller)")
         reset.reset(reason: "force-reset by \(caller)")
         return ModesView(view, node: nodeName, peer: membership.peerName ?? "")
