@@ -74,12 +74,11 @@ public final class MetricsExporter: Sendable {
     private func update(_ seen: inout Seen) {
         let now = WallClock.secondsSinceEpoch()
         let snapshot = membership?.snapshot
-        for role in [ClusterRole.primary, .secondary, .candidate] {
-            gauge("role", "", "1 for this node's cluster role", [("role", role.rawValue)])
-                .set(
-                    flag(
-                        (snapshot?.role ?? (volumes.allSatisfy { $0.status.role == .primary } ? .primary : .secondary))
-                            == role))
+        // A node without a peer is primary when its volumes are.
+        let role =
+            snapshot?.role ?? (volumes.allSatisfy { $0.status.role == .primary } ? ClusterRole.primary : .secondary)
+        for value in [ClusterRole.primary, .secondary, .candidate] {
+            gauge("role", "", "1 for this node's cluster role", [("role", value.rawValue)]).set(flag(role == value))
         }
         gauge("standby", "", "1 while this node is in standby").set(flag(snapshot?.standby ?? false))
         gauge("quorum", "", "1 while this node counts a majority of voters").set(flag(snapshot?.hasQuorum ?? true))
